@@ -1,0 +1,44 @@
+"""asa-format: portable, secure bundles of activation-steering (ASA) assets.
+
+Public API::
+
+    from asa_format import load_bundle, save_bundle, validate_bundle
+    bundle = load_bundle("my-bundle/")          # verified, sessions ready
+    decisions = bundle.decide(hidden_states)    # [N, H] -> per-row domain, p, gate
+    v = bundle.steering_vector("search")        # mixed, normalized float32 [H]
+
+``asa_format.converters`` turns legacy pickle bundles and in-memory
+scikit-learn objects into bundles; ``asa_format.runtime`` applies a bundle to
+a Hugging Face transformers model.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .bundle import Bundle, Decision, DecisionBatch, load_bundle  # noqa: E402
+from .digest import root_digest  # noqa: E402
+from .errors import AsaError, BundleError, Problem  # noqa: E402
+from .manifest import Manifest, ModelBinding, Provenance, Steering  # noqa: E402
+from .validate import ValidationReport, validate_bundle  # noqa: E402
+from .writer import BundleContents, save_bundle  # noqa: E402
+
+__all__ = [
+    "AsaError",
+    "Bundle",
+    "BundleContents",
+    "BundleError",
+    "Decision",
+    "DecisionBatch",
+    "Manifest",
+    "ModelBinding",
+    "Problem",
+    "Provenance",
+    "Steering",
+    "ValidationReport",
+    "__version__",
+    "load_bundle",
+    "root_digest",
+    "save_bundle",
+    "validate_bundle",
+]

@@ -1,0 +1,218 @@
+"""A loaded bundle: the decision function and the steering vectors.
+
+``load_bundle`` reads and checks every file (``reader.read_bundle_dir``) and
+returns a :class:`Bundle` whose onnxruntime sessions were created once, from
+the checked bytes. ``Bundle.decide`` implements the spec's decision function
+(section "Decision function"), ``Bundle.steering_vector`` its mixing rule.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import constants as C
+from .digest import root_digest
+from .errors import BundleError, DecisionError, DigestMismatchError
+from .manifest import Manifest
+from .reader import read_bundle_dir
+
+__all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision for one row: routed domain, tool probability and gate."""
+
+    domain: str
+    domain_index: int
+    probability: float
+    gate: int  # -1, 0 or +1
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """Decisions for ``N`` rows, as arrays; iterate or index for :class:`Decision`."""
+
+    domains: tuple[str, ...]
+    domain_index: np.ndarray  # int64 [N]
+    probability: np.ndarray  # float64 [N]
+    gate: np.ndarray  # int8 [N]
+
+    def __len__(self) -> int:
+        return int(self.domain_index.shape[0])
+
+    def __getitem__(self, i: int) -> Decision:
+        d = int(self.domain_index[i])
+        return Decision(self.domains[d], d, float(self.probability[i]), int(self.gate[i]))
+
+    def __iter__(self) -> Iterator[Decision]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def domain(self) -> list[str]:
+        return [self.domains[int(d)] for d in self.domain_index]
+
+
+class Bundle:
+    """A verified asa bundle held in memory."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        manifest_bytes: bytes,
+        vectors: dict[str, np.ndarray],
+        sessions: dict[str, Any],
+        path: Path | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.manifest_bytes = manifest_bytes
+        self.vectors = vectors
+        self.path = path
+        self._sessions = sessions
+        self.domains: list[str] = manifest.domain_names
+        self.hidden_size = manifest.model.hidden_size
+        self._probe_files: list[str | None] = [d.probe for d in manifest.domains]
+        self._mixed: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    # -- identity ---------------------------------------------------------------
+    @property
+    def root_digest(self) -> str:
+        """``sha256:<hex>`` of the manifest bytes; pins the whole bundle."""
+        return root_digest(self.manifest_bytes)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, layer={m.layer.index}, "
+            f"domains={self.domains!r}, digest={self.root_digest[:19]}...)"
+        )
+
+    # -- decision ----------------------------------------------------------------
+    def _check_hidden(self, hidden: Any) -> np.ndarray:
+        arr = np.asarray(hidden)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.hidden_size:
+            raise DecisionError(
+                f"decide() needs an array of shape [N, {self.hidden_size}], got {list(arr.shape)}",
+                code="DECISION_INPUT",
+                hint="pass the last-token hidden states of the bundle's layer, one row per prompt",
+            )
+        if arr.dtype.kind not in "fiu":
+            raise DecisionError(f"decide() needs a numeric array, got dtype {arr.dtype}", code="DECISION_INPUT")
+        h = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(h).all():
+            raise DecisionError(
+                "decide() got NaN or Infinity in the hidden states",
+                code="DECISION_INPUT",
+                hint="the model produced non-finite activations; check its dtype and inputs",
+            )
+        return h
+
+    def decide(self, hidden: Any) -> DecisionBatch:
+        """Decide, per row of ``hidden`` ``[N, H]``, the domain, probability and gate."""
+        h = self._check_hidden(hidden)
+        n = h.shape[0]
+        steering = self.manifest.steering
+        if n == 0:
+            return DecisionBatch(tuple(self.domains), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
+        try:
+            x = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: h})[0]
+            x64 = np.ascontiguousarray(x, dtype=np.float64)
+            scores = self._sessions[C.ROUTER_FILE].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64})[0]
+            index = np.argmax(scores, axis=1).astype(np.int64)
+            prob = np.full(n, steering.no_probe_probability, dtype=np.float64)
+            for d in np.unique(index):
+                probe = self._probe_files[int(d)]
+                if probe is None:
+                    continue
+                rows = np.flatnonzero(index == d)
+                out = self._sessions[probe].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]})[0]
+                prob[rows] = out[:, 1]
+        except Exception as exc:
+            raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
+        gate = gates(prob, steering.tau)
+        return DecisionBatch(tuple(self.domains), index, prob, gate)
+
+    # -- steering vectors -----------------------------------------------------------
+    def domain_index(self, domain: str | int) -> int:
+        if isinstance(domain, (int, np.integer)):
+            if not 0 <= int(domain) < len(self.domains):
+                raise DecisionError(f"domain index {domain} is out of range 0..{len(self.domains) - 1}", code="DECISION_INPUT")
+            return int(domain)
+        try:
+            return self.domains.index(domain)
+        except ValueError:
+            raise DecisionError(f"unknown domain {domain!r}; the bundle's domains are {self.domains}", code="DECISION_INPUT") from None
+
+    def steering_vector(self, domain: str | int) -> np.ndarray:
+        """``v = (1-beta) vec[d] + beta vec[global]``, then ``v / (||v|| + 1e-8)``; float32."""
+        i = self.domain_index(domain)
+        with self._lock:
+            cached = self._mixed.get(i)
+            if cached is None:
+                cached = mix_vectors(self.vectors[self.domains[i]], self.vectors[C.GLOBAL_VECTOR], self.manifest.steering.beta)
+                cached.setflags(write=False)
+                self._mixed[i] = cached
+        return cached
+
+
+def gates(probability: np.ndarray, tau: float) -> np.ndarray:
+    """+1 where p >= tau, else -1 where p <= 1 - tau, else 0 (int8)."""
+    p = np.asarray(probability, dtype=np.float64)
+    return np.where(p >= tau, 1, np.where(p <= 1.0 - tau, -1, 0)).astype(np.int8)
+
+
+def mix_vectors(domain_vec: np.ndarray, global_vec: np.ndarray, beta: float) -> np.ndarray:
+    """The spec's mixing rule, in float32 arithmetic."""
+    v = np.float32(1.0 - beta) * domain_vec.astype(np.float32) + np.float32(beta) * global_vec.astype(np.float32)
+    norm = np.float32(np.sqrt(np.dot(v.astype(np.float64), v.astype(np.float64))))
+    return (v / (norm + np.float32(C.NORM_EPS))).astype(np.float32)
+
+
+def load_bundle(
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    expected_digest: str | None = None,
+    trusted_keys: Sequence[Any] | None = None,
+    signature_path: str | os.PathLike[str] | None = None,
+) -> Bundle:
+    """Load, check and return the bundle at ``path``.
+
+    ``verify=False`` skips only the size/sha256 comparison with the manifest;
+    every profile check still runs. ``expected_digest`` pins the root digest;
+    ``trusted_keys`` requires a valid signature by one of the public keys.
+    Raises :class:`BundleError` (with every problem found) on failure.
+    """
+    result = read_bundle_dir(path, verify=verify, create_sessions=False)
+    if result.manifest_bytes is not None and expected_digest is not None:
+        actual = root_digest(result.manifest_bytes)
+        if actual != expected_digest:
+            raise DigestMismatchError(
+                f"bundle root digest is {actual}, expected {expected_digest}",
+                file=C.MANIFEST_FILE,
+                hint="this is not the pinned bundle; check where it came from, or update the pin",
+            )
+    if result.problems:
+        raise BundleError.from_problems(result.problems)
+    if trusted_keys is not None:
+        from .signing import verify_bundle_signature
+
+        verify_bundle_signature(Path(path), list(trusted_keys), signature_path=signature_path)
+    from .reader import _create_sessions
+
+    assert result.manifest is not None and result.manifest_bytes is not None
+    _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
+    if result.problems:
+        raise BundleError.from_problems(result.problems)
+    return Bundle(result.manifest, result.manifest_bytes, result.vectors, result.sessions, Path(path))

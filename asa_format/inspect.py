@@ -1,0 +1,53 @@
+"""``asa inspect``: a readable summary of a bundle."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import constants as C
+from .digest import root_digest
+from .errors import BundleError
+from .reader import read_bundle_dir
+
+__all__ = ["describe"]
+
+
+def describe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """Return ``(summary as JSON-able dict, text for a person)``; raises BundleError."""
+    result = read_bundle_dir(path, verify=True, create_sessions=False)
+    if result.problems or result.manifest is None or result.manifest_bytes is None:
+        raise BundleError.from_problems(result.problems)
+    m = result.manifest
+    digest = root_digest(result.manifest_bytes)
+    signed = (result.path / C.SIGNATURE_FILE).is_file()
+    summary = {"path": str(path), "digest": digest, "signature_file": signed, "manifest": m.to_dict()}
+
+    s = m.steering
+    lines = [
+        f"bundle       {path}",
+        f"digest       {digest}",
+        f"format       {m.format} {m.format_version} (written by {m.producer.name} {m.producer.version})",
+        f"model        {m.model.id or '(id unknown)'}  type={m.model.type or 'unknown'}  "
+        f"hidden_size={m.model.hidden_size}  layers={m.model.num_layers if m.model.num_layers is not None else 'unknown'}",
+        f"layer        {m.layer.index} ({m.layer.tensor}: output of decoder block {m.layer.index}, 0-based)",
+        f"steering     alpha={s.alpha:g}  tau={s.tau:g}  beta={s.beta:g}  policy={s.policy}  "
+        f"no-probe p={s.no_probe_probability:g}",
+        f"domains      {len(m.domains)}",
+    ]
+    for i, d in enumerate(m.domains):
+        lines.append(f"  [{i}] {d.name:<24} probe: {d.probe or 'none (p = no-probe p)'}")
+    lines.append(f"files        {len(m.files)} + manifest.json{'  + signature ' + C.SIGNATURE_FILE if signed else ''}")
+    for name in sorted(m.files):
+        f = m.files[name]
+        lines.append(f"  {name:<22} {f.size:>10} bytes  sha256:{f.sha256[:16]}...")
+    if m.provenance is not None:
+        p = m.provenance
+        lines.append(f"provenance   source={p.source}" + (f"  tool={p.tool.name} {p.tool.version}" if p.tool else ""))
+        for name, f in sorted(p.inputs.items()):
+            lines.append(f"  from {name:<20} {f.size:>10} bytes  sha256:{f.sha256[:16]}...")
+        for lib, ver in sorted(p.library_versions.items()):
+            lines.append(f"  {lib} {ver}")
+        if p.metadata:
+            lines.append(f"  metadata keys: {', '.join(sorted(p.metadata))}")
+    return summary, "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""Read and check a bundle directory: the one code path of validate and load.
+
+Order (each file is read once; the same bytes are hashed, checked and parsed):
+
+1. the bundle path: an existing directory, not a symlink;
+2. the directory listing: only regular files, no symlinks, no hard links,
+   no file that the manifest does not list (the signature file excepted);
+3. the manifest: size cap, strict JSON, schema, semantic rules;
+4. every listed file: opened without following links, size and sha256
+   against the manifest, size cap of its role;
+5. ``vectors.safetensors`` against the safetensors profile;
+6. every graph against the ONNX profile (static checks on the protobuf);
+7. only then, onnxruntime sessions from the checked bytes, and one smoke
+   evaluation that checks output shapes against the manifest.
+
+Nothing is created from a file that failed a check before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import constants as C
+from .errors import Problem
+from .manifest import Manifest, parse_manifest
+from .onnx_profile import check_onnx
+from .safetensors_profile import parse_vectors
+
+__all__ = ["ReadResult", "read_bundle_dir", "session_options"]
+
+
+@dataclass
+class ReadResult:
+    path: Path
+    manifest: Manifest | None = None
+    manifest_bytes: bytes | None = None
+    file_sha256: dict[str, str] = field(default_factory=dict)  # every file read, manifest included
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    sessions: dict[str, Any] = field(default_factory=dict)  # file name -> InferenceSession
+    graph_bytes: dict[str, bytes] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _p(code: str, message: str, hint: str, file: str | None = None) -> Problem:
+    return Problem(code=code, message=message, file=file, hint=hint)
+
+
+def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Problem | None]:
+    """Open ``path`` without following links and read at most ``cap`` bytes."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None, _p("FILE_MISSING", "listed in the manifest but not present", "add the file or fix the manifest", name)
+    except OSError as exc:
+        if os.path.islink(path):
+            return None, _p("PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name)
+        return None, _p("IO_ERROR", f"cannot be opened: {exc.strerror}", "check permissions", name)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, _p("PATH_NOT_REGULAR", "is not a regular file", "bundle entries must be regular files", name)
+        if st.st_nlink > 1:
+            return None, _p(
+                "PATH_HARDLINK",
+                f"has {st.st_nlink} hard links",
+                "copy the file instead of hard-linking it (a link can point outside the bundle)",
+                name,
+            )
+        if st.st_size > cap:
+            return None, _p("FILE_TOO_LARGE", f"is {st.st_size} bytes, over the cap of {cap}", "see the spec's size caps", name)
+        chunks = []
+        remaining = cap + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > cap:
+            return None, _p("FILE_TOO_LARGE", f"is over the cap of {cap} bytes", "see the spec's size caps", name)
+        return data, None
+    except OSError as exc:
+        return None, _p("IO_ERROR", f"cannot be read: {exc.strerror}", "check the file system", name)
+    finally:
+        os.close(fd)
+
+
+def _cap_for(name: str) -> int:
+    return C.MAX_VECTORS_BYTES if name == C.VECTORS_FILE else C.MAX_ONNX_BYTES
+
+
+def session_options() -> Any:
+    """onnxruntime options used for every bundle graph (see the spec)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.load_model_format", "ONNX")
+    return so
+
+
+def read_bundle_dir(
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    create_sessions: bool = True,
+    signature_name: str = C.SIGNATURE_FILE,
+) -> ReadResult:
+    """Read and check a bundle; collect every problem instead of stopping at the first."""
+    root = Path(path)
+    result = ReadResult(path=root)
+    problems = result.problems
+
+    if root.is_symlink():
+        problems.append(_p("PATH_SYMLINK", f"bundle directory {str(root)!r} is a symbolic link", "pass the real directory"))
+        return result
+    if not root.is_dir():
+        problems.append(
+            _p("BUNDLE_NOT_FOUND", f"{str(root)!r} is not a directory", "pass the path of a bundle directory (it holds manifest.json)")
+        )
+        return result
+
+    # 2. listing ---------------------------------------------------------------
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(_p("IO_ERROR", f"cannot list {str(root)!r}: {exc.strerror}", "check permissions"))
+        return result
+    present: dict[str, os.DirEntry[str]] = {e.name: e for e in entries}
+
+    # 3. manifest ----------------------------------------------------------------
+    if C.MANIFEST_FILE not in present:
+        problems.append(_p("MANIFEST_MISSING", "the bundle has no manifest.json", "a bundle directory holds manifest.json and the files it lists", C.MANIFEST_FILE))
+        return result
+    data, problem = _read_regular(root / C.MANIFEST_FILE, C.MANIFEST_FILE, C.MAX_MANIFEST_BYTES)
+    if problem is not None:
+        if problem.code == "FILE_TOO_LARGE":
+            problem = _p("MANIFEST_TOO_LARGE", problem.message, "a valid manifest is a few kilobytes", C.MANIFEST_FILE)
+        problems.append(problem)
+        return result
+    assert data is not None
+    result.manifest_bytes = data
+    result.file_sha256[C.MANIFEST_FILE] = hashlib.sha256(data).hexdigest()
+    manifest, errors, warnings = parse_manifest(data)
+    result.warnings.extend(warnings)
+    problems.extend(errors)
+
+    listed: set[str] = set(manifest.files) if manifest is not None else set()
+    for name, entry in present.items():
+        if name == C.MANIFEST_FILE:
+            continue
+        if entry.is_symlink():
+            problems.append(_p("PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name))
+        elif entry.is_dir(follow_symlinks=False):
+            problems.append(_p("PATH_NOT_REGULAR", "is a directory", "bundles are flat: remove the directory", name))
+        elif manifest is not None and name not in listed and name != signature_name:
+            problems.append(_p("FILE_UNLISTED", "is not listed in the manifest", "remove the file, or list it in manifest.json", name))
+    if manifest is None:
+        return result
+    result.manifest = manifest
+
+    # 4. listed files ---------------------------------------------------------------
+    contents: dict[str, bytes] = {}
+    for name in sorted(listed):
+        expected = manifest.files[name]
+        if name in present and present[name].is_symlink():
+            continue  # reported above
+        data, problem = _read_regular(root / name, name, _cap_for(name))
+        if problem is not None:
+            problems.append(problem)
+            continue
+        assert data is not None
+        digest = hashlib.sha256(data).hexdigest()
+        result.file_sha256[name] = digest
+        if verify:
+            if len(data) != expected.size:
+                problems.append(
+                    _p("FILE_SIZE_MISMATCH", f"is {len(data)} bytes, the manifest says {expected.size}", "the file was modified or truncated; restore it or rebuild the bundle", name)
+                )
+                continue
+            if digest != expected.sha256:
+                problems.append(
+                    _p("FILE_HASH_MISMATCH", f"has sha256 {digest}, the manifest says {expected.sha256}", "the file was modified; restore it or rebuild the bundle", name)
+                )
+                continue
+        contents[name] = data
+
+    hidden = manifest.model.hidden_size
+    names = manifest.domain_names
+
+    # 5. vectors ---------------------------------------------------------------------
+    if C.VECTORS_FILE in contents:
+        vectors, vproblems = parse_vectors(contents[C.VECTORS_FILE], hidden_size=hidden, names=names)
+        problems.extend(vproblems)
+        result.vectors = vectors
+
+    # 6. graphs ------------------------------------------------------------------------
+    graph_files = [C.SCALER_FILE, C.ROUTER_FILE] + [d.probe for d in manifest.domains if d.probe]
+    checked: dict[str, bytes] = {}
+    for name in graph_files:
+        if name not in contents:
+            continue
+        n_classes = len(names) if name == C.ROUTER_FILE else 2
+        model, gproblems = check_onnx(contents[name], file=name, hidden_size=hidden, n_classes=n_classes)
+        problems.extend(gproblems)
+        if model is not None and not gproblems:
+            checked[name] = contents[name]
+    result.graph_bytes = checked
+
+    # 7. sessions -----------------------------------------------------------------------
+    if create_sessions and not problems:
+        _create_sessions(result, checked, hidden, len(names))
+    return result
+
+
+def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, n_domains: int) -> None:
+    import onnxruntime as ort
+
+    options = session_options()
+    probe_in = np.zeros((2, hidden), dtype=np.float32)
+    for name, data in graphs.items():
+        try:
+            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            result.problems.append(
+                _p("ONNX_SESSION", f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}", "re-export the graph", name)
+            )
+            continue
+        feed: dict[str, np.ndarray] = (
+            {C.SCALER_INPUT: probe_in} if name == C.SCALER_FILE else {C.CLASSIFIER_INPUT: probe_in.astype(np.float64)}
+        )
+        try:
+            outputs = session.run(None, feed)
+        except Exception as exc:
+            result.problems.append(
+                _p("ONNX_SESSION", f"evaluating the graph on a [2, {hidden}] input failed: {str(exc).splitlines()[0][:300]}", "the graph's weights must match the manifest's hidden size", name)
+            )
+            continue
+        expected = [(2, hidden)] if name == C.SCALER_FILE else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
+        shapes = [tuple(o.shape) for o in outputs]
+        if shapes != expected:
+            code = "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
+            result.problems.append(
+                _p(code, f"on a [2, {hidden}] input the graph returns shapes {shapes}, expected {expected}", "the graph must match the manifest's hidden size and domains", name)
+            )
+            continue
+        result.sessions[name] = session

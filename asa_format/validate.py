@@ -1,0 +1,59 @@
+"""``validate_bundle``: every problem of a bundle, as data for the reporters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import constants as C
+from .digest import root_digest
+from .errors import Problem
+from .reader import read_bundle_dir
+
+__all__ = ["ValidationReport", "validate_bundle"]
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    digest: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "valid": self.ok,
+            "digest": self.digest,
+            "errors": [p.to_dict() for p in self.problems],
+            "warnings": [p.to_dict() for p in self.warnings],
+        }
+
+
+def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> ValidationReport:
+    """Check the bundle at ``path`` and collect every problem.
+
+    ``deep`` (the default) also creates onnxruntime sessions from the checked
+    graphs and evaluates them once, exactly as ``load_bundle`` does, so a
+    bundle that validates also loads.
+    """
+    result = read_bundle_dir(path, verify=True, create_sessions=deep)
+    report = ValidationReport(path=str(path), problems=list(result.problems), warnings=list(result.warnings))
+    if result.manifest_bytes is not None:
+        report.digest = root_digest(result.manifest_bytes)
+    m = result.manifest
+    if m is not None:
+        report.summary = {
+            "model": m.model.to_dict(),
+            "layer": m.layer.index,
+            "domains": m.domain_names,
+            "files": len(m.files) + 1,
+            "signature": (result.path / C.SIGNATURE_FILE).is_file(),
+        }
+    return report

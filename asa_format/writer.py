@@ -1,0 +1,192 @@
+"""Write bundles atomically and deterministically.
+
+``save_bundle`` writes every file into a fresh temporary directory next to the
+destination, fsyncs them, checks the result with the same reader that
+``load_bundle`` uses, and only then renames the directory into place. A
+failure at any point removes the temporary directory: nothing is left
+half-written at the destination. The same contents always give byte-identical
+files (canonical JSON, sorted tensors, no timestamps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import constants as C
+from .errors import AsaError, BundleError
+from .manifest import (
+    DomainEntry,
+    FileEntry,
+    LayerRef,
+    Manifest,
+    ModelBinding,
+    Producer,
+    Provenance,
+    Steering,
+    probe_file_name,
+)
+from .reader import read_bundle_dir
+from .safetensors_profile import serialize_vectors
+
+__all__ = ["BundleContents", "bundle_files", "save_bundle"]
+
+# A hook for fault-injection tests: called with each file name after it is
+# written into the temporary directory.
+_after_file_written: Callable[[str], None] | None = None
+
+
+@dataclass
+class BundleContents:
+    """Everything a bundle holds, in memory."""
+
+    model: ModelBinding
+    layer: int
+    steering: Steering
+    domains: Sequence[str]
+    vectors: Mapping[str, np.ndarray]  # float32 [H] per domain plus "global"
+    scaler: bytes  # scaler.onnx
+    router: bytes  # router.onnx
+    probes: Mapping[str, bytes] = field(default_factory=dict)  # domain name -> probe graph
+    provenance: Provenance | None = None
+
+
+def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
+    """Return the manifest and the bytes of every file of ``contents``."""
+    unknown = sorted(set(contents.probes) - set(contents.domains))
+    if unknown:
+        raise BundleError(
+            f"probes given for unknown domains {unknown}",
+            code="DOMAIN_MISMATCH",
+            hint="probe keys must be domain names",
+        )
+    files: dict[str, bytes] = {
+        C.VECTORS_FILE: serialize_vectors(contents.vectors),
+        C.SCALER_FILE: contents.scaler,
+        C.ROUTER_FILE: contents.router,
+    }
+    domains: list[DomainEntry] = []
+    for i, name in enumerate(contents.domains):
+        probe = contents.probes.get(name)
+        if probe is None:
+            domains.append(DomainEntry(name=name, probe=None))
+        else:
+            fname = probe_file_name(i)
+            files[fname] = probe
+            domains.append(DomainEntry(name=name, probe=fname))
+    manifest = Manifest(
+        producer=Producer(C.PRODUCER_NAME, __version__),
+        model=contents.model,
+        layer=LayerRef(index=int(contents.layer)),
+        steering=contents.steering,
+        domains=tuple(domains),
+        files={
+            name: FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, data in sorted(files.items())
+        },
+        provenance=contents.provenance,
+    )
+    files[C.MANIFEST_FILE] = manifest.to_bytes()
+    return manifest, files
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every platform
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_bundle(
+    contents: BundleContents,
+    destination: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    check: bool = True,
+) -> Path:
+    """Write ``contents`` as a bundle directory at ``destination``, atomically.
+
+    An existing destination is an error unless ``force`` is given, in which
+    case it is replaced in one rename. With ``check`` (the default) the
+    written bundle is validated before it is moved into place.
+    """
+    dest = Path(destination)
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise AsaError(
+                f"destination {str(dest)!r} already exists",
+                code="DESTINATION_EXISTS",
+                hint="choose another destination, or pass --force / force=True to replace it",
+            )
+        if not dest.is_dir() or dest.is_symlink():
+            raise AsaError(
+                f"destination {str(dest)!r} exists and is not a bundle directory",
+                code="DESTINATION_EXISTS",
+                hint="remove it first; only a directory can be replaced",
+            )
+    manifest, files = bundle_files(contents)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise AsaError(f"cannot create a directory in {str(parent)!r}: {exc.strerror}", code="IO_ERROR", hint="check permissions and free space") from exc
+    try:
+        # the manifest last: a reader never sees a manifest without its files
+        for name in sorted(files, key=lambda n: (n == C.MANIFEST_FILE, n)):
+            _write_file(tmp / name, files[name])
+            if _after_file_written is not None:
+                _after_file_written(name)
+        os.chmod(tmp, 0o755)
+        _fsync_dir(tmp)
+        if check:
+            result = read_bundle_dir(tmp)
+            if result.problems:
+                raise BundleError.from_problems(result.problems)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.rename(dest, old)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                os.rename(old, dest)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+        _fsync_dir(parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AsaError(
+            f"writing the bundle to {str(dest)!r} failed: {exc.strerror or exc}",
+            code="IO_ERROR",
+            hint="check free space and permissions; nothing was written at the destination",
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
