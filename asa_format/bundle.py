@@ -19,7 +19,8 @@ import numpy as np
 
 from . import constants as C
 from .digest import root_digest
-from .errors import BundleError, DecisionError, DigestMismatchError
+from .errors import BundleError, DecisionError, DigestMismatchError, SignatureError
+from .fastpath import FastPlan, build_plan, check_inputs
 from .manifest import Manifest
 from .reader import read_bundle_dir
 
@@ -71,6 +72,8 @@ class Bundle:
         vectors: dict[str, np.ndarray],
         sessions: dict[str, Any],
         path: Path | None = None,
+        models: dict[str, Any] | None = None,
+        fast: bool = True,
     ) -> None:
         self.manifest = manifest
         self.manifest_bytes = manifest_bytes
@@ -82,6 +85,37 @@ class Bundle:
         self._probe_files: list[str | None] = [d.probe for d in manifest.domains]
         self._mixed: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._plan: FastPlan | None = None
+        if models is not None and fast:
+            self._plan = self._checked_plan(models)
+
+    @property
+    def decision_backend(self) -> str:
+        """``"numpy"`` when the checked fast path is used, else ``"onnxruntime"``."""
+        return "numpy" if self._plan is not None else "onnxruntime"
+
+    def _checked_plan(self, models: dict[str, Any]) -> FastPlan | None:
+        plan = build_plan(models, self._probe_files)
+        if plan is None:
+            return None
+        probe = check_inputs(self.hidden_size)
+        try:
+            scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[0]
+            _, ref_index, ref_prob = self._decide_ort(probe)
+            scores, fast_prob, has_probe = plan.decide(probe)
+            fast_scaled = plan.scale(probe)
+        except Exception:
+            return None
+        fast_index = np.argmax(scores, axis=1)
+        fast_prob = np.where(has_probe, fast_prob, self.manifest.steering.no_probe_probability)
+        if (
+            fast_scaled.shape != scaled.shape
+            or not np.array_equal(fast_scaled, scaled)  # element-wise float32 ops: bit-identical
+            or not np.array_equal(fast_index, ref_index)
+            or not np.allclose(fast_prob, ref_prob, rtol=0.0, atol=1e-12, equal_nan=True)
+        ):
+            return None
+        return plan
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -126,22 +160,34 @@ class Bundle:
         if n == 0:
             return DecisionBatch(tuple(self.domains), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
         try:
-            x = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: h})[0]
-            x64 = np.ascontiguousarray(x, dtype=np.float64)
-            scores = self._sessions[C.ROUTER_FILE].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64})[0]
-            index = np.argmax(scores, axis=1).astype(np.int64)
-            prob = np.full(n, steering.no_probe_probability, dtype=np.float64)
-            for d in np.unique(index):
-                probe = self._probe_files[int(d)]
-                if probe is None:
-                    continue
-                rows = np.flatnonzero(index == d)
-                out = self._sessions[probe].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]})[0]
-                prob[rows] = out[:, 1]
+            if self._plan is not None:
+                scores, prob, has_probe = self._plan.decide(h)
+                index = np.argmax(scores, axis=1).astype(np.int64)
+                prob = np.where(has_probe, prob, steering.no_probe_probability)
+            else:
+                scores, index, prob = self._decide_ort(h)
         except Exception as exc:
             raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
         gate = gates(prob, steering.tau)
+        gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
         return DecisionBatch(tuple(self.domains), index, prob, gate)
+
+    def _decide_ort(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The reference evaluation with onnxruntime: (router output, domain index, probability)."""
+        n = h.shape[0]
+        x = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: h})[0]
+        x64 = np.ascontiguousarray(x, dtype=np.float64)
+        scores = self._sessions[C.ROUTER_FILE].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64})[0]
+        index = np.argmax(scores, axis=1).astype(np.int64)
+        prob = np.full(n, self.manifest.steering.no_probe_probability, dtype=np.float64)
+        for d in np.unique(index):
+            probe = self._probe_files[int(d)]
+            if probe is None:
+                continue
+            rows = np.flatnonzero(index == d)
+            out = self._sessions[probe].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]})[0]
+            prob[rows] = out[:, 1]
+        return scores, index, prob
 
     # -- steering vectors -----------------------------------------------------------
     def domain_index(self, domain: str | int) -> int:
@@ -169,6 +215,9 @@ class Bundle:
 def gates(probability: np.ndarray, tau: float) -> np.ndarray:
     """+1 where p >= tau, else -1 where p <= 1 - tau, else 0 (int8)."""
     p = np.asarray(probability, dtype=np.float64)
+    if p.shape == (1,):
+        v = float(p[0])
+        return np.array([1 if v >= tau else (-1 if v <= 1.0 - tau else 0)], dtype=np.int8)
     return np.where(p >= tau, 1, np.where(p <= 1.0 - tau, -1, 0)).astype(np.int8)
 
 
@@ -186,13 +235,16 @@ def load_bundle(
     expected_digest: str | None = None,
     trusted_keys: Sequence[Any] | None = None,
     signature_path: str | os.PathLike[str] | None = None,
+    fast: bool = True,
 ) -> Bundle:
     """Load, check and return the bundle at ``path``.
 
     ``verify=False`` skips only the size/sha256 comparison with the manifest;
     every profile check still runs. ``expected_digest`` pins the root digest;
     ``trusted_keys`` requires a valid signature by one of the public keys.
-    Raises :class:`BundleError` (with every problem found) on failure.
+    ``fast`` allows the NumPy evaluator of ``asa_format.fastpath``, used only
+    if it reproduces onnxruntime on load. Raises :class:`BundleError` (with
+    every problem found) on failure.
     """
     result = read_bundle_dir(path, verify=verify, create_sessions=False)
     if result.manifest_bytes is not None and expected_digest is not None:
@@ -208,11 +260,23 @@ def load_bundle(
     if trusted_keys is not None:
         from .signing import verify_bundle_signature
 
-        verify_bundle_signature(Path(path), list(trusted_keys), signature_path=signature_path)
+        verified = verify_bundle_signature(Path(path), list(trusted_keys), signature_path=signature_path)
+        # the signature was checked on a second read of the files: it must cover
+        # exactly the bytes this loader read, hashed and parsed
+        signed = dict(verified.files)
+        if verified.root_digest != root_digest(result.manifest_bytes) or any(
+            signed.get(name) != digest for name, digest in result.file_sha256.items()
+        ):
+            raise SignatureError(
+                "the bundle changed while it was being loaded: the signed files differ from the files read",
+                code="SIGNATURE_FILE_MODIFIED",
+                file=C.MANIFEST_FILE,
+                hint="make the bundle directory read-only for other users and load it again",
+            )
     from .reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
     _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
     if result.problems:
         raise BundleError.from_problems(result.problems)
-    return Bundle(result.manifest, result.manifest_bytes, result.vectors, result.sessions, Path(path))
+    return Bundle(result.manifest, result.manifest_bytes, result.vectors, result.sessions, Path(path), models=result.models, fast=fast)

@@ -83,7 +83,7 @@ CODES: dict[str, str] = {
     "ONNX_SUBGRAPH": "a node has a graph-valued attribute",
     "ONNX_METADATA": "model metadata carries a forbidden key (e.g. ort_config)",
     "ONNX_IO": "graph inputs or outputs differ from the profile (names, types, shapes)",
-    "ONNX_TOO_LARGE": "the graph exceeds a size cap (nodes, initializers, bytes)",
+    "ONNX_TOO_LARGE": "the graph exceeds a size cap (nodes or bytes)",
     "ONNX_SESSION": "onnxruntime refused to create a session for the graph",
     # cross-file consistency
     "HIDDEN_SIZE_MISMATCH": "hidden size differs between manifest, vectors and graphs",

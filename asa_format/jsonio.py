@@ -9,6 +9,7 @@ escapes off (UTF-8), a final newline, and no non-finite floats.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 __all__ = ["DuplicateKeyError", "NonFiniteError", "dumps_canonical", "loads_strict"]
@@ -39,9 +40,22 @@ def _reject_constant(literal: str) -> Any:
     raise NonFiniteError(literal)
 
 
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # e.g. 1e400 overflows to inf
+        raise NonFiniteError(literal)
+    return value
+
+
 def loads_strict(text: str) -> Any:
-    """Parse JSON, raising DuplicateKeyError / NonFiniteError / json.JSONDecodeError."""
-    return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
+    """Parse JSON, raising DuplicateKeyError / NonFiniteError / json.JSONDecodeError.
+
+    Other ValueErrors are possible (e.g. an integer literal over Python's
+    digit limit); callers treat every ValueError as invalid JSON.
+    """
+    return json.loads(
+        text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant, parse_float=_finite_float
+    )
 
 
 def dumps_canonical(value: Any) -> bytes:

@@ -78,7 +78,7 @@ class ModelBinding:
             hidden_size=int(d["hidden_size"]),
             id=d.get("id"),
             type=d.get("type"),
-            num_layers=d.get("num_layers"),
+            num_layers=None if d.get("num_layers") is None else int(d["num_layers"]),
         )
 
 
@@ -353,7 +353,7 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
         return fail("MANIFEST_DUPLICATE_KEY", f"key {exc.key!r} appears twice in one object", "remove the duplicate key")
     except NonFiniteError as exc:
         return fail("MANIFEST_NONFINITE", f"the literal {exc.literal} is not JSON", "use finite numbers")
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, integer digit limit
         return fail("MANIFEST_JSON", f"invalid JSON: {exc}", "fix the JSON syntax")
     if not isinstance(doc, dict):
         return fail("MANIFEST_SCHEMA", "$: the manifest must be a JSON object", "see spec/manifest.schema.json")
@@ -408,7 +408,7 @@ def _split_version(version: Any) -> tuple[int | None, int | None]:
     if not isinstance(version, str):
         return None, None
     parts = version.split(".")
-    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 4 for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 4 for p in parts):
         return None, None
     return int(parts[0]), int(parts[1])
 

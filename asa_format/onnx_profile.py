@@ -130,6 +130,9 @@ def check_onnx(
             f"IR version {model.ir_version} is outside {C.ONNX_IR_VERSION_MIN}..{C.ONNX_IR_VERSION_MAX}",
             "export with an onnx release whose IR version is in range",
         )
+    # functions first: their domain import is a consequence, not the cause
+    if len(model.functions):
+        bad("ONNX_FUNCTION", f"the model defines {len(model.functions)} local function(s)", "inline functions when exporting")
     seen_domains: dict[str, int] = {}
     for imp in model.opset_import:
         domain = "" if imp.domain == "ai.onnx" else imp.domain
@@ -149,8 +152,6 @@ def check_onnx(
             )
     if "" not in seen_domains:
         bad("ONNX_OPSET", "the default domain (ai.onnx) is not imported", "import the default opset")
-    if len(model.functions):
-        bad("ONNX_FUNCTION", f"the model defines {len(model.functions)} local function(s)", "inline functions when exporting")
     if len(model.training_info):
         bad("ONNX_TRAINING", "the model carries training info", "export an inference-only graph")
     for prop in model.metadata_props:
@@ -173,6 +174,14 @@ def check_onnx(
     for node in graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         label = node.name or node.op_type
+        # attributes first: a control-flow op (If, Loop) is refused for its subgraph
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g") or len(attr.graphs):
+                bad("ONNX_SUBGRAPH", f"node {label!r} has graph-valued attribute {attr.name!r}", "subgraphs are not allowed")
+            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS) or attr.HasField("sparse_tensor") or len(attr.sparse_tensors):
+                bad("ONNX_SPARSE", f"node {label!r} has sparse-tensor attribute {attr.name!r}", "use dense tensors")
+            if attr.ref_attr_name:
+                bad("ONNX_FUNCTION", f"node {label!r} has a reference attribute {attr.name!r}", "reference attributes belong to functions")
         if node.op_type == "ZipMap":
             bad("ONNX_OP", f"node {label!r} is ZipMap (sequence of maps output)", "export classifiers with zipmap=False")
         elif domain not in ALLOWED_OPS:
@@ -181,13 +190,6 @@ def check_onnx(
             bad("ONNX_OP", f"node {label!r} uses operator {domain or 'ai.onnx'}::{node.op_type}, not on the allowlist", "see the spec's operator allowlist")
         elif domain not in seen_domains:
             bad("ONNX_OPSET", f"node {label!r} uses domain {node.domain!r}, which is not imported", "import the domain once")
-        for attr in node.attribute:
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g") or len(attr.graphs):
-                bad("ONNX_SUBGRAPH", f"node {label!r} has graph-valued attribute {attr.name!r}", "subgraphs are not allowed")
-            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS) or attr.HasField("sparse_tensor") or len(attr.sparse_tensors):
-                bad("ONNX_SPARSE", f"node {label!r} has sparse-tensor attribute {attr.name!r}", "use dense tensors")
-            if attr.ref_attr_name:
-                bad("ONNX_FUNCTION", f"node {label!r} has a reference attribute {attr.name!r}", "reference attributes belong to functions")
     _check_io(graph, role_for_file(file), hidden_size, n_classes, bad)
     if problems:
         return None, problems

@@ -45,6 +45,7 @@ class ReadResult:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     sessions: dict[str, Any] = field(default_factory=dict)  # file name -> InferenceSession
     graph_bytes: dict[str, bytes] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)  # file name -> checked onnx.ModelProto
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
 
@@ -59,7 +60,8 @@ def _p(code: str, message: str, hint: str, file: str | None = None) -> Problem:
 
 def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Problem | None]:
     """Open ``path`` without following links and read at most ``cap`` bytes."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not regular)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -139,7 +141,16 @@ def read_bundle_dir(
 
     # 2. listing ---------------------------------------------------------------
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries = []
+        with os.scandir(root) as it:
+            for entry in it:
+                entries.append(entry)
+                if len(entries) > C.MAX_FILES + 2:
+                    problems.append(
+                        _p("FILE_UNLISTED", f"the bundle directory holds more than {C.MAX_FILES + 2} entries", "a bundle holds its manifest, its listed files and an optional signature")
+                    )
+                    return result
+        entries.sort(key=lambda e: e.name)
     except OSError as exc:
         problems.append(_p("IO_ERROR", f"cannot list {str(root)!r}: {exc.strerror}", "check permissions"))
         return result
@@ -180,7 +191,7 @@ def read_bundle_dir(
     contents: dict[str, bytes] = {}
     for name in sorted(listed):
         expected = manifest.files[name]
-        if name in present and present[name].is_symlink():
+        if name in present and (present[name].is_symlink() or present[name].is_dir(follow_symlinks=False)):
             continue  # reported above
         data, problem = _read_regular(root / name, name, _cap_for(name))
         if problem is not None:
@@ -222,6 +233,7 @@ def read_bundle_dir(
         problems.extend(gproblems)
         if model is not None and not gproblems:
             checked[name] = contents[name]
+            result.models[name] = model
     result.graph_bytes = checked
 
     # 7. sessions -----------------------------------------------------------------------

@@ -178,10 +178,13 @@ def make_test_contents(
 def make_test_bundle(destination: str | os.PathLike[str], **kwargs: object) -> Path:
     """Write :func:`make_test_contents` (same keyword arguments) to ``destination``.
 
-    If ``destination`` is an existing directory, the bundle is written to
-    ``destination/bundle``.
+    If ``destination`` is an existing directory that is not a bundle (no
+    manifest), the bundle is written to a new ``bundle-<n>`` directory in it.
     """
     dest = Path(destination)
-    if dest.is_dir():
-        dest = dest / "bundle"
+    if dest.is_dir() and not (dest / C.MANIFEST_FILE).exists():
+        n = 0
+        while (dest / f"bundle-{n}").exists():
+            n += 1
+        dest = dest / f"bundle-{n}"
     return save_bundle(make_test_contents(**kwargs), dest)  # type: ignore[arg-type]

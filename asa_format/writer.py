@@ -126,12 +126,16 @@ def save_bundle(
     *,
     force: bool = False,
     check: bool = True,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``contents`` as a bundle directory at ``destination``, atomically.
 
     An existing destination is an error unless ``force`` is given, in which
     case it is replaced in one rename. With ``check`` (the default) the
     written bundle is validated before it is moved into place.
+    ``before_commit`` is called with the temporary directory after the check;
+    if it raises, nothing is written at the destination (the converter's
+    parity self-check runs there).
     """
     dest = Path(destination)
     if dest.exists() or dest.is_symlink():
@@ -166,6 +170,8 @@ def save_bundle(
             result = read_bundle_dir(tmp)
             if result.problems:
                 raise BundleError.from_problems(result.problems)
+        if before_commit is not None:
+            before_commit(tmp)
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
             os.rmdir(old)

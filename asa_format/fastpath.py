@@ -1,0 +1,289 @@
+"""A fast, exact evaluator of bundle graphs in NumPy, checked against onnxruntime.
+
+The decision graphs are tiny (a scaler, then affine maps followed by a few
+element-wise operators), so most of an onnxruntime call is per-call
+overhead. This module compiles the checked ``ModelProto`` of each graph into
+a short list of NumPy operations, and fuses the first ``MatMul`` of the
+router and of every probe (all on the same input ``x``) into one matrix
+product. The plan is only used if, on load, it reproduces onnxruntime on a
+deterministic set of inputs (same domains, same gates, probabilities within
+1e-12, scaler output within float32 rounding); otherwise the bundle keeps
+using onnxruntime. Unsupported operators simply mean "no fast path".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import constants as C
+
+__all__ = ["CompiledGraph", "FastPlan", "compile_graph", "build_plan"]
+
+_ONNX_TO_NUMPY = {1: np.float32, 6: np.int32, 7: np.int64, 11: np.float64}
+
+Op = Callable[[dict[str, np.ndarray]], None]
+
+
+class Unsupported(Exception):
+    """The graph uses something this evaluator does not implement."""
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _compile_node(node: Any, consts: dict[str, np.ndarray], opset: int) -> Op:
+    op, ins, outs = node.op_type, list(node.input), list(node.output)
+    if node.domain not in ("", "ai.onnx") or len(outs) != 1:
+        raise Unsupported(node.op_type)
+    out = outs[0]
+
+    def binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Op:
+        a, b = ins
+        if b in consts and a not in consts:
+            const_b = consts[b]
+
+            def run_const(env: dict[str, np.ndarray]) -> None:
+                env[out] = fn(env[a], const_b)
+
+            return run_const
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = fn(env[a], env[b])
+
+        return run
+
+    if op == "Sub":
+        return binary(np.subtract)
+    if op == "Div":
+        return binary(np.divide)
+    if op == "Add":
+        return binary(np.add)
+    if op == "Mul":
+        return binary(np.multiply)
+    if op == "MatMul":
+        return binary(np.matmul)
+    if op in ("Identity", "Sigmoid", "Abs", "Neg", "Exp", "Cast", "Softmax", "ReduceSum", "Reshape", "Concat"):
+        pass
+    else:
+        raise Unsupported(op)
+    src = ins[0]
+    if op == "Identity":
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = env[src]
+    elif op == "Sigmoid":
+        def run(env: dict[str, np.ndarray]) -> None:
+            x = env[src]
+            env[out] = 1.0 / (1.0 + np.exp(-x))
+    elif op == "Abs":
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = np.abs(env[src])
+    elif op == "Neg":
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = np.negative(env[src])
+    elif op == "Exp":
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = np.exp(env[src])
+    elif op == "Cast":
+        to = _ONNX_TO_NUMPY.get(int(_attr(node, "to", 0)))
+        if to is None:
+            raise Unsupported("Cast")
+        dtype = to
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = env[src].astype(dtype)
+    elif op == "Softmax":
+        axis = int(_attr(node, "axis", -1 if opset >= 13 else 1))
+        if axis not in (1, -1):
+            raise Unsupported("Softmax axis")
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            x = env[src]
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            env[out] = e / e.sum(axis=1, keepdims=True)
+    elif op == "ReduceSum":
+        keepdims = bool(_attr(node, "keepdims", 1))
+        axes_attr = _attr(node, "axes", None)
+        if len(ins) > 1 and ins[1]:
+            if ins[1] not in consts:
+                raise Unsupported("ReduceSum dynamic axes")
+            axes = tuple(int(a) for a in consts[ins[1]].ravel())
+        elif axes_attr is not None:
+            axes = tuple(int(a) for a in axes_attr)
+        else:
+            raise Unsupported("ReduceSum all axes")
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = env[src].sum(axis=axes, keepdims=keepdims)
+    elif op == "Reshape":
+        if ins[1] not in consts:
+            raise Unsupported("Reshape dynamic shape")
+        shape = tuple(int(s) for s in consts[ins[1]].ravel())
+        if 0 in shape:
+            raise Unsupported("Reshape zero dim")
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = env[src].reshape(shape)
+    else:  # Concat
+        axis = int(_attr(node, "axis", 0))
+
+        def run(env: dict[str, np.ndarray]) -> None:
+            env[out] = np.concatenate([env[i] for i in ins], axis=axis)
+    return run
+
+
+@dataclass
+class CompiledGraph:
+    """Operations computing ``output`` from ``input_name``; a leading MatMul may be split off."""
+
+    input_name: str
+    output: str
+    consts: dict[str, np.ndarray]
+    ops: list[Op]
+    head_output: str | None = None  # name bound to x @ head_weight (fused by the plan)
+    head_weight: np.ndarray | None = None
+
+    def run(self, value: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
+        env = self.consts.copy()
+        env[self.input_name] = value
+        if self.head_output is not None:
+            env[self.head_output] = head if head is not None else value @ self.head_weight
+        for op in self.ops:
+            op(env)
+        return env[self.output]
+
+
+def compile_graph(model: Any, output: str, *, split_head: bool) -> CompiledGraph:
+    """Compile the nodes ``output`` depends on; raise Unsupported if not possible."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    needed: list[Any] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or name in consts or name == graph.input[0].name:
+            return
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            raise Unsupported(f"value {name} has no producer")
+        if node.op_type == "Constant":
+            raise Unsupported("Constant")
+        for i in node.input:
+            if i:
+                visit(i)
+        needed.append(node)
+
+    visit(output)
+    input_name = graph.input[0].name
+    head_output: str | None = None
+    head_weight: np.ndarray | None = None
+    if split_head:
+        first = [n for n in needed if n.op_type == "MatMul" and n.input[0] == input_name and n.input[1] in consts]
+        users = [n for n in needed if input_name in n.input]
+        if len(first) == 1 and users == first and consts[first[0].input[1]].ndim == 2:
+            head_output = first[0].output[0]
+            head_weight = consts[first[0].input[1]].astype(np.float64)
+            needed = [n for n in needed if n is not first[0]]
+    ops = [_compile_node(n, consts, opset) for n in needed]
+    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight)
+
+
+@dataclass
+class FastPlan:
+    scaler: CompiledGraph
+    router: CompiledGraph
+    probes: list[CompiledGraph | None]  # per domain
+    fused: np.ndarray | None  # [H, sum of head widths] or None
+    slices: list[tuple[int, int]]  # router first, then per domain (0, 0) when absent
+
+    def scale(self, h32: np.ndarray) -> np.ndarray:
+        return np.asarray(self.scaler.run(h32), dtype=np.float32)
+
+    def decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(router probabilities [N, D], probe probability, has-probe mask)``."""
+        x64 = self.scale(h32).astype(np.float64)
+        heads = x64 @ self.fused if self.fused is not None else None
+
+        def head(i: int) -> np.ndarray | None:
+            if heads is None:
+                return None
+            a, b = self.slices[i]
+            return heads[:, a:b]
+
+        scores = self.router.run(x64, head(0))
+        if x64.shape[0] == 1:  # the common case of one prompt: no grouping
+            d = int(np.argmax(scores[0]))
+            probe1 = self.probes[d]
+            if probe1 is None:
+                return scores, np.array([np.nan]), np.array([False])
+            h1 = head(1 + d)
+            return scores, probe1.run(x64, h1)[:, 1], np.array([True])
+        index = np.argmax(scores, axis=1)
+        prob = np.full(x64.shape[0], np.nan)
+        has_probe = np.zeros(x64.shape[0], dtype=bool)
+        for d in np.unique(index):
+            probe = self.probes[int(d)]
+            if probe is None:
+                continue
+            rows = np.flatnonzero(index == d)
+            h = head(1 + int(d))
+            out = probe.run(x64[rows], h[rows] if h is not None else None)
+            prob[rows] = out[:, 1]
+            has_probe[rows] = True
+        return scores, prob, has_probe
+
+
+def build_plan(models: dict[str, Any], probe_files: list[str | None]) -> FastPlan | None:
+    """Compile every graph and fuse the heads; None if anything is unsupported."""
+    try:
+        scaler = compile_graph(models[C.SCALER_FILE], C.SCALER_OUTPUT, split_head=False)
+        router = compile_graph(models[C.ROUTER_FILE], C.CLASSIFIER_PROBABILITIES, split_head=True)
+        probes = [
+            compile_graph(models[f], C.CLASSIFIER_PROBABILITIES, split_head=True) if f else None for f in probe_files
+        ]
+    except (Unsupported, KeyError, IndexError, ValueError):
+        return None
+    graphs = [router, *probes]
+    fused: np.ndarray | None = None
+    slices: list[tuple[int, int]] = []
+    if all(g is None or g.head_weight is not None for g in graphs):
+        blocks: list[np.ndarray] = []
+        start = 0
+        for g in graphs:
+            if g is None or g.head_weight is None:
+                slices.append((start, start))
+                continue
+            blocks.append(g.head_weight)
+            slices.append((start, start + g.head_weight.shape[1]))
+            start += g.head_weight.shape[1]
+        try:
+            fused = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        except ValueError:
+            return None
+    return FastPlan(scaler, router, probes, fused, slices)
+
+
+def check_inputs(hidden_size: int, mean: np.ndarray | None = None, seed: int = 20240229) -> np.ndarray:
+    """Deterministic float32 inputs used to compare the plan with onnxruntime on load."""
+    rng = np.random.default_rng(seed)
+    rows = [np.zeros(hidden_size), np.ones(hidden_size)]
+    rows += list(rng.standard_normal((30, hidden_size)))
+    rows += list(rng.standard_normal((16, hidden_size)) * 10.0)
+    out = np.asarray(rows, dtype=np.float32)
+    if mean is not None:
+        out = out + mean.astype(np.float32)
+    return out

@@ -1,0 +1,233 @@
+"""Legacy pickle bundle -> asa bundle, with a parity self-check.
+
+``convert_legacy`` reads the legacy directory without running any pickled
+code (``legacy.read_legacy_bundle``), exports the graphs (``export``), writes
+the bundle into a temporary directory, reloads it with ``load_bundle`` and
+compares its decisions with the legacy decision function
+(``semantics.legacy_decide``) on a few thousand hidden states sampled around
+the scaler's mean and scale. Only a bundle that agrees is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asa_format import __version__
+from asa_format import constants as C
+from asa_format.bundle import load_bundle
+from asa_format.digest import root_digest
+from asa_format.errors import ParityError
+from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
+from asa_format.writer import BundleContents, save_bundle
+
+from .legacy import read_legacy_bundle
+from .legacy_model import LegacyAssets
+from .semantics import legacy_decide
+
+__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "convert_legacy", "sample_hidden_states"]
+
+PARITY_TOLERANCE = 1e-9  # max |p_bundle - p_legacy| allowed (float64 references)
+FLOAT32_PARITY_TOLERANCE = 1e-5  # references that themselves compute in float32
+DEFAULT_SAMPLES = 4096
+
+
+@dataclass
+class Parity:
+    """Agreement between a bundle and a reference decision function."""
+
+    samples: int
+    domain_agreement: float
+    gate_agreement: float
+    max_probability_difference: float
+    gate_counts: dict[str, int] = field(default_factory=dict)
+    tolerance: float = PARITY_TOLERANCE
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.domain_agreement == 1.0
+            and self.gate_agreement == 1.0
+            and self.max_probability_difference <= self.tolerance
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "domain_agreement": self.domain_agreement,
+            "gate_agreement": self.gate_agreement,
+            "max_probability_difference": self.max_probability_difference,
+            "gate_counts": dict(self.gate_counts),
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+        }
+
+
+@dataclass
+class ConversionReport:
+    destination: str
+    files: dict[str, int]  # name -> size
+    hidden_size: int
+    domains: list[str]
+    layer: int
+    model: dict[str, Any]
+    parity: Parity
+    digest: str
+    unknown: list[str] = field(default_factory=list)  # binding members not known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "files": dict(self.files),
+            "hidden_size": self.hidden_size,
+            "domains": list(self.domains),
+            "layer": self.layer,
+            "model": dict(self.model),
+            "unknown": list(self.unknown),
+            "parity": self.parity.to_dict(),
+            "digest": self.digest,
+        }
+
+    def text(self) -> str:
+        p = self.parity
+        lines = [
+            f"converted    -> {self.destination}",
+            f"digest       {self.digest}",
+            f"model        id={self.model.get('id') or 'unknown'}  type={self.model.get('type') or 'unknown'}  "
+            f"hidden_size={self.hidden_size}  layers={self.model.get('num_layers') or 'unknown'}",
+            f"layer        {self.layer}",
+            f"domains      {', '.join(self.domains)}",
+            "files        " + ", ".join(f"{n} ({s} B)" for n, s in sorted(self.files.items())),
+            f"parity       {p.samples} samples: domain agreement {p.domain_agreement:.2%}, gate agreement "
+            f"{p.gate_agreement:.2%}, max |dp| {p.max_probability_difference:.3g} (tolerance {p.tolerance:g}) "
+            f"(gates -1/0/+1: {p.gate_counts.get('-1', 0)}/{p.gate_counts.get('0', 0)}/{p.gate_counts.get('1', 0)})",
+        ]
+        if self.unknown:
+            lines.append(
+                "not known    " + ", ".join(self.unknown)
+                + " (pass --model-id / --model-type / --num-layers to record them)"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0) -> np.ndarray:
+    """Float32 hidden states around the scaler's mean and scale (deterministic)."""
+    rng = np.random.default_rng(seed)
+    mu = np.zeros(hidden) if mean is None else mean
+    sd = np.ones(hidden) if scale is None else scale
+    spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None]
+    z = rng.standard_normal((n, hidden)) * spread
+    return (mu + z * sd).astype(np.float32)
+
+
+def compare(bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> Parity:
+    """Compare ``bundle.decide`` with ``reference(hidden) -> (index, prob, gate)``."""
+    got = bundle.decide(hidden)
+    index, prob, gate = reference(hidden)
+    gate_arr = np.asarray(gate)
+    counts = {str(g): int((gate_arr == g).sum()) for g in (-1, 0, 1)}
+    return Parity(
+        samples=int(hidden.shape[0]),
+        domain_agreement=float(np.mean(got.domain_index == np.asarray(index))),
+        gate_agreement=float(np.mean(got.gate == gate_arr)),
+        max_probability_difference=float(np.max(np.abs(got.probability - np.asarray(prob, dtype=np.float64)))),
+        gate_counts=counts,
+        tolerance=tolerance,
+    )
+
+
+def assets_to_contents(
+    assets: LegacyAssets,
+    *,
+    model_id: str | None = None,
+    model_type: str | None = None,
+    num_layers: int | None = None,
+    policy: str = C.POLICY_PREFILL_LAST_TOKEN,
+) -> BundleContents:
+    """Map legacy assets to bundle contents (graphs exported through skl2onnx)."""
+    from .export import export_probe, export_router, export_scaler
+
+    probes = {name: export_probe(probe) for name, probe in assets.probes.items()}
+    versions = sorted(
+        {v for v in [assets.scaler.sklearn_version, assets.router.sklearn_version, *(p.sklearn_version for p in assets.probes.values())] if v}
+    )
+    library_versions = {"scikit-learn": ", ".join(versions)} if versions else {}
+    metadata: dict[str, Any] = dict(assets.extra_config)
+    return BundleContents(
+        model=ModelBinding(
+            hidden_size=assets.hidden_size,
+            id=model_id if model_id is not None else assets.model_id,
+            type=model_type,
+            num_layers=num_layers,
+        ),
+        layer=assets.layer,
+        steering=Steering(alpha=assets.alpha, tau=assets.tau, beta=assets.beta, policy=policy, no_probe_probability=0.5),
+        domains=list(assets.domains),
+        vectors={k: np.asarray(v, dtype=np.float32) for k, v in assets.vectors.items()},
+        scaler=export_scaler(assets.scaler),
+        router=export_router(assets.router, assets.domains),
+        probes=probes,
+        provenance=Provenance(
+            source="legacy-pickle",
+            tool=Producer("asa-convert", __version__),
+            inputs={s.name: FileEntry(size=s.size, sha256=s.sha256) for s in assets.sources},
+            library_versions=library_versions,
+            metadata=metadata,
+        ),
+    )
+
+
+def convert_legacy(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    model_id: str | None = None,
+    model_type: str | None = None,
+    num_layers: int | None = None,
+    force: bool = False,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> ConversionReport:
+    """Convert the legacy bundle at ``source`` into a bundle at ``destination``.
+
+    Raises an AsaError (nothing written at ``destination``) if the source is
+    refused, the export fails, or the parity self-check fails.
+    """
+    assets = read_legacy_bundle(source)
+    contents = assets_to_contents(assets, model_id=model_id, model_type=model_type, num_layers=num_layers)
+    hidden = sample_hidden_states(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)
+    outcome: dict[str, Any] = {}
+
+    def self_check(tmp: Path) -> None:
+        bundle = load_bundle(tmp)
+        parity = compare(bundle, lambda h: legacy_decide(assets, h), hidden)
+        outcome["parity"] = parity
+        outcome["digest"] = bundle.root_digest
+        if not parity.ok:
+            raise ParityError(
+                f"the converted bundle does not reproduce the legacy decisions: domain agreement "
+                f"{parity.domain_agreement:.4%}, gate agreement {parity.gate_agreement:.4%}, max |dp| "
+                f"{parity.max_probability_difference:.3g} (tolerance {parity.tolerance:g})",
+                file=str(source),
+                hint="nothing was written; please report this with the legacy bundle's scikit-learn version",
+            )
+
+    dest = save_bundle(contents, destination, force=force, before_commit=self_check)
+    files = {p.name: p.stat().st_size for p in sorted(dest.iterdir())}
+    binding = contents.model
+    unknown = [name for name, value in (("model id", binding.id), ("model type", binding.type), ("layer count", binding.num_layers)) if value is None]
+    return ConversionReport(
+        destination=str(dest),
+        files=files,
+        hidden_size=assets.hidden_size,
+        domains=list(assets.domains),
+        layer=assets.layer,
+        model=binding.to_dict(),
+        parity=outcome["parity"],
+        digest=outcome.get("digest") or root_digest((dest / C.MANIFEST_FILE).read_bytes()),
+        unknown=unknown,
+    )
