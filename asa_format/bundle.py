@@ -264,6 +264,7 @@ def load_bundle(
         # the signature was checked on a second read of the files: it must cover
         # exactly the bytes this loader read, hashed and parsed
         signed = dict(verified.files)
+        assert result.manifest_bytes is not None
         if verified.root_digest != root_digest(result.manifest_bytes) or any(
             signed.get(name) != digest for name, digest in result.file_sha256.items()
         ):

@@ -22,6 +22,7 @@ from typing import Any
 from . import constants as C
 from .errors import BundleError, Problem
 from .jsonio import DuplicateKeyError, NonFiniteError, dumps_canonical, loads_strict
+from .schema_check import check_schema, iter_violations
 
 __all__ = [
     "DomainEntry",
@@ -249,10 +250,10 @@ def manifest_schema() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
-def _validator() -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(manifest_schema())
+def _checked_schema() -> dict[str, Any]:
+    schema = manifest_schema()
+    check_schema(schema)
+    return schema
 
 
 def _json_path(path: Any) -> str:
@@ -265,18 +266,11 @@ def _json_path(path: Any) -> str:
 def _schema_problems(doc: dict[str, Any], tolerate_unknown: bool) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    for err in sorted(_validator().iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
-        where = _json_path(err.absolute_path)
-        message = err.message
-        if len(message) > 300:
-            message = message[:300] + "..."
-        problem = Problem(
-            code="MANIFEST_SCHEMA",
-            file=C.MANIFEST_FILE,
-            message=f"{where}: {message}",
-            hint="see spec/manifest.schema.json for the allowed members and types",
-        )
-        if tolerate_unknown and err.validator == "additionalProperties":
+    violations = sorted(iter_violations(doc, _checked_schema()), key=lambda v: (list(map(str, v.path)), v.message))
+    for v in violations:
+        where = _json_path(v.path)
+        message = v.message if len(v.message) <= 300 else v.message[:300] + "..."
+        if tolerate_unknown and v.keyword == "additionalProperties":
             warnings.append(
                 Problem(
                     code="MANIFEST_SCHEMA",
@@ -284,8 +278,15 @@ def _schema_problems(doc: dict[str, Any], tolerate_unknown: bool) -> tuple[list[
                     message=f"{where}: ignoring members of a newer minor version: {message}",
                 )
             )
-        else:
-            errors.append(problem)
+            continue
+        errors.append(
+            Problem(
+                code="MANIFEST_SCHEMA",
+                file=C.MANIFEST_FILE,
+                message=f"{where}: {message}",
+                hint="see spec/manifest.schema.json for the allowed members and types",
+            )
+        )
     return errors, warnings
 
 

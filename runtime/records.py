@@ -1,0 +1,99 @@
+"""What the runtime decided, per generation: kept for inspection and logging."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["GenerationRecord", "RecordLog"]
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """The decision taken on the prefill of one generation (one forward without cache).
+
+    ``rows[i]`` is the decision of batch row ``i`` (a ``Decision`` with
+    ``domain``, ``domain_index``, ``probability`` and ``gate``);
+    ``positions[i]`` is the position whose hidden state was read for that row
+    (its last real, non-padding token).
+    """
+
+    generation: int  # sequence number within the handle, from 1
+    policy: str
+    layer: int
+    alpha: float
+    rows: list[Any]
+    positions: list[int]
+    thread: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gates(self) -> list[int]:
+        return [int(r.gate) for r in self.rows]
+
+    @property
+    def domains(self) -> list[str]:
+        return [str(r.domain) for r in self.rows]
+
+    @property
+    def probabilities(self) -> list[float]:
+        return [float(r.probability) for r in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "policy": self.policy,
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "rows": [
+                {
+                    "domain": str(r.domain),
+                    "domain_index": int(r.domain_index),
+                    "probability": float(r.probability),
+                    "gate": int(r.gate),
+                    "position": int(p),
+                }
+                for r, p in zip(self.rows, self.positions, strict=True)
+            ],
+        }
+
+
+class RecordLog:
+    """A thread-safe bounded log of :class:`GenerationRecord` objects."""
+
+    def __init__(self, max_records: int) -> None:
+        self._lock = threading.Lock()
+        self._records: deque[GenerationRecord] = deque(maxlen=max(1, int(max_records)))
+        self._counter = 0
+
+    def next_id(self) -> int:
+        with self._lock:
+            self._counter += 1
+            return self._counter
+
+    def append(self, record: GenerationRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def snapshot(self) -> list[GenerationRecord]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def last(self) -> GenerationRecord | None:
+        with self._lock:
+            return self._records[-1] if self._records else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def __iter__(self) -> Iterator[GenerationRecord]:
+        return iter(self.snapshot())
