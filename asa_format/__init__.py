@@ -16,12 +16,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .bundle import Bundle, Decision, DecisionBatch, load_bundle  # noqa: E402
-from .digest import root_digest  # noqa: E402
-from .errors import AsaError, BundleError, Problem  # noqa: E402
-from .manifest import Manifest, ModelBinding, Provenance, Steering  # noqa: E402
-from .validate import ValidationReport, validate_bundle  # noqa: E402
-from .writer import BundleContents, save_bundle  # noqa: E402
+from .bundle import Bundle, Decision, DecisionBatch, load_bundle
+from .digest import root_digest
+from .errors import AsaError, BundleError, Problem
+from .manifest import Manifest, ModelBinding, Provenance, Steering
+from .validate import ValidationReport, validate_bundle
+from .writer import BundleContents, save_bundle
 
 __all__ = [
     "AsaError",

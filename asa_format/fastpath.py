@@ -21,7 +21,7 @@ import numpy as np
 
 from . import constants as C
 
-__all__ = ["CompiledGraph", "FastPlan", "compile_graph", "build_plan"]
+__all__ = ["CompiledGraph", "FastPlan", "build_plan", "compile_graph"]
 
 _ONNX_TO_NUMPY = {1: np.float32, 6: np.int32, 7: np.int64, 11: np.float64}
 

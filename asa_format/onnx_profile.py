@@ -215,9 +215,9 @@ def _check_io(graph: object, role: GraphRole, hidden_size: int | None, n_classes
     if got_out != want_out:
         report("ONNX_IO", f"{role.name} graph outputs are {got_out}, expected {want_out}", "rename the outputs and drop extra ones")
         return
-    for vi, (name, elem) in zip(inputs, role.inputs):
+    for vi, (name, elem) in zip(inputs, role.inputs, strict=True):
         _check_value(vi, name, elem, 2, hidden_size, "hidden size", role, report)
-    for vi, (name, elem, rank) in zip(outputs, role.outputs):
+    for vi, (name, elem, rank) in zip(outputs, role.outputs, strict=True):
         expected_last: int | None = None
         what = ""
         if name == C.SCALER_OUTPUT and role.name == "scaler":

@@ -151,7 +151,7 @@ def save_bundle(
                 code="DESTINATION_EXISTS",
                 hint="remove it first; only a directory can be replaced",
             )
-    manifest, files = bundle_files(contents)
+    _, files = bundle_files(contents)
     parent = dest.parent if str(dest.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,14 @@ from asa_format.errors import ConversionError, ParityError
 from asa_format.manifest import ModelBinding, Producer, Provenance, Steering
 from asa_format.writer import BundleContents, save_bundle
 
-from .convert import DEFAULT_SAMPLES, FLOAT32_PARITY_TOLERANCE, PARITY_TOLERANCE, Parity, compare, sample_hidden_states
+from .convert import (
+    DEFAULT_SAMPLES,
+    FLOAT32_PARITY_TOLERANCE,
+    PARITY_TOLERANCE,
+    Parity,
+    compare,
+    sample_hidden_states,
+)
 
 __all__ = ["build_bundle"]
 

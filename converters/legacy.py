@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from asa_format.constants import (
+    GLOBAL_VECTOR,
+    MAX_DOMAINS,
+    MAX_HIDDEN_SIZE,
+    MAX_MANIFEST_BYTES,
+    MAX_VECTORS_BYTES,
+    UNIT_NORM_TOLERANCE,
+)
 from asa_format.converters.legacy_model import (
     LegacyAssets,
     LegacyLogisticRegression,
@@ -33,15 +42,6 @@ from asa_format.converters.safe_pickle import (
     safe_load_pickle,
     to_legacy_logistic,
     to_legacy_scaler,
-)
-
-from asa_format.constants import (
-    GLOBAL_VECTOR,
-    MAX_DOMAINS,
-    MAX_HIDDEN_SIZE,
-    MAX_MANIFEST_BYTES,
-    MAX_VECTORS_BYTES,
-    UNIT_NORM_TOLERANCE,
 )
 from asa_format.errors import LegacyFormatError
 

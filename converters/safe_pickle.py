@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from asa_format.converters.legacy_model import LegacyLogisticRegression, LegacyScaler
 
+from asa_format.converters.legacy_model import LegacyLogisticRegression, LegacyScaler
 from asa_format.errors import LegacyFormatError, UnsafePickleError
 
 __all__ = [

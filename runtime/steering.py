@@ -160,7 +160,7 @@ class _Steerer:
         out = torch.zeros((len(gates), self.hidden_size), dtype=torch.float32, device=device)
         for i, (gate, domain) in enumerate(zip(gates, domains, strict=True)):
             if gate != 0:
-                out[i] = self.vector(domain, device, torch.float32) * np.float32(gate * self.alpha)
+                out[i] = self.vector(domain, device, torch.float32) * float(np.float32(gate * self.alpha))
         return out.to(dtype)
 
     # -- top-level model hooks ----------------------------------------------------
