@@ -218,7 +218,7 @@ def _run(
             payload["baseline"] = baseline
         click.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
-    gate = {1: "+1", 0: "0", -1: "-1"}[int(decision["gate"])]
+    gate = {1: "+1", 0: "0", -1: "-1"}[int(str(decision["gate"]))]
     click.echo(
         f"decision: domain={decision['domain']} p={decision['probability']:.4f} "
         f"gate={gate}  (layer {handle.layer_path}, policy {record.policy}, "

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from asa_format.converters.legacy import read_legacy_bundle
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.errors import LegacyFormatError, UnsafePickleError
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
 from asa_format.converters import safe_pickle
 from asa_format.converters.safe_pickle import (
     EstimatorState,
@@ -22,9 +25,6 @@ from asa_format.converters.safe_pickle import (
     to_legacy_logistic,
     to_legacy_scaler,
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-
 from asa_format.errors import LegacyFormatError, UnsafePickleError
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"

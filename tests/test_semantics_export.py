@@ -20,6 +20,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from asa_format.constants import (
+    CLASSIFIER_INPUT,
+    CLASSIFIER_LABEL,
+    CLASSIFIER_PROBABILITIES,
+    ONNX_OPSET_RANGES,
+    PRODUCER_NAME,
+    SCALER_INPUT,
+    SCALER_OUTPUT,
+)
 from asa_format.converters.export import (
     BATCH_DIM,
     EXPORT_OP_TYPES,
@@ -44,16 +54,6 @@ from asa_format.converters.semantics import (
     probe_uses_softmax,
     scaler_transform,
     scaler_uses_float32,
-)
-
-from asa_format.constants import (
-    CLASSIFIER_INPUT,
-    CLASSIFIER_LABEL,
-    CLASSIFIER_PROBABILITIES,
-    ONNX_OPSET_RANGES,
-    PRODUCER_NAME,
-    SCALER_INPUT,
-    SCALER_OUTPUT,
 )
 from asa_format.errors import ConversionError
 
