@@ -86,13 +86,33 @@ class Bundle:
         self._mixed: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._plan: FastPlan | None = None
+        self._single_row = False
+        self._domains_tuple = tuple(self.domains)
         if models is not None and fast:
             self._plan = self._checked_plan(models)
+            self._single_row = self._plan is not None and self._plan.single_row
+            if self._single_row and not self._check_single_row():
+                self._single_row = False
 
     @property
     def decision_backend(self) -> str:
         """``"numpy"`` when the checked fast path is used, else ``"onnxruntime"``."""
         return "numpy" if self._plan is not None else "onnxruntime"
+
+    def _check_single_row(self) -> bool:
+        """The one-row path must agree with onnxruntime row by row."""
+        assert self._plan is not None
+        probe = check_inputs(self.hidden_size, seed=7)[:12]
+        try:
+            _, ref_index, ref_prob = self._decide_ort(probe)
+            for i in range(probe.shape[0]):
+                d, p, _ = self._plan.decide_one(probe[i : i + 1])
+                pv = self.manifest.steering.no_probe_probability if p is None else p
+                if d != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-12:
+                    return False
+        except Exception:
+            return False
+        return True
 
     def _checked_plan(self, models: dict[str, Any]) -> FastPlan | None:
         plan = build_plan(models, self._probe_files)
@@ -159,6 +179,20 @@ class Bundle:
         steering = self.manifest.steering
         if n == 0:
             return DecisionBatch(tuple(self.domains), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
+        if n == 1 and self._plan is not None and self._single_row:
+            try:
+                d, p, has_nan = self._plan.decide_one(h)
+            except Exception as exc:
+                raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
+            pv = steering.no_probe_probability if p is None else p
+            tau = steering.tau
+            g = 0 if has_nan else (1 if pv >= tau else (-1 if pv <= 1.0 - tau else 0))
+            return DecisionBatch(
+                self._domains_tuple,
+                np.array([d], dtype=np.int64),
+                np.array([pv], dtype=np.float64),
+                np.array([g], dtype=np.int8),
+            )
         try:
             if self._plan is not None:
                 scores, prob, has_probe = self._plan.decide(h)
@@ -246,7 +280,7 @@ def load_bundle(
     if it reproduces onnxruntime on load. Raises :class:`BundleError` (with
     every problem found) on failure.
     """
-    result = read_bundle_dir(path, verify=verify, create_sessions=False)
+    result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=fast)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)
         if actual != expected_digest:

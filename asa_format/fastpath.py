@@ -13,6 +13,7 @@ using onnxruntime. Unsupported operators simply mean "no fast path".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,7 @@ class CompiledGraph:
     ops: list[Op]
     head_output: str | None = None  # name bound to x @ head_weight (fused by the plan)
     head_weight: np.ndarray | None = None
+    row_tail: Callable[[list[float]], list[float]] | None = None  # one row, plain floats
 
     def run(self, value: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
         env = self.consts.copy()
@@ -199,7 +201,137 @@ def compile_graph(model: Any, output: str, *, split_head: bool) -> CompiledGraph
             head_weight = consts[first[0].input[1]].astype(np.float64)
             needed = [n for n in needed if n is not first[0]]
     ops = [_compile_node(n, consts, opset) for n in needed]
-    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight)
+    row_tail = _compile_row_tail(needed, consts, head_output, output) if head_output is not None else None
+    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight, row_tail)
+
+
+# -- one row with plain Python floats ---------------------------------------------------
+# For a single prompt the operators after the fused matrix product act on a
+# handful of numbers, where NumPy's per-call overhead dominates. The same
+# operators on lists of floats (IEEE double, like NumPy) are much cheaper.
+
+Row = list[float]
+RowOp = Callable[[dict[str, Row]], None]
+
+
+def _sigmoid(v: float) -> float:
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def _const_row(arr: np.ndarray) -> Row | None:
+    if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != 1) or arr.dtype.kind != "f":
+        return None
+    return [float(v) for v in arr.reshape(-1)]
+
+
+def _broadcast(a: Row, b: Row, fn: Callable[[float, float], float]) -> Row:
+    if len(a) == len(b):
+        return [fn(x, y) for x, y in zip(a, b, strict=True)]
+    if len(b) == 1:
+        return [fn(x, b[0]) for x in a]
+    if len(a) == 1:
+        return [fn(a[0], y) for y in b]
+    raise Unsupported("broadcast")
+
+
+_BINARY: dict[str, Callable[[float, float], float]] = {
+    "Add": lambda x, y: x + y,
+    "Sub": lambda x, y: x - y,
+    "Mul": lambda x, y: x * y,
+    "Div": lambda x, y: x / y if y != 0.0 else (math.copysign(math.inf, x) * math.copysign(1.0, y) if x != 0.0 and not math.isnan(x) else math.nan),
+}
+_UNARY: dict[str, Callable[[float], float]] = {
+    "Identity": lambda x: x,
+    "Sigmoid": _sigmoid,
+    "Abs": abs,
+    "Neg": lambda x: -x,
+    "Exp": lambda x: math.exp(x) if x < 709.0 else math.inf,
+}
+
+
+def _softmax_row(v: Row) -> Row:
+    m = max(v)
+    e = [math.exp(x - m) for x in v]
+    total = sum(e)
+    return [x / total for x in e]
+
+
+def _compile_row_tail(nodes: list[Any], consts: dict[str, np.ndarray], head: str, output: str) -> Callable[[Row], Row] | None:
+    """Compile the nodes after the head for one row of plain floats, or None."""
+    const_rows: dict[str, Row] = {}
+    ops: list[RowOp] = []
+    for node in nodes:
+        op, ins, out = node.op_type, list(node.input), node.output[0]
+        for name in ins:
+            if name in consts and name not in const_rows:
+                row = _const_row(consts[name])
+                if row is None and op not in ("ReduceSum",):
+                    return None
+                if row is not None:
+                    const_rows[name] = row
+        if op in _BINARY:
+            fn2, a, b = _BINARY[op], ins[0], ins[1]
+
+            def run2(env: dict[str, Row], fn2: Any = fn2, a: str = a, b: str = b, out: str = out) -> None:
+                env[out] = _broadcast(env[a], env[b], fn2)
+
+            ops.append(run2)
+        elif op in _UNARY:
+            fn1, a = _UNARY[op], ins[0]
+
+            def run1(env: dict[str, Row], fn1: Any = fn1, a: str = a, out: str = out) -> None:
+                env[out] = [fn1(x) for x in env[a]]
+
+            ops.append(run1)
+        elif op == "Softmax" and int(_attr(node, "axis", -1)) in (1, -1):
+            a = ins[0]
+
+            def run_sm(env: dict[str, Row], a: str = a, out: str = out) -> None:
+                env[out] = _softmax_row(env[a])
+
+            ops.append(run_sm)
+        elif op == "ReduceSum" and bool(_attr(node, "keepdims", 1)):
+            axes = consts[ins[1]].ravel().tolist() if len(ins) > 1 and ins[1] in consts else _attr(node, "axes", None)
+            if axes is None or [int(x) for x in axes] not in ([1], [-1]):
+                return None
+            a = ins[0]
+
+            def run_rs(env: dict[str, Row], a: str = a, out: str = out) -> None:
+                env[out] = [sum(env[a])]
+
+            ops.append(run_rs)
+        elif op == "Concat" and int(_attr(node, "axis", 0)) in (1, -1):
+            names = list(ins)
+
+            def run_cat(env: dict[str, Row], names: list[str] = names, out: str = out) -> None:
+                env[out] = [x for n in names for x in env[n]]
+
+            ops.append(run_cat)
+        elif op == "Cast" and int(_attr(node, "to", 0)) in (1, 11):
+            a, to_float = ins[0], int(_attr(node, "to", 0)) == 1
+
+            def run_cast(env: dict[str, Row], a: str = a, out: str = out, to_float: bool = to_float) -> None:
+                env[out] = [_f32(x) for x in env[a]] if to_float else list(env[a])
+
+            ops.append(run_cast)
+        else:
+            return None
+
+    def run(head_row: Row) -> Row:
+        env: dict[str, Row] = dict(const_rows)
+        env[head] = head_row
+        for op in ops:
+            op(env)
+        return env[output]
+
+    return run
 
 
 @dataclass
@@ -213,8 +345,42 @@ class FastPlan:
     def scale(self, h32: np.ndarray) -> np.ndarray:
         return np.asarray(self.scaler.run(h32), dtype=np.float32)
 
+    @property
+    def single_row(self) -> bool:
+        """Whether one row can be decided with plain floats after the matrix product."""
+        return (
+            self.fused is not None
+            and self.router.row_tail is not None
+            and all(p is None or p.row_tail is not None for p in self.probes)
+        )
+
+    def decide_one(self, h32: np.ndarray) -> tuple[int, float | None, bool]:
+        """One row: ``(domain index, probe probability or None, router output has NaN)``."""
+        x64 = self.scaler.run(h32).astype(np.float64)
+        assert self.fused is not None and self.router.row_tail is not None
+        heads = (x64 @ self.fused)[0].tolist()
+        a, b = self.slices[0]
+        scores = self.router.row_tail(heads[a:b])
+        best = 0
+        for j in range(1, len(scores)):
+            if scores[j] > scores[best]:
+                best = j
+        has_nan = any(v != v for v in scores)
+        if has_nan:  # NumPy's argmax returns the first NaN
+            best = next(j for j, v in enumerate(scores) if v != v)
+        probe = self.probes[best]
+        if probe is None:
+            return best, None, has_nan
+        a, b = self.slices[1 + best]
+        assert probe.row_tail is not None
+        return best, probe.row_tail(heads[a:b])[1], has_nan
+
     def decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(router probabilities [N, D], probe probability, has-probe mask)``."""
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            return self._decide(h32)
+
+    def _decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x64 = self.scale(h32).astype(np.float64)
         heads = x64 @ self.fused if self.fused is not None else None
 

@@ -124,8 +124,14 @@ def read_bundle_dir(
     verify: bool = True,
     create_sessions: bool = True,
     signature_name: str = C.SIGNATURE_FILE,
+    keep_models: bool = False,
 ) -> ReadResult:
-    """Read and check a bundle; collect every problem instead of stopping at the first."""
+    """Read and check a bundle; collect every problem instead of stopping at the first.
+
+    With ``create_sessions`` each checked graph is loaded into onnxruntime and
+    evaluated once, then released (validation). ``keep_models`` keeps the
+    parsed ModelProtos for the loader's fast path.
+    """
     root = Path(path)
     result = ReadResult(path=root)
     problems = result.problems
@@ -233,16 +239,18 @@ def read_bundle_dir(
         problems.extend(gproblems)
         if model is not None and not gproblems:
             checked[name] = contents[name]
-            result.models[name] = model
+            if keep_models:
+                result.models[name] = model
+        del model
     result.graph_bytes = checked
 
     # 7. sessions -----------------------------------------------------------------------
     if create_sessions and not problems:
-        _create_sessions(result, checked, hidden, len(names))
+        _create_sessions(result, checked, hidden, len(names), keep=False)
     return result
 
 
-def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, n_domains: int) -> None:
+def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, n_domains: int, *, keep: bool = True) -> None:
     import onnxruntime as ort
 
     options = session_options()
@@ -273,4 +281,6 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
                 _p(code, f"on a [2, {hidden}] input the graph returns shapes {shapes}, expected {expected}", "the graph must match the manifest's hidden size and domains", name)
             )
             continue
-        result.sessions[name] = session
+        if keep:
+            result.sessions[name] = session
+        del session, outputs

@@ -120,8 +120,8 @@ def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidd
     mu = np.zeros(hidden) if mean is None else mean
     sd = np.ones(hidden) if scale is None else scale
     spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None]
-    z = rng.standard_normal((n, hidden)) * spread
-    return (mu + z * sd).astype(np.float32)
+    z = rng.standard_normal((n, hidden), dtype=np.float32) * spread.astype(np.float32)
+    return (mu.astype(np.float32) + z * sd.astype(np.float32)).astype(np.float32)
 
 
 def compare(bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> Parity:

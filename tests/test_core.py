@@ -227,6 +227,13 @@ def test_fast_path_matches_onnxruntime(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.domain_index, b.domain_index)
         np.testing.assert_array_equal(a.gate, b.gate)
         np.testing.assert_allclose(a.probability, b.probability, rtol=0, atol=1e-12)
+    assert fast._single_row, "one prompt is decided with plain floats after the matrix product"
+    rows = rng.standard_normal((64, 32)) * 3.0
+    reference = slow.decide(rows)
+    for i in range(64):
+        one = fast.decide(rows[i])[0]
+        assert (one.domain_index, one.gate) == (reference[i].domain_index, reference[i].gate)
+        assert one.probability == pytest.approx(reference[i].probability, abs=1e-12)
 
 
 def test_fast_path_falls_back_on_unsupported_graph(tmp_path: Path) -> None:
