@@ -341,6 +341,7 @@ class FastPlan:
     probes: list[CompiledGraph | None]  # per domain
     fused: np.ndarray | None  # [H, sum of head widths] or None
     slices: list[tuple[int, int]]  # router first, then per domain (0, 0) when absent
+    _fused_t: np.ndarray | None = None  # fused.T, C-contiguous, for one row
 
     def scale(self, h32: np.ndarray) -> np.ndarray:
         return np.asarray(self.scaler.run(h32), dtype=np.float32)
@@ -358,7 +359,9 @@ class FastPlan:
         """One row: ``(domain index, probe probability or None, router output has NaN)``."""
         x64 = self.scaler.run(h32).astype(np.float64)
         assert self.fused is not None and self.router.row_tail is not None
-        heads = (x64 @ self.fused)[0].tolist()
+        if self._fused_t is None:
+            self._fused_t = np.ascontiguousarray(self.fused.T)
+        heads = np.dot(self._fused_t, x64[0]).tolist()  # matrix-vector product: cheapest for one row
         a, b = self.slices[0]
         scores = self.router.row_tail(heads[a:b])
         best = 0

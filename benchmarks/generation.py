@@ -101,9 +101,13 @@ def run_generation(settings: Settings, bundle_path: Path) -> dict[str, Any]:
     same_tokens = True
     steered_differs = False
     baseline = None
-    for _ in range(settings.gen_pairs):
-        t_on, out_on = attached()
-        t_off, out_off = generate()
+    for i in range(settings.gen_pairs):
+        if i % 2 == 0:  # ABBA order: neither configuration always runs first
+            t_on, out_on = attached()
+            t_off, out_off = generate()
+        else:
+            t_off, out_off = generate()
+            t_on, out_on = attached()
         on.append(t_on)
         off.append(t_off)
         if baseline is None:
@@ -112,6 +116,7 @@ def run_generation(settings: Settings, bundle_path: Path) -> dict[str, Any]:
         steered_differs = steered_differs or not torch.equal(out_on, out_off)
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     last = records[-1] if records else None
+    hook_share = _hook_time_share(model, bundle, generate, settings.gen_pairs)
     return {
         "model": {
             "config": "Lfm2Config",
@@ -133,8 +138,56 @@ def run_generation(settings: Settings, bundle_path: Path) -> dict[str, Any]:
         "ratio_ci95": bootstrap_median_ci(ratios),
         "ratio_of_medians": summarize(on, "s")["median"] / summarize(off, "s")["median"],
         "attach_call_ms": summarize([s * 1e3 for s in attach_s], "ms"),
+        "hook_time_share": hook_share,
         "decision": None if last is None else last.to_dict(),
         "steered_output_differs": steered_differs,
         "detached_deterministic": same_tokens,
     }
 
+
+
+def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> dict[str, Any]:
+    """Time spent inside the runtime's hooks, as a share of the steered generation.
+
+    This measures the overhead directly (wall time inside the three hooks,
+    decision included) instead of as a difference of two noisy totals.
+    """
+    from asa_format.runtime import attach
+    from asa_format.runtime import steering as steering_module
+
+    spent: list[float] = []
+    original = {name: getattr(steering_module._Steerer, name) for name in ("pre_forward", "post_forward", "layer_forward")}
+
+    def timed(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        return wrapper
+
+    shares: list[float] = []
+    per_generation_ms: list[float] = []
+    try:
+        for name, fn in original.items():
+            setattr(steering_module._Steerer, name, timed(fn))
+        for _ in range(max(repeats // 2, 3)):
+            spent.clear()
+            handle = attach(model, bundle)
+            try:
+                total, _ = generate()
+            finally:
+                handle.remove()
+            inside = sum(spent)
+            shares.append(inside / total)
+            per_generation_ms.append(inside * 1e3)
+    finally:
+        for name, fn in original.items():
+            setattr(steering_module._Steerer, name, fn)
+    return {
+        "share": summarize(shares, "x"),
+        "in_hooks_ms_per_generation": summarize(per_generation_ms, "ms"),
+        "ratio_estimate": 1.0 + summarize(shares, "x")["median"],
+    }

@@ -112,6 +112,16 @@ def _generation(g: dict[str, Any]) -> list[str]:
         f"ratio of medians {g['ratio_of_medians']:.3f}. `attach()` itself (not in the timed region): "
         f"{att['median']:.2f} ms median. Decision on the prompt: {_decision_text(g.get('decision'))}.",
     ]
+    hs = g.get("hook_time_share")
+    if hs:
+        lines += [
+            "",
+            f"Measured directly: the runtime's hooks (decision included) take {hs['in_hooks_ms_per_generation']['median']:.2f} ms "
+            f"per generation, {hs['share']['median'] * 100:.3f}% of the steered generation's wall time "
+            f"(p10 .. p90 {hs['share']['p10'] * 100:.3f}% .. {hs['share']['p90'] * 100:.3f}%), i.e. a ratio of "
+            f"{hs['ratio_estimate']:.4f}. The paired end-to-end ratio above cannot resolve differences below its "
+            "noise on a shared 2-core machine; the direct measurement can.",
+        ]
     return lines
 
 

@@ -50,6 +50,7 @@ def evaluate_targets(doc: dict[str, Any]) -> list[Target]:
     add("1", "decision batch 1: ours / fused NumPy floor", r.get("ours_over_floor_batch1"), "{:.2f}x", "<=", 3.0, "<= 3x")
     add("1", "decision batch 64: rows/s ours / legacy", r.get("ours_over_legacy_rows_per_s_batch"), "{:.0f}x", ">=", 50.0, ">= 50x")
     add("2", "generate: attached / detached (median of paired ratios)", _get(doc, "generation", "ratio"), "{:.3f}", "<=", 1.02, "<= 1.02")
+    add("2", "generate: 1 + time inside the hooks / generation (direct)", _get(doc, "generation", "hook_time_share", "ratio_estimate"), "{:.4f}", "<=", 1.02, "<= 1.02")
     add("3", "load_bundle with verification (median)", _get(doc, "load", "ms", "load_bundle", "median"), "{:.1f} ms", "<", 30.0, "< 30 ms")
     add("4", "asa validate wall time (median)", _get(doc, "cli", "validate", "wall_s", "median"), "{:.2f} s", "<", 0.5, "< 0.5 s")
     add("4", "asa-convert wall time (median, self-check included)", _get(doc, "cli", "convert", "wall_s", "median"), "{:.2f} s", "<", 4.0, "< 4 s")
