@@ -106,7 +106,7 @@ class Bundle:
         try:
             _, ref_index, ref_prob = self._decide_ort(probe)
             for i in range(probe.shape[0]):
-                d, p, _ = self._plan.decide_one(probe[i : i + 1])
+                d, p, _, _ = self._plan.decide_one(probe[i : i + 1])
                 pv = self.manifest.steering.no_probe_probability if p is None else p
                 if d != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-12:
                     return False
@@ -151,7 +151,7 @@ class Bundle:
         )
 
     # -- decision ----------------------------------------------------------------
-    def _check_hidden(self, hidden: Any) -> np.ndarray:
+    def _check_hidden(self, hidden: Any, *, finite: bool = True) -> np.ndarray:
         arr = np.asarray(hidden)
         if arr.ndim == 1:
             arr = arr[None, :]
@@ -164,26 +164,37 @@ class Bundle:
         if arr.dtype.kind not in "fiu":
             raise DecisionError(f"decide() needs a numeric array, got dtype {arr.dtype}", code="DECISION_INPUT")
         h = np.ascontiguousarray(arr, dtype=np.float32)
+        if finite:
+            self._check_finite(h)
+        return h
+
+    @staticmethod
+    def _check_finite(h: np.ndarray) -> None:
         if not np.isfinite(h).all():
             raise DecisionError(
                 "decide() got NaN or Infinity in the hidden states",
                 code="DECISION_INPUT",
                 hint="the model produced non-finite activations; check its dtype and inputs",
             )
-        return h
 
     def decide(self, hidden: Any) -> DecisionBatch:
         """Decide, per row of ``hidden`` ``[N, H]``, the domain, probability and gate."""
-        h = self._check_hidden(hidden)
+        one_row = self._single_row
+        h = self._check_hidden(hidden, finite=not one_row)
         n = h.shape[0]
         steering = self.manifest.steering
+        if one_row and n != 1:
+            self._check_finite(h)
         if n == 0:
             return DecisionBatch(tuple(self.domains), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
-        if n == 1 and self._plan is not None and self._single_row:
+        if n == 1 and one_row:
+            assert self._plan is not None
             try:
-                d, p, has_nan = self._plan.decide_one(h)
+                d, p, has_nan, finite_heads = self._plan.decide_one(h)
             except Exception as exc:
                 raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
+            if not finite_heads:  # only then can the input be non-finite: check it now
+                self._check_finite(h)
             pv = steering.no_probe_probability if p is None else p
             tau = steering.tau
             g = 0 if has_nan else (1 if pv >= tau else (-1 if pv <= 1.0 - tau else 0))

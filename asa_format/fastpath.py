@@ -355,13 +355,15 @@ class FastPlan:
             and all(p is None or p.row_tail is not None for p in self.probes)
         )
 
-    def decide_one(self, h32: np.ndarray) -> tuple[int, float | None, bool]:
-        """One row: ``(domain index, probe probability or None, router output has NaN)``."""
+    def decide_one(self, h32: np.ndarray) -> tuple[int, float | None, bool, bool]:
+        """One row: ``(domain index, probe probability or None, router output has NaN,
+        every fused score finite)``. A non-finite input always gives a non-finite score."""
         x64 = self.scaler.run(h32).astype(np.float64)
         assert self.fused is not None and self.router.row_tail is not None
         if self._fused_t is None:
             self._fused_t = np.ascontiguousarray(self.fused.T)
         heads = np.dot(self._fused_t, x64[0]).tolist()  # matrix-vector product: cheapest for one row
+        finite = all(-math.inf < v < math.inf for v in heads)
         a, b = self.slices[0]
         scores = self.router.row_tail(heads[a:b])
         best = 0
@@ -373,10 +375,10 @@ class FastPlan:
             best = next(j for j, v in enumerate(scores) if v != v)
         probe = self.probes[best]
         if probe is None:
-            return best, None, has_nan
+            return best, None, has_nan, finite
         a, b = self.slices[1 + best]
         assert probe.row_tail is not None
-        return best, probe.row_tail(heads[a:b])[1], has_nan
+        return best, probe.row_tail(heads[a:b])[1], has_nan, finite
 
     def decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(router probabilities [N, D], probe probability, has-probe mask)``."""

@@ -31,7 +31,7 @@ class Settings:
     gen_vocab: int = 512
     gen_prompt_tokens: int = 32
     gen_new_tokens: int = 16
-    gen_threads: int = 2
+    gen_threads: int = 1
     gen_pairs: int = 20
     # 3. load time
     load_repeats: int = 30
