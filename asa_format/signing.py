@@ -167,12 +167,7 @@ def load_private_key(
             hint="pass a PEM-encoded ECDSA private key (and its password if it is encrypted)",
         ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise AsaError(
-            f"the private key is a {type(key).__name__}, not an elliptic-curve key",
-            code="SIGNATURE_KEY_INVALID",
-            file=where,
-            hint="use an ECDSA key on P-256, P-384 or P-521",
-        )
+        raise _not_ec("private", key, where)
     _check_curve(key, where)
     return key
 
@@ -196,14 +191,18 @@ def load_public_key(source: KeySource) -> ec.EllipticCurvePublicKey:
             hint="pass a PEM-encoded SubjectPublicKeyInfo ECDSA public key",
         ) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise AsaError(
-            f"the public key is a {type(key).__name__}, not an elliptic-curve key",
-            code="SIGNATURE_KEY_INVALID",
-            file=where,
-            hint="use an ECDSA key on P-256, P-384 or P-521",
-        )
+        raise _not_ec("public", key, where)
     _check_curve(key, where)
     return key
+
+
+def _not_ec(kind: str, key: object, where: str) -> AsaError:
+    return AsaError(
+        f"the {kind} key is a {type(key).__name__}, not an elliptic-curve key",
+        code="SIGNATURE_KEY_INVALID",
+        file=where,
+        hint="use an ECDSA key on P-256, P-384 or P-521",
+    )
 
 
 def public_key_hint(key: ec.EllipticCurvePublicKey) -> str:
