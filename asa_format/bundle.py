@@ -19,7 +19,7 @@ import numpy as np
 
 from . import constants as C
 from .digest import root_digest
-from .errors import BundleError, DecisionError, DigestMismatchError, SignatureError
+from .errors import BundleError, DecisionError, DigestMismatchError
 from .fastpath import FastPlan, build_plan, check_inputs
 from .manifest import Manifest
 from .reader import read_bundle_dir
@@ -89,53 +89,51 @@ class Bundle:
         self._single_row = False
         self._domains_tuple = tuple(self.domains)
         if models is not None and fast:
-            self._plan = self._checked_plan(models)
-            self._single_row = self._plan is not None and self._plan.single_row
-            if self._single_row and not self._check_single_row():
-                self._single_row = False
+            self._plan, self._single_row = self._checked_plan(models)
 
     @property
     def decision_backend(self) -> str:
         """``"numpy"`` when the checked fast path is used, else ``"onnxruntime"``."""
         return "numpy" if self._plan is not None else "onnxruntime"
 
-    def _check_single_row(self) -> bool:
-        """The one-row path must agree with onnxruntime row by row."""
-        assert self._plan is not None
-        probe = check_inputs(self.hidden_size, seed=7)[:12]
-        try:
-            _, ref_index, ref_prob = self._decide_ort(probe)
-            for i in range(probe.shape[0]):
-                d, p, _, _ = self._plan.decide_one(probe[i : i + 1])
-                pv = self.manifest.steering.no_probe_probability if p is None else p
-                if d != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-12:
-                    return False
-        except Exception:
-            return False
-        return True
+    def _checked_plan(self, models: dict[str, Any]) -> tuple[FastPlan | None, bool]:
+        """Compile the fast path and compare it with onnxruntime on fixed inputs.
 
-    def _checked_plan(self, models: dict[str, Any]) -> FastPlan | None:
+        Returns the plan (None: keep onnxruntime) and whether its one-row path
+        also agrees, row by row, on the first rows of the same inputs.
+        """
         plan = build_plan(models, self._probe_files)
         if plan is None:
-            return None
+            return None, False
         probe = check_inputs(self.hidden_size)
+        no_probe = self.manifest.steering.no_probe_probability
         try:
             scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[0]
             _, ref_index, ref_prob = self._decide_ort(probe)
             scores, fast_prob, has_probe = plan.decide(probe)
             fast_scaled = plan.scale(probe)
         except Exception:
-            return None
+            return None, False
         fast_index = np.argmax(scores, axis=1)
-        fast_prob = np.where(has_probe, fast_prob, self.manifest.steering.no_probe_probability)
+        fast_prob = np.where(has_probe, fast_prob, no_probe)
         if (
             fast_scaled.shape != scaled.shape
             or not np.array_equal(fast_scaled, scaled)  # element-wise float32 ops: bit-identical
             or not np.array_equal(fast_index, ref_index)
             or not np.allclose(fast_prob, ref_prob, rtol=0.0, atol=1e-12, equal_nan=True)
         ):
-            return None
-        return plan
+            return None, False
+        if not plan.single_row:
+            return plan, False
+        try:
+            for i in range(min(12, probe.shape[0])):
+                d, p, _, _ = plan.decide_one(probe[i : i + 1])
+                pv = no_probe if p is None else p
+                if d != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-12:
+                    return plan, False
+        except Exception:
+            return plan, False
+        return plan, True
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -186,7 +184,7 @@ class Bundle:
         if one_row and n != 1:
             self._check_finite(h)
         if n == 0:
-            return DecisionBatch(tuple(self.domains), np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
+            return DecisionBatch(self._domains_tuple, np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
         if n == 1 and one_row:
             assert self._plan is not None
             try:
@@ -196,8 +194,7 @@ class Bundle:
             if not finite_heads:  # only then can the input be non-finite: check it now
                 self._check_finite(h)
             pv = steering.no_probe_probability if p is None else p
-            tau = steering.tau
-            g = 0 if has_nan else (1 if pv >= tau else (-1 if pv <= 1.0 - tau else 0))
+            g = 0 if has_nan else gate_of(pv, steering.tau)
             return DecisionBatch(
                 self._domains_tuple,
                 np.array([d], dtype=np.int64),
@@ -215,7 +212,7 @@ class Bundle:
             raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
         gate = gates(prob, steering.tau)
         gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
-        return DecisionBatch(tuple(self.domains), index, prob, gate)
+        return DecisionBatch(self._domains_tuple, index, prob, gate)
 
     def _decide_ort(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The reference evaluation with onnxruntime: (router output, domain index, probability)."""
@@ -257,12 +254,16 @@ class Bundle:
         return cached
 
 
+def gate_of(p: float, tau: float) -> int:
+    """The gate rule for one probability: +1 if p >= tau, else -1 if p <= 1 - tau, else 0."""
+    return 1 if p >= tau else (-1 if p <= 1.0 - tau else 0)
+
+
 def gates(probability: np.ndarray, tau: float) -> np.ndarray:
-    """+1 where p >= tau, else -1 where p <= 1 - tau, else 0 (int8)."""
+    """:func:`gate_of` for every element (int8)."""
     p = np.asarray(probability, dtype=np.float64)
     if p.shape == (1,):
-        v = float(p[0])
-        return np.array([1 if v >= tau else (-1 if v <= 1.0 - tau else 0)], dtype=np.int8)
+        return np.array([gate_of(float(p[0]), tau)], dtype=np.int8)
     return np.where(p >= tau, 1, np.where(p <= 1.0 - tau, -1, 0)).astype(np.int8)
 
 
@@ -305,20 +306,11 @@ def load_bundle(
     if trusted_keys is not None:
         from .signing import verify_bundle_signature
 
-        verified = verify_bundle_signature(Path(path), list(trusted_keys), signature_path=signature_path)
-        # the signature was checked on a second read of the files: it must cover
-        # exactly the bytes this loader read, hashed and parsed
-        signed = dict(verified.files)
-        assert result.manifest_bytes is not None
-        if verified.root_digest != root_digest(result.manifest_bytes) or any(
-            signed.get(name) != digest for name, digest in result.file_sha256.items()
-        ):
-            raise SignatureError(
-                "the bundle changed while it was being loaded: the signed files differ from the files read",
-                code="SIGNATURE_FILE_MODIFIED",
-                file=C.MANIFEST_FILE,
-                hint="make the bundle directory read-only for other users and load it again",
-            )
+        # checked against the digests of the bytes this loader read, hashed and
+        # parsed (the reader refused unlisted files), never a second read
+        verify_bundle_signature(
+            Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
+        )
     from .reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None

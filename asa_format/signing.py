@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -691,9 +691,13 @@ def _parse_statement(payload: bytes, where: str) -> tuple[str, str, dict[str, st
     return subject_name, subject_digest, files
 
 
-def _compare(bundle: Path, signed: dict[str, str]) -> list[Problem]:
-    """Findings, ``manifest.json`` first, then by path; only files in both are hashed."""
-    present = _list_files(bundle)
+def _compare(bundle: Path, signed: dict[str, str], digests: Mapping[str, str] | None = None) -> list[Problem]:
+    """Findings, ``manifest.json`` first, then by path; only files in both are hashed.
+
+    ``digests`` (name -> sha256 of every file, signature excluded) replaces
+    reading the directory: the caller already read and hashed the files.
+    """
+    present = list(digests) if digests is not None else _list_files(bundle)
     problems: list[Problem] = []
     for name in sorted(
         set(present) | set(signed), key=lambda n: (n != C.MANIFEST_FILE, _path_key(n))
@@ -717,7 +721,7 @@ def _compare(bundle: Path, signed: dict[str, str]) -> list[Problem]:
                 )
             )
         else:
-            actual = _sha256_file(bundle, name)
+            actual = digests[name] if digests is not None else _sha256_file(bundle, name)
             if actual != signed[name]:
                 problems.append(
                     Problem(
@@ -735,8 +739,13 @@ def verify_bundle_signature(
     public_keys: Sequence[KeySource],
     *,
     signature_path: str | os.PathLike[str] | None = None,
+    file_digests: Mapping[str, str] | None = None,
 ) -> VerifiedSignature:
     """Verify the signature of ``bundle_dir`` against trusted ``public_keys``.
+
+    ``file_digests`` maps every file of the bundle (the signature excepted)
+    to the sha256 its caller computed from the bytes it read; the statement
+    is then checked against exactly those bytes instead of a second read.
 
     Accepts signatures written by :func:`sign_bundle` and by
     ``model_signing sign key``. Raises :class:`SignatureError` with code
@@ -759,13 +768,18 @@ def verify_bundle_signature(
     document = _read_json(_read_signature_file(sig_path, bundle), where, "signature file")
     payload, material, key_hint = _verify_envelope(document, trusted, where)
     subject_name, subject_digest, signed = _parse_statement(payload, where)
-    problems = _compare(bundle, signed)
+    problems = _compare(bundle, signed, file_digests)
     if problems:
         if problems[0].file == C.MANIFEST_FILE and problems[0].code == "SIGNATURE_FILE_MODIFIED":
+            this = (
+                DIGEST_PREFIX + file_digests[C.MANIFEST_FILE]
+                if file_digests is not None
+                else root_digest_of_dir(bundle)
+            )
             problems[0] = Problem(
                 problems[0].code,
                 f"the signature covers another bundle (root digest {DIGEST_PREFIX}{signed[C.MANIFEST_FILE]}, "
-                f"this bundle is {root_digest_of_dir(bundle)})",
+                f"this bundle is {this})",
                 C.MANIFEST_FILE,
                 "use the signature made for this bundle, or re-sign it",
             )
