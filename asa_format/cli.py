@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -22,10 +22,10 @@ from .errors import AsaError
 __all__ = ["cli", "main"]
 
 
-def fail(exc: AsaError) -> None:
-    """Print an AsaError for a person and exit 1."""
+def fail(exc: AsaError) -> NoReturn:
+    """Print an AsaError for a person (stderr) and exit 1; shared by every command."""
     click.echo(f"error: {exc}", err=True)
-    raise SystemExit(1)
+    raise SystemExit(1) from None
 
 
 @click.group(

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from asa_format.cli import fail
 from asa_format.errors import AsaError
 
 __all__ = ["convert_command", "main"]
@@ -58,8 +59,7 @@ def convert_command(
                 samples=samples,
             )
     except AsaError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(1) from None
+        fail(exc)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:

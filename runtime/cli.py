@@ -16,16 +16,12 @@ from typing import Any
 import click
 
 from asa_format import constants as C
+from asa_format.cli import fail
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 
 __all__ = ["run_command"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _fail(exc: AsaError) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
 
 
 def _looks_like_path(model: str) -> bool:
@@ -128,30 +124,12 @@ def _device(name: str) -> Any:
 @click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
 @click.option("--compare", is_flag=True, help="Also generate without steering and show both.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run_command(
-    model_path: str,
-    bundle_path: str,
-    prompt: str,
-    max_new_tokens: int,
-    device: str,
-    dtype: str,
-    policy: str | None,
-    alpha: float | None,
-    layers_path: str | None,
-    expected_digest: str | None,
-    no_strict: bool,
-    raw: bool,
-    compare: bool,
-    as_json: bool,
-) -> None:
+def run_command(**options: Any) -> None:
     """Generate from PROMPT with MODEL, steered by BUNDLE."""
     try:
-        _run(
-            model_path, bundle_path, prompt, max_new_tokens, device, dtype, policy, alpha,
-            layers_path, expected_digest, no_strict, raw, compare, as_json,
-        )
+        _run(**options)
     except AsaError as exc:
-        _fail(exc)
+        fail(exc)
     except Exception as exc:  # last resort: a message, never a traceback
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
@@ -162,8 +140,8 @@ def _run(
     bundle_path: str,
     prompt: str,
     max_new_tokens: int,
-    device_name: str,
-    dtype_name: str,
+    device: str,
+    dtype: str,
     policy: str | None,
     alpha: float | None,
     layers_path: str | None,
@@ -182,11 +160,11 @@ def _run(
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    device = _device(device_name)
-    dtype = getattr(torch, dtype_name)
+    torch_device = _device(device)
+    torch_dtype = getattr(torch, dtype)
     bundle = load_bundle(bundle_path, verify=True, expected_digest=expected_digest)
-    tokenizer, model = _load_model(model_path, device, dtype)
-    enc = _encode(tokenizer, prompt, raw, device)
+    tokenizer, model = _load_model(model_path, torch_device, torch_dtype)
+    enc = _encode(tokenizer, prompt, raw, torch_device)
 
     baseline = _generate(model, tokenizer, enc, max_new_tokens) if compare else None
     with attach(
@@ -218,7 +196,7 @@ def _run(
             payload["baseline"] = baseline
         click.echo(json.dumps(payload, indent=2, sort_keys=True))
         return
-    gate = {1: "+1", 0: "0", -1: "-1"}[int(str(decision["gate"]))]
+    gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]
     click.echo(
         f"decision: domain={decision['domain']} p={decision['probability']:.4f} "
         f"gate={gate}  (layer {handle.layer_path}, policy {record.policy}, "
