@@ -16,12 +16,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .bundle import Bundle, Decision, DecisionBatch, load_bundle
-from .digest import root_digest
-from .errors import AsaError, BundleError, Problem
-from .manifest import Manifest, ModelBinding, Provenance, Steering
-from .validate import ValidationReport, validate_bundle
-from .writer import BundleContents, save_bundle
+from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle
+from asa_format.digest import root_digest
+from asa_format.errors import AsaError, BundleError, Problem
+from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
+from asa_format.validate import ValidationReport, validate_bundle
+from asa_format.writer import BundleContents, save_bundle
 
 __all__ = [
     "AsaError",

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from . import constants as C
-from .digest import root_digest
-from .errors import BundleError, DecisionError, DigestMismatchError
-from .fastpath import FastPlan, build_plan, check_inputs
-from .manifest import Manifest
-from .reader import read_bundle_dir
+from asa_format import constants as C
+from asa_format.digest import root_digest
+from asa_format.errors import BundleError, DecisionError, DigestMismatchError
+from asa_format.fastpath import FastPlan, build_plan, check_inputs
+from asa_format.manifest import Manifest
+from asa_format.reader import read_bundle_dir
 
 __all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle"]
 
@@ -304,14 +304,14 @@ def load_bundle(
     if result.problems:
         raise BundleError.from_problems(result.problems)
     if trusted_keys is not None:
-        from .signing import verify_bundle_signature
+        from asa_format.signing import verify_bundle_signature
 
         # checked against the digests of the bytes this loader read, hashed and
         # parsed (the reader refused unlisted files), never a second read
         verify_bundle_signature(
             Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
         )
-    from .reader import _create_sessions
+    from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
     _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))

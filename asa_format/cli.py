@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__
-from ._lazy_group import LazyGroup
-from .errors import AsaError
+from asa_format import __version__
+from asa_format._lazy_group import LazyGroup
+from asa_format.errors import AsaError
 
 __all__ = ["cli", "main"]
 
@@ -51,8 +51,8 @@ def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
 
     Exit 0 if every bundle is valid, 1 if any is not, 2 on usage errors.
     """
-    from .report import json_report, text_report
-    from .validate import validate_bundle
+    from asa_format.report import json_report, text_report
+    from asa_format.validate import validate_bundle
 
     reports = [validate_bundle(p) for p in paths]
     if as_json:
@@ -67,7 +67,7 @@ def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and digest as JSON.")
 def inspect_command(path: str, as_json: bool) -> None:
     """Print a readable summary of a bundle (and its root digest)."""
-    from .inspect import describe
+    from asa_format.inspect import describe
 
     try:
         summary, text = describe(path)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import constants as C
+from asa_format import constants as C
 
 __all__ = ["CompiledGraph", "FastPlan", "build_plan", "compile_graph"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import constants as C
-from .digest import root_digest
-from .errors import BundleError
-from .reader import read_bundle_dir
+from asa_format import constants as C
+from asa_format.digest import root_digest
+from asa_format.errors import BundleError
+from asa_format.reader import read_bundle_dir
 
 __all__ = ["describe"]
 

@@ -19,10 +19,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from . import constants as C
-from .errors import BundleError, Problem
-from .jsonio import DuplicateKeyError, NonFiniteError, dumps_canonical, loads_strict
-from .schema_check import check_schema, iter_violations
+from asa_format import constants as C
+from asa_format.errors import BundleError, Problem
+from asa_format.jsonio import DuplicateKeyError, NonFiniteError, dumps_canonical, loads_strict
+from asa_format.schema_check import check_schema, iter_violations
 
 __all__ = [
     "DomainEntry",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import constants as C
-from .errors import Problem
+from asa_format import constants as C
+from asa_format.errors import Problem
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
 

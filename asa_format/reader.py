@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from . import constants as C
-from .errors import Problem
-from .manifest import Manifest, parse_manifest
-from .onnx_profile import check_onnx
-from .safetensors_profile import parse_vectors
+from asa_format import constants as C
+from asa_format.errors import Problem
+from asa_format.manifest import Manifest, parse_manifest
+from asa_format.onnx_profile import check_onnx
+from asa_format.safetensors_profile import parse_vectors
 
 __all__ = ["ReadResult", "read_bundle_dir", "session_options"]
 

@@ -26,8 +26,8 @@ import json
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import __version__
-from .validate import ValidationReport
+from asa_format import __version__
+from asa_format.validate import ValidationReport
 
 __all__ = ["json_report", "text_report"]
 

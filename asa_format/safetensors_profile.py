@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from . import constants as C
-from .errors import Problem
-from .jsonio import DuplicateKeyError, loads_strict
+from asa_format import constants as C
+from asa_format.errors import Problem
+from asa_format.jsonio import DuplicateKeyError, loads_strict
 
 __all__ = ["METADATA", "parse_vectors", "serialize_vectors"]
 

@@ -42,10 +42,10 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import constants as C
-from .digest import DIGEST_PREFIX, root_digest
-from .errors import AsaError, Problem, SignatureError, UsageError
-from .jsonio import DuplicateKeyError, NonFiniteError, loads_strict
+from asa_format import constants as C
+from asa_format.digest import DIGEST_PREFIX, root_digest
+from asa_format.errors import AsaError, Problem, SignatureError, UsageError
+from asa_format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
 
 __all__ = [
     "DSSE_PAYLOAD_TYPE",

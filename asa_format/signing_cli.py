@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
-from .errors import AsaError, problems_of
-from .signing import root_digest_of_dir, sign_bundle, verify_bundle_signature
+from asa_format.errors import AsaError, problems_of
+from asa_format.signing import root_digest_of_dir, sign_bundle, verify_bundle_signature
 
 __all__ = ["exit_code_for", "root_digest_of_dir", "sign_command", "verify_command"]
 

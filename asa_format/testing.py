@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import constants as C
-from .manifest import ModelBinding, Provenance, Steering
-from .writer import BundleContents, save_bundle
+from asa_format import constants as C
+from asa_format.manifest import ModelBinding, Provenance, Steering
+from asa_format.writer import BundleContents, save_bundle
 
 __all__ = [
     "linear_probe_graph",

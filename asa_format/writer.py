@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import constants as C
-from .errors import AsaError, BundleError
-from .manifest import (
+from asa_format import __version__
+from asa_format import constants as C
+from asa_format.errors import AsaError, BundleError
+from asa_format.manifest import (
     DomainEntry,
     FileEntry,
     LayerRef,
@@ -35,8 +35,8 @@ from .manifest import (
     Steering,
     probe_file_name,
 )
-from .reader import read_bundle_dir
-from .safetensors_profile import serialize_vectors
+from asa_format.reader import read_bundle_dir
+from asa_format.safetensors_profile import serialize_vectors
 
 __all__ = ["BundleContents", "bundle_files", "save_bundle"]
 

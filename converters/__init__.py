@@ -12,6 +12,11 @@ not reproduce the source's decisions.
 
 from __future__ import annotations
 
+if __name__ != "asa_format.converters":  # pragma: no cover - guards against a second copy
+    raise ImportError(
+        f"{__name__!r} is the asa_format.converters package seen under another name; import asa_format.converters"
+    )
+
 from typing import Any
 
 __all__ = ["build_bundle", "convert_legacy", "read_legacy_bundle"]
@@ -19,15 +24,15 @@ __all__ = ["build_bundle", "convert_legacy", "read_legacy_bundle"]
 
 def __getattr__(name: str) -> Any:  # imported lazily: scikit-learn is heavy
     if name == "convert_legacy":
-        from .convert import convert_legacy
+        from asa_format.converters.convert import convert_legacy
 
         return convert_legacy
     if name == "build_bundle":
-        from .build import build_bundle
+        from asa_format.converters.build import build_bundle
 
         return build_bundle
     if name == "read_legacy_bundle":
-        from .legacy import read_legacy_bundle
+        from asa_format.converters.legacy import read_legacy_bundle
 
         return read_legacy_bundle
     raise AttributeError(name)

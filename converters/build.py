@@ -20,11 +20,7 @@ import numpy as np
 from asa_format import __version__
 from asa_format import constants as C
 from asa_format.bundle import gates, load_bundle
-from asa_format.errors import ConversionError, ParityError
-from asa_format.manifest import ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
-
-from .convert import (
+from asa_format.converters.convert import (
     DEFAULT_SAMPLES,
     FLOAT32_PARITY_TOLERANCE,
     PARITY_TOLERANCE,
@@ -32,6 +28,9 @@ from .convert import (
     compare,
     sample_hidden_states,
 )
+from asa_format.errors import ConversionError, ParityError
+from asa_format.manifest import ModelBinding, Producer, Provenance, Steering
+from asa_format.writer import BundleContents, save_bundle
 
 __all__ = ["build_bundle"]
 
@@ -120,7 +119,7 @@ def build_bundle(
     may have none); ``vectors`` maps every domain and ``"global"`` to a
     ``[hidden]`` vector (normalized here to unit length in float32).
     """
-    from .export import export_fitted_classifier, export_fitted_scaler
+    from asa_format.converters.export import export_fitted_classifier, export_fitted_scaler
 
     names = list(domains)
     hidden = _n_features(scaler, "the scaler")

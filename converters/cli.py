@@ -44,7 +44,7 @@ def convert_command(
     against an allowlist. The result is checked against the legacy decision
     function before it is written.
     """
-    from .convert import convert_legacy
+    from asa_format.converters.convert import convert_legacy
 
     try:
         with warnings.catch_warnings():

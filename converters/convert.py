@@ -20,14 +20,13 @@ import numpy as np
 from asa_format import __version__
 from asa_format import constants as C
 from asa_format.bundle import load_bundle
+from asa_format.converters.legacy import read_legacy_bundle
+from asa_format.converters.legacy_model import LegacyAssets
+from asa_format.converters.semantics import legacy_decide
 from asa_format.digest import root_digest
 from asa_format.errors import ParityError
 from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
 from asa_format.writer import BundleContents, save_bundle
-
-from .legacy import read_legacy_bundle
-from .legacy_model import LegacyAssets
-from .semantics import legacy_decide
 
 __all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "convert_legacy", "sample_hidden_states"]
 
@@ -149,7 +148,7 @@ def assets_to_contents(
     policy: str = C.POLICY_PREFILL_LAST_TOKEN,
 ) -> BundleContents:
     """Map legacy assets to bundle contents (graphs exported through skl2onnx)."""
-    from .export import export_probe, export_router, export_scaler
+    from asa_format.converters.export import export_probe, export_router, export_scaler
 
     probes = {name: export_probe(probe) for name, probe in assets.probes.items()}
     versions = sorted(

@@ -45,10 +45,13 @@ from asa_format.constants import (
     SCALER_INPUT,
     SCALER_OUTPUT,
 )
+from asa_format.converters.legacy_model import LegacyLogisticRegression, LegacyScaler
+from asa_format.converters.semantics import (
+    probe_uses_softmax,
+    router_class_to_domain,
+    scaler_uses_float32,
+)
 from asa_format.errors import ConversionError
-
-from .legacy_model import LegacyLogisticRegression, LegacyScaler
-from .semantics import probe_uses_softmax, router_class_to_domain, scaler_uses_float32
 
 __all__ = [
     "BATCH_DIM",

@@ -36,9 +36,8 @@ import re
 import numpy as np
 
 from asa_format.constants import GLOBAL_VECTOR, NORM_EPS
+from asa_format.converters.legacy_model import LegacyAssets, LegacyLogisticRegression, LegacyScaler
 from asa_format.errors import ConversionError
-
-from .legacy_model import LegacyAssets, LegacyLogisticRegression, LegacyScaler
 
 __all__ = [
     "FLOAT32_SCALER_SINCE",

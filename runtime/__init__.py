@@ -11,10 +11,21 @@ Requires torch and transformers (the ``runtime`` extra).
 
 from __future__ import annotations
 
-from .compat import check_compatibility, model_hidden_size, model_id, model_types, same_model_id
-from .layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
-from .records import GenerationRecord
-from .steering import SteeringHandle, attach
+if __name__ != "asa_format.runtime":  # pragma: no cover - guards against a second copy
+    raise ImportError(
+        f"{__name__!r} is the asa_format.runtime package seen under another name; import asa_format.runtime"
+    )
+
+from asa_format.runtime.compat import (
+    check_compatibility,
+    model_hidden_size,
+    model_id,
+    model_types,
+    same_model_id,
+)
+from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
+from asa_format.runtime.records import GenerationRecord
+from asa_format.runtime.steering import SteeringHandle, attach
 
 __all__ = [
     "KNOWN_LAYER_PATHS",

@@ -14,9 +14,8 @@ import warnings
 from typing import Any
 
 from asa_format.errors import RuntimeCompatError
-
-from ._types import BundleLike
-from .layers import ResolvedLayers
+from asa_format.runtime._types import BundleLike
+from asa_format.runtime.layers import ResolvedLayers
 
 __all__ = [
     "check_compatibility",

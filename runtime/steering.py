@@ -55,13 +55,18 @@ from torch.utils.hooks import RemovableHandle
 
 from asa_format import constants as C
 from asa_format.errors import AsaError, DecisionError, DigestMismatchError, UsageError
-
-from ._types import BundleLike
-from .compat import check_compatibility
-from .context import CallContext, GenerationState, GenerationStates, ThreadCalls, cache_length
-from .layers import ResolvedLayers, resolve_layers
-from .positions import last_real_positions, real_token_mask
-from .records import GenerationRecord, RecordLog
+from asa_format.runtime._types import BundleLike
+from asa_format.runtime.compat import check_compatibility
+from asa_format.runtime.context import (
+    CallContext,
+    GenerationState,
+    GenerationStates,
+    ThreadCalls,
+    cache_length,
+)
+from asa_format.runtime.layers import ResolvedLayers, resolve_layers
+from asa_format.runtime.positions import last_real_positions, real_token_mask
+from asa_format.runtime.records import GenerationRecord, RecordLog
 
 __all__ = ["SteeringHandle", "attach"]
 
