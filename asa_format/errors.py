@@ -85,6 +85,8 @@ CODES: dict[str, str] = {
     "ONNX_IO": "graph inputs or outputs differ from the profile (names, types, shapes)",
     "ONNX_TOO_LARGE": "the graph exceeds a size cap (nodes or bytes)",
     "ONNX_SESSION": "onnxruntime refused to create a session for the graph",
+    "ONNX_COST": "the graph exceeds a static cost bound (inputs per node, parameters, work or memory per row)",
+    "ONNX_SHAPE": "a value's shape cannot be derived statically from the graph input",
     # cross-file consistency
     "HIDDEN_SIZE_MISMATCH": "hidden size differs between manifest, vectors and graphs",
     "DOMAIN_MISMATCH": "router classes or probes disagree with the domain list",

@@ -21,7 +21,7 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, Problem
-from asa_format.jsonio import DuplicateKeyError, NonFiniteError, dumps_canonical, loads_strict
+from asa_format.jsonio import DuplicateKeyError, JsonTextError, NonFiniteError, dumps_canonical, loads_strict
 from asa_format.schema_check import check_schema, iter_violations
 
 __all__ = [
@@ -354,6 +354,8 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
         return fail("MANIFEST_DUPLICATE_KEY", f"key {exc.key!r} appears twice in one object", "remove the duplicate key")
     except NonFiniteError as exc:
         return fail("MANIFEST_NONFINITE", f"the literal {exc.literal} is not JSON", "use finite numbers")
+    except JsonTextError as exc:
+        return fail("MANIFEST_ENCODING", f"{exc}", "text in the manifest must be valid Unicode without non-characters")
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, integer digit limit
         return fail("MANIFEST_JSON", f"invalid JSON: {exc}", "fix the JSON syntax")
     if not isinstance(doc, dict):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from asa_format import constants as C
 from asa_format.errors import Problem
+from asa_format.onnx_cost import CostError, check_cost
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
 
@@ -43,6 +44,14 @@ FLOAT = 1
 INT64 = 7
 DOUBLE = 11
 _TYPE_NAMES = {FLOAT: "float32", INT64: "int64", DOUBLE: "float64"}
+
+COST_HINTS = {
+    "ONNX_COST": "a scaler, a linear router or probe, or a small tree ensemble fits the budget (see the spec's section 6.7)",
+    "ONNX_SHAPE": "every value's shape must follow from the input [N, hidden] alone (constant reshape targets, no broadcast against N)",
+    "ONNX_IO": "the graph must compute one output row per input row, of the role's width",
+    "HIDDEN_SIZE_MISMATCH": "the graph's weights must match the manifest's hidden size",
+    "DOMAIN_MISMATCH": "the graph must have one probability column per class (domains for the router, 2 for a probe)",
+}
 
 Report = Callable[[str, str, str], None]  # (code, message, hint)
 
@@ -174,6 +183,12 @@ def check_onnx(
     for node in graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         label = node.name or node.op_type
+        if len(node.input) > C.MAX_ONNX_NODE_INPUTS or len(node.output) > C.MAX_ONNX_NODE_INPUTS:
+            bad(
+                "ONNX_COST",
+                f"node {label!r} has {len(node.input)} inputs and {len(node.output)} outputs, over the cap of {C.MAX_ONNX_NODE_INPUTS}",
+                COST_HINTS["ONNX_COST"],
+            )
         # attributes first: a control-flow op (If, Loop) is refused for its subgraph
         for attr in node.attribute:
             if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g") or len(attr.graphs):
@@ -190,7 +205,8 @@ def check_onnx(
             bad("ONNX_OP", f"node {label!r} uses operator {domain or 'ai.onnx'}::{node.op_type}, not on the allowlist", "see the spec's operator allowlist")
         elif domain not in seen_domains:
             bad("ONNX_OPSET", f"node {label!r} uses domain {node.domain!r}, which is not imported", "import the domain once")
-    _check_io(graph, role_for_file(file), hidden_size, n_classes, bad)
+    role = role_for_file(file)
+    _check_io(graph, role, hidden_size, n_classes, bad)
     if problems:
         return None, problems
     try:
@@ -198,6 +214,24 @@ def check_onnx(
     except Exception as exc:  # onnx raises ValidationError and others
         bad("ONNX_PARSE", f"fails the ONNX checker: {str(exc).splitlines()[0][:300]}", "re-export the graph")
         return None, problems
+    if hidden_size is not None and n_classes is not None:
+        # bounded work before any work: static shapes and cost, before any session exists
+        shapes = {
+            name: ((-1, hidden_size) if role.name == "scaler" else (-1, n_classes)) if rank == 2 else (-1,)
+            for name, _, rank in role.outputs
+        }
+        try:
+            check_cost(
+                model,
+                input_name=role.inputs[0][0],
+                outputs=shapes,
+                hidden_size=hidden_size,
+                n_classes=n_classes,
+                width_code="HIDDEN_SIZE_MISMATCH" if role.name == "scaler" else "DOMAIN_MISMATCH",
+            )
+        except CostError as exc:
+            bad(exc.code, exc.message, COST_HINTS[exc.code])
+            return None, problems
     return model, problems
 
 

@@ -44,6 +44,7 @@ from asa_format.converters.safe_pickle import (
     to_legacy_scaler,
 )
 from asa_format.errors import LegacyFormatError
+from asa_format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
 
 __all__ = [
     "LEGACY_CONFIG_FILE",
@@ -102,15 +103,6 @@ def _config_error(message: str) -> LegacyFormatError:
     )
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _config_error(f"key {key!r} appears twice in one object")
-        result[key] = value
-    return result
-
-
 def _json_safe(value: Any) -> Any:
     """Map non-finite floats to the strings "NaN", "Infinity", "-Infinity"."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -148,13 +140,15 @@ def parse_legacy_config(
     except UnicodeDecodeError as exc:
         raise _config_error(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     try:
-        config = json.loads(text, object_pairs_hook=_no_duplicates)
+        config = loads_strict(text, nonfinite=True)  # Python's json writes NaN / Infinity
+    except DuplicateKeyError as exc:
+        raise _config_error(f"key {exc.key!r} appears twice in one object") from exc
+    except JsonLimitError as exc:  # depth, digits, lone surrogates, non-characters
+        raise _config_error(f"not accepted: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise _config_error(
             f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from exc
-    except RecursionError as exc:
-        raise _config_error("JSON nests too deeply") from exc
     if not isinstance(config, dict):
         raise _config_error(f"top level must be an object, found {type(config).__name__}")
     missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]

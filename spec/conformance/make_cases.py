@@ -609,15 +609,13 @@ def _onnx_cases() -> list[Case]:
             "session_scaler_weights_wrong_size",
             "the scaler declares [N, H] but its initializers have H+1 values",
             replace(b, C.SCALER_FILE, wide_scaler_model.SerializeToString(deterministic=True)),
-            "ONNX_SESSION",
-            stage=SESSION,
+            "ONNX_SHAPE",  # found by the static shape walk (section 6.7)
         ),
         Case(
             "session_router_weights_wrong_classes",
             "the router declares [N, 2] probabilities but its weights give 3 columns",
             replace(b, C.ROUTER_FILE, wide_router.SerializeToString(deterministic=True)),
             "DOMAIN_MISMATCH",
-            stage=SESSION,
         ),
     ]
 

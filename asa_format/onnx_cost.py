@@ -1,0 +1,567 @@
+"""Static shapes and cost bounds of a bundle graph, before any session exists.
+
+:func:`check_cost` walks the nodes of a ``ModelProto`` that already passed
+the structural profile (allowlisted operators, no subgraphs) and computes the
+exact shape of every value from the declared input shape ``[N, H]`` alone:
+``N`` (the batch) is symbolic, every other dimension must be known
+statically. From those shapes it bounds, per graph:
+
+* parameters: elements of initializers, ``Constant`` values and list
+  attributes (tree ensembles), against the hidden size and the class count;
+* work per input row: multiply-adds of ``MatMul``/``Gemm``/linear
+  classifiers, tree nodes, one operation per element of every other node;
+* memory per input row: elements of all row-dependent values;
+* memory of values that do not depend on the batch.
+
+A graph whose shapes cannot be derived statically (a reshape to a computed
+shape, a broadcast against the batch dimension, an unsupported attribute
+form) is refused: the bound would be a guess. The graph outputs must have
+exactly the shapes of the role: ``[N, H]`` for the scaler, ``[N]`` and
+``[N, classes]`` for classifiers, so that a constant output of a fixed shape
+(which passes a smoke run on two rows and fails on one) is refused here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+from asa_format import constants as C
+
+__all__ = ["Budget", "CostError", "budget_for", "check_cost"]
+
+Dim = int  # >= 0: a static size; < 0: -k means k * N (N = batch rows)
+Shape = tuple[Dim, ...]
+_MAX_KNOWN_VALUES = 64  # int tensors up to this size have their values tracked
+_INT64_MAX = (1 << 63) - 1
+
+
+class CostError(Exception):
+    """The graph exceeds a bound (code ONNX_COST) or cannot be bounded (ONNX_SHAPE)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Budget:
+    params: int  # elements of initializers, constants and list attributes
+    row_flops: int  # operations per input row
+    row_elements: int  # elements of row-dependent values, per input row
+    fixed_elements: int  # elements of values that do not depend on the batch
+
+
+def budget_for(hidden_size: int, n_classes: int) -> Budget:
+    """The bounds for a graph of a bundle with this hidden size and class count.
+
+    ``U = (H + 2) * (K + 2)`` is a little more than what a scaler plus a linear
+    classifier need; tree ensembles get a fixed allowance of ``2**20``.
+    """
+    unit = (hidden_size + 2) * (max(n_classes, 2) + 2)
+    return Budget(
+        params=4 * unit + C.ONNX_COST_ALLOWANCE,
+        row_flops=8 * unit + C.ONNX_COST_ALLOWANCE,
+        row_elements=8 * unit + C.ONNX_COST_ALLOWANCE,
+        fixed_elements=4 * unit + C.ONNX_COST_ALLOWANCE,
+    )
+
+
+@dataclass
+class _Value:
+    shape: Shape
+    values: list[int] | None = None  # known integer contents (small int tensors only)
+
+
+def _shape_error(message: str) -> CostError:
+    return CostError("ONNX_SHAPE", message)
+
+
+def _elements(shape: Shape) -> tuple[int, int]:
+    """(elements per row, fixed elements): one of the two is 0."""
+    k = [-d for d in shape if d < 0]
+    rest = prod(d for d in shape if d >= 0)
+    if len(k) > 1:
+        raise _shape_error(f"a value of shape {_show(shape)} depends on the batch twice")
+    return (k[0] * rest, 0) if k else (0, rest)
+
+
+def _show(shape: Shape) -> str:
+    return "[" + ", ".join(("N" if d == -1 else f"{-d}N") if d < 0 else str(d) for d in shape) + "]"
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _broadcast(shapes: Sequence[Shape], label: str) -> Shape:
+    rank = max(len(s) for s in shapes)
+    out: list[int] = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0}
+        dims.discard(1)
+        if not dims:
+            out.append(1)
+        elif len(dims) == 1:
+            out.append(dims.pop())
+        else:
+            raise _shape_error(f"node {label}: shapes {', '.join(_show(s) for s in shapes)} do not broadcast statically")
+    return tuple(out)
+
+
+def _axis(axis: int, rank: int, label: str) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise _shape_error(f"node {label}: axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _known(v: _Value, label: str, what: str) -> list[int]:
+    if v.values is None:
+        raise _shape_error(f"node {label}: its {what} is not a constant")
+    return v.values
+
+
+class _Walker:
+    def __init__(self, model: Any, input_name: str, hidden_size: int, opset: int) -> None:
+        self.model = model
+        self.opset = opset
+        self.env: dict[str, _Value] = {input_name: _Value((-1, hidden_size))}
+        self.params = 0
+        self.row_flops = 0
+        self.row_elements = 0
+        self.fixed_elements = 0
+
+    # -- constants -------------------------------------------------------------
+    def tensor(self, tensor: Any, where: str) -> _Value:
+        from onnx import numpy_helper
+
+        dims = tuple(int(d) for d in tensor.dims)
+        if any(d < 0 for d in dims):
+            raise _shape_error(f"{where} has a negative dimension")
+        n = prod(dims)
+        self.params += n
+        values: list[int] | None = None
+        if n <= _MAX_KNOWN_VALUES and tensor.data_type in (6, 7):  # int32, int64
+            try:
+                values = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+            except (ValueError, TypeError) as exc:
+                raise _shape_error(f"{where} cannot be read: {exc}") from exc
+            if len(values) != n:
+                raise _shape_error(f"{where} holds {len(values)} values for dims {list(dims)}")
+        return _Value(dims, values)
+
+    # -- the walk --------------------------------------------------------------
+    def run(self) -> None:
+        graph = self.model.graph
+        for init in graph.initializer:
+            self.env[init.name] = self.tensor(init, f"initializer {init.name!r}")
+        for node in graph.node:
+            label = repr(node.name or node.op_type)
+            for a in node.attribute:  # list attributes hold parameters too (trees)
+                self.params += len(a.floats) + len(a.ints) + len(a.strings)
+            ins: list[_Value | None] = []
+            for name in node.input:
+                if not name:
+                    ins.append(None)
+                    continue
+                if name not in self.env:
+                    raise _shape_error(f"node {label} reads {name!r}, which nothing computed before it")
+                ins.append(self.env[name])
+            handler = _HANDLERS.get(node.op_type)
+            if handler is None:
+                raise _shape_error(f"node {label}: no static shape rule for {node.op_type}")
+            outs, flops = handler(self, node, ins, label)
+            present = [o for o in node.output if o]
+            if len(outs) < len(present):
+                raise _shape_error(f"node {label} has {len(present)} outputs, {node.op_type} makes {len(outs)}")
+            for name, value in zip(node.output, outs, strict=False):
+                if not name:
+                    continue
+                row, fixed = _elements(value.shape)
+                self.row_elements += row
+                self.fixed_elements += fixed
+                self.env[name] = value
+            self.row_flops += flops
+
+
+Handler = Callable[[_Walker, Any, list["_Value | None"], str], tuple[list[_Value], int]]
+
+
+def _first(ins: list[_Value | None], label: str, count: int = 1) -> list[_Value]:
+    got = [v for v in ins[:count] if v is not None]
+    if len(got) != count:
+        raise _shape_error(f"node {label} lacks a required input")
+    return got
+
+
+def _row_ops(shape: Shape, per_element: int = 1) -> int:
+    row, _ = _elements(shape)
+    return row * per_element
+
+
+def _same(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    (x,) = _first(ins, label)
+    values = x.values if node.op_type in ("Identity", "Cast") else None
+    return [_Value(x.shape, values)], _row_ops(x.shape, 4)
+
+
+def _nary(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    args = [v for v in ins if v is not None]
+    if not args:
+        raise _shape_error(f"node {label} has no inputs")
+    shape = _broadcast([v.shape for v in args], label)
+    return [_Value(shape)], _row_ops(shape, len(args))
+
+
+def _reduce_axes(w: _Walker, node: Any, ins: list[_Value | None], label: str, rank: int) -> list[int] | None:
+    if node.op_type == "ArgMax":
+        return [_axis(int(_attr(node, "axis", 0)), rank, label)]
+    axes = _attr(node, "axes", None)
+    if len(ins) > 1 and ins[1] is not None:
+        axes = _known(ins[1], label, "axes input")
+    if axes is None or len(axes) == 0:
+        if int(_attr(node, "noop_with_empty_axes", 0)):
+            return []
+        return None  # all axes
+    return sorted({_axis(int(a), rank, label) for a in axes})
+
+
+def _reduce(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rank = len(x.shape)
+    axes = _reduce_axes(w, node, ins, label, rank)
+    if axes is None:
+        axes = list(range(rank))
+    keep = int(_attr(node, "keepdims", 1))
+    shape = tuple((1 if keep else None) if i in axes else d for i, d in enumerate(x.shape))
+    out = tuple(d for d in shape if d is not None)
+    return [_Value(out)], _row_ops(x.shape, 2)
+
+
+def _matmul(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    a, b = _first(ins, label, 2)
+    sa, sb = a.shape, b.shape
+    if len(sa) < 2 or len(sb) < 2:
+        raise _shape_error(f"node {label}: MatMul of rank-{len(sa)} and rank-{len(sb)} values is outside the profile")
+    k = sa[-1]
+    if k < 0 or sb[-2] != k:
+        raise _shape_error(f"node {label}: MatMul contracts {_show(sa)} with {_show(sb)}")
+    batch = _broadcast([sa[:-2], sb[:-2]], label) if len(sa) > 2 or len(sb) > 2 else ()
+    out = (*batch, sa[-2], sb[-1])
+    return [_Value(out)], _row_ops(out, max(k, 1))
+
+
+def _gemm(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    a, b = _first(ins, label, 2)
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise _shape_error(f"node {label}: Gemm needs rank-2 inputs")
+    m, k = a.shape[::-1] if int(_attr(node, "transA", 0)) else a.shape
+    k2, n = b.shape[::-1] if int(_attr(node, "transB", 0)) else b.shape
+    if k < 0 or k != k2:
+        raise _shape_error(f"node {label}: Gemm contracts {_show(a.shape)} with {_show(b.shape)}")
+    out: Shape = (m, n)
+    if len(ins) > 2 and ins[2] is not None:
+        _broadcast([out, ins[2].shape], label)
+    return [_Value(out)], _row_ops(out, max(k, 1) + 1)
+
+
+def _concat(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    args = [v for v in ins if v is not None]
+    if not args or len({len(v.shape) for v in args}) != 1:
+        raise _shape_error(f"node {label}: Concat inputs differ in rank")
+    rank = len(args[0].shape)
+    axis = _axis(int(_attr(node, "axis", 0 if w.opset < 11 else 1)), rank, label)
+    total = 0
+    for v in args:
+        d = v.shape[axis]
+        if d < 0:
+            raise _shape_error(f"node {label}: Concat along the batch dimension")
+        total += d
+        if v.shape[:axis] + v.shape[axis + 1 :] != args[0].shape[:axis] + args[0].shape[axis + 1 :]:
+            raise _shape_error(f"node {label}: Concat of {', '.join(_show(a.shape) for a in args)}")
+    out = (*args[0].shape[:axis], total, *args[0].shape[axis + 1 :])
+    values = None
+    if rank == 1 and all(v.values is not None for v in args):
+        values = [x for v in args for x in (v.values or [])]
+    return [_Value(out, values)], _row_ops(out)
+
+
+def _constant(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    if len(node.attribute) != 1:
+        raise _shape_error(f"node {label}: Constant needs exactly one value attribute")
+    a = node.attribute[0]
+    if a.name == "value":
+        return [w.tensor(a.t, f"node {label}")], 0
+    if a.name in ("value_float", "value_int"):
+        w.params += 1
+        return [_Value((), [int(a.i)] if a.name == "value_int" else None)], 0
+    if a.name in ("value_floats", "value_ints"):
+        n = len(a.floats) + len(a.ints)
+        vals = [int(v) for v in a.ints] if a.name == "value_ints" and n <= _MAX_KNOWN_VALUES else None
+        return [_Value((n,), vals)], 0
+    raise _shape_error(f"node {label}: Constant attribute {a.name!r} is outside the profile")
+
+
+def _flatten(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rank = len(x.shape)
+    axis = int(_attr(node, "axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis <= rank:
+        raise _shape_error(f"node {label}: Flatten axis out of range")
+    return [_Value((_merge(x.shape[:axis]), _merge(x.shape[axis:])))], 0
+
+
+def _merge(dims: Sequence[int]) -> int:
+    batch = [-d for d in dims if d < 0]
+    rest = prod(d for d in dims if d >= 0)
+    if len(batch) > 1:
+        raise _shape_error("a value depends on the batch twice")
+    return -batch[0] * rest if batch else rest
+
+
+def _gather(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    data, idx = _first(ins, label, 2)
+    rank = len(data.shape)
+    if rank == 0:
+        raise _shape_error(f"node {label}: Gather from a scalar")
+    axis = _axis(int(_attr(node, "axis", 0)), rank, label)
+    out = (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
+    values = None
+    if data.values is not None and idx.values is not None and rank == 1:
+        n = len(data.values)
+        if not all(-n <= i < n for i in idx.values):
+            raise _shape_error(f"node {label}: Gather index out of range")
+        values = [data.values[i] for i in idx.values]
+    return [_Value(out, values)], _row_ops(out)
+
+
+def _reshape(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x, s = _first(ins, label, 2)
+    target = _known(s, label, "shape")
+    allowzero = int(_attr(node, "allowzero", 0))
+    dims: list[int | None] = []
+    for i, t in enumerate(target):
+        if t == 0 and not allowzero:
+            if i >= len(x.shape):
+                raise _shape_error(f"node {label}: Reshape copies a dimension the input lacks")
+            dims.append(x.shape[i])
+        elif t == -1:
+            dims.append(None)
+        elif t < -1:
+            raise _shape_error(f"node {label}: Reshape to a negative dimension")
+        else:
+            dims.append(t)
+    row, fixed = _elements(x.shape)
+    known = [d for d in dims if d is not None]
+    batch = [-d for d in known if d < 0]
+    rest = prod(d for d in known if d >= 0)
+    free = dims.count(None)
+    if free > 1 or len(batch) > 1:
+        raise _shape_error(f"node {label}: Reshape target {target} is ambiguous")
+    if row:  # the input depends on the batch: k * N elements
+        if batch:
+            ok = free == 0 and batch[0] * rest == row
+            fill = 0
+        else:
+            ok = free == 1 and rest > 0 and row % rest == 0
+            fill = -(row // rest) if ok else 0
+    else:
+        ok = not batch and (free == 0 and rest == fixed or free == 1 and rest > 0 and fixed % rest == 0)
+        fill = fixed // rest if ok and free else 0
+    if not ok:
+        raise _shape_error(f"node {label}: Reshape of {_show(x.shape)} to {target}")
+    out = tuple(fill if d is None else d for d in dims)
+    return [_Value(out, x.values)], 0
+
+
+def _shape(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    if node.attribute:
+        raise _shape_error(f"node {label}: Shape with start/end is outside the profile")
+    values = None if any(d < 0 for d in x.shape) else list(x.shape)
+    return [_Value((len(x.shape),), values)], 0
+
+
+def _slice(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rank = len(x.shape)
+    if w.opset < 10:
+        starts, ends = list(_attr(node, "starts", [])), list(_attr(node, "ends", []))
+        axes = list(_attr(node, "axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        if len(ins) < 3 or ins[1] is None or ins[2] is None:
+            raise _shape_error(f"node {label}: Slice lacks starts or ends")
+        starts, ends = _known(ins[1], label, "starts"), _known(ins[2], label, "ends")
+        axes = _known(ins[3], label, "axes") if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = _known(ins[4], label, "steps") if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise _shape_error(f"node {label}: Slice parameters differ in length")
+    out = list(x.shape)
+    for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
+        a = _axis(int(ax), rank, label)
+        if sp == 0:
+            raise _shape_error(f"node {label}: Slice step 0")
+        d = out[a]
+        if d < 0:
+            if not (st == 0 and sp == 1 and en >= _INT64_MAX // 2):
+                raise _shape_error(f"node {label}: Slice of the batch dimension")
+            continue
+        out[a] = len(range(*slice(int(st), int(en), int(sp)).indices(d)))
+    return [_Value(tuple(out))], _row_ops(tuple(out))
+
+
+def _axes_of(node: Any, ins: list[_Value | None], label: str) -> list[int] | None:
+    if len(ins) > 1 and ins[1] is not None:
+        return _known(ins[1], label, "axes")
+    axes = _attr(node, "axes", None)
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _squeeze(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    axes = _axes_of(node, ins, label)
+    rank = len(x.shape)
+    drop = {i for i, d in enumerate(x.shape) if d == 1} if axes is None else {_axis(a, rank, label) for a in axes}
+    if any(x.shape[i] != 1 for i in drop):
+        raise _shape_error(f"node {label}: Squeeze of a dimension that is not 1")
+    return [_Value(tuple(d for i, d in enumerate(x.shape) if i not in drop), x.values)], 0
+
+
+def _unsqueeze(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    axes = _axes_of(node, ins, label)
+    if axes is None:
+        raise _shape_error(f"node {label}: Unsqueeze without axes")
+    rank = len(x.shape) + len(axes)
+    where = {_axis(a, rank, label) for a in axes}
+    if len(where) != len(axes):
+        raise _shape_error(f"node {label}: Unsqueeze repeats an axis")
+    it = iter(x.shape)
+    return [_Value(tuple(1 if i in where else next(it) for i in range(rank)), x.values)], 0
+
+
+def _transpose(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rank = len(x.shape)
+    perm = [int(p) for p in _attr(node, "perm", list(range(rank))[::-1])]
+    if sorted(perm) != list(range(rank)):
+        raise _shape_error(f"node {label}: Transpose perm {perm} is not a permutation")
+    return [_Value(tuple(x.shape[p] for p in perm))], _row_ops(x.shape)
+
+
+def _feature_extractor(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x, idx = _first(ins, label, 2)
+    n = _merge(idx.shape)
+    out = (1, n) if len(x.shape) == 1 else (*x.shape[:-1], n)
+    return [_Value(out)], _row_ops(out)
+
+
+def _classes(node: Any, label: str) -> int:
+    n = len(_attr(node, "classlabels_ints", [])) + len(_attr(node, "classlabels_strings", []))
+    n += len(_attr(node, "classlabels_int64s", []))
+    if n < 1:
+        raise _shape_error(f"node {label}: classifier without class labels")
+    return n
+
+
+def _rows(x: _Value, label: str) -> tuple[int, int]:
+    if len(x.shape) != 2 or x.shape[1] < 0:
+        raise _shape_error(f"node {label}: classifier input must be [rows, features], got {_show(x.shape)}")
+    return x.shape[0], x.shape[1]
+
+
+def _linear_classifier(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rows, features = _rows(x, label)
+    k = _classes(node, label)
+    coef = len(_attr(node, "coefficients", []))
+    if coef % max(features, 1):
+        raise _shape_error(f"node {label}: {coef} coefficients for {features} features")
+    width = max(k, coef // max(features, 1))
+    return [_Value((rows,)), _Value((rows, width))], _row_ops((rows, width), max(features, 1))
+
+
+def _tree_classifier(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    x = _first(ins, label)[0]
+    rows, _ = _rows(x, label)
+    k = _classes(node, label)
+    nodes = len(_attr(node, "nodes_nodeids", [])) + len(_attr(node, "class_ids", []))
+    return [_Value((rows,)), _Value((rows, k))], _row_ops((rows, 1), nodes + k)
+
+
+_HANDLERS: dict[str, Handler] = {
+    **{op: _same for op in (
+        "Abs", "Cast", "Clip", "Exp", "Identity", "Log", "Neg", "Reciprocal", "Sigmoid", "Softmax", "Sqrt",
+        "Binarizer", "Normalizer", "Scaler",
+    )},
+    **{op: _nary for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum")},
+    **{op: _reduce for op in ("ArgMax", "ReduceLogSumExp", "ReduceMax", "ReduceSum")},
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "Concat": _concat,
+    "Constant": _constant,
+    "Flatten": _flatten,
+    "Gather": _gather,
+    "Reshape": _reshape,
+    "Shape": _shape,
+    "Slice": _slice,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Transpose": _transpose,
+    "ArrayFeatureExtractor": _feature_extractor,
+    "LinearClassifier": _linear_classifier,
+    "TreeEnsembleClassifier": _tree_classifier,
+}
+
+
+def check_cost(
+    model: Any,
+    *,
+    input_name: str,
+    outputs: dict[str, Shape],
+    hidden_size: int,
+    n_classes: int,
+    width_code: str = "ONNX_IO",
+) -> None:
+    """Raise :class:`CostError` unless the graph's shapes are static and its cost is in budget.
+
+    ``outputs`` maps each graph output to its required shape (``-1`` = the batch);
+    an output whose only wrong dimension is the last is reported as ``width_code``.
+    """
+    graph = model.graph
+    for node in graph.node:
+        if len(node.input) > C.MAX_ONNX_NODE_INPUTS or len(node.output) > C.MAX_ONNX_NODE_INPUTS:
+            raise CostError(
+                "ONNX_COST",
+                f"node {node.name or node.op_type!r} has {len(node.input)} inputs and {len(node.output)} outputs, "
+                f"over the cap of {C.MAX_ONNX_NODE_INPUTS}",
+            )
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    budget = budget_for(hidden_size, n_classes)
+    walker = _Walker(model, input_name, hidden_size, opset)
+    walker.run()
+    for what, got, cap in (
+        ("parameters (elements)", walker.params, budget.params),
+        ("operations per input row", walker.row_flops, budget.row_flops),
+        ("value elements per input row", walker.row_elements, budget.row_elements),
+        ("elements of batch-independent values", walker.fixed_elements, budget.fixed_elements),
+    ):
+        if got > cap:
+            raise CostError("ONNX_COST", f"the graph needs {got} {what}, over the budget of {cap} for its hidden size and classes")
+    for name, shape in outputs.items():
+        value = walker.env.get(name)
+        if value is None:
+            raise _shape_error(f"no node computes the output {name!r}")
+        if value.shape != shape:
+            same_rows = len(value.shape) == len(shape) and value.shape[:-1] == shape[:-1]
+            raise CostError(width_code if same_rows else "ONNX_IO", f"output {name!r} has shape {_show(value.shape)} for an input [N, {hidden_size}], expected {_show(shape)}")
