@@ -21,7 +21,13 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, Problem
-from asa_format.jsonio import DuplicateKeyError, JsonTextError, NonFiniteError, dumps_canonical, loads_strict
+from asa_format.jsonio import (
+    DuplicateKeyError,
+    JsonTextError,
+    NonFiniteError,
+    dumps_canonical,
+    loads_strict,
+)
 from asa_format.schema_check import check_schema, iter_violations
 
 __all__ = [

@@ -23,7 +23,7 @@ exactly the shapes of the role: ``[N, H]`` for the scaler, ``[N]`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -375,7 +375,7 @@ def _reshape(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tup
             ok = free == 1 and rest > 0 and row % rest == 0
             fill = -(row // rest) if ok else 0
     else:
-        ok = not batch and (free == 0 and rest == fixed or free == 1 and rest > 0 and fixed % rest == 0)
+        ok = not batch and ((free == 0 and rest == fixed) or (free == 1 and rest > 0 and fixed % rest == 0))
         fill = fixed // rest if ok and free else 0
     if not ok:
         raise _shape_error(f"node {label}: Reshape of {_show(x.shape)} to {target}")
@@ -528,7 +528,7 @@ def check_cost(
     model: Any,
     *,
     input_name: str,
-    outputs: dict[str, Shape],
+    outputs: Mapping[str, Shape],
     hidden_size: int,
     n_classes: int,
     width_code: str = "ONNX_IO",
