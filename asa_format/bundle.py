@@ -24,7 +24,11 @@ from asa_format.fastpath import FastPlan, build_plan, check_inputs
 from asa_format.manifest import Manifest
 from asa_format.reader import read_bundle_dir
 
-__all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle"]
+__all__ = ["GENERIC_MARGIN", "Bundle", "Decision", "DecisionBatch", "load_bundle"]
+
+# Margin (on probabilities) within which a row of an onnxruntime batch is decided again
+# alone, for graphs whose rounding error has no proven bound (not a linear classifier).
+GENERIC_MARGIN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -85,55 +89,48 @@ class Bundle:
         self._probe_files: list[str | None] = [d.probe for d in manifest.domains]
         self._mixed: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._plan: FastPlan | None = None
-        self._single_row = False
+        self._plan: FastPlan | None = None  # the NumPy evaluator, when used
+        self._structure: FastPlan | None = None  # the proven linear structure (error bounds), if any
         self._domains_tuple = tuple(self.domains)
-        if models is not None and fast:
-            self._plan, self._single_row = self._checked_plan(models)
+        if models is not None:
+            plan = build_plan(models, self._probe_files, self.hidden_size)
+            if plan is not None and self._plan_agrees(plan):
+                self._structure = plan
+                self._plan = plan if fast else None
+        self._single_row = self._plan is not None
 
     @property
     def decision_backend(self) -> str:
         """``"numpy"`` when the checked fast path is used, else ``"onnxruntime"``."""
         return "numpy" if self._plan is not None else "onnxruntime"
 
-    def _checked_plan(self, models: dict[str, Any]) -> tuple[FastPlan | None, bool]:
-        """Compile the fast path and compare it with onnxruntime on fixed inputs.
-
-        Returns the plan (None: keep onnxruntime) and whether its one-row path
-        also agrees, row by row, on the first rows of the same inputs.
-        """
-        plan = build_plan(models, self._probe_files)
-        if plan is None:
-            return None, False
+    def _plan_agrees(self, plan: FastPlan) -> bool:
+        """A sanity check of the structural match: the plan reproduces onnxruntime on fixed
+        inputs (scaler bit for bit; domains, gates and probabilities on rows off the margins)."""
         probe = check_inputs(self.hidden_size)
+        tau = self.manifest.steering.tau
         no_probe = self.manifest.steering.no_probe_probability
         try:
             scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[0]
             _, ref_index, ref_prob = self._decide_ort(probe)
-            scores, fast_prob, has_probe = plan.decide(probe)
+            scores, fast_prob, has_probe, near = plan.decide(probe, tau)
             fast_scaled = plan.scale(probe)
+            ones = [plan.decide_one(probe[i : i + 1], tau) for i in range(min(12, probe.shape[0]))]
         except Exception:
-            return None, False
+            return False
+        if fast_scaled.shape != scaled.shape or not np.array_equal(fast_scaled, scaled):
+            return False
         fast_index = np.argmax(scores, axis=1)
         fast_prob = np.where(has_probe, fast_prob, no_probe)
-        if (
-            fast_scaled.shape != scaled.shape
-            or not np.array_equal(fast_scaled, scaled)  # element-wise float32 ops: bit-identical
-            or not np.array_equal(fast_index, ref_index)
-            or not np.allclose(fast_prob, ref_prob, rtol=0.0, atol=1e-12, equal_nan=True)
-        ):
-            return None, False
-        if not plan.single_row:
-            return plan, False
-        try:
-            for i in range(min(12, probe.shape[0])):
-                d, p, _, _ = plan.decide_one(probe[i : i + 1])
-                pv = no_probe if p is None else p
-                if d != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-12:
-                    return plan, False
-        except Exception:
-            return plan, False
-        return plan, True
+        ok = ~near
+        if not np.array_equal(fast_index[ok], ref_index[ok]) or not np.allclose(fast_prob[ok], ref_prob[ok], rtol=0.0, atol=1e-9):
+            return False
+        for i, one in enumerate(ones):
+            if one is not None:
+                pv = no_probe if one[1] is None else one[1]
+                if one[0] != int(ref_index[i]) or not abs(pv - float(ref_prob[i])) <= 1e-9:
+                    return False
+        return True
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -176,46 +173,89 @@ class Bundle:
             )
 
     def decide(self, hidden: Any) -> DecisionBatch:
-        """Decide, per row of ``hidden`` ``[N, H]``, the domain, probability and gate."""
-        one_row = self._single_row
-        h = self._check_hidden(hidden, finite=not one_row)
+        """Decide, per row of ``hidden`` ``[N, H]``, the domain, probability and gate.
+
+        Every row gets the decision it gets alone: rows within the numeric
+        margin of a decision boundary are decided by onnxruntime on the row
+        alone (spec section 4.9).
+        """
+        plan = self._plan
+        h = self._check_hidden(hidden, finite=plan is None)
         n = h.shape[0]
         steering = self.manifest.steering
-        if one_row and n != 1:
-            self._check_finite(h)
         if n == 0:
             return DecisionBatch(self._domains_tuple, np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
-        if n == 1 and one_row:
-            assert self._plan is not None
-            try:
-                d, p, has_nan, finite_heads = self._plan.decide_one(h)
-            except Exception as exc:
-                raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
-            if not finite_heads:  # only then can the input be non-finite: check it now
-                self._check_finite(h)
-            pv = steering.no_probe_probability if p is None else p
-            g = 0 if has_nan else gate_of(pv, steering.tau)
-            return DecisionBatch(
-                self._domains_tuple,
-                np.array([d], dtype=np.int64),
-                np.array([pv], dtype=np.float64),
-                np.array([g], dtype=np.int8),
-            )
         try:
-            if self._plan is not None:
-                scores, prob, has_probe = self._plan.decide(h)
+            if plan is not None and n == 1:
+                one = plan.decide_one(h, steering.tau)
+                if one is not None:
+                    d, p, has_nan = one
+                    pv = steering.no_probe_probability if p is None else p
+                    g = 0 if has_nan else gate_of(pv, steering.tau)
+                    return DecisionBatch(
+                        self._domains_tuple, np.array([d], dtype=np.int64), np.array([pv], dtype=np.float64), np.array([g], dtype=np.int8)
+                    )
+                self._check_finite(h)
+                index, prob, gate = self._decide_alone(h, np.array([0]))
+                return DecisionBatch(self._domains_tuple, index, prob, gate)
+            if plan is not None:
+                self._check_finite(h)
+                scores, prob, has_probe, near = plan.decide(h, steering.tau)
                 index = np.argmax(scores, axis=1).astype(np.int64)
                 prob = np.where(has_probe, prob, steering.no_probe_probability)
             else:
-                scores, index, prob = self._decide_ort(h)
+                scores, index, prob, x64 = self._decide_ort_scaled(h)
+                near = self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
+            gate = gates(prob, steering.tau)
+            gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
+            rows = np.flatnonzero(near)
+            if rows.size:
+                index[rows], prob[rows], gate[rows] = self._decide_alone(h, rows)
+        except DecisionError:
+            raise
         except Exception as exc:
             raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
-        gate = gates(prob, steering.tau)
-        gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
         return DecisionBatch(self._domains_tuple, index, prob, gate)
+
+    def _decide_alone(self, h: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The reference decision of each row in ``rows``: onnxruntime on that row alone."""
+        tau = self.manifest.steering.tau
+        index = np.zeros(rows.size, dtype=np.int64)
+        prob = np.zeros(rows.size, dtype=np.float64)
+        gate = np.zeros(rows.size, dtype=np.int8)
+        for k, i in enumerate(rows):
+            scores, d, p = self._decide_ort(h[i : i + 1])
+            index[k], prob[k] = d[0], p[0]
+            gate[k] = 0 if np.isnan(scores).any() else gate_of(float(p[0]), tau)
+        return index, prob, gate
+
+    def _near_ort(self, scores: np.ndarray, index: np.ndarray, prob: np.ndarray, x64: np.ndarray) -> np.ndarray:
+        """Rows of an onnxruntime batch within the margin of a boundary (decided again alone)."""
+        tau = self.manifest.steering.tau
+        s = self._structure
+        with np.errstate(all="ignore"):
+            xnorm = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+            near = ~np.isfinite(scores).all(axis=1) | ~np.isfinite(xnorm)
+            if scores.shape[1] > 1:
+                top2 = np.sort(scores, axis=1)[:, -2:]
+                margin = 2.0 * s.router.error(xnorm, self.hidden_size) if s is not None else GENERIC_MARGIN
+                near |= ~(top2[:, 1] - top2[:, 0] > margin)
+            for d in np.unique(index):
+                if self._probe_files[int(d)] is None:
+                    continue
+                rows = np.flatnonzero(index == d)
+                head = s.probes[int(d)] if s is not None else None
+                m = 2.0 * head.error(xnorm[rows], self.hidden_size) if head is not None else GENERIC_MARGIN
+                p = prob[rows]
+                near[rows] |= ~((np.abs(p - tau) > m) & (np.abs(p - (1.0 - tau)) > m))
+        return near
 
     def _decide_ort(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The reference evaluation with onnxruntime: (router output, domain index, probability)."""
+        scores, index, prob, _ = self._decide_ort_scaled(h)
+        return scores, index, prob
+
+    def _decide_ort_scaled(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = h.shape[0]
         x = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: h})[0]
         x64 = np.ascontiguousarray(x, dtype=np.float64)
@@ -229,7 +269,7 @@ class Bundle:
             rows = np.flatnonzero(index == d)
             out = self._sessions[probe].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]})[0]
             prob[rows] = out[:, 1]
-        return scores, index, prob
+        return scores, index, prob, x64
 
     # -- steering vectors -----------------------------------------------------------
     def domain_index(self, domain: str | int) -> int:
@@ -292,7 +332,7 @@ def load_bundle(
     if it reproduces onnxruntime on load. Raises :class:`BundleError` (with
     every problem found) on failure.
     """
-    result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=fast)
+    result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=True)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)
         if actual != expected_digest:

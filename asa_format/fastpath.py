@@ -1,36 +1,55 @@
-"""A fast, exact evaluator of bundle graphs in NumPy, checked against onnxruntime.
+"""The fast path: a NumPy evaluator for graphs proven equal to onnxruntime.
 
-The decision graphs are tiny (a scaler, then affine maps followed by a few
-element-wise operators), so most of an onnxruntime call is per-call
-overhead. This module compiles the checked ``ModelProto`` of each graph into
-a short list of NumPy operations, and fuses the first ``MatMul`` of the
-router and of every probe (all on the same input ``x``) into one matrix
-product. The plan is only used if, on load, it reproduces onnxruntime on a
-deterministic set of inputs (same domains, same gates, probabilities within
-1e-12, scaler output within float32 rounding); otherwise the bundle keeps
-using onnxruntime. Unsupported operators simply mean "no fast path".
+Most of an onnxruntime call on these tiny graphs is per-call overhead. This
+module recognises, structurally, the graphs whose result it can reproduce on
+*every* input, and evaluates only those:
+
+* a scaler that is a chain of element-wise ``Cast`` (float32/float64),
+  ``Sub``/``Div`` by a constant, ``Add``/``Mul`` with a constant and
+  ``Identity``: IEEE 754 operations that NumPy and onnxruntime round the
+  same way, so the result is bit-identical;
+* a classifier ``probabilities = post(x @ W + b)`` with ``post`` one of
+  ``Softmax`` (axis 1), ``Sigmoid`` normalised by the sum of its columns (the
+  skl2onnx binary form), or ``[1 - sigmoid(s), sigmoid(s)]``, followed by
+  ``Cast``/``Identity`` to float64 only.
+
+Any other graph is evaluated by onnxruntime: there is no general compiler.
+For a recognised classifier the matrix product is the only step whose
+rounding depends on the evaluator (summation order); its error is bounded
+for every row by ``gamma(H) * ||x|| * ||w_j||`` (the classic bound for any
+summation order). :meth:`FastPlan.decide` returns, per row, whether the row
+lies within that bound of a decision boundary (top-two router
+probabilities, ``tau``, ``1 - tau``), has a non-finite value or a score in
+the exponential's overflow window; the bundle decides such rows with
+onnxruntime on the row alone, so a row gets the same domain and gate alone,
+inside any batch, and from onnxruntime.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from asa_format import constants as C
 
-__all__ = ["CompiledGraph", "FastPlan", "build_plan", "compile_graph"]
+__all__ = [
+    "FastPlan",
+    "LinearHead",
+    "ScalerChain",
+    "build_plan",
+    "check_inputs",
+    "match_classifier",
+    "match_scaler",
+]
 
-_ONNX_TO_NUMPY = {1: np.float32, 6: np.int32, 7: np.int64, 11: np.float64}
-
-Op = Callable[[dict[str, np.ndarray]], None]
-
-
-class Unsupported(Exception):
-    """The graph uses something this evaluator does not implement."""
+_UNIT_ROUNDOFF = 2.0**-53
+OVERFLOW_WINDOW = 700.0  # |score| above this: exp() is near float64 overflow, decided by onnxruntime
+PROBABILITY_SLACK = 1e-12  # added to every margin: transcendental functions differ by a few ulps
+_FLOAT, _DOUBLE = 1, 11
+_NP = {_FLOAT: np.float32, _DOUBLE: np.float64}
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -42,419 +61,323 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _compile_node(node: Any, consts: dict[str, np.ndarray], opset: int) -> Op:
-    op, ins, outs = node.op_type, list(node.input), list(node.output)
-    if node.domain not in ("", "ai.onnx") or len(outs) != 1:
-        raise Unsupported(node.op_type)
-    out = outs[0]
+class _Graph:
+    """Producers and constants of a checked ModelProto."""
 
-    def binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Op:
-        a, b = ins
-        if b in consts and a not in consts:
-            const_b = consts[b]
+    def __init__(self, model: Any) -> None:
+        from onnx import numpy_helper
 
-            def run_const(env: dict[str, np.ndarray]) -> None:
-                env[out] = fn(env[a], const_b)
+        graph = model.graph
+        self.input = graph.input[0].name
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producers = {o: n for n in graph.node for o in n.output if o}
+        self._array = numpy_helper.to_array
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
-            return run_const
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.inits.get(name)
+        return None if t is None else np.asarray(self._array(t))
 
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = fn(env[a], env[b])
+    def node(self, name: str, *ops: str) -> Any | None:
+        n = self.producers.get(name)
+        return n if n is not None and n.domain in ("", "ai.onnx") and n.op_type in ops else None
 
-        return run
 
-    if op == "Sub":
-        return binary(np.subtract)
-    if op == "Div":
-        return binary(np.divide)
-    if op == "Add":
-        return binary(np.add)
-    if op == "Mul":
-        return binary(np.multiply)
-    if op == "MatMul":
-        return binary(np.matmul)
-    if op in ("Identity", "Sigmoid", "Abs", "Neg", "Exp", "Cast", "Softmax", "ReduceSum", "Reshape", "Concat"):
-        pass
-    else:
-        raise Unsupported(op)
-    src = ins[0]
-    if op == "Identity":
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = env[src]
-    elif op == "Sigmoid":
-        def run(env: dict[str, np.ndarray]) -> None:
-            x = env[src]
-            env[out] = 1.0 / (1.0 + np.exp(-x))
-    elif op == "Abs":
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = np.abs(env[src])
-    elif op == "Neg":
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = np.negative(env[src])
-    elif op == "Exp":
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = np.exp(env[src])
-    elif op == "Cast":
-        to = _ONNX_TO_NUMPY.get(int(_attr(node, "to", 0)))
-        if to is None:
-            raise Unsupported("Cast")
-        dtype = to
-
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = env[src].astype(dtype)
-    elif op == "Softmax":
-        axis = int(_attr(node, "axis", -1 if opset >= 13 else 1))
-        if axis not in (1, -1):
-            raise Unsupported("Softmax axis")
-
-        def run(env: dict[str, np.ndarray]) -> None:
-            x = env[src]
-            e = np.exp(x - x.max(axis=1, keepdims=True))
-            env[out] = e / e.sum(axis=1, keepdims=True)
-    elif op == "ReduceSum":
-        keepdims = bool(_attr(node, "keepdims", 1))
-        axes_attr = _attr(node, "axes", None)
-        if len(ins) > 1 and ins[1]:
-            if ins[1] not in consts:
-                raise Unsupported("ReduceSum dynamic axes")
-            axes = tuple(int(a) for a in consts[ins[1]].ravel())
-        elif axes_attr is not None:
-            axes = tuple(int(a) for a in axes_attr)
-        else:
-            raise Unsupported("ReduceSum all axes")
-
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = env[src].sum(axis=axes, keepdims=keepdims)
-    elif op == "Reshape":
-        if ins[1] not in consts:
-            raise Unsupported("Reshape dynamic shape")
-        shape = tuple(int(s) for s in consts[ins[1]].ravel())
-        if 0 in shape:
-            raise Unsupported("Reshape zero dim")
-
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = env[src].reshape(shape)
-    else:  # Concat
-        axis = int(_attr(node, "axis", 0))
-
-        def run(env: dict[str, np.ndarray]) -> None:
-            env[out] = np.concatenate([env[i] for i in ins], axis=axis)
-    return run
+# -- scaler ------------------------------------------------------------------------------
 
 
 @dataclass
-class CompiledGraph:
-    """Operations computing ``output`` from ``input_name``; a leading MatMul may be split off."""
+class ScalerChain:
+    """Element-wise steps from ``hidden`` (float32) to ``x`` (float32)."""
 
-    input_name: str
-    output: str
-    consts: dict[str, np.ndarray]
-    ops: list[Op]
-    head_output: str | None = None  # name bound to x @ head_weight (fused by the plan)
-    head_weight: np.ndarray | None = None
-    row_tail: Callable[[list[float]], list[float]] | None = None  # one row, plain floats
+    steps: list[tuple[str, Any]]  # ("cast", dtype) or (ufunc name, constant [1, H] row)
 
-    def run(self, value: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
-        env = self.consts.copy()
-        env[self.input_name] = value
-        if self.head_output is not None:
-            env[self.head_output] = head if head is not None else value @ self.head_weight
-        for op in self.ops:
-            op(env)
-        return env[self.output]
+    def run(self, h32: np.ndarray) -> np.ndarray:
+        out = h32
+        with np.errstate(all="ignore"):
+            for kind, arg in self.steps:
+                out = out.astype(arg) if kind == "cast" else getattr(np, kind)(out, arg)
+        return out
 
 
-def compile_graph(model: Any, output: str, *, split_head: bool) -> CompiledGraph:
-    """Compile the nodes ``output`` depends on; raise Unsupported if not possible."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    needed: list[Any] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen or name in consts or name == graph.input[0].name:
-            return
-        seen.add(name)
-        node = producers.get(name)
-        if node is None:
-            raise Unsupported(f"value {name} has no producer")
-        if node.op_type == "Constant":
-            raise Unsupported("Constant")
-        for i in node.input:
-            if i:
-                visit(i)
-        needed.append(node)
-
-    visit(output)
-    input_name = graph.input[0].name
-    head_output: str | None = None
-    head_weight: np.ndarray | None = None
-    if split_head:
-        first = [n for n in needed if n.op_type == "MatMul" and n.input[0] == input_name and n.input[1] in consts]
-        users = [n for n in needed if input_name in n.input]
-        if len(first) == 1 and users == first and consts[first[0].input[1]].ndim == 2:
-            head_output = first[0].output[0]
-            head_weight = consts[first[0].input[1]].astype(np.float64)
-            needed = [n for n in needed if n is not first[0]]
-    ops = [_compile_node(n, consts, opset) for n in needed]
-    row_tail = _compile_row_tail(needed, consts, head_output, output) if head_output is not None else None
-    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight, row_tail)
+_BINARY = {"Sub": "subtract", "Div": "divide", "Add": "add", "Mul": "multiply"}
 
 
-# -- one row with plain Python floats ---------------------------------------------------
-# For a single prompt the operators after the fused matrix product act on a
-# handful of numbers, where NumPy's per-call overhead dominates. The same
-# operators on lists of floats (IEEE double, like NumPy) are much cheaper.
-
-Row = list[float]
-RowOp = Callable[[dict[str, Row]], None]
-
-
-def _sigmoid(v: float) -> float:
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
-
-
-def _f32(v: float) -> float:
-    return float(np.float32(v))
-
-
-def _const_row(arr: np.ndarray) -> Row | None:
-    if arr.ndim > 2 or (arr.ndim == 2 and arr.shape[0] != 1) or arr.dtype.kind != "f":
-        return None
-    return [float(v) for v in arr.reshape(-1)]
-
-
-def _broadcast(a: Row, b: Row, fn: Callable[[float, float], float]) -> Row:
-    if len(a) == len(b):
-        return [fn(x, y) for x, y in zip(a, b, strict=True)]
-    if len(b) == 1:
-        return [fn(x, b[0]) for x in a]
-    if len(a) == 1:
-        return [fn(a[0], y) for y in b]
-    raise Unsupported("broadcast")
-
-
-def _ieee_div(x: float, y: float) -> float:
-    """IEEE 754 division (Python raises on a zero divisor; NumPy and ONNX do not)."""
-    if y != 0.0:
-        return x / y
-    if x == 0.0 or math.isnan(x):
-        return math.nan
-    return math.copysign(math.inf, x) * math.copysign(1.0, y)
-
-
-_BINARY: dict[str, Callable[[float, float], float]] = {
-    "Add": lambda x, y: x + y,
-    "Sub": lambda x, y: x - y,
-    "Mul": lambda x, y: x * y,
-    "Div": lambda x, y: _ieee_div(x, y),
-}
-_UNARY: dict[str, Callable[[float], float]] = {
-    "Identity": lambda x: x,
-    "Sigmoid": _sigmoid,
-    "Abs": abs,
-    "Neg": lambda x: -x,
-    "Exp": lambda x: math.exp(x) if x < 709.0 else math.inf,
-}
-
-
-def _softmax_row(v: Row) -> Row:
-    m = max(v)
-    e = [math.exp(x - m) for x in v]
-    total = sum(e)
-    return [x / total for x in e]
-
-
-def _compile_row_tail(nodes: list[Any], consts: dict[str, np.ndarray], head: str, output: str) -> Callable[[Row], Row] | None:
-    """Compile the nodes after the head for one row of plain floats, or None."""
-    const_rows: dict[str, Row] = {}
-    ops: list[RowOp] = []
-    for node in nodes:
-        op, ins, out = node.op_type, list(node.input), node.output[0]
-        for name in ins:
-            if name in consts and name not in const_rows:
-                row = _const_row(consts[name])
-                if row is None and op not in ("ReduceSum",):
-                    return None
-                if row is not None:
-                    const_rows[name] = row
-        if op in _BINARY:
-            fn2, a, b = _BINARY[op], ins[0], ins[1]
-
-            def run2(env: dict[str, Row], fn2: Any = fn2, a: str = a, b: str = b, out: str = out) -> None:
-                env[out] = _broadcast(env[a], env[b], fn2)
-
-            ops.append(run2)
-        elif op in _UNARY:
-            fn1, a = _UNARY[op], ins[0]
-
-            def run1(env: dict[str, Row], fn1: Any = fn1, a: str = a, out: str = out) -> None:
-                env[out] = [fn1(x) for x in env[a]]
-
-            ops.append(run1)
-        elif op == "Softmax" and int(_attr(node, "axis", -1)) in (1, -1):
-            a = ins[0]
-
-            def run_sm(env: dict[str, Row], a: str = a, out: str = out) -> None:
-                env[out] = _softmax_row(env[a])
-
-            ops.append(run_sm)
-        elif op == "ReduceSum" and bool(_attr(node, "keepdims", 1)):
-            axes = consts[ins[1]].ravel().tolist() if len(ins) > 1 and ins[1] in consts else _attr(node, "axes", None)
-            if axes is None or [int(x) for x in axes] not in ([1], [-1]):
+def match_scaler(model: Any, hidden_size: int) -> ScalerChain | None:
+    """The scaler as a chain of exact element-wise steps, or None."""
+    g = _Graph(model)
+    steps: list[tuple[str, Any]] = []
+    name = C.SCALER_OUTPUT
+    while name != g.input:
+        node = g.node(name, "Cast", "Identity", *_BINARY)
+        if node is None or len(node.output) != 1:
+            return None
+        if node.op_type == "Identity":
+            name = node.input[0]
+            continue
+        if node.op_type == "Cast":
+            to = int(_attr(node, "to", 0))
+            if to not in _NP:
                 return None
-            a = ins[0]
-
-            def run_rs(env: dict[str, Row], a: str = a, out: str = out) -> None:
-                env[out] = [sum(env[a])]
-
-            ops.append(run_rs)
-        elif op == "Concat" and int(_attr(node, "axis", 0)) in (1, -1):
-            names = list(ins)
-
-            def run_cat(env: dict[str, Row], names: list[str] = names, out: str = out) -> None:
-                env[out] = [x for n in names for x in env[n]]
-
-            ops.append(run_cat)
-        elif op == "Cast" and int(_attr(node, "to", 0)) in (1, 11):
-            a, to_float = ins[0], int(_attr(node, "to", 0)) == 1
-
-            def run_cast(env: dict[str, Row], a: str = a, out: str = out, to_float: bool = to_float) -> None:
-                env[out] = [_f32(x) for x in env[a]] if to_float else list(env[a])
-
-            ops.append(run_cast)
+            steps.append(("cast", _NP[to]))
+            name = node.input[0]
+            continue
+        a, b = node.input
+        if b in g.inits and a not in g.inits:
+            dynamic, const = a, g.const(b)
+        elif a in g.inits and b not in g.inits and node.op_type in ("Add", "Mul"):
+            dynamic, const = b, g.const(a)
         else:
             return None
+        assert const is not None
+        if const.dtype not in (np.float32, np.float64) or const.size not in (1, hidden_size) or const.ndim > 2:
+            return None
+        steps.append((_BINARY[node.op_type], const.reshape(1, -1)))
+        name = dynamic
+    steps.reverse()
+    # every step must keep the dtype of its input (as ONNX requires), ending in float32
+    dtype: Any = np.float32
+    for kind, arg in steps:
+        if kind == "cast":
+            dtype = arg
+        elif arg.dtype != dtype:
+            return None
+    return ScalerChain(steps) if dtype == np.float32 else None
 
-    def run(head_row: Row) -> Row:
-        env: dict[str, Row] = dict(const_rows)
-        env[head] = head_row
-        for op in ops:
-            op(env)
-        return env[output]
 
-    return run
+# -- classifiers ---------------------------------------------------------------------------
+
+
+@dataclass
+class LinearHead:
+    """``probabilities = post(x @ weight + bias)``."""
+
+    weight: np.ndarray  # float64 [H, k]
+    bias: np.ndarray  # float64 [k]
+    post: str  # "softmax", "sigmoid_norm" or "sigmoid_pair"
+    column_norm: float = 0.0  # largest L2 norm of a column of weight
+    bias_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.column_norm = float(np.sqrt((self.weight * self.weight).sum(axis=0)).max(initial=0.0))
+        self.bias_max = float(np.abs(self.bias).max(initial=0.0))
+
+    @property
+    def width(self) -> int:
+        return int(self.weight.shape[1])
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            if self.post == "softmax":
+                e = np.exp(scores - scores.max(axis=1, keepdims=True))
+                return e / e.sum(axis=1, keepdims=True)
+            t = 1.0 / (1.0 + np.exp(-scores))
+            if self.post == "sigmoid_norm":
+                return t / np.abs(t).sum(axis=1, keepdims=True)
+            return np.concatenate([1.0 - t, t], axis=1)
+
+    def row_probabilities(self, scores: list[float]) -> list[float]:
+        """The same for one row of plain floats (|scores| <= OVERFLOW_WINDOW)."""
+        if self.post == "softmax":
+            m = max(scores)
+            e = [math.exp(s - m) for s in scores]
+            total = sum(e)
+            return [v / total for v in e]
+        t = [1.0 / (1.0 + math.exp(-s)) for s in scores]
+        if self.post == "sigmoid_norm":
+            total = sum(t)
+            return [v / total for v in t]
+        return [1.0 - t[0], t[0]]
+
+    def error(self, xnorm: Any, hidden_size: int) -> Any:
+        """A bound on |probability(fast) - probability(onnxruntime)| for rows of L2 norm ``xnorm``
+        (a float or an array)."""
+        n = (hidden_size + 2) * _UNIT_ROUNDOFF
+        gamma = n / (1.0 - n)
+        dot = xnorm * self.column_norm
+        logit = 2.0 * (1.01 * gamma * dot + 2.0 * _UNIT_ROUNDOFF * (self.bias_max + dot))  # both evaluators
+        return 3.0 * logit + PROBABILITY_SLACK  # softmax / sigmoid move by at most 2x (1/4x) the logits
+
+
+def _axes_are_one(node: Any, g: _Graph) -> bool:
+    axes = _attr(node, "axes", None)
+    if len(node.input) > 1 and node.input[1]:
+        c = g.const(node.input[1])
+        axes = None if c is None else c.reshape(-1).tolist()
+    return axes is not None and [int(a) for a in axes] in ([1], [-1]) and int(_attr(node, "keepdims", 1)) == 1
+
+
+def _sigmoid_of(name: str, g: _Graph) -> str | None:
+    node = g.node(name, "Sigmoid")
+    return None if node is None else str(node.input[0])
+
+
+def match_classifier(model: Any, hidden_size: int, n_classes: int) -> LinearHead | None:
+    """The classifier as a :class:`LinearHead`, or None when it has another form."""
+    g = _Graph(model)
+    name = C.CLASSIFIER_PROBABILITIES
+    while (node := g.node(name, "Cast", "Identity")) is not None:
+        if node.op_type == "Cast" and int(_attr(node, "to", 0)) != _DOUBLE:
+            return None  # a cast to float32 would round the probabilities
+        name = node.input[0]
+    post, scores = _match_post(name, g)
+    if post is None or scores is None:
+        return None
+    bias: np.ndarray | None = None
+    add = g.node(scores, "Add")
+    if add is not None:
+        a, b = add.input
+        if b in g.inits and a not in g.inits:
+            scores, bias = a, g.const(b)
+        elif a in g.inits and b not in g.inits:
+            scores, bias = b, g.const(a)
+        else:
+            return None
+    matmul = g.node(scores, "MatMul")
+    if matmul is None or matmul.input[0] != g.input or matmul.input[1] not in g.inits:
+        return None
+    weight = g.const(matmul.input[1])
+    if weight is None or weight.dtype != np.float64 or weight.ndim != 2 or weight.shape[0] != hidden_size:
+        return None
+    k = weight.shape[1]
+    if bias is None:
+        bias = np.zeros(k)
+    if bias.dtype != np.float64 or bias.size != k or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+        return None
+    if (post == "sigmoid_pair") != (k == 1) or (k if post != "sigmoid_pair" else 2) != n_classes:
+        return None
+    return LinearHead(np.ascontiguousarray(weight), bias.reshape(-1).copy(), post)
+
+
+def _match_post(name: str, g: _Graph) -> tuple[str | None, str | None]:
+    softmax = g.node(name, "Softmax")
+    if softmax is not None:
+        axis = int(_attr(softmax, "axis", -1 if g.opset >= 13 else 1))
+        return ("softmax", softmax.input[0]) if axis in (1, -1) else (None, None)
+    div = g.node(name, "Div")
+    if div is not None:
+        t, n = div.input
+        total = g.node(n, "ReduceSum")
+        absolute = g.node(total.input[0], "Abs") if total is not None and _axes_are_one(total, g) else None
+        if absolute is not None and absolute.input[0] == t:
+            s = _sigmoid_of(t, g)
+            return ("sigmoid_norm", s) if s is not None else (None, None)
+        return None, None
+    concat = g.node(name, "Concat")
+    if concat is not None and len(concat.input) == 2 and int(_attr(concat, "axis", 0)) in (1, -1):
+        q, t = concat.input
+        sub = g.node(q, "Sub")
+        one = g.const(sub.input[0]) if sub is not None else None
+        if sub is not None and sub.input[1] == t and one is not None and one.size == 1 and float(one.reshape(-1)[0]) == 1.0:
+            s = _sigmoid_of(t, g)
+            return ("sigmoid_pair", s) if s is not None else (None, None)
+    return None, None
+
+
+# -- the plan ---------------------------------------------------------------------------------
 
 
 @dataclass
 class FastPlan:
-    scaler: CompiledGraph
-    router: CompiledGraph
-    probes: list[CompiledGraph | None]  # per domain
-    fused: np.ndarray | None  # [H, sum of head widths] or None
-    slices: list[tuple[int, int]]  # router first, then per domain (0, 0) when absent
-    _fused_t: np.ndarray | None = None  # fused.T, C-contiguous, for one row
+    scaler: ScalerChain
+    router: LinearHead
+    probes: list[LinearHead | None]  # per domain
+    hidden_size: int
+    fused: np.ndarray = field(init=False)  # [H, total width]: every head in one product
+    slices: list[tuple[int, int]] = field(init=False)  # router first, then per domain
+    _fused_t: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        blocks, self.slices, start = [], [], 0
+        for head in [self.router, *self.probes]:
+            width = 0 if head is None else head.width
+            self.slices.append((start, start + width))
+            if head is not None:
+                blocks.append(head.weight)
+            start += width
+        self.fused = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        self._fused_t = np.ascontiguousarray(self.fused.T)
 
     def scale(self, h32: np.ndarray) -> np.ndarray:
         return np.asarray(self.scaler.run(h32), dtype=np.float32)
 
-    @property
-    def single_row(self) -> bool:
-        """Whether one row can be decided with plain floats after the matrix product."""
-        return (
-            self.fused is not None
-            and self.router.row_tail is not None
-            and all(p is None or p.row_tail is not None for p in self.probes)
-        )
-
-    def decide_one(self, h32: np.ndarray) -> tuple[int, float | None, bool, bool]:
-        """One row: ``(domain index, probe probability or None, router output has NaN,
-        every fused score finite)``. A non-finite input always gives a non-finite score."""
-        x64 = self.scaler.run(h32).astype(np.float64)
-        assert self.fused is not None and self.router.row_tail is not None
-        if self._fused_t is None:
-            self._fused_t = np.ascontiguousarray(self.fused.T)
-        heads = np.dot(self._fused_t, x64[0]).tolist()  # matrix-vector product: cheapest for one row
-        finite = all(-math.inf < v < math.inf for v in heads)
+    def decide_one(self, h32: np.ndarray, tau: float) -> tuple[int, float | None, bool] | None:
+        """One row: ``(domain index, probe probability or None, router output has NaN)``,
+        or None when the row must be decided by onnxruntime (near a boundary, non-finite
+        values, overflow window)."""
+        x = self.scaler.run(h32)[0].astype(np.float64)
+        xnorm = math.sqrt(float(np.dot(x, x)))
+        if not xnorm < math.inf:
+            return None
+        heads = np.dot(self._fused_t, x).tolist()
         a, b = self.slices[0]
-        scores = self.router.row_tail(heads[a:b])
-        best = 0
-        for j in range(1, len(scores)):
-            if scores[j] > scores[best]:
-                best = j
-        has_nan = any(v != v for v in scores)
-        if has_nan:  # NumPy's argmax returns the first NaN
-            best = next(j for j, v in enumerate(scores) if v != v)
+        scores = [v + c for v, c in zip(heads[a:b], self.router.bias.tolist(), strict=True)]
+        if not all(-OVERFLOW_WINDOW < s < OVERFLOW_WINDOW for s in scores):
+            return None
+        probs = self.router.row_probabilities(scores)
+        best = max(range(len(probs)), key=probs.__getitem__)
+        if len(probs) > 1:
+            second = max(p for j, p in enumerate(probs) if j != best)
+            if probs[best] - second <= 2.0 * self.router.error(xnorm, self.hidden_size):
+                return None
         probe = self.probes[best]
         if probe is None:
-            return best, None, has_nan, finite
+            return best, None, False
         a, b = self.slices[1 + best]
-        assert probe.row_tail is not None
-        return best, probe.row_tail(heads[a:b])[1], has_nan, finite
-
-    def decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``(router probabilities [N, D], probe probability, has-probe mask)``."""
-        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-            return self._decide(h32)
-
-    def _decide(self, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x64 = self.scale(h32).astype(np.float64)
-        heads = x64 @ self.fused if self.fused is not None else None
-
-        def head(i: int) -> np.ndarray | None:
-            if heads is None:
-                return None
-            a, b = self.slices[i]
-            return heads[:, a:b]
-
-        scores = self.router.run(x64, head(0))
-        if x64.shape[0] == 1:  # the common case of one prompt: no grouping
-            d = int(np.argmax(scores[0]))
-            probe1 = self.probes[d]
-            if probe1 is None:
-                return scores, np.array([np.nan]), np.array([False])
-            h1 = head(1 + d)
-            return scores, probe1.run(x64, h1)[:, 1], np.array([True])
-        index = np.argmax(scores, axis=1)
-        prob = np.full(x64.shape[0], np.nan)
-        has_probe = np.zeros(x64.shape[0], dtype=bool)
-        for d in np.unique(index):
-            probe = self.probes[int(d)]
-            if probe is None:
-                continue
-            rows = np.flatnonzero(index == d)
-            h = head(1 + int(d))
-            out = probe.run(x64[rows], h[rows] if h is not None else None)
-            prob[rows] = out[:, 1]
-            has_probe[rows] = True
-        return scores, prob, has_probe
-
-
-def build_plan(models: dict[str, Any], probe_files: list[str | None]) -> FastPlan | None:
-    """Compile every graph and fuse the heads; None if anything is unsupported."""
-    try:
-        scaler = compile_graph(models[C.SCALER_FILE], C.SCALER_OUTPUT, split_head=False)
-        router = compile_graph(models[C.ROUTER_FILE], C.CLASSIFIER_PROBABILITIES, split_head=True)
-        probes = [
-            compile_graph(models[f], C.CLASSIFIER_PROBABILITIES, split_head=True) if f else None for f in probe_files
-        ]
-    except (Unsupported, KeyError, IndexError, ValueError):
-        return None
-    graphs = [router, *probes]
-    fused: np.ndarray | None = None
-    slices: list[tuple[int, int]] = []
-    if all(g is None or g.head_weight is not None for g in graphs):
-        blocks: list[np.ndarray] = []
-        start = 0
-        for g in graphs:
-            if g is None or g.head_weight is None:
-                slices.append((start, start))
-                continue
-            blocks.append(g.head_weight)
-            slices.append((start, start + g.head_weight.shape[1]))
-            start += g.head_weight.shape[1]
-        try:
-            fused = np.ascontiguousarray(np.concatenate(blocks, axis=1))
-        except ValueError:
+        pscores = [v + c for v, c in zip(heads[a:b], probe.bias.tolist(), strict=True)]
+        if not all(-OVERFLOW_WINDOW < s < OVERFLOW_WINDOW for s in pscores):
             return None
-    return FastPlan(scaler, router, probes, fused, slices)
+        p = probe.row_probabilities(pscores)[1]
+        margin = 2.0 * probe.error(xnorm, self.hidden_size)
+        if abs(p - tau) <= margin or abs(p - (1.0 - tau)) <= margin:
+            return None
+        return best, p, False
+
+    def decide(self, h32: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``[N, H]``: ``(router probabilities [N, D], probe probability [N] (NaN: no
+        probe), has-probe mask [N], near mask [N])``; rows in the near mask must be
+        decided by onnxruntime, one at a time."""
+        with np.errstate(all="ignore"):
+            x = self.scale(h32).astype(np.float64)
+            xnorm = np.sqrt(np.einsum("ij,ij->i", x, x))
+            heads = x @ self.fused
+            a, b = self.slices[0]
+            rs = heads[:, a:b] + self.router.bias
+            scores = self.router.probabilities(rs)
+            near = ~np.isfinite(xnorm) | ~(np.abs(rs) < OVERFLOW_WINDOW).all(axis=1)
+            if scores.shape[1] > 1:
+                top2 = np.sort(scores, axis=1)[:, -2:]
+                near |= ~(top2[:, 1] - top2[:, 0] > 2.0 * self.router.error(xnorm, self.hidden_size))
+            index = np.argmax(scores, axis=1)
+            prob = np.full(x.shape[0], np.nan)
+            has_probe = np.zeros(x.shape[0], dtype=bool)
+            for d in np.unique(index):
+                probe = self.probes[int(d)]
+                if probe is None:
+                    continue
+                rows = np.flatnonzero(index == d)
+                a, b = self.slices[1 + int(d)]
+                ps = heads[rows, a:b] + probe.bias
+                p = probe.probabilities(ps)[:, 1]
+                margin = 2.0 * probe.error(xnorm[rows], self.hidden_size)
+                near[rows] |= ~(np.abs(ps) < OVERFLOW_WINDOW).all(axis=1)
+                near[rows] |= ~((np.abs(p - tau) > margin) & (np.abs(p - (1.0 - tau)) > margin))
+                prob[rows] = p
+                has_probe[rows] = True
+        return scores, prob, has_probe, near
+
+
+def build_plan(models: dict[str, Any], probe_files: list[str | None], hidden_size: int) -> FastPlan | None:
+    """The fast path for these checked graphs, or None if any graph has another form."""
+    try:
+        scaler = match_scaler(models[C.SCALER_FILE], hidden_size)
+        router = match_classifier(models[C.ROUTER_FILE], hidden_size, len(probe_files))
+        probes = [match_classifier(models[f], hidden_size, 2) if f else None for f in probe_files]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    if scaler is None or router is None or any(p is None for p, f in zip(probes, probe_files, strict=True) if f):
+        return None
+    return FastPlan(scaler, router, probes, hidden_size)
 
 
 def check_inputs(hidden_size: int, seed: int = 20240229) -> np.ndarray:
