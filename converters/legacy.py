@@ -37,12 +37,9 @@ from asa_format.converters.legacy_model import (
     LegacyScaler,
     SourceFile,
 )
-from asa_format.converters.safe_pickle import (
-    MAX_PICKLE_BYTES,
-    safe_load_pickle,
-    to_legacy_logistic,
-    to_legacy_scaler,
-)
+from asa_format.converters.pickle_allowlist import MAX_PICKLE_BYTES
+from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
+from asa_format.converters.safe_pickle import safe_load_pickle
 from asa_format.errors import LegacyFormatError
 from asa_format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
 
