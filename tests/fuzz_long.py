@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from asa_format import constants as C  # noqa: E402
 from asa_format.bundle import load_bundle  # noqa: E402
@@ -366,8 +367,23 @@ def _iteration_rng(seed: int, i: int) -> random.Random:
     return random.Random(seed * 1_000_003 + i)
 
 
-def run_iteration(seeds: dict[str, Files], seed: int, i: int, work: Path) -> tuple[str, list[str], str | None]:
+def run_iteration(seeds: Any, seed: int, i: int, work: Path, target: str = "bundle") -> tuple[str, list[str], str | None]:
     rng = _iteration_rng(seed, i)
+    if target != "bundle":  # the structure-aware targets of tests/fuzz_targets.py
+        import fuzz_targets as ft
+
+        t0 = time.monotonic()
+        try:
+            if target == "onnx":
+                outcome, steps = ft.onnx_iteration(rng, seeds, work, rehash, write_bundle)
+            else:
+                outcome, steps = ft.pickle_iteration(rng, seeds)
+        except Exception:
+            return "finding", ["?"], traceback.format_exc()
+        elapsed = time.monotonic() - t0
+        if elapsed > ft.SLOW_SECONDS:
+            return "finding", steps, f"slow: {elapsed:.1f}s"
+        return outcome, steps, None
     base = rng.choice(SEEDS)
     try:
         files, steps = mutate(rng, seeds[base])
@@ -380,13 +396,21 @@ def run_iteration(seeds: dict[str, Files], seed: int, i: int, work: Path) -> tup
         return "finding", [base, *steps], traceback.format_exc()
 
 
-def worker(seed: int, start: int, count: int, work: Path, progress: Path, result: Path) -> None:
-    seeds = seed_bundles()
+def target_seeds(target: str) -> Any:
+    if target == "pickle":
+        import fuzz_targets as ft
+
+        return ft.pickle_seeds()
+    return seed_bundles()
+
+
+def worker(seed: int, start: int, count: int, work: Path, progress: Path, result: Path, target: str = "bundle") -> None:
+    seeds = target_seeds(target)
     outcomes: dict[str, int] = {}
     findings: list[dict[str, Any]] = []
     for i in range(start, start + count):
         progress.write_text(str(i))  # one small write: locates a native crash exactly
-        outcome, steps, tb = run_iteration(seeds, seed, i, work / "bundle")
+        outcome, steps, tb = run_iteration(seeds, seed, i, work / "bundle", target)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if tb is not None:
             findings.append({"iteration": i, "steps": steps, "traceback": tb})
@@ -403,7 +427,7 @@ def _run_chunk(args: argparse.Namespace, start: int, count: int, wid: int, findi
     while start < end:
         result.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--worker", "--seed", str(args.seed), "--start", str(start),
-               "--count", str(end - start), "--work", str(work)]  # fmt: skip
+               "--count", str(end - start), "--work", str(work), "--target", args.target]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode == 0 and result.exists():
             doc = json.loads(result.read_text())
@@ -428,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=2_500)
     parser.add_argument("--findings", type=Path, default=ROOT / "out" / "fuzz")
+    parser.add_argument("--target", choices=("bundle", "onnx", "pickle"), default="bundle",
+                        help="bundle: byte/field mutations of bundles; onnx: graph mutations; pickle: opcode mutations")
     parser.add_argument("--replay", type=int, help="run one iteration and print its steps and outcome")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
@@ -436,11 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
-        worker(args.seed, args.start, args.count, args.work, args.work / "progress", args.work / "result.json")
+        worker(args.seed, args.start, args.count, args.work, args.work / "progress", args.work / "result.json", args.target)
         return 0
     if args.replay is not None:
         work = args.findings / "replay"
-        outcome, steps, tb = run_iteration(seed_bundles(), args.seed, args.replay, work)
+        outcome, steps, tb = run_iteration(target_seeds(args.target), args.seed, args.replay, work, args.target)
         print(f"iteration {args.replay}: {' -> '.join(steps)}\noutcome: {outcome}\nbundle: {work}")
         if tb:
             print(tb)
@@ -466,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(len(chunks)):
         shutil.rmtree(args.findings / f".work{k}", ignore_errors=True)
     (args.findings / "findings.json").write_text(json.dumps(findings, indent=2))
-    print(f"iterations: {done}  seed: {args.seed}  time: {time.monotonic() - t0:.1f}s")
+    print(f"target: {args.target}  iterations: {done}  seed: {args.seed}  time: {time.monotonic() - t0:.1f}s")
     for outcome in sorted(outcomes, key=lambda o: (-outcomes[o], o)):
         print(f"  {outcomes[outcome]:>8}  {outcome}")
     print(f"findings: {len(findings)} (details in {args.findings / 'findings.json'})")
