@@ -74,6 +74,42 @@ def budget_for(hidden_size: int, n_classes: int) -> Budget:
 class _Value:
     shape: Shape
     values: list[int] | None = None  # known integer contents (small int tensors only)
+    local: bool = True  # every block of rows depends only on the matching input row
+
+
+def _depends(shape: Shape) -> bool:
+    return any(d < 0 for d in shape)
+
+
+def _batch_first(shape: Shape) -> bool:
+    return bool(shape) and shape[0] < 0 and not any(d < 0 for d in shape[1:])
+
+
+def _mixes_rows(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> bool:
+    """Whether the node combines different rows (its inputs have the batch first)."""
+    op = node.op_type
+    dep = [v is not None and _depends(v.shape) for v in ins]
+    if op in ("ArgMax", "ReduceLogSumExp", "ReduceMax", "ReduceSum"):
+        x = ins[0]
+        assert x is not None
+        axes = _reduce_axes(w, node, ins, label, len(x.shape))
+        return axes is None or 0 in axes
+    if op == "Softmax":
+        x = ins[0]
+        assert x is not None
+        axis = int(_attr(node, "axis", -1 if w.opset >= 13 else 1))
+        return _axis(axis, len(x.shape), label) == 0
+    if op == "Gather":
+        x = ins[0]
+        assert x is not None
+        return _axis(int(_attr(node, "axis", 0)), len(x.shape), label) == 0 or dep[1]
+    if op == "MatMul":
+        return dep[1]
+    if op == "Gemm":
+        return bool(int(_attr(node, "transA", 0))) or any(dep[1:])
+    if op == "ArrayFeatureExtractor":
+        return dep[1]
+    return False
 
 
 def _shape_error(message: str) -> CostError:
@@ -179,6 +215,12 @@ class _Walker:
             if handler is None:
                 raise _shape_error(f"node {label}: no static shape rule for {node.op_type}")
             outs, flops = handler(self, node, ins, label)
+            dep = [v for v in ins if v is not None and _depends(v.shape)]
+            local = all(v.local and _batch_first(v.shape) for v in dep)
+            if local and dep:
+                local = not _mixes_rows(self, node, ins, label)
+            for out in outs:
+                out.local = local and (not _depends(out.shape) or _batch_first(out.shape))
             present = [o for o in node.output if o]
             if len(outs) < len(present):
                 raise _shape_error(f"node {label} has {len(present)} outputs, {node.op_type} makes {len(outs)}")
@@ -529,6 +571,7 @@ def check_cost(
     *,
     input_name: str,
     outputs: Mapping[str, Shape],
+    row_local: tuple[str, ...] = (),
     hidden_size: int,
     n_classes: int,
     width_code: str = "ONNX_IO",
@@ -537,6 +580,7 @@ def check_cost(
 
     ``outputs`` maps each graph output to its required shape (``-1`` = the batch);
     an output whose only wrong dimension is the last is reported as ``width_code``.
+    Each output in ``row_local`` must compute row ``i`` from input row ``i`` only.
     """
     graph = model.graph
     for node in graph.node:
@@ -563,5 +607,7 @@ def check_cost(
         if value is None:
             raise _shape_error(f"no node computes the output {name!r}")
         if value.shape != shape:
-            same_rows = len(value.shape) == len(shape) and value.shape[:-1] == shape[:-1]
+            same_rows = len(value.shape) == len(shape) >= 2 and value.shape[:-1] == shape[:-1]
             raise CostError(width_code if same_rows else "ONNX_IO", f"output {name!r} has shape {_show(value.shape)} for an input [N, {hidden_size}], expected {_show(shape)}")
+        if name in row_local and not value.local:
+            raise _shape_error(f"output {name!r} combines values of different input rows (a decision must depend on its row alone)")

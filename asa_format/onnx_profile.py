@@ -225,6 +225,7 @@ def check_onnx(
                 model,
                 input_name=role.inputs[0][0],
                 outputs=shapes,
+                row_local=(C.SCALER_OUTPUT,) if role.name == "scaler" else (C.CLASSIFIER_PROBABILITIES,),
                 hidden_size=hidden_size,
                 n_classes=n_classes,
                 width_code="HIDDEN_SIZE_MISMATCH" if role.name == "scaler" else "DOMAIN_MISMATCH",
