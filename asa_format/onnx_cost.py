@@ -75,6 +75,7 @@ class _Value:
     shape: Shape
     values: list[int] | None = None  # known integer contents (small int tensors only)
     local: bool = True  # every block of rows depends only on the matching input row
+    data: bool = False  # depends on the values of the input (not only on constants or N)
 
 
 def _depends(shape: Shape) -> bool:
@@ -88,7 +89,7 @@ def _batch_first(shape: Shape) -> bool:
 def _mixes_rows(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> bool:
     """Whether the node combines different rows (its inputs have the batch first)."""
     op = node.op_type
-    dep = [v is not None and _depends(v.shape) for v in ins]
+    dep = [v is not None and v.data for v in ins]
     if op in ("ArgMax", "ReduceLogSumExp", "ReduceMax", "ReduceSum"):
         x = ins[0]
         assert x is not None
@@ -169,7 +170,7 @@ class _Walker:
     def __init__(self, model: Any, input_name: str, hidden_size: int, opset: int) -> None:
         self.model = model
         self.opset = opset
-        self.env: dict[str, _Value] = {input_name: _Value((-1, hidden_size))}
+        self.env: dict[str, _Value] = {input_name: _Value((-1, hidden_size), data=True)}
         self.params = 0
         self.row_flops = 0
         self.row_elements = 0
@@ -215,12 +216,13 @@ class _Walker:
             if handler is None:
                 raise _shape_error(f"node {label}: no static shape rule for {node.op_type}")
             outs, flops = handler(self, node, ins, label)
-            dep = [v for v in ins if v is not None and _depends(v.shape)]
+            dep = [v for v in ins if v is not None and v.data]
             local = all(v.local and _batch_first(v.shape) for v in dep)
             if local and dep:
                 local = not _mixes_rows(self, node, ins, label)
             for out in outs:
-                out.local = local and (not _depends(out.shape) or _batch_first(out.shape))
+                out.data = bool(dep) and node.op_type != "Shape"
+                out.local = local and (not out.data or _batch_first(out.shape))
             present = [o for o in node.output if o]
             if len(outs) < len(present):
                 raise _shape_error(f"node {label} has {len(present)} outputs, {node.op_type} makes {len(outs)}")
