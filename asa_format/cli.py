@@ -18,13 +18,14 @@ import click
 from asa_format import __version__
 from asa_format._lazy_group import LazyGroup
 from asa_format.errors import AsaError
+from asa_format.textsafe import safe_lines, safe_text
 
 __all__ = ["cli", "main"]
 
 
 def fail(exc: AsaError) -> NoReturn:
     """Print an AsaError for a person (stderr) and exit 1; shared by every command."""
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"error: {safe_text(exc)}", err=True)
     raise SystemExit(1) from None
 
 
@@ -76,7 +77,7 @@ def inspect_command(path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        click.echo(text, nl=False)
+        click.echo(safe_lines(text), nl=False)
 
 
 def main(argv: list[str] | None = None) -> Any:

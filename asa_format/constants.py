@@ -49,6 +49,7 @@ ONNX_COST_ALLOWANCE = 1 << 20  # fixed part of every graph cost budget (see onnx
 MAX_HIDDEN_SIZE = 1 << 17  # 131072
 MAX_DOMAINS = 1024
 MAX_FILES = MAX_DOMAINS + 8
+MAX_SIGNATURE_BYTES = 4 << 20  # model.sig: a statement over MAX_FILES files is far smaller
 
 # ONNX profile --------------------------------------------------------------------
 ONNX_IR_VERSION_MIN = 7

@@ -33,7 +33,7 @@ from asa_format.manifest import Manifest, parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
 
-__all__ = ["ReadResult", "open_regular", "read_bundle_dir", "session_options"]
+__all__ = ["ReadResult", "check_regular", "open_regular", "read_bundle_dir", "session_options", "size_cap"]
 
 
 @dataclass
@@ -140,8 +140,27 @@ def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Proble
         os.close(fd)
 
 
-def _cap_for(name: str) -> int:
-    return C.MAX_VECTORS_BYTES if name == C.VECTORS_FILE else C.MAX_ONNX_BYTES
+def size_cap(name: str) -> int:
+    """The size cap of a bundle file by its name (section 2.4); graphs and unknown names: MAX_ONNX_BYTES."""
+    caps = {C.MANIFEST_FILE: C.MAX_MANIFEST_BYTES, C.VECTORS_FILE: C.MAX_VECTORS_BYTES, C.SIGNATURE_FILE: C.MAX_SIGNATURE_BYTES}
+    return caps.get(name, C.MAX_ONNX_BYTES)
+
+
+_cap_for = size_cap
+
+
+def check_regular(path: Path, name: str, cap: int) -> Problem | None:
+    """The entry checks without reading: a regular file, one link, at most ``cap`` bytes."""
+    opened = open_regular(path, name)
+    if isinstance(opened, Problem):
+        return opened
+    fd, st = opened
+    os.close(fd)
+    if st.st_nlink > 1:
+        return _p("PATH_HARDLINK", f"has {st.st_nlink} hard links", "copy the file instead of hard-linking it", name)
+    if st.st_size > cap:
+        return _p("FILE_TOO_LARGE", f"is {st.st_size} bytes, over the cap of {cap}", "see the spec's size caps", name)
+    return None
 
 
 def session_options() -> Any:
@@ -226,7 +245,11 @@ def read_bundle_dir(
             problems.append(_p("PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name))
         elif entry.is_dir(follow_symlinks=False):
             problems.append(_p("PATH_NOT_REGULAR", "is a directory", "bundles are flat: remove the directory", name))
-        elif manifest is not None and name not in listed and name != signature_name:
+        elif name == signature_name:  # not read here, but held to the same entry rules (section 2.3)
+            sig_problem = check_regular(root / name, name, C.MAX_SIGNATURE_BYTES)
+            if sig_problem is not None:
+                problems.append(sig_problem)
+        elif manifest is not None and name not in listed:
             problems.append(_p("FILE_UNLISTED", "is not listed in the manifest", "remove the file, or list it in manifest.json", name))
     if manifest is None:
         return result

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from asa_format import __version__
+from asa_format.textsafe import safe_text
 from asa_format.validate import ValidationReport
 
 __all__ = ["json_report", "text_report"]
@@ -48,23 +49,23 @@ def text_report(reports: Sequence[ValidationReport], out: TextIO, err: TextIO) -
         if r.ok:
             s = r.summary
             model = s.get("model", {})
-            what = model.get("id") or model.get("type") or "model unknown"
+            what = safe_text(model.get("id") or model.get("type") or "model unknown")
             out.write(
-                f"ok    {r.path}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
+                f"ok    {safe_text(r.path)}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
                 f"{len(s.get('domains', []))} domains, {r.digest})\n"
             )
             for w in r.warnings:
-                err.write(f"      warning: {w}\n")
+                err.write(f"      warning: {safe_text(w)}\n")
             continue
         n = len(r.problems)
-        err.write(f"FAIL  {r.path}  ({n} problem{'s' if n != 1 else ''})\n")
+        err.write(f"FAIL  {safe_text(r.path)}  ({n} problem{'s' if n != 1 else ''})\n")
         for p in r.problems:
-            where = f"{p.file}: " if p.file else ""
-            err.write(f"  {p.code:<28} {where}{p.message}\n")
+            where = f"{safe_text(p.file)}: " if p.file else ""
+            err.write(f"  {p.code:<28} {where}{safe_text(p.message)}\n")
             if p.hint:
-                err.write(f"  {'':<28} fix: {p.hint}\n")
+                err.write(f"  {'':<28} fix: {safe_text(p.hint)}\n")
         for w in r.warnings:
-            err.write(f"  warning: {w}\n")
+            err.write(f"  warning: {safe_text(w)}\n")
     if len(reports) > 1:
         bad = sum(not r.ok for r in reports)
         (err if bad else out).write(f"{len(reports) - bad} of {len(reports)} bundles valid\n")

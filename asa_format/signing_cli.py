@@ -18,6 +18,7 @@ import click
 
 from asa_format.errors import AsaError, problems_of
 from asa_format.signing import root_digest_of_dir, sign_bundle, verify_bundle_signature
+from asa_format.textsafe import safe_text
 
 __all__ = ["exit_code_for", "root_digest_of_dir", "sign_command", "verify_command"]
 
@@ -43,7 +44,7 @@ def _fail(error: AsaError, *, as_json: bool = False) -> NoReturn:
         }
         click.echo(json.dumps(document, indent=2, sort_keys=True))
     for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {safe_text(problem)}", err=True)
     sys.exit(exit_code_for(error))
 
 
@@ -87,7 +88,7 @@ def sign_command(
         digest = root_digest_of_dir(bundle)
     except AsaError as error:
         _fail(error)
-    click.echo(f"signed {bundle}: signature {path}, root digest {digest}")
+    click.echo(f"signed {safe_text(bundle)}: signature {safe_text(path)}, root digest {digest}")
 
 
 @click.command("verify")
@@ -119,7 +120,7 @@ def verify_command(
         click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2, sort_keys=True))
         return
     click.echo(
-        f"OK: {bundle}: signature {result.signature_path} verified "
+        f"OK: {safe_text(bundle)}: signature {safe_text(result.signature_path)} verified "
         f"(key {result.key_hint[:16]}..., {len(result.files)} files, "
         f"root digest {result.root_digest})"
     )

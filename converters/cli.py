@@ -15,6 +15,7 @@ import click
 
 from asa_format.cli import fail
 from asa_format.errors import AsaError
+from asa_format.textsafe import safe_lines
 
 __all__ = ["convert_command", "main"]
 
@@ -63,7 +64,7 @@ def convert_command(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
-        click.echo(report.text(), nl=False)
+        click.echo(safe_lines(report.text()), nl=False)
 
 
 def main(argv: list[str] | None = None) -> Any:

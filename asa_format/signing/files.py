@@ -14,7 +14,7 @@ from pathlib import Path
 from asa_format import constants as C
 from asa_format.digest import root_digest
 from asa_format.errors import Problem, SignatureError
-from asa_format.reader import open_regular
+from asa_format.reader import open_regular, size_cap
 
 __all__ = [
     "checked_bundle_dir",
@@ -54,12 +54,36 @@ def default_signature_path(bundle_dir: str | os.PathLike[str]) -> Path:
     return Path(bundle_dir) / C.SIGNATURE_FILE
 
 
-def list_bundle_files(bundle: Path) -> list[str]:
-    """Relative POSIX names of every regular file under ``bundle``, except the root signature."""
-    names: list[str] = []
+MAX_DEPTH = 8  # directory levels below the bundle that a signature may cover
 
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as entries:
+
+def list_bundle_files(bundle: Path) -> list[str]:
+    """Relative POSIX names of every regular file under ``bundle``, except the root signature.
+
+    The walk is iterative and bounded: at most ``MAX_FILES + 2`` entries in all
+    and ``MAX_DEPTH`` directory levels (an asa bundle is flat; model_signing
+    may cover subdirectories). Links and special files are refused.
+    """
+    names: list[str] = []
+    budget = C.MAX_FILES + 2
+
+    def walk(root: Path) -> None:
+        nonlocal budget
+        stack: list[tuple[Path, str, int]] = [(root, "", 0)]
+        while stack:
+            directory, prefix, depth = stack.pop()
+            with os.scandir(directory) as it:
+                entries = []
+                for entry in it:
+                    entries.append(entry)
+                    budget -= 1
+                    if budget < 0:
+                        raise SignatureError(
+                            f"the bundle holds more than {C.MAX_FILES + 2} entries",
+                            code="SIGNATURE_FILE_EXTRA",
+                            file=prefix or str(root),
+                            hint="a bundle holds its manifest, its listed files and a signature",
+                        )
             for entry in sorted(entries, key=lambda e: e.name):
                 name = prefix + entry.name
                 if entry.is_symlink():
@@ -70,7 +94,14 @@ def list_bundle_files(bundle: Path) -> list[str]:
                         hint="replace the link by the file it points to",
                     )
                 if entry.is_dir(follow_symlinks=False):
-                    walk(Path(entry.path), name + "/")
+                    if depth + 1 > MAX_DEPTH:
+                        raise SignatureError(
+                            f"directories are nested more than {MAX_DEPTH} levels deep",
+                            code="PATH_NOT_REGULAR",
+                            file=name,
+                            hint="an asa bundle is flat: remove the directories",
+                        )
+                    stack.append((Path(entry.path), name + "/", depth + 1))
                 elif entry.is_file(follow_symlinks=False):
                     if name != C.SIGNATURE_FILE:
                         names.append(name)
@@ -83,7 +114,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
                     )
 
     try:
-        walk(bundle, "")
+        walk(bundle)
     except OSError as exc:
         raise SignatureError(
             f"cannot list the bundle directory: {exc.strerror or exc}",
@@ -103,10 +134,25 @@ def sha256_file(bundle: Path, name: str) -> str:
     opened = open_regular(bundle / name, name)
     if isinstance(opened, Problem):
         raise SignatureError(opened.message, code=opened.code, file=name, hint=opened.hint)
-    fd, _ = opened
+    fd, st = opened
+    cap = size_cap(name)
     with os.fdopen(fd, "rb") as handle:
+        if st.st_nlink > 1:
+            raise SignatureError(
+                f"has {st.st_nlink} hard links", code="PATH_HARDLINK", file=name,
+                hint="copy the file instead of hard-linking it",
+            )
+        if st.st_size > cap:
+            raise SignatureError(
+                f"is {st.st_size} bytes, over the cap of {cap}", code="FILE_TOO_LARGE", file=name,
+                hint="see the spec's size caps (section 2.4)",
+            )
         digest = hashlib.sha256()
+        read = 0
         while chunk := handle.read(_CHUNK):
+            read += len(chunk)
+            if read > cap:  # the file grew while it was hashed
+                raise SignatureError(f"is over the cap of {cap} bytes", code="FILE_TOO_LARGE", file=name)
             digest.update(chunk)
     return digest.hexdigest()
 

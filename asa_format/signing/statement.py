@@ -42,7 +42,7 @@ IN_TOTO_STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 SERIALIZATION_METHOD = "files"
 HASH_TYPE = "sha256"
-MAX_SIGNATURE_BYTES = 4 << 20  # 4 MiB: a statement over MAX_FILES files is far smaller
+MAX_SIGNATURE_BYTES = C.MAX_SIGNATURE_BYTES
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from asa_format import constants as C
 from asa_format.digest import DIGEST_PREFIX
 from asa_format.errors import Problem, SignatureError, UsageError
+from asa_format.reader import open_regular
 from asa_format.signing.files import (
     checked_bundle_dir,
     default_signature_path,
@@ -84,16 +85,29 @@ def _read_signature_file(path: Path, bundle: Path) -> bytes:
             file=where,
             hint="sign the bundle with `asa sign` or pass --signature",
         )
-    if not path.is_file():
-        raise format_error("the signature is not a regular file", where)
-    if path.stat().st_size > MAX_SIGNATURE_BYTES:
+    opened = open_regular(path, where)  # no links followed, a FIFO does not block
+    if isinstance(opened, Problem):
+        if opened.code == "PATH_NOT_REGULAR":
+            raise format_error("the signature is not a regular file", where)
+        raise SignatureError(opened.message, code=opened.code, file=where, hint=opened.hint)
+    fd, st = opened
+    with os.fdopen(fd, "rb") as handle:
+        if st.st_nlink > 1 and is_inside(path.parent, bundle):
+            raise SignatureError(
+                f"the signature file has {st.st_nlink} hard links", code="PATH_HARDLINK", file=where,
+                hint="copy the file instead of hard-linking it",
+            )
+        if st.st_size > MAX_SIGNATURE_BYTES:
+            raise format_error(f"the signature file is larger than {MAX_SIGNATURE_BYTES} bytes", where)
+        try:
+            data = handle.read(MAX_SIGNATURE_BYTES + 1)
+        except OSError as exc:
+            raise SignatureError(
+                f"cannot read the signature: {exc.strerror or exc}", code="IO_ERROR", file=where
+            ) from exc
+    if len(data) > MAX_SIGNATURE_BYTES:
         raise format_error(f"the signature file is larger than {MAX_SIGNATURE_BYTES} bytes", where)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SignatureError(
-            f"cannot read the signature: {exc.strerror or exc}", code="IO_ERROR", file=where
-        ) from exc
+    return data
 
 
 # A verification-material handler checks the envelope signature and returns
