@@ -10,7 +10,9 @@ the scaler's mean and scale. Only a bundle that agrees is renamed into place.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents
 PARITY_TOLERANCE = 1e-9  # max |p_bundle - p_legacy| allowed (float64 references)
 FLOAT32_PARITY_TOLERANCE = 1e-5  # references that themselves compute in float32
 DEFAULT_SAMPLES = 4096
+PARITY_CHUNK_ELEMENTS = 1 << 21  # rows x hidden of one parity block (8 MiB of float32)
 
 
 @dataclass
@@ -123,17 +126,50 @@ def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidd
     return (mu.astype(np.float32) + z * sd.astype(np.float32)).astype(np.float32)
 
 
-def compare(bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """Compare ``bundle.decide`` with ``reference(hidden) -> (index, prob, gate)``."""
-    got = bundle.decide(hidden)
-    index, prob, gate = reference(hidden)
-    gate_arr = np.asarray(gate)
-    counts = {str(g): int((gate_arr == g).sum()) for g in (-1, 0, 1)}
+def sample_chunks(mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """:func:`sample_hidden_states` row block by row block (the same rows), each block at most
+    ``PARITY_CHUNK_ELEMENTS`` elements: the parity check's memory does not grow with n x hidden."""
+    rng = np.random.default_rng(seed)
+    mu = (np.zeros(hidden) if mean is None else mean).astype(np.float32)
+    sd = (np.ones(hidden) if scale is None else scale).astype(np.float32)
+    spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None].astype(np.float32)
+    step = max(1, PARITY_CHUNK_ELEMENTS // max(hidden, 1))
+    for start in range(0, n, step):
+        rows = min(step, n - start)
+        z = rng.standard_normal((rows, hidden), dtype=np.float32) * spread[start : start + rows]
+        yield (mu + z * sd).astype(np.float32)
+
+
+def _chunks(hidden: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    if isinstance(hidden, np.ndarray):
+        step = max(1, PARITY_CHUNK_ELEMENTS // max(int(hidden.shape[1]), 1))
+        for start in range(0, hidden.shape[0], step):
+            yield hidden[start : start + step]
+    else:
+        yield from hidden
+
+
+def compare(bundle: Any, reference: Any, hidden: np.ndarray | Iterable[np.ndarray], tolerance: float = PARITY_TOLERANCE) -> Parity:
+    """Compare ``bundle.decide`` with ``reference(rows) -> (index, prob, gate)``, block by block."""
+    n = same_domain = same_gate = 0
+    max_dp = 0.0
+    counts = {"-1": 0, "0": 0, "1": 0}
+    for rows in _chunks(hidden):
+        got = bundle.decide(rows)
+        index, prob, gate = reference(rows)
+        gate_arr = np.asarray(gate)
+        for g in (-1, 0, 1):
+            counts[str(g)] += int((gate_arr == g).sum())
+        n += int(rows.shape[0])
+        same_domain += int(np.sum(got.domain_index == np.asarray(index)))
+        same_gate += int(np.sum(got.gate == gate_arr))
+        dp = np.abs(got.probability - np.asarray(prob, dtype=np.float64))
+        max_dp = max(max_dp, float(np.max(dp))) if not np.isnan(dp).any() else math.inf
     return Parity(
-        samples=int(hidden.shape[0]),
-        domain_agreement=float(np.mean(got.domain_index == np.asarray(index))),
-        gate_agreement=float(np.mean(got.gate == gate_arr)),
-        max_probability_difference=float(np.max(np.abs(got.probability - np.asarray(prob, dtype=np.float64)))),
+        samples=n,
+        domain_agreement=same_domain / n if n else 1.0,
+        gate_agreement=same_gate / n if n else 1.0,
+        max_probability_difference=max_dp,
         gate_counts=counts,
         tolerance=tolerance,
     )
@@ -198,7 +234,7 @@ def convert_legacy(
     """
     assets = read_legacy_bundle(source)
     contents = assets_to_contents(assets, model_id=model_id, model_type=model_type, num_layers=num_layers)
-    hidden = sample_hidden_states(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)
+    hidden = sample_chunks(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)
     outcome: dict[str, Any] = {}
 
     def self_check(tmp: Path) -> None:

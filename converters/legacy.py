@@ -18,6 +18,7 @@ import math
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ LEGACY_FILES = (
 REQUIRED_CONFIG_KEYS = ("L_star", "alpha", "tau", "beta", "domains")
 MAX_CONFIG_BYTES = MAX_MANIFEST_BYTES
 MAX_NPY_HEADER_BYTES = 1 << 16
+MAX_NPY_MEMBER_BYTES = 12 + MAX_NPY_HEADER_BYTES + 4 * MAX_HIDDEN_SIZE  # one .npy vector at the hidden-size cap
 _SIZE_CAPS = {
     LEGACY_CONFIG_FILE: MAX_CONFIG_BYTES,
     LEGACY_VECTORS_FILE: MAX_VECTORS_BYTES,
@@ -272,6 +274,7 @@ def parse_steering_npz(data: bytes, domains: list[str]) -> dict[str, np.ndarray]
     expected = [*domains, GLOBAL_VECTOR]
     vectors: dict[str, np.ndarray] = {}
     budget = MAX_VECTORS_BYTES
+    member_cap = MAX_NPY_MEMBER_BYTES  # one [hidden] float32 vector and its header
     for info in infos:
         member = info.filename
         if not member.endswith(".npy") or "/" in member or "\\" in member:
@@ -285,15 +288,27 @@ def parse_steering_npz(data: bytes, domains: list[str]) -> dict[str, np.ndarray]
             )
         if info.flag_bits & 0x1:
             raise _npz_error(f"member {member!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _npz_error(
+                f"member {member!r} uses compression method {info.compress_type}; numpy.savez "
+                "writes stored or deflated members only"
+            )
+        if info.file_size > member_cap:  # the declared size, before anything is inflated
+            raise _npz_error(f"member {member!r} declares {info.file_size} bytes, over the cap of {member_cap}")
         try:
             with archive.open(info) as handle:
-                raw = handle.read(budget + 1)
-        except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError) as exc:
-            raise _npz_error(f"member {member!r} cannot be read ({exc})") from exc
+                raw = handle.read(min(member_cap, budget) + 1)
+        except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError, zlib.error) as exc:
+            raise _npz_error(f"member {member!r} cannot be read, the archive is damaged ({exc})") from exc
+        if len(raw) > member_cap:
+            raise _npz_error(f"member {member!r} inflates past the cap of {member_cap} bytes")
         budget -= len(raw)
         if budget < 0:
             raise _npz_error(f"archive expands beyond {MAX_VECTORS_BYTES} bytes")
         vectors[name] = _parse_npy(name, raw)
+        del raw
+        # every vector has the hidden size of the first: later members are capped at its size
+        member_cap = min(member_cap, 12 + MAX_NPY_HEADER_BYTES + 4 * vectors[name].shape[0])
     missing = [name for name in expected if name not in vectors]
     if missing:
         raise _npz_error(f"missing vector(s): {', '.join(repr(m) for m in missing)}")

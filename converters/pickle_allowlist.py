@@ -21,8 +21,11 @@ __all__ = [
     "LOGISTIC",
     "MAX_ARRAY_ELEMENTS",
     "MAX_ARRAY_NDIM",
+    "MAX_DICT_ITEMS",
     "MAX_MEMO_ENTRIES",
     "MAX_NESTING",
+    "MAX_OBJECT_CHARS",
+    "MAX_OBJECT_ELEMENTS",
     "MAX_PICKLE_BYTES",
     "MAX_STACK_DEPTH",
     "MAX_UNICODE_ITEMSIZE",
@@ -38,6 +41,9 @@ MAX_STACK_DEPTH = 1 << 16  # items on the stack plus open marks
 MAX_MEMO_ENTRIES = 1 << 20
 MAX_NESTING = 64  # container nesting depth of the result
 MAX_UNICODE_ITEMSIZE = 1 << 12  # characters of a fixed-width numpy string dtype
+MAX_DICT_ITEMS = 1 << 10  # entries of one dict: bounds hash-collision work (keys of one hash)
+MAX_OBJECT_ELEMENTS = 1 << 16  # elements of one object (str) array
+MAX_OBJECT_CHARS = 1 << 22  # elements x longest element of an object array (its fixed-width size)
 
 HINT = (
     "re-export the estimator with a supported scikit-learn (1.3 to 1.9) and "

@@ -19,6 +19,8 @@ from asa_format.converters.pickle_allowlist import (
     HINT,
     MAX_ARRAY_ELEMENTS,
     MAX_ARRAY_NDIM,
+    MAX_OBJECT_CHARS,
+    MAX_OBJECT_ELEMENTS,
     MAX_UNICODE_ITEMSIZE,
     GlobalRef,
 )
@@ -111,6 +113,8 @@ class ArrayBuilders(OpcodeErrors):
                 f"numpy scalar of dtype {dtype.str} has {len(args[1])} bytes, "
                 f"expected {dtype.itemsize}"
             )
+        if dtype.kind == "U":
+            self._check_code_points(args[1], dtype)
         value = np.frombuffer(args[1], dtype=dtype)[0]
         if dtype.kind == "U":
             return str(value)
@@ -209,13 +213,28 @@ class ArrayBuilders(OpcodeErrors):
             raise self.malformed(
                 f"numpy array {dtype.str} {shape} has {len(raw)} data bytes, expected {expected}"
             )
+        if dtype.kind == "U":
+            self._check_code_points(raw, dtype)
         flat = np.frombuffer(raw, dtype=dtype)
         array = flat.reshape(shape, order="F" if fortran else "C")
         return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=True))
 
+    def _check_code_points(self, raw: bytes, dtype: np.dtype[Any]) -> None:
+        """UCS-4 data must hold Unicode scalar values (no surrogates, nothing >= 0x110000)."""
+        units = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.dtype("u4").newbyteorder(dtype.byteorder))
+        bad = (units >= 0x110000) | ((units >= 0xD800) & (units <= 0xDFFF))
+        if bad.any():
+            cp = int(units[np.argmax(bad)])
+            raise self.malformed(f"numpy string {dtype.str} holds U+{cp:X}, not a Unicode scalar value")
+
     def _make_object_array(self, raw: Any, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
         if type(raw) is not list:
             raise self.forbidden_call("object numpy array data is not a list")
+        if len(raw) > MAX_OBJECT_ELEMENTS:
+            raise self.fail(
+                "PICKLE_TOO_LARGE",
+                f"object numpy array has {len(raw)} elements, over the cap of {MAX_OBJECT_ELEMENTS}",
+            )
         if len(raw) != math.prod(shape):
             raise self.malformed(
                 f"object numpy array {shape} has {len(raw)} elements, expected {math.prod(shape)}"
@@ -226,6 +245,13 @@ class ArrayBuilders(OpcodeErrors):
                     f"object numpy array element of type {type(item).__name__} "
                     "(only str is allowed)"
                 )
+        longest = max((len(item) for item in raw), default=0)
+        if longest * len(raw) > MAX_OBJECT_CHARS:  # its fixed-width form (astype(str)) would be this large
+            raise self.fail(
+                "PICKLE_TOO_LARGE",
+                f"object numpy array of {len(raw)} strings up to {longest} characters exceeds "
+                f"the cap of {MAX_OBJECT_CHARS} characters",
+            )
         array = np.empty(len(raw), dtype=object)
         array[:] = list(raw)
         # numpy lists object elements in logical (C) order whatever the layout

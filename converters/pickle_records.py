@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from asa_format import constants as C
 from asa_format.converters.legacy_model import LegacyLogisticRegression, LegacyScaler
 from asa_format.converters.pickle_allowlist import LOGISTIC, SCALER, EstimatorState
 from asa_format.errors import LegacyFormatError
@@ -91,8 +92,10 @@ def to_legacy_scaler(obj: Any, *, filename: str, what: str = "scaler") -> Legacy
         else _float_vector(state["scale_"], filename, what, "scale_", 1)
     )
     n_features = _int_value(state["n_features_in_"], filename, what, "n_features_in_")
-    if n_features < 1:
-        raise _content_error(filename, what, f"n_features_in_ is {n_features}")
+    if not 1 <= n_features <= C.MAX_HIDDEN_SIZE:
+        raise _content_error(
+            filename, what, f"n_features_in_ is {n_features}; the hidden size must be 1..{C.MAX_HIDDEN_SIZE}"
+        )
     if with_mean and mean is None:
         raise _content_error(filename, what, "with_mean is true but mean_ is None")
     if with_std and scale is None:

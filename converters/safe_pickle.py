@@ -44,6 +44,7 @@ from asa_format.converters.pickle_allowlist import (
     G_RECONSTRUCT,
     G_SCALAR,
     MAX_ARRAY_ELEMENTS,
+    MAX_DICT_ITEMS,
     MAX_MEMO_ENTRIES,
     MAX_NESTING,
     MAX_PICKLE_BYTES,
@@ -294,6 +295,10 @@ class _Reader(ArrayBuilders):
             raise self.forbidden_call(f"{opname} on something that is not a dict")
         if len(items) % 2:
             raise self.malformed(f"{opname} with an odd number of items")
+        if len(target) + len(items) // 2 > MAX_DICT_ITEMS:  # checked before any insertion
+            raise self.fail(
+                "PICKLE_TOO_LARGE", f"{opname} grows a dict past the cap of {MAX_DICT_ITEMS} entries"
+            )
         for i in range(0, len(items), 2):
             key = items[i]
             if type(key) not in (str, int, float, bool, bytes) and key is not None:

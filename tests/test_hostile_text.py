@@ -208,7 +208,12 @@ def test_verify_refuses_deeply_nested_directories(tmp_path: Path, key_pair: tupl
     for _ in range(1000):  # os.makedirs recurses: build the chain one level at a time
         deep = deep / "d"
         os.mkdir(deep)
-    assert _verify_code(path, key_pair[1]) == "PATH_NOT_REGULAR"
+    try:
+        assert _verify_code(path, key_pair[1]) == "PATH_NOT_REGULAR"
+    finally:  # shutil.rmtree (pytest's clean-up) recurses: remove the chain bottom-up
+        while deep != path:
+            os.rmdir(deep)
+            deep = deep.parent
 
 
 def test_verify_does_not_hash_past_the_size_cap(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
