@@ -425,7 +425,9 @@ def _read_file(directory: Path, name: str) -> bytes:
     cap = _SIZE_CAPS[name]
     try:
         with path.open("rb") as handle:
-            data = handle.read(cap + 1)
+            size = os.fstat(handle.fileno()).st_size
+            # read no more than the file holds: read(cap + 1) would allocate the whole cap first
+            data = handle.read(min(size, cap) + 1)
     except OSError as exc:
         raise LegacyFormatError(
             f"{name} cannot be read: {exc.strerror or exc}", code="IO_ERROR", file=name
