@@ -35,6 +35,10 @@ __all__ = ["Budget", "CostError", "budget_for", "check_cost"]
 Dim = int  # >= 0: a static size; < 0: -k means k * N (N = batch rows)
 Shape = tuple[Dim, ...]
 _MAX_KNOWN_VALUES = 64  # int tensors up to this size have their values tracked
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16
+_INT_TYPES = frozenset({2, 3, 4, 5, 6, 7, 12, 13})
+_CLASSIFIERS = frozenset({"LinearClassifier", "TreeEnsembleClassifier"})
+_KEEPS_VALUES = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -76,6 +80,8 @@ class _Value:
     values: list[int] | None = None  # known integer contents (small int tensors only)
     local: bool = True  # every block of rows depends only on the matching input row
     data: bool = False  # depends on the values of the input (not only on constants or N)
+    bound: tuple[int, int] | None = None  # inclusive range of integer contents, when known
+    integer: bool = False  # an integer (or boolean, string) element type
 
 
 def _depends(shape: Shape) -> bool:
@@ -186,14 +192,20 @@ class _Walker:
         n = prod(dims)
         self.params += n
         values: list[int] | None = None
-        if n <= _MAX_KNOWN_VALUES and tensor.data_type in (6, 7):  # int32, int64
+        bound: tuple[int, int] | None = None
+        integer = tensor.data_type not in _FLOAT_TYPES
+        if tensor.data_type in _INT_TYPES and n <= C.ONNX_COST_ALLOWANCE:
             try:
-                values = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+                flat = numpy_helper.to_array(tensor).reshape(-1)
             except (ValueError, TypeError) as exc:
                 raise _shape_error(f"{where} cannot be read: {exc}") from exc
-            if len(values) != n:
-                raise _shape_error(f"{where} holds {len(values)} values for dims {list(dims)}")
-        return _Value(dims, values)
+            if flat.size != n:
+                raise _shape_error(f"{where} holds {flat.size} values for dims {list(dims)}")
+            if n:
+                bound = (int(flat.min()), int(flat.max()))
+            if n <= _MAX_KNOWN_VALUES:
+                values = [int(v) for v in flat]
+        return _Value(dims, values, bound=bound, integer=integer)
 
     # -- the walk --------------------------------------------------------------
     def run(self) -> None:
@@ -215,7 +227,22 @@ class _Walker:
             handler = _HANDLERS.get(node.op_type)
             if handler is None:
                 raise _shape_error(f"node {label}: no static shape rule for {node.op_type}")
+            if node.op_type == "Div" and ins and ins[0] is not None and ins[0].integer:
+                raise _shape_error(f"node {label}: integer division can fail at run time (a zero divisor)")
             outs, flops = handler(self, node, ins, label)
+            first = next((v for v in ins if v is not None), None)
+            for k, out in enumerate(outs):
+                if node.op_type == "Cast":
+                    out.integer = int(_attr(node, "to", 0)) not in _FLOAT_TYPES
+                    out.bound = first.bound if first is not None and out.integer else None
+                elif node.op_type in ("ArgMax", "Shape") or (node.op_type in _CLASSIFIERS and k == 0):
+                    out.integer = True
+                elif node.op_type in _CLASSIFIERS or node.op_type == "Constant":
+                    pass  # set by the handler
+                elif first is not None:
+                    out.integer = first.integer
+                    if node.op_type in _KEEPS_VALUES or (node.op_type == "Gather" and k == 0):
+                        out.bound = out.bound or first.bound
             dep = [v for v in ins if v is not None and v.data]
             local = all(v.local and _batch_first(v.shape) for v in dep)
             if local and dep:
@@ -284,10 +311,14 @@ def _reduce(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tupl
     axes = _reduce_axes(w, node, ins, label, rank)
     if axes is None:
         axes = list(range(rank))
+    if node.op_type in ("ArgMax", "ReduceMax") and any(x.shape[a] == 0 for a in axes):
+        raise _shape_error(f"node {label}: {node.op_type} over an empty axis fails at run time")
     keep = int(_attr(node, "keepdims", 1))
     shape = tuple((1 if keep else None) if i in axes else d for i, d in enumerate(x.shape))
-    out = tuple(d for d in shape if d is not None)
-    return [_Value(out)], _row_ops(x.shape, 2)
+    out = _Value(tuple(d for d in shape if d is not None))
+    if node.op_type == "ArgMax" and axes and x.shape[axes[0]] > 0:
+        out.bound = (0, x.shape[axes[0]] - 1)
+    return [out], _row_ops(x.shape, 2)
 
 
 def _matmul(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
@@ -346,11 +377,16 @@ def _constant(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tu
         return [w.tensor(a.t, f"node {label}")], 0
     if a.name in ("value_float", "value_int"):
         w.params += 1
-        return [_Value((), [int(a.i)] if a.name == "value_int" else None)], 0
+        if a.name == "value_int":
+            return [_Value((), [int(a.i)], bound=(int(a.i), int(a.i)), integer=True)], 0
+        return [_Value(())], 0
     if a.name in ("value_floats", "value_ints"):
         n = len(a.floats) + len(a.ints)
-        vals = [int(v) for v in a.ints] if a.name == "value_ints" and n <= _MAX_KNOWN_VALUES else None
-        return [_Value((n,), vals)], 0
+        if a.name == "value_floats":
+            return [_Value((n,))], 0
+        ints = [int(v) for v in a.ints]
+        bound = (min(ints), max(ints)) if ints else None
+        return [_Value((n,), ints if n <= _MAX_KNOWN_VALUES else None, bound=bound, integer=True)], 0
     raise _shape_error(f"node {label}: Constant attribute {a.name!r} is outside the profile")
 
 
@@ -378,6 +414,7 @@ def _gather(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tupl
     if rank == 0:
         raise _shape_error(f"node {label}: Gather from a scalar")
     axis = _axis(int(_attr(node, "axis", 0)), rank, label)
+    _indices_in_range(idx, data.shape[axis], label, allow_negative=True)
     out = (*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :])
     values = None
     if data.values is not None and idx.values is not None and rank == 1:
@@ -386,6 +423,17 @@ def _gather(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tupl
             raise _shape_error(f"node {label}: Gather index out of range")
         values = [data.values[i] for i in idx.values]
     return [_Value(out, values)], _row_ops(out)
+
+
+def _indices_in_range(idx: _Value, dim: int, label: str, *, allow_negative: bool) -> None:
+    """Indices must provably address ``dim`` entries (they may depend on the input: ArgMax)."""
+    if dim < 0:
+        raise _shape_error(f"node {label}: indexing along the batch dimension")
+    low = -dim if allow_negative else 0
+    if _elements(idx.shape) == (0, 0):
+        return  # no index at all
+    if idx.bound is None or not (low <= idx.bound[0] and idx.bound[1] < dim):
+        raise _shape_error(f"node {label}: its indices cannot be shown to lie in {low}..{dim - 1}")
 
 
 def _reshape(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
@@ -475,6 +523,8 @@ def _squeeze(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tup
     x = _first(ins, label)[0]
     axes = _axes_of(node, ins, label)
     rank = len(x.shape)
+    if axes is None and any(d < 0 for d in x.shape):  # would also drop the batch when N = 1
+        raise _shape_error(f"node {label}: Squeeze without axes of a value that depends on the batch")
     drop = {i for i, d in enumerate(x.shape) if d == 1} if axes is None else {_axis(a, rank, label) for a in axes}
     if any(x.shape[i] != 1 for i in drop):
         raise _shape_error(f"node {label}: Squeeze of a dimension that is not 1")
@@ -505,6 +555,9 @@ def _transpose(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> t
 
 def _feature_extractor(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
     x, idx = _first(ins, label, 2)
+    if not x.shape:
+        raise _shape_error(f"node {label}: ArrayFeatureExtractor of a scalar")
+    _indices_in_range(idx, x.shape[-1], label, allow_negative=False)
     n = _merge(idx.shape)
     out = (1, n) if len(x.shape) == 1 else (*x.shape[:-1], n)
     return [_Value(out)], _row_ops(out)
@@ -537,8 +590,10 @@ def _linear_classifier(w: _Walker, node: Any, ins: list[_Value | None], label: s
 
 def _tree_classifier(w: _Walker, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
     x = _first(ins, label)[0]
-    rows, _ = _rows(x, label)
+    rows, features = _rows(x, label)
     k = _classes(node, label)
+    if any(not 0 <= int(f) < features for f in _attr(node, "nodes_featureids", [])):
+        raise _shape_error(f"node {label}: a tree node reads a feature outside 0..{features - 1}")
     nodes = len(_attr(node, "nodes_nodeids", [])) + len(_attr(node, "class_ids", []))
     return [_Value((rows,)), _Value((rows, k))], _row_ops((rows, 1), nodes + k)
 

@@ -373,13 +373,14 @@ def run_iteration(seeds: Any, seed: int, i: int, work: Path, target: str = "bund
         import fuzz_targets as ft
 
         t0 = time.monotonic()
+        steps: list[str] = []
         try:
             if target == "onnx":
-                outcome, steps = ft.onnx_iteration(rng, seeds, work, rehash, write_bundle)
+                outcome, steps = ft.onnx_iteration(rng, seeds, work, rehash, write_bundle, steps)
             else:
-                outcome, steps = ft.pickle_iteration(rng, seeds)
+                outcome, steps = ft.pickle_iteration(rng, seeds, steps)
         except Exception:
-            return "finding", ["?"], traceback.format_exc()
+            return "finding", steps, traceback.format_exc()
         elapsed = time.monotonic() - t0
         if elapsed > ft.SLOW_SECONDS:
             return "finding", steps, f"slow: {elapsed:.1f}s"
