@@ -115,10 +115,10 @@ def mutate_graph(rng: random.Random, model: Any, hidden: int) -> str:
             op = rng.choice(["Identity", "Neg", "Exp", "Abs", "Sigmoid", "Softmax", "Add", "Mul", "Concat", "Reshape", "Cast"])
             out = f"fz{rng.randrange(1 << 30)}"
             ins = [src] if op not in ("Add", "Mul", "Concat", "Reshape") else [src, rng.choice(names)]
-            attrs: dict[str, Any] = {"axis": rng.choice((0, 1, -1))} if op == "Concat" else {}
+            node_attrs: dict[str, Any] = {"axis": rng.choice((0, 1, -1))} if op == "Concat" else {}
             if op == "Cast":
-                attrs["to"] = rng.choice((TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64))
-            new = helper.make_node(op, ins, [out], **attrs)
+                node_attrs["to"] = int(rng.choice((TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)))
+            new = helper.make_node(op, ins, [out], **node_attrs)
             node.input[slot] = out
             nodes.insert(pos, new)
             return f"insert({op} before {node.op_type})"
@@ -182,7 +182,7 @@ def pickle_ops(data: bytes) -> list[bytes]:
     positions: list[int] = []
     try:
         for _, _, pos in pickletools.genops(data):
-            positions.append(pos)
+            positions.append(int(pos or 0))
     except Exception:  # a damaged seed: keep what parsed
         pass
     positions.append(len(data))

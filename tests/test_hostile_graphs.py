@@ -9,8 +9,6 @@ onnxruntime.
 
 from __future__ import annotations
 
-import resource
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +35,6 @@ def _w(h: int = H, d: int = D) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((h, d)), np.zeros(d)
 
 
-def _bounded(fn: object) -> tuple[object, float, float]:
-    """Run ``fn()``; return its result, seconds and the process's peak RSS growth in MiB."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    out = fn()  # type: ignore[operator]
-    return out, time.perf_counter() - t0, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-
-
 def test_concat_with_2200_inputs_is_refused_statically() -> None:
     w, b = _w()
     extra = [
@@ -53,8 +43,7 @@ def test_concat_with_2200_inputs_is_refused_statically() -> None:
         helper.make_node("Add", ["s", "r"], ["s2"]),
     ]
     data = checked(router_softmax(w, b, extra, {"ax": np.array([1])}, scores="s2"))
-    codes, seconds, _ = _bounded(lambda: _static(data))
-    assert codes == ["ONNX_COST"] and seconds < 5
+    assert _static(data) == ["ONNX_COST"]  # before onnxruntime sees it (the old peak: 2.5 GB)
 
 
 def test_concat_doubling_chain_is_refused_by_the_row_memory_bound() -> None:
@@ -78,9 +67,7 @@ def test_250_chained_square_products_are_refused_by_the_work_bound(tmp_path: Pat
     extra += [helper.make_node("MatMul", [cur, "W"], ["xw2"]), helper.make_node("Add", ["xw2", "b"], ["s2"])]
     data = checked(router_softmax(w, b, extra, {"sq": np.eye(h)}, scores="s2"))
     path = save_with(tmp_path / "b", hidden=h, router=data)
-    report, seconds, _ = _bounded(lambda: validate_bundle(path))
-    assert [p.code for p in report.problems] == ["ONNX_COST"]  # type: ignore[attr-defined]
-    assert seconds < 5
+    assert [p.code for p in validate_bundle(path).problems] == ["ONNX_COST"]  # no session, no evaluation
 
 
 def test_outer_product_broadcast_is_refused_by_the_row_memory_bound() -> None:
