@@ -71,18 +71,19 @@ def sigmoid_norm(w: np.ndarray, b: np.ndarray) -> bytes:
     return classifier_model(nodes, {"W": w, "b": b, "axis": np.array([1], dtype=np.int64)}, w.shape[0], 2)
 
 
-def probe_pair(w: np.ndarray, b: float, exp_trick: bool = False) -> bytes:
-    """[1 - sigmoid(s), sigmoid(s)]; ``exp_trick`` adds ``exp(s) * 0`` to s (NaN once exp overflows)."""
+def probe_pair(w: np.ndarray, b: float, exp_trick: bool = False, shift: float = 0.0) -> bytes:
+    """[1 - sigmoid(s), sigmoid(s)] with s = x.w + b; ``exp_trick`` uses ``s + shift + exp(s) * 0``
+    instead (NaN once exp overflows, which an evaluator may do early)."""
     nodes = [helper.make_node("MatMul", [C.CLASSIFIER_INPUT, "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["s0"])]
     inits = {"w": w.reshape(-1, 1).astype(np.float64), "b": np.array([b]), "one": np.array([1.0])}
     if exp_trick:
         nodes += [
-            helper.make_node("MatMul", [C.CLASSIFIER_INPUT, "w2"], ["xw2"]),
-            helper.make_node("Exp", ["xw2"], ["e"]),
+            helper.make_node("Exp", ["s0"], ["e"]),
             helper.make_node("Mul", ["e", "zero"], ["ez"]),
-            helper.make_node("Add", ["s0", "ez"], ["s"]),
+            helper.make_node("Add", ["s0", "shift"], ["s1"]),
+            helper.make_node("Add", ["s1", "ez"], ["s"]),
         ]
-        inits |= {"w2": np.eye(w.shape[0], 1, dtype=np.float64), "zero": np.array([0.0])}
+        inits |= {"zero": np.array([0.0]), "shift": np.array([shift])}
     else:
         nodes.append(helper.make_node("Identity", ["s0"], ["s"]))
     nodes += [

@@ -171,10 +171,12 @@ def test_exported_graphs_pass_the_static_walk() -> None:
 
 
 def test_exp_overflow_window_gives_one_decision_alone_and_in_a_batch(tmp_path: Path) -> None:
-    """exp(709.5) is finite; a one-row evaluator that overflows at 709 turns exp(s) * 0 into NaN."""
+    """exp(709.5) is finite; a one-row evaluator that overflows at 709 turns exp(s) * 0 into NaN
+    (gate 0 alone, gate +1 in a batch)."""
     from asa_format.testing import scaler_graph
 
-    probe = probe_pair(np.zeros(H), 20.0, exp_trick=True)  # p = sigmoid(20 + exp(x0) * 0)
+    e0 = np.eye(H, 1).ravel()
+    probe = probe_pair(e0, 0.0, exp_trick=True, shift=-700.0)  # p = sigmoid(x0 - 700 + exp(x0) * 0)
     path = save_with(
         tmp_path / "b", scaler=scaler_graph(np.zeros(H), np.ones(H)), probes={"a": probe, "b": probe}, route_to="a"
     )

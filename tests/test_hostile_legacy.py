@@ -103,9 +103,11 @@ def _npz(compressed: bool = True, **arrays: np.ndarray) -> bytes:
 
 
 def test_damaged_deflate_member_is_a_coded_error() -> None:
-    data = bytearray(_npz(a=_unit(4096, 1), global_=_unit(4096, 2)).replace(b"global_", b"global"))
-    start = data.index(b"a.npy") + 40  # inside the first member's compressed data
-    data[start : start + 64] = bytes(64)
+    data = bytearray(_npz(**{"a": _unit(4096, 1), "global": _unit(4096, 2)}))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("a.npy")
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the member's deflate stream
+    data[start : start + 64] = b"\xff" * 64  # block type 3: invalid, zlib fails while inflating
     with pytest.raises(AsaError) as info:
         parse_steering_npz(bytes(data), ["a"])
     assert info.value.code == "NPZ_INVALID"
