@@ -170,6 +170,13 @@ def _same(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[lis
     return [_Value(x.shape, values)], _row_ops(x.shape, 4)
 
 
+def _clip(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+    for bound in ins[1:3]:  # min and max must be one-element values (onnxruntime checks it at run time)
+        if bound is not None and _elements(bound.shape) != (0, 1):
+            raise _shape_error(f"node {label}: Clip bounds must be single values, got {_show(bound.shape)}")
+    return _same(w, node, ins, label)
+
+
 def _nary(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
     args = [v for v in ins if v is not None]
     if not args:
@@ -486,11 +493,12 @@ def _tree_classifier(w: Walk, node: Any, ins: list[_Value | None], label: str) -
 
 _HANDLERS: dict[str, Handler] = {
     **{op: _same for op in (
-        "Abs", "Cast", "Clip", "Exp", "Identity", "Log", "Neg", "Reciprocal", "Sigmoid", "Softmax", "Sqrt",
+        "Abs", "Cast", "Exp", "Identity", "Log", "Neg", "Reciprocal", "Sigmoid", "Softmax", "Sqrt",
         "Binarizer", "Normalizer", "Scaler",
     )},
     **{op: _nary for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum")},
     **{op: _reduce for op in ("ArgMax", "ReduceLogSumExp", "ReduceMax", "ReduceSum")},
+    "Clip": _clip,
     "MatMul": _matmul,
     "Gemm": _gemm,
     "Concat": _concat,

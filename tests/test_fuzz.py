@@ -185,3 +185,29 @@ def test_parsers_return_problems_on_arbitrary_bytes(data: bytes) -> None:
         assert model is None or not graph_problems
         found.extend(graph_problems)
     assert all(isinstance(p, Problem) and p.code in CODES for p in found)
+
+
+# -- structure-aware targets (tests/fuzz_targets.py): a short, deterministic run of each ----------
+
+
+def _target_run(target: str, iterations: int, seed: int) -> dict[str, int]:
+    seeds = fz.target_seeds(target)
+    outcomes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(iterations):
+            outcome, steps, tb = fz.run_iteration(seeds, seed, i, Path(tmp) / "bundle", target)
+            assert tb is None, f"iteration {i}: {' -> '.join(steps)}\n{tb}"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+def test_graph_mutations_keep_the_decision_contract() -> None:
+    """Node kinds, attributes, shapes, initializers, inserted nodes: refused statically,
+    refused by the session, or accepted and decided consistently (never an exception)."""
+    outcomes = _target_run("onnx", 120, seed=3)
+    assert outcomes.get("ok", 0) > 0 and any(k.startswith("static:") for k in outcomes), outcomes
+
+
+def test_pickle_opcode_mutations_end_in_data_or_a_coded_refusal() -> None:
+    outcomes = _target_run("pickle", 400, seed=3)
+    assert any(k.startswith("refused:") for k in outcomes), outcomes

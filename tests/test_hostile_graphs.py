@@ -219,3 +219,10 @@ def test_probabilities_that_read_other_rows_are_refused() -> None:
         helper.make_node("Add", ["s", "colsum"], ["s2"]),
     ]
     assert _static(checked(router_softmax(w, b, extra, {"ax0": np.array([0])}, scores="s2"))) == ["ONNX_SHAPE"]
+
+
+def test_clip_with_vector_bounds_is_refused_statically() -> None:
+    """onnxruntime accepts the session and fails on every evaluation (bounds must be scalars)."""
+    w, b = _w()
+    extra = [helper.make_node("Clip", ["s", "lo"], ["s2"])]
+    assert _static(checked(router_softmax(w, b, extra, {"lo": np.zeros(2)}, scores="s2"))) == ["ONNX_SHAPE"]
