@@ -8,6 +8,7 @@ restricted unpickler returns into the typed records of
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -66,10 +67,15 @@ def _bool_value(state: dict[str, Any], key: str, filename: str, what: str) -> bo
     return bool(value)
 
 
+_VERSION = re.compile(r"\d{1,4}\.\d{1,4}([.+\-a-zA-Z0-9]{0,48})")
+
+
 def _opt_str(state: dict[str, Any], key: str, filename: str, what: str) -> str | None:
     value = state.get(key)
     if value is not None and type(value) is not str:
         raise _content_error(filename, what, f"{key} must be a string, found {_short(value)}")
+    if key == "_sklearn_version" and value is not None and not _VERSION.fullmatch(value):
+        raise _content_error(filename, what, f"{key} {_short(value)} is not a scikit-learn version (like '1.6.1')")
     return value
 
 

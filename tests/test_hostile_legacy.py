@@ -193,3 +193,18 @@ def test_parity_check_memory_does_not_grow_with_samples_times_hidden(tmp_path: P
     assert not isinstance(report, AsaError), report
     assert report.parity.samples == 4096 and report.parity.ok
     assert peak < 128, f"peak {peak:.0f} MiB"
+
+
+@pytest.mark.parametrize("version", ["1" * 5000 + ".0", "1.3\x1b[2J", "x" * 200])
+def test_hostile_sklearn_version_is_a_coded_error(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int() of a 5000-digit version would raise ValueError past Python's digit limit."""
+    import sklearn.base
+
+    from asa_format.converters.safe_pickle import to_legacy_scaler
+
+    monkeypatch.setattr(sklearn.base, "__version__", version)
+    data = pickle.dumps(StandardScaler().fit(np.random.default_rng(0).standard_normal((10, 3))), protocol=4)
+    assert version.encode() in data
+    with pytest.raises(AsaError) as info:
+        to_legacy_scaler(safe_load_pickle(data, filename="scaler.pkl"), filename="scaler.pkl")
+    assert info.value.code == "LEGACY_CONTENT"
