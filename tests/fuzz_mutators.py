@@ -31,6 +31,7 @@ OPS_DEFAULT = (
     "Transpose", "Unsqueeze",
 )  # fmt: skip
 OPS_ML = ("ArrayFeatureExtractor", "Binarizer", "LinearClassifier", "Normalizer", "Scaler", "TreeEnsembleClassifier")
+MAX_MUTANT_BYTES = 1 << 22  # pickles the mutator may produce (the reader's cap is tested elsewhere)
 INTS = (-(2**63), -(2**31), -2, -1, 0, 1, 2, 3, 7, 11, 16, 255, 2**31 - 1, 2**40, 2**63 - 1)
 FLOATS = (0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, 1e300, 709.7, 710.0, -745.2, float("inf"), float("-inf"), float("nan"))
 ATTRS = ("axis", "keepdims", "to", "perm", "axes", "allowzero", "transA", "transB", "alpha", "beta", "noop_with_empty_axes")
@@ -248,4 +249,7 @@ def mutate_pickle(rng: random.Random, data: bytes, other: bytes) -> tuple[bytes,
             ops[i:i] = theirs[a : a + rng.choice([1, 3, 10, 50])]
     else:
         ops = ops[:i]
-    return b"".join(ops), f"{kind}@{i}"
+    out = b"".join(ops)
+    if len(out) > MAX_MUTANT_BYTES:  # repeated repeats of a large unparsed tail: keep the input
+        return data, f"{kind}@{i} skipped ({len(out)} bytes)"
+    return out, f"{kind}@{i}"
