@@ -120,9 +120,9 @@ def classify(ev: CallEvidence, *, batch: int, query: int, known_cache: bool) -> 
             cacheless=ev.cache is None,
         )
     if not known_cache:
-        return _skip(
-            f"a decode step ({past} tokens already in the cache) of a generation whose prefill "
-            "this handle did not see (a cache filled before attach, or by another handle)",
-            query,
+        return PassInfo(
+            PassKind.SKIP, past=past, query=query,
+            reason=f"a decode step ({past} tokens already in the cache) of a generation whose "
+            "prefill this handle did not see (a cache filled before attach, or by another handle)",
         )
     return PassInfo(PassKind.DECODE, past=past, query=query)

@@ -23,7 +23,14 @@ import torch
 from asa_format.runtime.classify import PassInfo
 from asa_format.runtime.evidence import CallEvidence
 
-__all__ = ["CallContext", "GenerationState", "GenerationStates", "Lineage", "ThreadCalls"]
+__all__ = [
+    "CallContext",
+    "GenerationState",
+    "GenerationStates",
+    "LegacyTracker",
+    "Lineage",
+    "ThreadCalls",
+]
 
 
 @dataclass
@@ -110,32 +117,43 @@ class ThreadCalls:
 
 
 class GenerationStates:
-    """Cache identity -> :class:`GenerationState`, weakly keyed and lock-protected."""
+    """Cache identity -> :class:`GenerationState`, weakly keyed by identity, lock-protected.
+
+    Keys are compared by identity, not equality (a legacy cache's key is a
+    tensor, whose ``==`` is element-wise); an entry dies with its key.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._states: weakref.WeakKeyDictionary[Any, GenerationState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._states: dict[int, tuple[weakref.ref[Any], GenerationState]] = {}
 
     def get(self, key: Any) -> GenerationState | None:
         if key is None:
             return None
         with self._lock:
-            try:
-                return self._states.get(key)
-            except TypeError:  # not weak-referenceable or not hashable
-                return None
+            found = self._states.get(id(key))
+        if found is None or found[0]() is not key:
+            return None
+        return found[1]
 
     def put(self, key: Any, state: GenerationState) -> bool:
         if key is None:
             return False
+        ident = id(key)
+
+        def forget(ref: weakref.ref[Any], ident: int = ident) -> None:
+            with self._lock:
+                entry = self._states.get(ident)
+                if entry is not None and entry[0] is ref:
+                    del self._states[ident]
+
+        try:
+            ref = weakref.ref(key, forget)
+        except TypeError:  # not weak-referenceable
+            return False
         with self._lock:
-            try:
-                self._states[key] = state
-            except TypeError:
-                return False
-            return True
+            self._states[ident] = (ref, state)
+        return True
 
     def clear(self) -> None:
         with self._lock:
@@ -143,7 +161,61 @@ class GenerationStates:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._states)
+            return sum(1 for ref, _ in self._states.values() if ref() is not None)
+
+
+class LegacyTracker:
+    """Follows legacy tuple caches that beam search rebuilds with reordered rows.
+
+    A legacy cache is rebuilt on every step, and beam search reorders its
+    rows (``index_select``), so the new tuple holds new tensors. Each row's
+    key vector of the last cached position in layer 0 is copied bit for bit
+    by that reordering: a new cache whose every row equals exactly one row
+    of a cache seen before (with one decision per match) continues that
+    generation with its rows reordered. Anything else is not matched.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[tuple[torch.Tensor, GenerationState]] = []
+        self._keep = keep
+
+    @staticmethod
+    def fingerprint(cache: Any) -> torch.Tensor | None:
+        try:
+            key = cache[0][0]
+            return key[:, :, -1, :].detach().reshape(key.shape[0], -1)
+        except (IndexError, TypeError, AttributeError, RuntimeError):
+            return None
+
+    def remember(self, cache: Any, state: GenerationState) -> None:
+        fp = self.fingerprint(cache)
+        if fp is None:
+            return
+        with self._lock:
+            self._seen.append((fp.clone(), state))
+            del self._seen[: -self._keep]
+
+    def match(self, cache: Any) -> GenerationState | None:
+        fp = self.fingerprint(cache)
+        if fp is None:
+            return None
+        with self._lock:
+            seen = list(self._seen)
+        for old, state in reversed(seen):
+            if old.shape != fp.shape or old.device != fp.device or state.batch != fp.shape[0]:
+                continue
+            same = (fp[:, None, :] == old[None, :, :]).all(dim=-1)  # [new, old]
+            rows: list[int] = []
+            for i in range(fp.shape[0]):
+                matches = torch.nonzero(same[i]).flatten().tolist()
+                kinds = {(state.entries[j], state.gates[j]) for j in matches}
+                if len(kinds) != 1:
+                    break
+                rows.append(int(matches[0]))
+            else:
+                return state if rows == list(range(state.batch)) else state.reordered(rows)
+        return None
 
 
 @dataclass
@@ -172,7 +244,7 @@ class Lineage:
 
     def continuation(
         self, tokens: torch.Tensor | None, mask: torch.Tensor | None
-    ) -> GenerationState | None | str:
+    ) -> GenerationState | str | None:
         """The state this pass continues, ``None`` for a new sequence, or why it is ambiguous.
 
         Row ``i`` continues an earlier row ``j`` when its first ``n`` tokens (and

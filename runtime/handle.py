@@ -132,7 +132,7 @@ class SteeringHandle:
 
     # -- per-request selection --------------------------------------------------------
     @contextlib.contextmanager
-    def select(self, rows: str | None | Sequence[str | None]) -> Iterator[None]:
+    def select(self, rows: str | Sequence[str | None] | None) -> Iterator[None]:
         """Choose the bundle of each row for the generations started in this block.
 
         ``rows`` is one bundle name (or ``None``: no steering) for every row, or

@@ -100,6 +100,12 @@ class RecordLog:
         with self._lock:
             self._records.clear()
 
+    def drop_newest(self, count: int) -> None:
+        """Forget the ``count`` most recent records (the self-test's own)."""
+        with self._lock:
+            for _ in range(max(0, min(count, len(self._records)))):
+                self._records.pop()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)

@@ -42,6 +42,7 @@ from asa_format.runtime.context import (
     CallContext,
     GenerationState,
     GenerationStates,
+    LegacyTracker,
     Lineage,
     ThreadCalls,
 )
@@ -49,7 +50,7 @@ from asa_format.runtime.evidence import cache_key, gather, output_cache
 from asa_format.runtime.positions import last_real_positions, real_token_mask
 from asa_format.runtime.records import GenerationRecord, RecordLog
 
-__all__ = ["UNSET", "Entry", "SteeringSkippedWarning", "Steerer", "split_output"]
+__all__ = ["UNSET", "Entry", "Steerer", "SteeringSkippedWarning", "split_output"]
 
 logger = logging.getLogger("asa_format.runtime")
 
@@ -160,6 +161,7 @@ class Steerer:
         self.calls = ThreadCalls()
         self.states = GenerationStates()
         self.lineage = Lineage()
+        self.legacy = LegacyTracker()
         self.selection: ContextVar[Any] = ContextVar(f"asa_selection_{id(self)}", default=UNSET)
         self.trace: list[dict[str, Any]] | None = None  # set by the self-test
         self.skipped = 0
@@ -177,7 +179,12 @@ class Steerer:
             selection = (raw,)
         else:
             selection = tuple(raw)
-        state = self.states.get(cache_key(evidence.cache)) if evidence.cache is not None else None
+        state = None
+        if evidence.cache is not None:
+            key = cache_key(evidence.cache)
+            state = self.states.get(key)
+            if state is None and key is not evidence.cache:  # a legacy tuple, maybe reordered
+                state = self.legacy.match(evidence.cache)
         ctx = CallContext(evidence=evidence, selection=selection, state=state)
         self.calls.push(ctx)
 
@@ -195,8 +202,13 @@ class Steerer:
             return
         returned = output_cache(output)
         for cache in (ctx.evidence.cache, returned):
-            if cache is not None and not self.states.put(cache_key(cache), state):
+            if cache is None:
+                continue
+            key = cache_key(cache)
+            if not self.states.put(key, state):
                 logger.debug("cache %s cannot be tracked", type(cache).__name__)
+            if key is not cache and cache is returned:
+                self.legacy.remember(cache, state)
         if info.cacheless and returned is None:
             mask = ctx.evidence.attention_mask
             self.lineage.remember(
@@ -268,6 +280,9 @@ class Steerer:
             logger.warning(message)
             warnings.warn(message, SteeringSkippedWarning, stacklevel=2)
 
+    def _steers_decode(self) -> bool:
+        return any(e.policy != C.POLICY_PREFILL_LAST_TOKEN for e in self.entries.values())
+
     def _rows(self, ctx: CallContext, batch: int) -> list[str | None]:
         sel = ctx.selection
         chosen: Sequence[str | None]
@@ -314,6 +329,8 @@ class Steerer:
         info = ctx.info
         if info.kind is PassKind.SKIP:
             self._record(ctx, index, info, None, None)
+            if info.past > 0 and not self._steers_decode():
+                return None  # no policy of this handle changes a decode step: nothing is lost
             self._skip(info.reason)
             return None
         if info.kind is PassKind.PREFILL:

@@ -145,6 +145,15 @@ SPECS: dict[str, TinySpec] = {
 ARCHITECTURES = tuple(SPECS)
 
 
+def available(name: str) -> bool:
+    """Whether the installed transformers has the architecture ``name``."""
+    try:
+        SPECS[name].build()
+    except (AttributeError, ImportError):
+        return False
+    return True
+
+
 def build_model(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """Build the tiny model ``name`` with seeded random weights, in eval mode."""
     spec = SPECS[name]
