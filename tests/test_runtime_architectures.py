@@ -20,6 +20,8 @@ from asa_format.runtime import attach, resolve_layers
 from asa_format.testing import make_test_bundle
 from tiny_models import AVAILABLE, SPECS, build_model, first_tensor, token_batch
 
+pytestmark = pytest.mark.runtime
+
 ALPHA = 3.0
 ROWS = [[5, 6, 7, 8, 9], [10, 11, 12]]
 

@@ -16,6 +16,8 @@ from asa_format.runtime.layers import _structural
 from asa_format.testing import make_test_bundle
 from tiny_models import AVAILABLE, NEEDS_GEMMA3, build_model, token_batch
 
+pytestmark = pytest.mark.runtime
+
 
 def no_hooks(model: nn.Module) -> bool:
     return all(

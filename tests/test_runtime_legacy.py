@@ -24,6 +24,8 @@ from asa_format.converters.semantics import legacy_decide, legacy_steering_vecto
 from asa_format.runtime import attach
 from tiny_models import first_tensor, token_batch
 
+pytestmark = pytest.mark.runtime
+
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").is_file())
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17], [18, 19]]
