@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,7 @@ def _alone(model: Any, bundles: dict[str, Any], row: list[int], name: str | None
 
 
 def test_mixed_batch_equals_each_row_alone(model: Any, bundles: dict[str, Any]) -> None:
-    expected = [_alone(model, bundles, row, name) for row, name in zip(PROMPTS, SELECTION)]
+    expected = [_alone(model, bundles, row, name) for row, name in zip(PROMPTS, SELECTION, strict=True)]
     ids, mask = token_batch(PROMPTS, side="left")
     with attach(model, bundles=bundles) as handle:
         with handle.select(SELECTION):
