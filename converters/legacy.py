@@ -40,7 +40,7 @@ from asa_format.converters.legacy_model import (
 from asa_format.converters.pickle_allowlist import MAX_PICKLE_BYTES
 from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
 from asa_format.converters.safe_pickle import safe_load_pickle
-from asa_format.errors import LegacyFormatError
+from asa_format.errors import ErrorCode, LegacyFormatError, UnsafePickleError
 
 __all__ = [
     "LEGACY_CONFIG_FILE",
@@ -80,7 +80,7 @@ _SIZE_CAPS = {
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _error(code: str, file: str, message: str, hint: str) -> LegacyFormatError:
+def _error(code: ErrorCode, file: str, message: str, hint: str) -> LegacyFormatError:
     return LegacyFormatError(message, code=code, file=file, hint=hint)
 
 
@@ -422,8 +422,12 @@ def _read_file(directory: Path, name: str) -> bytes:
             f"{name} cannot be read: {exc.strerror or exc}", code="IO_ERROR", file=name
         ) from exc
     if len(data) > cap:
-        code = "PICKLE_TOO_LARGE" if name.endswith(".pkl") else "LEGACY_CONTENT"
-        raise _error(code, name, f"{name} is larger than the cap of {cap} bytes", "check the file")
+        message = f"{name} is larger than the cap of {cap} bytes"
+        if name.endswith(".pkl"):
+            raise UnsafePickleError(
+                message, code="PICKLE_TOO_LARGE", file=name, hint="check the file", offset=0
+            )
+        raise _error("LEGACY_CONTENT", name, message, "check the file")
     return data
 
 

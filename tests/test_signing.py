@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import AsaError, SignatureError, UsageError
+from asa_format.errors import AsaError, BundleError, SignatureError, UsageError
 from asa_format.signing import (
     DSSE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -134,7 +134,7 @@ def ms_verify(bundle: Path, public_key: Path, signature: Path) -> subprocess.Com
 
 
 def verify_code(bundle: Path, public_key: Path, signature: Path | None = None) -> str:
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         verify_bundle_signature(bundle, [public_key], signature_path=signature)
     return info.value.code
 
@@ -488,7 +488,7 @@ def test_root_digest_of_dir(bundle: Path) -> None:
     expected = "sha256:" + hashlib.sha256((bundle / C.MANIFEST_FILE).read_bytes()).hexdigest()
     assert root_digest_of_dir(bundle) == expected
     (bundle / C.MANIFEST_FILE).unlink()
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         root_digest_of_dir(bundle)
     assert info.value.code == "MANIFEST_MISSING"
 
@@ -517,7 +517,7 @@ def test_symlinks_are_refused(
         lambda: sign_bundle(bundle, private),
         lambda: verify_bundle_signature(bundle, [public]),
     ):
-        with pytest.raises(SignatureError) as info:
+        with pytest.raises(BundleError) as info:
             action()
         assert info.value.code == "PATH_SYMLINK"
         assert info.value.file == "link.bin"
@@ -543,12 +543,12 @@ def test_signature_inside_bundle_must_be_model_sig(
 
 
 def test_missing_bundle_and_manifest(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> None:
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         sign_bundle(tmp_path / "nope", keys["alice"][0])
     assert info.value.code == "BUNDLE_NOT_FOUND"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         sign_bundle(empty, keys["alice"][0])
     assert info.value.code == "MANIFEST_MISSING"
 

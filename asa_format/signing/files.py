@@ -13,7 +13,7 @@ from pathlib import Path
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import Problem, SignatureError
+from asa_format.errors import BundleError, Problem
 from asa_format.reader import open_regular
 
 __all__ = [
@@ -33,14 +33,14 @@ _CHUNK = 1 << 20
 def checked_bundle_dir(bundle_dir: str | os.PathLike[str]) -> Path:
     path = Path(bundle_dir)
     if path.is_symlink():
-        raise SignatureError(
+        raise BundleError(
             "the bundle directory is a symbolic link",
             code="PATH_SYMLINK",
             file=str(path),
             hint="pass the real directory",
         )
     if not path.is_dir():
-        raise SignatureError(
+        raise BundleError(
             "the bundle directory does not exist or is not a directory",
             code="BUNDLE_NOT_FOUND",
             file=str(path),
@@ -63,7 +63,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
             for entry in sorted(entries, key=lambda e: e.name):
                 name = prefix + entry.name
                 if entry.is_symlink():
-                    raise SignatureError(
+                    raise BundleError(
                         "symbolic links are not allowed in a bundle",
                         code="PATH_SYMLINK",
                         file=name,
@@ -75,7 +75,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
                     if name != C.SIGNATURE_FILE:
                         names.append(name)
                 else:
-                    raise SignatureError(
+                    raise BundleError(
                         "the bundle holds something that is not a regular file or directory",
                         code="PATH_NOT_REGULAR",
                         file=name,
@@ -85,7 +85,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
     try:
         walk(bundle, "")
     except OSError as exc:
-        raise SignatureError(
+        raise BundleError(
             f"cannot list the bundle directory: {exc.strerror or exc}",
             code="IO_ERROR",
             file=str(bundle),
@@ -102,7 +102,7 @@ def path_key(name: str) -> tuple[str, ...]:
 def sha256_file(bundle: Path, name: str) -> str:
     opened = open_regular(bundle / name, name)
     if isinstance(opened, Problem):
-        raise SignatureError(opened.message, code=opened.code, file=name, hint=opened.hint)
+        raise BundleError.from_problems([opened])
     fd, _ = opened
     with os.fdopen(fd, "rb") as handle:
         digest = hashlib.sha256()
@@ -122,18 +122,18 @@ def root_digest_of_dir(bundle_dir: str | os.PathLike[str]) -> str:
     bundle = checked_bundle_dir(bundle_dir)
     manifest = bundle / C.MANIFEST_FILE
     if manifest.is_symlink():
-        raise SignatureError(
+        raise BundleError(
             "the manifest is a symbolic link", code="PATH_SYMLINK", file=C.MANIFEST_FILE
         )
     if not manifest.is_file():
-        raise SignatureError(
+        raise BundleError(
             "the bundle has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,
             hint="pass the directory of an asa-bundle",
         )
     if manifest.stat().st_size > C.MAX_MANIFEST_BYTES:
-        raise SignatureError(
+        raise BundleError(
             f"the manifest is larger than {C.MAX_MANIFEST_BYTES} bytes",
             code="MANIFEST_TOO_LARGE",
             file=C.MANIFEST_FILE,

@@ -12,7 +12,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from asa_format.errors import AsaError
+from asa_format.errors import SignatureError
 
 __all__ = [
     "KeySource",
@@ -39,7 +39,7 @@ def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[
     try:
         return path.read_bytes(), str(path)
     except OSError as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot read the {what} file: {exc.strerror or exc}",
             code="SIGNATURE_KEY_INVALID",
             file=str(path),
@@ -49,7 +49,7 @@ def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[
 
 def _check_curve(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey, where: str) -> None:
     if key.curve.name not in _SUPPORTED_CURVES:
-        raise AsaError(
+        raise SignatureError(
             f"unsupported elliptic curve {key.curve.name!r}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -68,7 +68,7 @@ def load_private_key(
     try:
         key = serialization.load_pem_private_key(data, password=password)
     except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm) as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot load the private key: {exc}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -92,7 +92,7 @@ def load_public_key(source: KeySource) -> ec.EllipticCurvePublicKey:
         else:
             key = serialization.load_der_public_key(data)
     except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm) as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot load the public key: {exc}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -104,8 +104,8 @@ def load_public_key(source: KeySource) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _not_ec(kind: str, key: object, where: str) -> AsaError:
-    return AsaError(
+def _not_ec(kind: str, key: object, where: str) -> SignatureError:
+    return SignatureError(
         f"the {kind} key is a {type(key).__name__}, not an elliptic-curve key",
         code="SIGNATURE_KEY_INVALID",
         file=where,

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import exceptions as crypto_exceptions
 
 from asa_format import constants as C
-from asa_format.errors import AsaError, SignatureError, UsageError
+from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.signing.files import (
     checked_bundle_dir,
     default_signature_path,
@@ -70,7 +70,7 @@ def sign_bundle(
     key = load_private_key(private_key_pem, password=password)
     target = _resolve_signature_path(bundle, signature_path)
     if not (bundle / C.MANIFEST_FILE).is_file():
-        raise SignatureError(
+        raise BundleError(
             "the bundle has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
 from asa_format.digest import DIGEST_PREFIX
-from asa_format.errors import Problem, SignatureError, UsageError
+from asa_format.errors import BundleError, Problem, SignatureError, UsageError
 from asa_format.signing.files import (
     checked_bundle_dir,
     default_signature_path,
@@ -74,7 +74,7 @@ class VerifiedSignature:
 def _read_signature_file(path: Path, bundle: Path) -> bytes:
     where = str(path)
     if path.is_symlink() and is_inside(path.parent, bundle):
-        raise SignatureError(
+        raise BundleError(
             "the signature file is a symbolic link", code="PATH_SYMLINK", file=where
         )
     if not path.exists():
@@ -292,7 +292,7 @@ def verify_bundle_signature(
             )
         raise SignatureError.from_problems(problems)
     if C.MANIFEST_FILE not in signed:
-        raise SignatureError(
+        raise BundleError(
             "the signed directory has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,
