@@ -33,6 +33,7 @@ from asa_format.constants import (
 )
 from asa_format.converters.legacy_model import (
     LegacyAssets,
+    LegacyConfig,
     LegacyLogisticRegression,
     LegacyScaler,
     SourceFile,
@@ -131,15 +132,8 @@ def _number(config: dict[str, Any], key: str) -> float:
     return number
 
 
-def parse_legacy_config(
-    data: bytes,
-) -> tuple[dict[str, Any], list[str], int, float, float, float, str | None, dict[str, Any]]:
-    """Parse ``config.json`` bytes.
-
-    Returns ``(config, domains, L_star, alpha, tau, beta, model_id, extra)``;
-    ``extra`` holds the keys beyond the required five and ``model``, with
-    non-finite floats replaced by strings so it can go into strict JSON.
-    """
+def parse_legacy_config(data: bytes) -> LegacyConfig:
+    """Parse and check ``config.json`` bytes."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -192,7 +186,16 @@ def parse_legacy_config(
         for key, value in config.items()
         if key not in REQUIRED_CONFIG_KEYS and key != "model"
     }
-    return config, list(domains), layer, alpha, tau, beta, model_id, extra
+    return LegacyConfig(
+        raw=config,
+        domains=list(domains),
+        layer=layer,
+        alpha=alpha,
+        tau=tau,
+        beta=beta,
+        model_id=model_id,
+        extra=extra,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -447,9 +450,8 @@ def read_legacy_bundle(path: str | os.PathLike[str]) -> LegacyAssets:
         for name, data in sorted(contents.items())
     ]
 
-    config, domains, layer, alpha, tau, beta, model_id, extra = parse_legacy_config(
-        contents[LEGACY_CONFIG_FILE]
-    )
+    parsed = parse_legacy_config(contents[LEGACY_CONFIG_FILE])
+    domains = parsed.domains
     vectors = parse_steering_npz(contents[LEGACY_VECTORS_FILE], domains)
 
     scaler: LegacyScaler = to_legacy_scaler(
@@ -486,16 +488,16 @@ def read_legacy_bundle(path: str | os.PathLike[str]) -> LegacyAssets:
 
     return LegacyAssets(
         domains=domains,
-        layer=layer,
-        alpha=alpha,
-        tau=tau,
-        beta=beta,
+        layer=parsed.layer,
+        alpha=parsed.alpha,
+        tau=parsed.tau,
+        beta=parsed.beta,
         vectors=vectors,
         scaler=scaler,
         router=router,
         probes=probes,
-        model_id=model_id,
-        config=config,
-        extra_config=extra,
+        model_id=parsed.model_id,
+        config=parsed.raw,
+        extra_config=parsed.extra,
         sources=sources,
     )

@@ -33,6 +33,7 @@ from asa_format.signing import (
     build_statement,
     dsse_pae,
     hash_bundle_files,
+    load_private_key,
     public_key_hint,
     root_digest_of_dir,
     sign_bundle,
@@ -182,7 +183,7 @@ def test_asa_sign_then_model_signing_verify(
     bundle: Path, keys: dict[str, tuple[Path, Path]], key_name: str
 ) -> None:
     private, public = keys[key_name]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     assert path == bundle / C.SIGNATURE_FILE
     result = ms_verify(bundle, public, path)
     assert result.returncode == 0, result.stderr
@@ -211,7 +212,7 @@ def test_signature_outside_bundle_interoperates(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    ours = sign_bundle(bundle, private, signature_path=tmp_path / "ours.sig")
+    ours = sign_bundle(bundle, load_private_key(private), signature_path=tmp_path / "ours.sig")
     assert not (bundle / C.SIGNATURE_FILE).exists()
     assert ms_verify(bundle, public, ours).returncode == 0
     theirs = tmp_path / "theirs.sig"
@@ -255,7 +256,7 @@ def test_tampering_fails_in_both_verifiers(
     signed = make_bundle(tmp_path / "signed", seed=1)
     other = make_bundle(tmp_path / "other", seed=2)
     if signer == "asa":
-        sign_bundle(signed, private)
+        sign_bundle(signed, load_private_key(private))
     else:
         ms_sign(signed, private, signed / C.SIGNATURE_FILE)
     tamper, code, first_file = TAMPERINGS[case]
@@ -282,7 +283,7 @@ def test_wrong_key_fails_in_both_verifiers(
     _, wrong_public = keys["mallory"]
     signature = bundle / C.SIGNATURE_FILE
     if signer == "asa":
-        sign_bundle(bundle, private)
+        sign_bundle(bundle, load_private_key(private))
     else:
         ms_sign(bundle, private, signature)
     assert verify_code(bundle, wrong_public) == "SIGNATURE_UNTRUSTED_KEY"
@@ -292,7 +293,7 @@ def test_wrong_key_fails_in_both_verifiers(
 def test_several_trusted_keys_pick_the_signer(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["p384"][0])
+    sign_bundle(bundle, load_private_key(keys["p384"][0]))
     trusted = [keys["mallory"][1], keys["alice"][1], keys["p384"][1]]
     verified = verify_bundle_signature(bundle, trusted)
     assert verified.key_hint == hashlib.sha256(keys["p384"][1].read_bytes()).hexdigest()
@@ -308,7 +309,7 @@ def test_corrupt_signature_bytes_is_invalid(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     document, _ = load_signature(path)
     raw = bytearray(base64.b64decode(document["dsseEnvelope"]["signatures"][0]["sig"]))
     raw[-1] ^= 0x01
@@ -320,7 +321,7 @@ def test_corrupt_signature_bytes_is_invalid(
 
 def test_altered_statement_is_invalid(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     (bundle / C.ROUTER_FILE).write_bytes(b"tampered")
     document, statement = load_signature(path)
     # re-point the statement at the tampered file without re-signing it
@@ -381,7 +382,7 @@ def test_malformed_signature_document(
     bundle: Path, keys: dict[str, tuple[Path, Path]], mutation: str
 ) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     document, _ = load_signature(path)
     _mutate_document(mutation, document)
     path.write_text(json.dumps(document))
@@ -449,9 +450,9 @@ def test_validly_signed_but_malformed_statement(
 
 def test_statement_layout_and_determinism(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     first = path.read_bytes()
-    assert sign_bundle(bundle, private) == path
+    assert sign_bundle(bundle, load_private_key(private)) == path
     assert path.read_bytes() == first  # deterministic ECDSA (RFC 6979)
 
     document, statement = load_signature(path)
@@ -496,7 +497,7 @@ def test_root_digest_of_dir(bundle: Path) -> None:
 def test_signed_manifest_digest_is_root_digest(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     _, statement = load_signature(bundle / C.SIGNATURE_FILE)
     by_name = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     assert "sha256:" + by_name[C.MANIFEST_FILE] == root_digest_of_dir(bundle)
@@ -509,12 +510,12 @@ def test_symlinks_are_refused(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    sign_bundle(bundle, private)
+    sign_bundle(bundle, load_private_key(private))
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"x")
     (bundle / "link.bin").symlink_to(outside)
     for action in (
-        lambda: sign_bundle(bundle, private),
+        lambda: sign_bundle(bundle, load_private_key(private)),
         lambda: verify_bundle_signature(bundle, [public]),
     ):
         with pytest.raises(BundleError) as info:
@@ -527,7 +528,7 @@ def test_subdirectory_files_are_covered(bundle: Path, keys: dict[str, tuple[Path
     private, public = keys["alice"]
     (bundle / "sub").mkdir()
     (bundle / "sub" / "note.txt").write_bytes(b"n")
-    sign_bundle(bundle, private)
+    sign_bundle(bundle, load_private_key(private))
     assert ms_verify(bundle, public, bundle / C.SIGNATURE_FILE).returncode == 0
     assert "sub/note.txt" in dict(verify_bundle_signature(bundle, [public]).files)
     (bundle / "sub" / "note.txt").write_bytes(b"changed")
@@ -538,18 +539,18 @@ def test_signature_inside_bundle_must_be_model_sig(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     with pytest.raises(UsageError):
-        sign_bundle(bundle, keys["alice"][0], signature_path=bundle / "other.sig")
+        sign_bundle(bundle, load_private_key(keys["alice"][0]), signature_path=bundle / "other.sig")
     assert not (bundle / "other.sig").exists()
 
 
 def test_missing_bundle_and_manifest(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     with pytest.raises(BundleError) as info:
-        sign_bundle(tmp_path / "nope", keys["alice"][0])
+        sign_bundle(tmp_path / "nope", load_private_key(keys["alice"][0]))
     assert info.value.code == "BUNDLE_NOT_FOUND"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BundleError) as info:
-        sign_bundle(empty, keys["alice"][0])
+        sign_bundle(empty, load_private_key(keys["alice"][0]))
     assert info.value.code == "MANIFEST_MISSING"
 
 
@@ -561,9 +562,9 @@ def test_encrypted_private_key(bundle: Path, tmp_path: Path) -> None:
         serialization.BestAvailableEncryption(b"s3cret"),
     )
     with pytest.raises(AsaError) as info:
-        sign_bundle(bundle, pem)
+        sign_bundle(bundle, load_private_key(pem))
     assert info.value.code == "SIGNATURE_KEY_INVALID"
-    sign_bundle(bundle, pem, password=b"s3cret")
+    sign_bundle(bundle, load_private_key(pem, password=b"s3cret"))
     assert verify_bundle_signature(bundle, [key.public_key()]).files
 
 
@@ -573,9 +574,9 @@ def test_unsupported_keys(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     with pytest.raises(AsaError) as info:
-        sign_bundle(bundle, ed_pem)
+        sign_bundle(bundle, load_private_key(ed_pem))
     assert info.value.code == "SIGNATURE_KEY_INVALID"
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     for bad in (b"garbage", bundle / "no-such.pub"):
         with pytest.raises(AsaError) as info:
             verify_bundle_signature(bundle, [bad])
@@ -624,7 +625,7 @@ def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
     assert runner.invoke(verify_command, [str(bundle)]).exit_code == 2  # no --public-key
     garbage = bundle.parent / "garbage.pem"
     garbage.write_bytes(b"not a key")
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     result = runner.invoke(verify_command, [str(bundle), "--public-key", str(garbage)])
     assert result.exit_code == 2
     assert "SIGNATURE_KEY_INVALID" in result.stderr
@@ -643,7 +644,7 @@ def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
 
 
 def test_cli_untrusted_key_exit_code(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     result = CliRunner().invoke(
         verify_command, [str(bundle), "--public-key", str(keys["mallory"][1])]
     )
@@ -666,7 +667,7 @@ def test_signing_module_imports_no_heavy_dependency() -> None:
 def test_copy_of_signed_bundle_verifies_elsewhere(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     copy = tmp_path / "renamed"
     shutil.copytree(bundle, copy)
     assert verify_bundle_signature(copy, [keys["alice"][1]]).subject_name == "bundle"
@@ -710,3 +711,16 @@ def test_cli_sign_with_password_from_environment(bundle: Path, tmp_path: Path) -
     result = runner.invoke(sign_command, args, env={"ASA_TEST_PW": "pw"})
     assert result.exit_code == 0, result.output
     assert verify_bundle_signature(bundle, [key.public_key()]).files
+
+
+def test_deprecated_key_arguments_still_work_and_warn(
+    tmp_path: Path, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    private, public = keys["alice"]
+    with pytest.warns(DeprecationWarning, match="load_private_key"):
+        sign_bundle(bundle, private)  # type: ignore[arg-type]
+    with pytest.warns(DeprecationWarning, match="trusted_keys"):
+        verified = verify_bundle_signature(bundle, public_keys=[public])
+    assert verified.files
+    assert verify_bundle_signature(bundle, trusted_keys=[public]).files

@@ -14,7 +14,7 @@ from asa_format import constants as C
 from asa_format import load_bundle, save_bundle
 from asa_format.errors import AsaError, BundleError
 from asa_format.runtime import attach, resolve_layers
-from asa_format.signing import sign_bundle
+from asa_format.signing import load_private_key, sign_bundle
 from asa_format.testing import make_test_contents
 from tiny_models import build_model
 
@@ -39,8 +39,8 @@ def world(tmp_path: Path, model: Any) -> dict[str, Any]:
     good = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=1), tmp_path / "good")
     other = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=2), tmp_path / "other")
     keys = {name: _keypair(tmp_path, name) for name in ("publisher", "mallory")}
-    sign_bundle(good, keys["publisher"][0])
-    sign_bundle(other, keys["mallory"][0])
+    sign_bundle(good, load_private_key(keys["publisher"][0]))
+    sign_bundle(other, load_private_key(keys["mallory"][0]))
     return {"good": good, "other": other, "keys": keys, "digest": load_bundle(good).root_digest, "tmp": tmp_path}
 
 
