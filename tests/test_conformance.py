@@ -9,7 +9,6 @@ flips, deleted, added and edited files are all detected with specific codes.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -26,6 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import make_cases  # spec/conformance, put on sys.path by conftest.py
 from asa_format import constants as C
 from asa_format import load_bundle, validate_bundle
 from asa_format.cli import cli
@@ -33,18 +32,6 @@ from asa_format.errors import CODES, BundleError
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "spec" / "conformance"
-
-
-def _load_make_cases() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("asa_conformance_make_cases", CORPUS / "make_cases.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-make_cases = _load_make_cases()
 
 
 def _cases(kind: str) -> list[str]:

@@ -79,8 +79,8 @@ def test_every_raise_site_uses_a_code_of_its_class() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.typecheck
 def test_mypy_flags_a_misspelt_code_through_an_absolute_import(tmp_path: Path) -> None:
-    pytest.importorskip("mypy")
     snippet = tmp_path / "snippet.py"
     snippet.write_text(
         textwrap.dedent(

@@ -44,35 +44,6 @@ from asa_format.signing_cli import sign_command, verify_command
 # --------------------------------------------------------------------- fixtures
 
 
-def _write_key_pair(directory: Path, name: str, curve: ec.EllipticCurve) -> tuple[Path, Path]:
-    key = ec.generate_private_key(curve)
-    private = directory / f"{name}.pem"
-    public = directory / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    directory = tmp_path_factory.mktemp("keys")
-    return {
-        "alice": _write_key_pair(directory, "alice", ec.SECP256R1()),
-        "mallory": _write_key_pair(directory, "mallory", ec.SECP256R1()),
-        "p384": _write_key_pair(directory, "p384", ec.SECP384R1()),
-    }
-
-
 def make_bundle(directory: Path, seed: int = 0) -> Path:
     """A bundle-shaped directory: a manifest listing its files, plus those files."""
     directory.mkdir(parents=True)
@@ -179,6 +150,7 @@ def _hash_for(key: ec.EllipticCurvePrivateKey) -> Any:
 
 
 @pytest.mark.parametrize("key_name", ["alice", "p384"])
+@pytest.mark.interop
 def test_asa_sign_then_model_signing_verify(
     bundle: Path, keys: dict[str, tuple[Path, Path]], key_name: str
 ) -> None:
@@ -193,6 +165,7 @@ def test_asa_sign_then_model_signing_verify(
 
 
 @pytest.mark.parametrize("key_name", ["alice", "p384"])
+@pytest.mark.interop
 def test_model_signing_sign_then_asa_verify(
     bundle: Path, keys: dict[str, tuple[Path, Path]], key_name: str
 ) -> None:
@@ -208,6 +181,7 @@ def test_model_signing_sign_then_asa_verify(
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.interop
 def test_signature_outside_bundle_interoperates(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -249,6 +223,7 @@ TAMPERINGS: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
 
 @pytest.mark.parametrize("signer", ["asa", "model_signing"])
 @pytest.mark.parametrize("case", sorted(TAMPERINGS))
+@pytest.mark.interop
 def test_tampering_fails_in_both_verifiers(
     tmp_path: Path, keys: dict[str, tuple[Path, Path]], signer: str, case: str
 ) -> None:
@@ -276,6 +251,7 @@ def test_tampering_fails_in_both_verifiers(
 
 
 @pytest.mark.parametrize("signer", ["asa", "model_signing"])
+@pytest.mark.interop
 def test_wrong_key_fails_in_both_verifiers(
     bundle: Path, keys: dict[str, tuple[Path, Path]], signer: str
 ) -> None:
@@ -305,6 +281,7 @@ def test_several_trusted_keys_pick_the_signer(
 # ------------------------------------------------------- signature corruption
 
 
+@pytest.mark.interop
 def test_corrupt_signature_bytes_is_invalid(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -524,6 +501,7 @@ def test_symlinks_are_refused(
         assert info.value.file == "link.bin"
 
 
+@pytest.mark.interop
 def test_subdirectory_files_are_covered(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
     (bundle / "sub").mkdir()
@@ -664,6 +642,7 @@ def test_signing_module_imports_no_heavy_dependency() -> None:
     assert result.stdout.strip() == ""
 
 
+@pytest.mark.interop
 def test_copy_of_signed_bundle_verifies_elsewhere(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -674,6 +653,7 @@ def test_copy_of_signed_bundle_verifies_elsewhere(
     assert ms_verify(copy, keys["alice"][1], copy / C.SIGNATURE_FILE).returncode == 0
 
 
+@pytest.mark.interop
 def test_real_bundle_signed_by_model_signing_then_pinned_load(
     tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:

@@ -293,3 +293,13 @@ def legacy_reference_delta(
     v = (1 - beta) * vectors[d].astype(np.float32) + beta * vectors["global"].astype(np.float32)
     v = (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
     return d, p, gate, (gate * alpha * v).astype(np.float32)
+
+
+def no_hooks(model: torch.nn.Module) -> bool:
+    """Whether no forward hook of any kind is left on ``model``."""
+    return all(
+        not m._forward_hooks
+        and not m._forward_pre_hooks
+        and not getattr(m, "_forward_hooks_with_kwargs", {})
+        for m in model.modules()
+    )
