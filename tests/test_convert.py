@@ -224,3 +224,12 @@ def test_converter_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 1
     assert "No space left on device" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_converted_bundle_survives_load_and_save_byte_for_byte(tmp_path: Path) -> None:
+    converted = tmp_path / "converted"
+    convert_legacy(LEGACY[0], converted, samples=16)
+    saved = writer.save_bundle(load_bundle(converted).to_contents(), tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in converted.iterdir())
+    for path in converted.iterdir():
+        assert (saved / path.name).read_bytes() == path.read_bytes(), path.name
