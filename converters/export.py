@@ -127,13 +127,14 @@ def _convert(est: Any, inputs: list[tuple[str, Any]], outputs: list[tuple[str, A
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return skl2onnx.convert_sklearn(
+            model: onnx.ModelProto = skl2onnx.convert_sklearn(
                 est,
                 initial_types=inputs,
                 final_types=outputs or None,
                 options={id(est): options} if options else None,
                 target_opset=dict(TARGET_OPSET),
             )
+            return model
     except Exception as exc:  # skl2onnx raises many unrelated types
         raise ConversionError(
             f"skl2onnx could not convert {type(est).__name__}: {exc}",
@@ -184,7 +185,7 @@ def _finalize(model: onnx.ModelProto, kind: str) -> bytes:
         raise ConversionError(
             f"exported {kind} graph is not valid ONNX: {exc}", code="EXPORT_FAILED"
         ) from exc
-    return model.SerializeToString(deterministic=True)
+    return bytes(model.SerializeToString(deterministic=True))
 
 
 # Scaler ---------------------------------------------------------------------------

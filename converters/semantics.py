@@ -216,7 +216,8 @@ def probe_probability(
         two = np.stack([-s, s], axis=1)
         two = two - two.max(axis=1, keepdims=True)
         e = np.exp(two)
-        return e[:, 1] / e.sum(axis=1)
+        p: np.ndarray = e[:, 1] / e.sum(axis=1)
+        return p
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-s))
 
