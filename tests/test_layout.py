@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,36 @@ def test_the_package_is_installed_as_asa_format_submodule(name: str, tmp_path: P
     assert outcome == "refused"
     assert (ROOT / "asa_format" / name).is_symlink()
     assert (ROOT / "asa_format" / name).resolve() == (ROOT / name).resolve()
+
+
+def _readme_paths() -> set[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
+
+
+def test_the_readme_layout_table_matches_the_tree() -> None:
+    listed = _readme_paths()
+    modules = {
+        f"{folder}/{p.relative_to(ROOT / folder).as_posix()}"
+        for folder in ("asa_format", "converters", "runtime")
+        for p in (ROOT / folder).rglob("*.py")
+        if (p.parent.name not in ("converters", "runtime") or folder != "asa_format")
+        and p.name != "__init__.py"  # a package's folder row describes it
+    }
+    folders = {
+        "asa_format/",
+        "asa_format/signing/",
+        "asa_format/schema/",
+        "converters/",
+        "runtime/",
+        "spec/",
+        "spec/conformance/",
+        "tests/",
+        "tests/fixtures/",
+        "benchmarks/",
+    }
+    missing = sorted((modules | folders) - listed)
+    assert not missing, f"README.md's layout table does not list: {missing}"
+    stale = sorted(p for p in listed if not (ROOT / p.rstrip("/")).exists())
+    assert not stale, f"README.md's layout table lists paths that do not exist: {stale}"
