@@ -160,7 +160,8 @@ class Bundle:
     def __repr__(self) -> str:
         m = self.manifest
         return (
-            f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, layer={m.layer.index}, "
+            f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, "
+            f"layer={m.layer.index}, "
             f"domains={self.domains!r}, digest={self.root_digest[:19]}...)"
         )
 

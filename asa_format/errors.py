@@ -191,7 +191,9 @@ CODES: dict[ErrorCode, str] = {
     "SIGNATURE_FILE_EXTRA": "the bundle has a file the signature does not cover",
     "SIGNATURE_FILE_MISSING": "a file covered by the signature is missing",
     "SIGNATURE_FORMAT": "the signature file is malformed",
-    "SIGNATURE_KEY_INVALID": "a signing or verification key cannot be read or is not a supported ECDSA key",
+    "SIGNATURE_KEY_INVALID": (
+        "a signing or verification key cannot be read or is not a supported ECDSA key"
+    ),
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",

@@ -384,7 +384,8 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
         if unsafe:
             return fail(
                 "PATH_INVALID",
-                f"$.files names {unsafe[0]!r}: bundle paths are plain file names in the bundle directory",
+                f"$.files names {unsafe[0]!r}: "
+                "bundle paths are plain file names in the bundle directory",
                 "no absolute paths, no '..', no directories, no backslashes or drive letters",
             )
     errors, warnings = _schema_problems(doc, tolerate_unknown=minor > C.FORMAT_MINOR)

@@ -192,7 +192,12 @@ def read_bundle_dir(
                 entries.append(entry)
                 if len(entries) > C.MAX_FILES + 2:
                     problems.append(
-                        _p("FILE_UNLISTED", f"the bundle directory holds more than {C.MAX_FILES + 2} entries", "a bundle holds its manifest, its listed files and an optional signature")
+                        _p(
+                            "FILE_UNLISTED",
+                            f"the bundle directory holds more than {C.MAX_FILES + 2} entries",
+                            "a bundle holds its manifest, its listed files "
+                            "and an optional signature",
+                        )
                     )
                     return result
         entries.sort(key=lambda e: e.name)
@@ -309,7 +314,13 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
             outputs = session.run(None, feed)
         except Exception as exc:
             result.problems.append(
-                _p("ONNX_SESSION", f"evaluating the graph on a [2, {hidden}] input failed: {str(exc).splitlines()[0][:300]}", "the graph's weights must match the manifest's hidden size", name)
+                _p(
+                    "ONNX_SESSION",
+                    f"evaluating the graph on a [2, {hidden}] input "
+                    f"failed: {str(exc).splitlines()[0][:300]}",
+                    "the graph's weights must match the manifest's hidden size",
+                    name,
+                )
             )
             continue
         expected = [(2, hidden)] if name == C.SCALER_FILE else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
@@ -319,7 +330,13 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
                 "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
             )
             result.problems.append(
-                _p(code, f"on a [2, {hidden}] input the graph returns shapes {shapes}, expected {expected}", "the graph must match the manifest's hidden size and domains", name)
+                _p(
+                    code,
+                    f"on a [2, {hidden}] input the graph returns shapes {shapes}, "
+                    f"expected {expected}",
+                    "the graph must match the manifest's hidden size and domains",
+                    name,
+                )
             )
             continue
         if keep:

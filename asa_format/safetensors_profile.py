@@ -155,7 +155,8 @@ def parse_vectors(
         if hidden_size is not None and shape[0] != hidden_size:
             bad(
                 "SAFETENSORS_SHAPE",
-                f"tensor {name!r} has shape [{shape[0]}], the manifest's hidden size is {hidden_size}",
+                f"tensor {name!r} has shape [{shape[0]}], "
+                f"the manifest's hidden size is {hidden_size}",
                 "vectors must have the model's hidden size",
             )
             continue
@@ -211,7 +212,8 @@ def parse_vectors(
         if abs(norm - 1.0) > C.UNIT_NORM_TOLERANCE:
             bad(
                 "VECTOR_NOT_UNIT",
-                f"vector {name!r} has L2 norm {norm:.6g}, expected 1 within {C.UNIT_NORM_TOLERANCE}",
+                f"vector {name!r} has L2 norm {norm:.6g}, "
+                f"expected 1 within {C.UNIT_NORM_TOLERANCE}",
                 "normalize steering vectors before writing",
             )
             continue

@@ -1,4 +1,4 @@
-"""The benchmark's inputs: a pipeline fitted on synthetic data, as a legacy bundle and an asa bundle.
+"""The benchmark's inputs: a pipeline fitted on synthetic data, as legacy and asa bundles.
 
 Scikit-learn estimators (StandardScaler, multinomial LogisticRegression
 router, one binary LogisticRegression probe per domain) are fitted on

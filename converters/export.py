@@ -276,7 +276,10 @@ def export_scaler(scaler: LegacyScaler) -> bytes:
 
 
 def export_fitted_scaler(est: Any, sklearn_version: str | None = None) -> bytes:
-    """Export a fitted ``StandardScaler`` (arithmetic of ``sklearn_version``, default: installed)."""
+    """Export a fitted ``StandardScaler``.
+
+    The graph follows the arithmetic of ``sklearn_version`` (default: the installed one).
+    """
     import sklearn
 
     if not hasattr(est, "n_features_in_"):

@@ -373,7 +373,8 @@ def _check_probe(name: str, probe: LegacyLogisticRegression) -> None:
     if classes.dtype.kind not in "iub" or [int(c) for c in classes] != [0, 1]:
         raise _content_error(
             LEGACY_PROBES_FILE,
-            f"probe {name!r} has classes_ {classes.tolist()}; a binary probe with classes [0, 1] is required",
+            f"probe {name!r} has classes_ {classes.tolist()}; "
+            "a binary probe with classes [0, 1] is required",
         )
 
 

@@ -302,7 +302,8 @@ def test_text_report_lines() -> None:
     lines = fail.stderr.splitlines()
     assert lines[0] == f"FAIL  {bad}  (1 problem)"
     assert lines[1].startswith(f"  {'FILE_HASH_MISMATCH':<28} router.onnx: has sha256 ")
-    assert lines[1].endswith(f"the manifest says {json.loads((bad / C.MANIFEST_FILE).read_text())['files']['router.onnx']['sha256']}")
+    listed = json.loads((bad / C.MANIFEST_FILE).read_text())["files"]["router.onnx"]["sha256"]
+    assert lines[1].endswith(f"the manifest says {listed}")
     assert lines[2] == f"  {'':<28} fix: the file was modified; restore it or rebuild the bundle"
     assert len(lines) == 3
 

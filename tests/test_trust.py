@@ -1,4 +1,4 @@
-"""Pinned digests and trusted keys refuse substituted or unsigned bundles before anything is hooked."""
+"""Pinned digests and trusted keys refuse substituted or unsigned bundles before any hook."""
 
 from __future__ import annotations
 

@@ -300,7 +300,8 @@ def verify_bundle_signature(
             )
             problems[0] = Problem(
                 problems[0].code,
-                f"the signature covers another bundle (root digest {DIGEST_PREFIX}{signed[C.MANIFEST_FILE]}, "
+                "the signature covers another bundle "
+                f"(root digest {DIGEST_PREFIX}{signed[C.MANIFEST_FILE]}, "
                 f"this bundle is {this})",
                 C.MANIFEST_FILE,
                 "use the signature made for this bundle, or re-sign it",
