@@ -28,8 +28,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-LEGACY_FIXTURES = FIXTURES / "legacy"
 CONFORMANCE = ROOT / "spec" / "conformance"
 
 # spec/conformance/make_cases.py is imported as a module: `import make_cases`
@@ -138,8 +136,3 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
         "publisher": write_key_pair(directory, "publisher"),
         "p384": write_key_pair(directory, "p384", ec.SECP384R1()),
     }
-
-
-def legacy_fixture_dirs() -> list[Path]:
-    """The legacy ``asa_assets`` fixture directories (one per sklearn version / case)."""
-    return sorted(p for p in LEGACY_FIXTURES.iterdir() if (p / "config.json").is_file())

@@ -704,3 +704,9 @@ def test_deprecated_key_arguments_still_work_and_warn(
         verified = verify_bundle_signature(bundle, public_keys=[public])
     assert verified.files
     assert verify_bundle_signature(bundle, trusted_keys=[public]).files
+
+
+def test_a_key_of_the_wrong_type_is_a_clean_error(bundle: Path) -> None:
+    with pytest.raises(SignatureError) as info:
+        verify_bundle_signature(bundle, trusted_keys=[12345])  # type: ignore[list-item]
+    assert info.value.code == "SIGNATURE_KEY_INVALID" and "int" in info.value.message

@@ -32,9 +32,17 @@ _SUPPORTED_CURVES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
 KeySource = Union[bytes, str, "os.PathLike[str]", ec.EllipticCurvePublicKey]
 PrivateKeySource = Union[bytes, str, "os.PathLike[str]", ec.EllipticCurvePrivateKey]
 
+
 def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[bytes, str]:
     if isinstance(source, bytes):
         return source, f"<{what} bytes>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise SignatureError(
+            f"a {what} must be a key object, PEM bytes or a file path, "
+            f"not a {type(source).__name__}",
+            code="SIGNATURE_KEY_INVALID",
+            hint=f"pass the path of a PEM-encoded {what}",
+        )
     path = Path(source)
     try:
         return path.read_bytes(), str(path)
