@@ -11,8 +11,8 @@ Markers (registered in pyproject.toml):
 * ``typecheck``: runs mypy (``test`` extra).
 
 A module's markers are its ``pytestmark`` plus those its top-level imports
-imply (torch, transformers or tiny_models: ``runtime``; sklearn or skl2onnx:
-``convert``). A module whose markers the ``-m`` expression deselects is not
+imply (torch, transformers, tiny_models or asa_format.runtime: ``runtime``;
+sklearn or skl2onnx: ``convert``). A module whose markers the ``-m`` expression deselects is not
 imported at all, so a core install never sees its imports.
 """
 
@@ -66,7 +66,12 @@ def module_marks(path: Path) -> frozenset[str]:
             continue
         else:
             continue
-        marks.update(IMPORT_MARKS[n.split(".")[0]] for n in names if n.split(".")[0] in IMPORT_MARKS)
+        for n in names:
+            top = n.split(".")[0]
+            if top in IMPORT_MARKS:
+                marks.add(IMPORT_MARKS[top])
+            elif n == "asa_format.runtime" or n.startswith("asa_format.runtime."):
+                marks.add("runtime")  # the runtime package imports torch
     if marks & IMPLIES_RUNTIME:
         marks.add("runtime")
     return frozenset(marks)
