@@ -17,7 +17,12 @@ from typing import Any, NoReturn
 import click
 
 from asa_format.errors import AsaError, problems_of
-from asa_format.signing import root_digest_of_dir, sign_bundle, verify_bundle_signature
+from asa_format.signing import (
+    load_private_key,
+    root_digest_of_dir,
+    sign_bundle,
+    verify_bundle_signature,
+)
 
 __all__ = ["exit_code_for", "root_digest_of_dir", "sign_command", "verify_command"]
 
@@ -83,7 +88,8 @@ def sign_command(
             raise click.UsageError(f"environment variable {password_env} is not set")
         password = value.encode("utf-8")
     try:
-        path = sign_bundle(bundle, private_key, signature_path=signature, password=password)
+        key = load_private_key(private_key, password=password)
+        path = sign_bundle(bundle, key, signature_path=signature)
         digest = root_digest_of_dir(bundle)
     except AsaError as error:
         _fail(error)

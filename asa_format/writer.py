@@ -23,7 +23,7 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.errors import AsaError, BundleError
+from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.manifest import (
     DomainEntry,
     FileEntry,
@@ -38,7 +38,7 @@ from asa_format.manifest import (
 from asa_format.reader import read_bundle_dir
 from asa_format.safetensors_profile import serialize_vectors
 
-__all__ = ["BundleContents", "bundle_files", "save_bundle"]
+__all__ = ["BundleContents", "bundle_files", "contents_of", "save_bundle"]
 
 # A hook for fault-injection tests: called with each file name after it is
 # written into the temporary directory.
@@ -58,6 +58,39 @@ class BundleContents:
     router: bytes  # router.onnx
     probes: Mapping[str, bytes] = field(default_factory=dict)  # domain name -> probe graph
     provenance: Provenance | None = None
+    producer: Producer | None = None  # None: this library; a loaded bundle keeps its own
+
+
+def contents_of(
+    manifest: Manifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
+) -> BundleContents:
+    """The :class:`BundleContents` of a checked bundle (manifest, vectors, graph bytes).
+
+    The inverse of :func:`bundle_files`: saving the result writes the same
+    bytes. A manifest of a newer minor format version is refused: it may
+    carry members this version does not know, and saving would drop them.
+    """
+    major, _, minor = manifest.format_version.partition(".")
+    if (int(major), int(minor)) > (C.FORMAT_MAJOR, C.FORMAT_MINOR):
+        raise UsageError(
+            f"the bundle is format {manifest.format_version}, newer than this library's "
+            f"{C.FORMAT_VERSION}; saving it would drop what this version does not know",
+            file=C.MANIFEST_FILE,
+            hint="upgrade asa-format to edit this bundle",
+        )
+    probes = {d.name: graphs[d.probe] for d in manifest.domains if d.probe is not None}
+    return BundleContents(
+        model=manifest.model,
+        layer=manifest.layer.index,
+        steering=manifest.steering,
+        domains=list(manifest.domain_names),
+        vectors={name: np.array(vec, dtype=np.float32) for name, vec in vectors.items()},
+        scaler=graphs[C.SCALER_FILE],
+        router=graphs[C.ROUTER_FILE],
+        probes=probes,
+        provenance=manifest.provenance,
+        producer=manifest.producer,
+    )
 
 
 def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
@@ -84,7 +117,7 @@ def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
             files[fname] = probe
             domains.append(DomainEntry(name=name, probe=fname))
     manifest = Manifest(
-        producer=Producer(C.PRODUCER_NAME, __version__),
+        producer=contents.producer or Producer(C.PRODUCER_NAME, __version__),
         model=contents.model,
         layer=LayerRef(index=int(contents.layer)),
         steering=contents.steering,
@@ -140,13 +173,13 @@ def save_bundle(
     dest = Path(destination)
     if dest.exists() or dest.is_symlink():
         if not force:
-            raise AsaError(
+            raise UsageError(
                 f"destination {str(dest)!r} already exists",
                 code="DESTINATION_EXISTS",
                 hint="choose another destination, or pass --force / force=True to replace it",
             )
         if not dest.is_dir() or dest.is_symlink():
-            raise AsaError(
+            raise UsageError(
                 f"destination {str(dest)!r} exists and is not a bundle directory",
                 code="DESTINATION_EXISTS",
                 hint="remove it first; only a directory can be replaced",

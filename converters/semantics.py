@@ -37,7 +37,7 @@ import numpy as np
 
 from asa_format.constants import GLOBAL_VECTOR, NORM_EPS
 from asa_format.converters.legacy_model import LegacyAssets, LegacyLogisticRegression, LegacyScaler
-from asa_format.errors import ConversionError
+from asa_format.errors import ConversionError, LegacyFormatError
 
 __all__ = [
     "FLOAT32_SCALER_SINCE",
@@ -205,14 +205,14 @@ def probe_uses_softmax(probe: LegacyLogisticRegression) -> bool:
 def _check_probe(probe: LegacyLogisticRegression, domain: str) -> None:
     classes = np.asarray(probe.classes).tolist()
     if [int(c) if isinstance(c, (bool, np.bool_)) else c for c in classes] != [0, 1]:
-        raise ConversionError(
+        raise LegacyFormatError(
             f"probe of domain {domain!r} has classes {classes}, expected [0, 1]",
             code="LEGACY_CONTENT",
             file="probes.pkl",
             hint="probes must be binary classifiers with class 1 = tool call intended",
         )
     if np.asarray(probe.coef).shape[0] != 1 or np.asarray(probe.intercept).shape != (1,):
-        raise ConversionError(
+        raise LegacyFormatError(
             f"probe of domain {domain!r} has coef shape {np.asarray(probe.coef).shape}, "
             "expected [1, hidden]",
             code="LEGACY_CONTENT",
@@ -232,7 +232,8 @@ def probe_probability(
         two = np.stack([-s, s], axis=1)
         two = two - two.max(axis=1, keepdims=True)
         e = np.exp(two)
-        return e[:, 1] / e.sum(axis=1)
+        p: np.ndarray = e[:, 1] / e.sum(axis=1)
+        return p
     with np.errstate(over="ignore"):
         one = s.dtype.type(1.0)
         return np.asarray(one / (one + np.exp(-s)), dtype=np.float64)
@@ -276,7 +277,7 @@ def legacy_decide(
 def legacy_steering_vector(assets: LegacyAssets, domain: str) -> np.ndarray:
     """The float32 vector the legacy hook adds (before ``gate * alpha``) for ``domain``."""
     if domain not in assets.vectors or GLOBAL_VECTOR not in assets.vectors:
-        raise ConversionError(
+        raise LegacyFormatError(
             f"steering vectors lack {domain!r} or {GLOBAL_VECTOR!r}",
             code="LEGACY_CONTENT",
             file="steering_vectors.npz",

@@ -13,7 +13,7 @@ import re
 import warnings
 from typing import Any
 
-from asa_format.errors import RuntimeCompatError
+from asa_format.errors import ErrorCode, RuntimeCompatError
 from asa_format.runtime._types import BundleLike
 from asa_format.runtime.layers import ResolvedLayers
 
@@ -99,7 +99,7 @@ def same_model_id(a: str, b: str) -> bool:
     return full_a == full_b or (bool(last_a) and last_a == last_b)
 
 
-def _mismatch(message: str, code: str, hint: str, strict: bool) -> None:
+def _mismatch(message: str, code: ErrorCode, hint: str, strict: bool) -> None:
     if strict:
         raise RuntimeCompatError(message, code=code, hint=hint)
     warnings.warn(f"[{code}] {message}", RuntimeWarning, stacklevel=4)

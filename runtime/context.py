@@ -183,7 +183,7 @@ class LegacyTracker:
     @staticmethod
     def fingerprint(cache: Any) -> torch.Tensor | None:
         try:
-            key = cache[0][0]
+            key: torch.Tensor = cache[0][0]
             return key[:, :, -1, :].detach().reshape(key.shape[0], -1)
         except (IndexError, TypeError, AttributeError, RuntimeError):
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from asa_format import constants as C
 from asa_format import load_bundle, writer
+from asa_format.converters.cli import convert_command
 from asa_format.converters.convert import convert_legacy
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.semantics import legacy_decide
 from asa_format.errors import AsaError, ConversionError, ParityError
+
+pytestmark = pytest.mark.convert
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGACY = sorted(p for p in (FIXTURES / "legacy").iterdir() if p.is_dir())
@@ -213,3 +218,26 @@ def test_every_hostile_pickle_is_refused_in_the_probes_slot(tmp_path: Path) -> N
         assert info.value.code == expected[gadget.stem]["code"], gadget.name
         assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_converter_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "_write_file", full)
+    with pytest.raises(AsaError) as info:
+        convert_legacy(LEGACY[0], tmp_path / "out", samples=16)
+    assert info.value.code == "IO_ERROR"
+    result = CliRunner().invoke(convert_command, [str(LEGACY[0]), str(tmp_path / "out2")])
+    assert result.exit_code == 1
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_converted_bundle_survives_load_and_save_byte_for_byte(tmp_path: Path) -> None:
+    converted = tmp_path / "converted"
+    convert_legacy(LEGACY[0], converted, samples=16)
+    saved = writer.save_bundle(load_bundle(converted).to_contents(), tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in converted.iterdir())
+    for path in converted.iterdir():
+        assert (saved / path.name).read_bytes() == path.read_bytes(), path.name

@@ -14,16 +14,9 @@ from asa_format.errors import BundleError, RuntimeCompatError, UsageError
 from asa_format.runtime import attach, resolve_layers, same_model_id
 from asa_format.runtime.layers import _structural
 from asa_format.testing import make_test_bundle
-from tiny_models import AVAILABLE, NEEDS_GEMMA3, build_model, token_batch
+from tiny_models import AVAILABLE, NEEDS_GEMMA3, build_model, no_hooks, token_batch
 
 pytestmark = pytest.mark.runtime
-
-
-def no_hooks(model: nn.Module) -> bool:
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks and not m._forward_hooks_with_kwargs
-        for m in model.modules()
-    )
 
 
 def bundle(tmp_path: Path, **kwargs: Any) -> Path:

@@ -57,6 +57,8 @@ from asa_format.converters.semantics import (
 )
 from asa_format.errors import ConversionError
 
+pytestmark = pytest.mark.convert
+
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").is_file())
 N_SAMPLES = 3000

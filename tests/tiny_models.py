@@ -308,6 +308,16 @@ def legacy_reference_delta(
     return d, p, gate, (gate * alpha * v).astype(np.float32)
 
 
+def no_hooks(model: torch.nn.Module) -> bool:
+    """Whether no forward hook of any kind is left on ``model``."""
+    return all(
+        not m._forward_hooks
+        and not m._forward_pre_hooks
+        and not getattr(m, "_forward_hooks_with_kwargs", {})
+        for m in model.modules()
+    )
+
+
 # The architectures the installed transformers has (LFM2 and Gemma3 are newer than 4.45).
 AVAILABLE = _available_now()
 NEEDS_GEMMA3 = "gemma3_vl not in the installed transformers (added after 4.45)"
