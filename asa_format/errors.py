@@ -124,6 +124,7 @@ CODES: dict[str, str] = {
     "MODEL_NOT_FOUND": "the model directory does not exist or is not a model",
     "DECISION_INPUT": "decide() got an array of the wrong shape or dtype",
     "DECISION_FAILED": "evaluating the decision graphs failed",
+    "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
 }
 
 

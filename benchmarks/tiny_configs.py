@@ -1,0 +1,162 @@
+"""Tiny configs for every causal-LM type of transformers, built generically.
+
+:func:`tiny_config` starts from a type's default config and shrinks it by
+walking its attributes (nested text / vision / audio configs included):
+hidden sizes, layer counts (at least 2), heads, intermediate and expert
+sizes, vocabularies. Special token ids that would fall outside the shrunk
+vocabulary are moved to distinct ids at its top. :data:`OVERRIDES` holds the
+few per-type fixes generic shrinking cannot find. Shrinking never grows a
+value: every rule is a ``min``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["HIDDEN", "LAYERS", "OVERRIDES", "VOCAB", "shrink_dict", "tiny_config"]
+
+HIDDEN = 64
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS
+LAYERS = 2
+VOCAB = 512
+INTERMEDIATE = 128
+EXPERTS = 4
+RANK = 16
+MAX_POSITIONS = 512
+
+# (pattern on the attribute name, cap). First match wins; a value is only ever lowered.
+_RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
+    (re.compile(p), cap)
+    for p, cap in (
+        (r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)$", KV_HEADS),
+        (r"(^|_)(num_attention_heads|n_heads?|num_heads|attention_heads|heads)$", HEADS),
+        (r"head_dim$|^d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
+        (r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim)$", HIDDEN),
+        (r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim", INTERMEDIATE),
+        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth)$", LAYERS),
+        (r"experts_per_tok$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$", 2),
+        (r"shared_experts$", 1),
+        (r"experts$", EXPERTS),
+        (r"^(n_group|topk_group|num_expert_groups|num_groups_topk)$", 1),
+        (r"lora_rank$|^time_step_rank$", RANK),
+        (r"^(d_state|state_size|ssm_state_size|mamba_d_state)$", RANK),
+        (r"vocab_size", VOCAB),
+        (r"^(max_position_embeddings|n_positions|n_ctx|max_seq_len)$", MAX_POSITIONS),
+    )
+)
+_TOKEN_ID = re.compile(r"(token_id|token_index|token_ids)$")
+_SKIP_KEYS = frozenset({"id2label", "label2id", "rope_parameters", "rope_scaling", "task_specific_params"})
+_LAYER_KEYS = (
+    "num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers",
+)
+
+
+def _cap(name: str) -> int | None:
+    for pattern, cap in _RULES:
+        if pattern.search(name):
+            return cap
+    return None
+
+
+def _layer_count(d: dict[str, Any]) -> int | None:
+    for key in _LAYER_KEYS:
+        value = d.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """Shrink one config dict (and the config dicts nested in it) in place; return it."""
+    old_layers = _layer_count(d)
+    for key, value in list(d.items()):
+        if key in _SKIP_KEYS:
+            continue
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            shrink_dict(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            cap = _cap(key)
+            if cap is not None and value > cap:
+                d[key] = cap
+    new_layers = _layer_count(d)
+    if old_layers is not None and new_layers is not None and new_layers != old_layers:
+        # Per-layer lists (layer_types, mlp_layer_types, ...) follow the layer count.
+        for key, value in list(d.items()):
+            if isinstance(value, list) and len(value) == old_layers and key not in _LAYER_KEYS:
+                d[key] = value[:new_layers]
+    if "is_decoder" in d and not d.get("is_encoder_decoder"):
+        d["is_decoder"] = True  # BERT-family models are causal LMs only as decoders
+    return d
+
+
+def _token_ids(d: dict[str, Any], found: list[tuple[dict[str, Any], str]]) -> None:
+    for key, value in d.items():
+        if key in _SKIP_KEYS:
+            continue
+        if isinstance(value, dict):
+            _token_ids(value, found)
+        elif _TOKEN_ID.search(key) and (
+            (isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, list) and value and all(isinstance(v, int) for v in value))
+        ):
+            found.append((d, key))
+
+
+def remap_token_ids(d: dict[str, Any], vocab: int) -> None:
+    """Move special token ids at or above ``vocab`` to distinct ids at the top of it."""
+    found: list[tuple[dict[str, Any], str]] = []
+    _token_ids(d, found)
+    big = sorted(
+        {v for owner, key in found for v in (owner[key] if isinstance(owner[key], list) else [owner[key]]) if v >= vocab}
+    )
+    new = {v: vocab - 1 - i for i, v in enumerate(big)}
+    for owner, key in found:
+        value = owner[key]
+        owner[key] = [new.get(v, v) for v in value] if isinstance(value, list) else new.get(value, value)
+
+
+def _min_vocab(d: dict[str, Any]) -> int:
+    sizes = [v for k, v in d.items() if k == "vocab_size" and isinstance(v, int)]
+    for v in d.values():
+        if isinstance(v, dict):
+            inner = _min_vocab(v)
+            if inner:
+                sizes.append(inner)
+    return min(sizes) if sizes else 0
+
+
+# --- per-type fixes ---------------------------------------------------------------------------
+
+Fix = Callable[[dict[str, Any]], None]
+
+
+def _set(**values: Any) -> Fix:
+    def fix(d: dict[str, Any]) -> None:
+        d.update(values)
+
+    return fix
+
+
+OVERRIDES: dict[str, Fix] = {}
+
+
+def tiny_config(model_type: str) -> Any:
+    """The default config of ``model_type``, shrunk (a ``PreTrainedConfig``)."""
+    from transformers import AutoConfig
+
+    default = AutoConfig.for_model(model_type)
+    d = default.to_dict()
+    shrink_dict(d)
+    fix = OVERRIDES.get(model_type)
+    if fix is not None:
+        fix(d)
+    vocab = _min_vocab(d)
+    if vocab:
+        remap_token_ids(d, vocab)
+    for key in ("transformers_version", "model_type"):
+        d.pop(key, None)
+    return type(default).from_dict(d)
