@@ -65,10 +65,10 @@ def _error(exc: BaseException) -> str:
     return text[:400]
 
 
-def _text_layer_count(config: Any) -> int | None:
-    from asa_format.runtime.layers import text_layer_count
+def _text_layer_counts(config: Any) -> list[int]:
+    from asa_format.runtime.layers import text_layer_counts
 
-    return text_layer_count(config)
+    return list(text_layer_counts(config))
 
 
 def _build(model_type: str, max_params: int) -> tuple[Any, dict[str, Any]]:
@@ -112,7 +112,7 @@ def _forward(model: Any, vocab: int) -> Any:
     low = min(3, vocab - 1)
     ids = torch.randint(low, max(low + 1, min(vocab, 64)), (BATCH, SEQ), generator=g)
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
 def _attach(model: Any, path: str, n_layers: int, hidden: int, work: Path) -> tuple[bool, str | None]:
@@ -152,7 +152,7 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
         return rec
     text = model.config.get_text_config()
     hidden = int(getattr(text, "hidden_size", 0) or 0)
-    expected = _text_layer_count(model.config)
+    expected = _text_layer_counts(model.config)
     rec.update(hidden_size=hidden, text_layers=expected)
     try:
         resolved = resolve_layers(model)
@@ -162,7 +162,7 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
         rec["seconds"] = round(time.perf_counter() - start, 2)
         return rec
     rec.update(resolved=True, path=resolved.path, source=resolved.source, length=len(resolved))
-    rec["length_ok"] = expected is not None and len(resolved) == expected
+    rec["length_ok"] = len(resolved) in expected
 
     shapes: dict[int, list[int]] = {}
     handles = []

@@ -37,7 +37,7 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
         (r"head_dim$|^d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
         (r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim)$", HIDDEN),
         (r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim", INTERMEDIATE),
-        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth)$", LAYERS),
+        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|h_layers|l_layers)$", LAYERS),
         (r"experts_per_tok$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$", 2),
         (r"shared_experts$", 1),
         (r"experts$", EXPERTS),
@@ -50,6 +50,7 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
 )
 _TOKEN_ID = re.compile(r"(token_id|token_index|token_ids)$")
 _SKIP_KEYS = frozenset({"id2label", "label2id", "rope_parameters", "rope_scaling", "task_specific_params"})
+_KV_KEYS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_head_kv")
 _LAYER_KEYS = (
     "num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers",
 )
@@ -70,24 +71,78 @@ def _layer_count(d: dict[str, Any]) -> int | None:
     return None
 
 
+def _key(value: Any) -> Any:
+    return repr(value) if isinstance(value, (list, dict)) else value
+
+
+def _keep_indices(lists: list[list[Any]], old: int, new: int) -> list[int]:
+    """Layer indices to keep: the first layer of every distinct per-layer value, then the
+    first layers, up to ``new`` (more when there are more distinct values than ``new``)."""
+    keep: set[int] = set()
+    for values in lists:
+        seen: set[Any] = set()
+        for i, v in enumerate(values):
+            if _key(v) not in seen:
+                seen.add(_key(v))
+                keep.add(i)
+    i = 0
+    while len(keep) < new and i < old:
+        keep.add(i)
+        i += 1
+    return sorted(keep)
+
+
+def _index_dict(value: Any, old: int) -> bool:
+    """A dict keyed by layer indices (``per_layer_config``)."""
+    if not isinstance(value, dict) or not value:
+        return False
+    try:
+        return all(0 <= int(k) < old for k in value)
+    except (TypeError, ValueError):
+        return False
+
+
 def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
     """Shrink one config dict (and the config dicts nested in it) in place; return it."""
     old_layers = _layer_count(d)
+    same_heads = [k for k in _KV_KEYS if k in d and d[k] == d.get("num_attention_heads")]
     for key, value in list(d.items()):
         if key in _SKIP_KEYS:
             continue
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and not (
+            old_layers and _index_dict(value, old_layers)
+        ):
             shrink_dict(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             cap = _cap(key)
             if cap is not None and value > cap:
                 d[key] = cap
+    for k in same_heads:  # multi-head attention stays multi-head
+        d[k] = d["num_attention_heads"]
+    if isinstance(d.get("qk_nope_head_dim"), int) and isinstance(d.get("qk_rope_head_dim"), int):
+        d["qk_head_dim"] = d["qk_nope_head_dim"] + d["qk_rope_head_dim"]  # derived (MLA)
     new_layers = _layer_count(d)
     if old_layers is not None and new_layers is not None and new_layers != old_layers:
-        # Per-layer lists (layer_types, mlp_layer_types, ...) follow the layer count.
-        for key, value in list(d.items()):
-            if isinstance(value, list) and len(value) == old_layers and key not in _LAYER_KEYS:
-                d[key] = value[:new_layers]
+        # Per-layer lists (layer_types, mlp_layer_types, ...) and layer-indexed dicts follow
+        # the layer count; every kind of layer keeps at least one representative.
+        per_layer = [
+            k for k, v in d.items()
+            if isinstance(v, list) and len(v) == old_layers and k not in _LAYER_KEYS
+        ]
+        keep = _keep_indices([d[k] for k in per_layer], old_layers, new_layers)
+        for k in per_layer:
+            d[k] = [d[k][i] for i in keep]
+        position = {old: new for new, old in enumerate(keep)}
+        for k, v in list(d.items()):
+            if _index_dict(v, old_layers):
+                d[k] = {
+                    type(key)(position[int(key)]): item
+                    for key, item in v.items() if int(key) in position
+                }
+        if len(keep) != new_layers:
+            for k in _LAYER_KEYS:
+                if d.get(k) == new_layers:
+                    d[k] = len(keep)
     if "is_decoder" in d and not d.get("is_encoder_decoder"):
         d["is_decoder"] = True  # BERT-family models are causal LMs only as decoders
     return d

@@ -36,6 +36,7 @@ __all__ = [
     "ResolvedLayers",
     "resolve_layers",
     "text_layer_count",
+    "text_layer_counts",
 ]
 
 logger = logging.getLogger("asa_format.runtime")
@@ -112,15 +113,17 @@ def _as_count(value: Any) -> int | None:
     return int(value)
 
 
-def text_layer_count(config: Any) -> int | None:
-    """The layer count the text config of ``config`` states, or None if it states none.
+def text_layer_counts(config: Any) -> tuple[int, ...]:
+    """The layer counts the text config of ``config`` states, most authoritative first.
 
     Reads ``num_hidden_layers`` / ``n_layer`` / ``num_layers`` / ``n_layers`` of
     ``config.get_text_config()`` (``decoder_layers`` first for a decoder built from
-    an encoder-decoder config such as BART's).
+    an encoder-decoder config such as BART's). Most configs state one count; a few
+    state two (LongCat-Flash: ``num_layers`` blocks of two sub-layers each, counted
+    in ``num_hidden_layers``). Empty when the config states none.
     """
     if config is None:
-        return None
+        return ()
     text = config
     getter = getattr(config, "get_text_config", None)
     if callable(getter):
@@ -133,11 +136,18 @@ def text_layer_count(config: Any) -> int | None:
         _as_count(getattr(text, k, None)) for k in _DECODER_COUNT_KEYS
     ):
         keys = _DECODER_COUNT_KEYS + LAYER_COUNT_KEYS
+    counts: list[int] = []
     for key in keys:
         count = _as_count(getattr(text, key, None))
-        if count is not None:
-            return count
-    return None
+        if count is not None and count not in counts:
+            counts.append(count)
+    return tuple(counts)
+
+
+def text_layer_count(config: Any) -> int | None:
+    """The first (most authoritative) of :func:`text_layer_counts`, or None."""
+    counts = text_layer_counts(config)
+    return counts[0] if counts else None
 
 
 def _module_name(model: nn.Module, target: Any) -> str | None:
@@ -194,7 +204,7 @@ class _Search:
     embeddings: str | None
 
 
-def _search(model: nn.Module, expected: int | None) -> _Search:
+def _search(model: nn.Module, counts: tuple[int, ...]) -> _Search:
     emb_name = _module_name(model, _embedding(model, "get_input_embeddings"))
     head_name = _module_name(model, _embedding(model, "get_output_embeddings"))
     every = [(n, m) for n, m in model.named_modules() if n and _is_block_list(m)]
@@ -203,8 +213,15 @@ def _search(model: nn.Module, expected: int | None) -> _Search:
         (n, m) for n, m in every
         if not (head_name and (n == head_name or n.startswith(head_name + ".")))
     ]
-    if expected is not None:
-        lists = [(n, m) for n, m in lists if len(m) == expected]
+    expected = counts[0] if counts else None
+    if counts:
+        # The most authoritative count first; another stated count only if none has it.
+        for count in counts:
+            matching = [(n, m) for n, m in lists if len(m) == count]
+            if matching:
+                expected = count
+                break
+        lists = matching
     lists = _outermost(lists)
     emb_parts = emb_name.split(".") if emb_name else []
     scored: list[tuple[int, str, nn.ModuleList]] = []
@@ -232,7 +249,7 @@ def _search(model: nn.Module, expected: int | None) -> _Search:
 
 def _structural(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """The block list the structural search picks, or None."""
-    return _search(model, text_layer_count(getattr(model, "config", None))).found
+    return _search(model, text_layer_counts(getattr(model, "config", None))).found
 
 
 def _listing(items: tuple[tuple[str, int], ...], limit: int = 12) -> str:
@@ -270,7 +287,7 @@ def resolve_layers(model: nn.Module, layers_path: str | None = None) -> Resolved
     if layers_path is not None:
         return _override(model, layers_path)
 
-    expected = text_layer_count(getattr(model, "config", None))
+    counts = text_layer_counts(getattr(model, "config", None))
     mismatched: list[tuple[str, int]] = []
     for path in KNOWN_LAYER_PATHS:
         try:
@@ -279,24 +296,24 @@ def resolve_layers(model: nn.Module, layers_path: str | None = None) -> Resolved
             continue
         if not _is_block_list(obj):
             continue
-        if expected is not None and len(obj) != expected:
+        if counts and len(obj) not in counts:
             mismatched.append((path, len(obj)))
             logger.debug(
-                "known path %r holds %d modules, not the text config's %d layers",
-                path, len(obj), expected,
+                "known path %r holds %d modules, not the text config's %s layers",
+                path, len(obj), " or ".join(map(str, counts)),
             )
             continue
         logger.debug("decoder blocks found at known path %r", path)
         return ResolvedLayers(path, obj, "known")
 
-    search = _search(model, expected)
+    search = _search(model, counts)
     if search.found is not None:
         logger.debug("decoder blocks found structurally at %r", search.found[0])
         return ResolvedLayers(search.found[0], search.found[1], "structural")
 
     name = type(model).__name__
     count = (
-        f"the text config's {expected} layers" if expected is not None
+        f"the text config's {' or '.join(map(str, counts))} layers" if counts
         else "a layer count (the model has no config stating one)"
     )
     if search.candidates:
