@@ -34,14 +34,16 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     for p, cap in (
         (r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)$", KV_HEADS),
         (r"(^|_)(num_attention_heads|n_heads?|num_heads|attention_heads|heads)$", HEADS),
-        (r"head_dim$|^d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
-        (r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim)$", HIDDEN),
+        (r"^rotary_dim$", HEAD_DIM),
+        (r"head_dim$|headdim$|d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
+        (r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim|adapter_input_size)$", HIDDEN),
         (r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim", INTERMEDIATE),
-        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|h_layers|l_layers)$", LAYERS),
-        (r"experts_per_tok$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$", 2),
+        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|num_layers_per_stack)$", LAYERS),
+        (r"experts_per_tok$|experts_per_token$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$", 2),
         (r"shared_experts$", 1),
         (r"experts$", EXPERTS),
-        (r"^(n_group|topk_group|num_expert_groups|num_groups_topk)$", 1),
+        (r"^(n_group|topk_group|num_expert_groups?|num_groups_topk|n_groups|mamba_ngroups|mamba_n_groups)$", 1),
+        (r"^(mamba_)?expand$", 1),
         (r"lora_rank$|^time_step_rank$", RANK),
         (r"^(d_state|state_size|ssm_state_size|mamba_d_state)$", RANK),
         (r"vocab_size", VOCAB),
@@ -109,14 +111,22 @@ def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(d.items()):
         if key in _SKIP_KEYS:
             continue
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and not (
-            old_layers and _index_dict(value, old_layers)
-        ):
+        if old_layers and _index_dict(value, old_layers):
+            for item in value.values():  # per-layer overrides (per_layer_config)
+                if isinstance(item, dict):
+                    shrink_dict(item)
+        elif isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
             shrink_dict(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             cap = _cap(key)
             if cap is not None and value > cap:
                 d[key] = cap
+        elif isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ) and not _TOKEN_ID.search(key):
+            cap = _cap(key)  # per-layer sizes (gemma3n's intermediate_size list)
+            if cap is not None:
+                d[key] = [min(v, cap) for v in value]
     for k in same_heads:  # multi-head attention stays multi-head
         d[k] = d["num_attention_heads"]
     if isinstance(d.get("qk_nope_head_dim"), int) and isinstance(d.get("qk_rope_head_dim"), int):
@@ -136,7 +146,8 @@ def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
         for k, v in list(d.items()):
             if _index_dict(v, old_layers):
                 d[k] = {
-                    type(key)(position[int(key)]): item
+                    (f"{position[int(key)]:0{len(key)}d}" if isinstance(key, str)
+                     else position[int(key)]): item
                     for key, item in v.items() if int(key) in position
                 }
         if len(keep) != new_layers:
@@ -196,7 +207,29 @@ def _set(**values: Any) -> Fix:
     return fix
 
 
-OVERRIDES: dict[str, Fix] = {}
+def _zamba2(d: dict[str, Any]) -> None:
+    d.update(
+        num_hidden_layers=2, layers_block_type=["linear_attention", "hybrid"], hybrid_layer_ids=[1],
+        attention_hidden_size=2 * HIDDEN, attention_head_dim=2 * HIDDEN // HEADS,
+    )
+
+
+OVERRIDES: dict[str, Fix] = {
+    "deepseek_v2": _set(num_experts_per_tok=2),  # the default config leaves it None
+    "dots3_note": lambda d: d["text_config"].update(head_dim=2 * HEAD_DIM),
+    "dots3_note_text": _set(head_dim=2 * HEAD_DIM),
+    "falcon_h1": lambda d: d.update(mamba_d_ssm=d["mamba_n_heads"] * d["mamba_d_head"]),
+    "gemma3n_text": _set(num_kv_shared_layers=0),
+    # Its "indexed_attention" layers need budgets the default config leaves None.
+    "qwen4_exp": lambda d: d["text_config"].update(layer_types=["linear_attention"] * LAYERS),
+    "qwen4_exp_text": _set(layer_types=["linear_attention"] * LAYERS),
+    "zamba": _set(
+        num_hidden_layers=3, attn_layer_period=1, attn_layer_offset=1,
+        layers_block_type=["linear_attention", "hybrid", "hybrid"],
+        attention_hidden_size=2 * HIDDEN, attention_head_dim=2 * HIDDEN // HEADS,
+    ),
+    "zamba2": _zamba2,
+}
 
 
 def tiny_config(model_type: str) -> Any:

@@ -111,19 +111,35 @@ def classify_layout(
 ) -> str:
     """``"standard"``, ``"multi_stream"`` or ``"unknown"`` for a block output ``shape``.
 
-    ``hidden_size``, ``batch`` and ``sequence``, when given, must match the last,
-    first and second dimensions.
+    Standard is ``[batch, sequence, hidden]``; multi-stream is ``[batch, sequence,
+    streams, hidden]`` (DeepSeek-V4) or ``[streams, batch, sequence, hidden]``
+    (Gemma-3n's AltUp). ``hidden_size``, ``batch`` and ``sequence``, when given,
+    must match; without ``batch`` and ``sequence`` the two multi-stream orders
+    cannot be told apart and a 4-D shape counts as multi-stream either way.
     """
     shape = tuple(int(d) for d in shape)
     if len(shape) not in (3, 4):
         return LAYOUT_UNKNOWN
     if hidden_size is not None and shape[-1] != int(hidden_size):
         return LAYOUT_UNKNOWN
-    if batch is not None and shape[0] != int(batch):
-        return LAYOUT_UNKNOWN
-    if sequence is not None and shape[1] != int(sequence):
-        return LAYOUT_UNKNOWN
-    return LAYOUT_STANDARD if len(shape) == 3 else LAYOUT_MULTI_STREAM
+
+    def matches(b: int, s: int) -> bool:
+        return (batch is None or b == int(batch)) and (sequence is None or s == int(sequence))
+
+    if len(shape) == 3:
+        return LAYOUT_STANDARD if matches(shape[0], shape[1]) else LAYOUT_UNKNOWN
+    if matches(shape[0], shape[1]) or matches(shape[1], shape[2]):
+        return LAYOUT_MULTI_STREAM
+    return LAYOUT_UNKNOWN
+
+
+def _streams(shape: tuple[int, ...], batch: int | None, sequence: int | None) -> tuple[int, str]:
+    """Stream count and order of a multi-stream shape."""
+    if batch is not None and sequence is not None and (shape[1], shape[2]) == (batch, sequence) and (
+        (shape[0], shape[1]) != (batch, sequence)
+    ):
+        return shape[0], "[streams, batch, sequence, hidden]"
+    return shape[2], "[batch, sequence, streams, hidden]"
 
 
 def check_layout(
@@ -143,10 +159,11 @@ def check_layout(
     where = _where(layers_path, index)
     path_note = f" (layers_path {layers_path!r})" if layers_path is not None else ""
     if layout == LAYOUT_MULTI_STREAM:
+        streams, order = _streams(shape, batch, sequence)
         raise RuntimeCompatError(
             f"{where}{path_note} returns a multi-stream residual of shape {list(shape)} "
-            f"[batch, sequence, streams={shape[2]}, hidden={shape[3]}]: the model carries "
-            f"{shape[2]} residual streams, so there is no single hidden state the bundle was "
+            f"({order}, streams={streams}, hidden={shape[3]}): the model carries "
+            f"{streams} residual streams, so there is no single hidden state the bundle was "
             "fitted on, and steering one stream would be a guess",
             code="BLOCK_OUTPUT_LAYOUT",
             hint=_HINT,
@@ -226,8 +243,8 @@ def _probe_inputs(model: nn.Module) -> dict[str, Any]:
         params = {}  # type: ignore[assignment]
     if "attention_mask" in params:
         kwargs["attention_mask"] = torch.ones_like(ids)
-    if "use_cache" in params:
-        kwargs["use_cache"] = False
+    if "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["use_cache"] = False  # the probe needs no cache (hybrid caches may refuse one)
     return kwargs
 
 

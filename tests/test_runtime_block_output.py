@@ -44,6 +44,8 @@ def test_code_is_registered() -> None:
     [
         ((2, 3, H), LAYOUT_STANDARD),
         ((2, 3, 4, H), LAYOUT_MULTI_STREAM),
+        ((4, 2, 3, H), LAYOUT_MULTI_STREAM),  # streams first (AltUp)
+        ((4, 5, 3, H), LAYOUT_UNKNOWN),
         ((3, 2, H), LAYOUT_UNKNOWN),  # sequence-first
         ((2, 3, H + 1), LAYOUT_UNKNOWN),
         ((6, H), LAYOUT_UNKNOWN),
@@ -97,6 +99,12 @@ def test_multi_stream_output_is_refused_with_the_stream_layout() -> None:
     assert "model.layers.1" in text and "layers_path" in text
     assert "multi-stream" in text and "streams=4" in text and "[2, 3, 4, 8]" in text
     assert "no single hidden state" in text
+
+
+def test_streams_first_layout_names_the_order() -> None:
+    with pytest.raises(RuntimeCompatError) as info:
+        check_layout((5, 2, 3, H), hidden_size=H, batch=2, sequence=3, layers_path="m.l", index=0)
+    assert "streams=5" in str(info.value) and "[streams, batch, sequence, hidden]" in str(info.value)
 
 
 @pytest.mark.parametrize("shape", [(6, H), (2, 3, H + 2), (2, 3, 4, 5, H)])
