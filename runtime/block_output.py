@@ -22,8 +22,9 @@ guessing a stream.
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,12 +90,12 @@ def _first_tensor(output: Any) -> tuple[torch.Tensor, Rebuild] | None:
     if isinstance(output, list) and output and isinstance(output[0], torch.Tensor):
         rest_list = output[1:]
         return output[0], lambda h: [h, *rest_list]
-    if isinstance(output, Mapping) and output:
+    if isinstance(output, MutableMapping) and output:
         key = next(iter(output))
         first = output[key]
         if isinstance(first, torch.Tensor):
             def rebuild(h: torch.Tensor) -> Any:
-                new = type(output)(output) if not hasattr(output, "copy") else output.copy()
+                new: Any = copy.copy(output)  # same type (ModelOutput, OrderedDict, dict)
                 new[key] = h
                 return new
 
@@ -212,11 +213,13 @@ class _ProbeDone(Exception):
     """Raised by the probe hook to stop the forward pass once the block has run."""
 
 
-def _block_list(layers: Any) -> tuple[nn.ModuleList, str | None]:
+def _block_list(layers: Any) -> tuple[nn.ModuleList | nn.Sequential, str | None]:
     path = getattr(layers, "path", None)
     blocks = getattr(layers, "layers", layers)
     if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
-        raise TypeError(f"layers must be a ResolvedLayers or an nn.ModuleList, got {type(layers).__name__}")
+        raise TypeError(
+            f"layers must be a ResolvedLayers or an nn.ModuleList, got {type(layers).__name__}"
+        )
     return blocks, path if isinstance(path, str) else None
 
 
