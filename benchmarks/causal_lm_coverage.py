@@ -46,6 +46,7 @@ CATEGORIES = {
     "attachable": "resolved with the text layer count, [batch, seq, hidden] blocks, attach works",
     "refused": "attach refuses with a specific error (LAYERS_NOT_FOUND / BLOCK_OUTPUT_LAYOUT)",
     "forward_failed": "built and resolved, but a forward pass on input_ids alone fails",
+    "attach_failed": "resolved and probed fine, but attach or the steered forward pass raises",
     "not_built": "cannot be built tiny on CPU (config or build error, too large, timeout)",
     "wrong": "resolved a list whose length or block output is wrong, and nothing refused",
 }
@@ -75,7 +76,7 @@ def _build(model_type: str, max_params: int) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .tiny_configs import tiny_config
+    from .tiny_configs import prepare_model, tiny_config
 
     rec: dict[str, Any] = {}
     try:
@@ -97,7 +98,7 @@ def _build(model_type: str, max_params: int) -> tuple[Any, dict[str, Any]]:
         return None, rec
     try:
         torch.manual_seed(SEED)
-        model = AutoModelForCausalLM.from_config(config).eval()
+        model = prepare_model(model_type, AutoModelForCausalLM.from_config(config).eval())
     except Exception as exc:
         rec.update(built=False, reason=f"build: {_error(exc)}")
         return None, rec
@@ -206,6 +207,8 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
         rec["category"] = "refused"
     elif not rec.get("forward_ok"):
         rec["category"] = "forward_failed"
+    elif rec.get("probe_ok") and rec["length_ok"] and rec["shape_ok"]:
+        rec["category"] = "attach_failed"
     else:
         rec["category"] = "wrong"
     rec["seconds"] = round(time.perf_counter() - start, 2)

@@ -15,7 +15,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HIDDEN", "LAYERS", "OVERRIDES", "VOCAB", "shrink_dict", "tiny_config"]
+__all__ = [
+    "HIDDEN", "LAYERS", "OVERRIDES", "POST_BUILD", "VOCAB", "prepare_model", "shrink_dict",
+    "tiny_config",
+]
 
 HIDDEN = 64
 HEADS = 4
@@ -46,7 +49,7 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
         (r"^(mamba_)?expand$", 1),
         (r"lora_rank$|^time_step_rank$", RANK),
         (r"^(d_state|state_size|ssm_state_size|mamba_d_state)$", RANK),
-        (r"vocab_size", VOCAB),
+        (r"vocab_size|_vocab$", VOCAB),
         (r"^(max_position_embeddings|n_positions|n_ctx|max_seq_len)$", MAX_POSITIONS),
     )
 )
@@ -214,7 +217,13 @@ def _zamba2(d: dict[str, Any]) -> None:
     )
 
 
+def _dbrx(d: dict[str, Any]) -> None:
+    d["attn_config"]["rope_theta"] = 10000.0  # the default attention config lacks it
+
+
 OVERRIDES: dict[str, Fix] = {
+    "dbrx": _dbrx,
+    "reformer": _set(axial_pos_embds_dim=[HIDDEN // 2, HIDDEN // 2]),
     "deepseek_v2": _set(num_experts_per_tok=2),  # the default config leaves it None
     "dots3_note": lambda d: d["text_config"].update(head_dim=2 * HEAD_DIM),
     "dots3_note_text": _set(head_dim=2 * HEAD_DIM),
@@ -248,3 +257,21 @@ def tiny_config(model_type: str) -> Any:
     for key in ("transformers_version", "model_type"):
         d.pop(key, None)
     return type(default).from_dict(d)
+
+
+def _xmod(model: Any) -> None:
+    languages = list(getattr(model.config, "languages", None) or [])
+    if languages:
+        model.set_default_language(languages[0])  # X-MOD runs only with a language set
+
+
+# Per-type steps after building, for models that need a setting before any forward pass.
+POST_BUILD: dict[str, Callable[[Any], None]] = {"xmod": _xmod}
+
+
+def prepare_model(model_type: str, model: Any) -> Any:
+    """Apply :data:`POST_BUILD` to a freshly built model of ``model_type``; return it."""
+    step = POST_BUILD.get(model_type)
+    if step is not None:
+        step(model)
+    return model
