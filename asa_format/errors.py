@@ -124,6 +124,8 @@ CODES: dict[str, str] = {
     "MODEL_NOT_FOUND": "the model directory does not exist or is not a model",
     "DECISION_INPUT": "decide() got an array of the wrong shape or dtype",
     "DECISION_FAILED": "evaluating the decision graphs failed",
+    "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
+    "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
     "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
 }
 

@@ -22,7 +22,7 @@ from asa_format import constants as C
 from asa_format.bundle import load_bundle
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.legacy_model import LegacyAssets
-from asa_format.converters.semantics import legacy_decide
+from asa_format.converters.semantics import estimators_use_float32, legacy_decide
 from asa_format.digest import root_digest
 from asa_format.errors import ParityError
 from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
@@ -45,13 +45,30 @@ class Parity:
     max_probability_difference: float
     gate_counts: dict[str, int] = field(default_factory=dict)
     tolerance: float = PARITY_TOLERANCE
+    precision: str = "float64"  # the arithmetic of the reference (the writing version's)
+    near_threshold: int = 0  # rows whose reference p lies within the tolerance of tau or 1-tau
+    gate_agreement_elsewhere: float = 1.0  # gate agreement on the other rows
 
     @property
     def ok(self) -> bool:
         return (
             self.domain_agreement == 1.0
-            and self.gate_agreement == 1.0
+            and self.gate_agreement_elsewhere == 1.0
             and self.max_probability_difference <= self.tolerance
+        )
+
+    def line(self) -> str:
+        near = (
+            f"; {self.near_threshold} rows within {self.tolerance:g} of tau or 1-tau, where "
+            f"{self.precision} rounding decides the gate"
+            if self.near_threshold
+            else ""
+        )
+        return (
+            f"{self.samples} samples against the legacy estimators' own {self.precision} "
+            f"arithmetic: domain agreement {self.domain_agreement:.2%}, gate agreement "
+            f"{self.gate_agreement:.2%}{near}, max |dp| {self.max_probability_difference:.3g} "
+            f"(tolerance {self.tolerance:g})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +79,8 @@ class Parity:
             "max_probability_difference": self.max_probability_difference,
             "gate_counts": dict(self.gate_counts),
             "tolerance": self.tolerance,
+            "precision": self.precision,
+            "near_threshold": self.near_threshold,
             "ok": self.ok,
         }
 
@@ -101,8 +120,7 @@ class ConversionReport:
             f"layer        {self.layer}",
             f"domains      {', '.join(self.domains)}",
             "files        " + ", ".join(f"{n} ({s} B)" for n, s in sorted(self.files.items())),
-            f"parity       {p.samples} samples: domain agreement {p.domain_agreement:.2%}, gate agreement "
-            f"{p.gate_agreement:.2%}, max |dp| {p.max_probability_difference:.3g} (tolerance {p.tolerance:g}) "
+            f"parity       {p.line()} "
             f"(gates -1/0/+1: {p.gate_counts.get('-1', 0)}/{p.gate_counts.get('0', 0)}/{p.gate_counts.get('1', 0)})",
         ]
         if self.unknown:
@@ -123,19 +141,36 @@ def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidd
     return (mu.astype(np.float32) + z * sd.astype(np.float32)).astype(np.float32)
 
 
-def compare(bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """Compare ``bundle.decide`` with ``reference(hidden) -> (index, prob, gate)``."""
+def compare(
+    bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE,
+    *, tau: float | None = None, precision: str = "float64",
+) -> Parity:
+    """Compare ``bundle.decide`` with ``reference(hidden) -> (index, prob, gate)``.
+
+    With ``tau``, rows whose reference probability lies within ``tolerance`` of
+    ``tau`` or ``1 - tau`` are counted apart: there the reference's own rounding
+    decides the gate, and a gate difference is reported but not a failure.
+    """
     got = bundle.decide(hidden)
     index, prob, gate = reference(hidden)
     gate_arr = np.asarray(gate)
+    ref_p = np.asarray(prob, dtype=np.float64)
     counts = {str(g): int((gate_arr == g).sum()) for g in (-1, 0, 1)}
+    same_gate = got.gate == gate_arr
+    near = np.zeros(ref_p.shape, dtype=bool)
+    if tau is not None:
+        near = (np.abs(ref_p - tau) <= tolerance) | (np.abs(ref_p - (1.0 - tau)) <= tolerance)
+    elsewhere = same_gate[~near]
     return Parity(
         samples=int(hidden.shape[0]),
         domain_agreement=float(np.mean(got.domain_index == np.asarray(index))),
-        gate_agreement=float(np.mean(got.gate == gate_arr)),
-        max_probability_difference=float(np.max(np.abs(got.probability - np.asarray(prob, dtype=np.float64)))),
+        gate_agreement=float(np.mean(same_gate)),
+        max_probability_difference=float(np.max(np.abs(got.probability - ref_p))),
         gate_counts=counts,
         tolerance=tolerance,
+        precision=precision,
+        near_threshold=int(near.sum()),
+        gate_agreement_elsewhere=float(np.mean(elsewhere)) if elsewhere.size else 1.0,
     )
 
 
@@ -203,7 +238,12 @@ def convert_legacy(
 
     def self_check(tmp: Path) -> None:
         bundle = load_bundle(tmp)
-        parity = compare(bundle, lambda h: legacy_decide(assets, h), hidden)
+        f32 = estimators_use_float32(assets)
+        parity = compare(
+            bundle, lambda h: legacy_decide(assets, h), hidden,
+            FLOAT32_PARITY_TOLERANCE if f32 else PARITY_TOLERANCE,
+            tau=float(assets.tau), precision="float32" if f32 else "float64",
+        )
         outcome["parity"] = parity
         outcome["digest"] = bundle.root_digest
         if not parity.ok:

@@ -119,12 +119,31 @@ def scaler_transform(scaler: LegacyScaler, hidden: np.ndarray) -> np.ndarray:
 # Router ---------------------------------------------------------------------------
 
 
+def computes_in_float32(model: LegacyLogisticRegression) -> bool:
+    """True when the estimator holds float32 coefficients (scikit-learn >= 1.8 fitted on
+    float32 data): its ``decision_function`` and ``predict_proba`` then compute in float32."""
+    return np.asarray(model.coef).dtype == np.float32
+
+
+def estimators_use_float32(assets: LegacyAssets) -> bool:
+    """Whether any of the router and probes computes in float32."""
+    return computes_in_float32(assets.router) or any(
+        computes_in_float32(p) for p in assets.probes.values()
+    )
+
+
+def _scores(model: LegacyLogisticRegression, x: np.ndarray) -> np.ndarray:
+    """``X @ coef.T + intercept`` in the estimator's own dtype (float32 or float64)."""
+    dtype = np.float32 if computes_in_float32(model) else np.float64
+    xs: np.ndarray = np.asarray(x).astype(dtype)
+    coef: np.ndarray = np.asarray(model.coef, dtype=dtype)
+    intercept: np.ndarray = np.asarray(model.intercept, dtype=dtype)
+    return np.asarray(np.matmul(xs, coef.T) + intercept, dtype=dtype)
+
+
 def router_scores(router: LegacyLogisticRegression, x: np.ndarray) -> np.ndarray:
-    """``decision_function`` in float64: ``[N, k]`` (k = 1 for a two-class router)."""
-    x64 = np.asarray(x).astype(np.float64)
-    coef = np.asarray(router.coef, dtype=np.float64)
-    intercept = np.asarray(router.intercept, dtype=np.float64)
-    return x64 @ coef.T + intercept
+    """``decision_function``: ``[N, k]`` (k = 1 for a two-class router), in the router's dtype."""
+    return _scores(router, x)
 
 
 def router_class_to_domain(router: LegacyLogisticRegression, domains: list[str]) -> np.ndarray:
@@ -207,10 +226,7 @@ def probe_probability(
 ) -> np.ndarray:
     """``predict_proba(x)[:, 1]`` of a binary probe as the writing version computed it."""
     _check_probe(probe, domain)
-    x64 = np.asarray(x).astype(np.float64)
-    coef = np.asarray(probe.coef, dtype=np.float64)
-    intercept = np.asarray(probe.intercept, dtype=np.float64)
-    s = (x64 @ coef.T + intercept)[:, 0]
+    s = _scores(probe, x)[:, 0]  # float32 for float32 estimators, as scikit-learn computes
     if probe_uses_softmax(probe):
         # sklearn.utils.extmath.softmax on [-s, s]: subtract the row max, exp, normalise.
         two = np.stack([-s, s], axis=1)
@@ -218,7 +234,8 @@ def probe_probability(
         e = np.exp(two)
         return e[:, 1] / e.sum(axis=1)
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-s))
+        one = s.dtype.type(1.0)
+        return np.asarray(one / (one + np.exp(-s)), dtype=np.float64)
 
 
 def gate_from_probability(p: np.ndarray, tau: float) -> np.ndarray:

@@ -23,15 +23,17 @@ from asa_format.runtime.compat import (
     model_types,
     same_model_id,
 )
+from asa_format.runtime.handle import SteeringHandle, attach
 from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
 from asa_format.runtime.records import GenerationRecord
-from asa_format.runtime.steering import SteeringHandle, attach
+from asa_format.runtime.steering import SteeringSkippedWarning
 
 __all__ = [
     "KNOWN_LAYER_PATHS",
     "GenerationRecord",
     "ResolvedLayers",
     "SteeringHandle",
+    "SteeringSkippedWarning",
     "attach",
     "check_compatibility",
     "model_hidden_size",

@@ -155,7 +155,7 @@ def _run(
     import transformers
 
     from asa_format import load_bundle
-    from asa_format.runtime.steering import attach
+    from asa_format.runtime.handle import attach
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -12,6 +12,8 @@ from asa_format.runtime.cli import run_command
 from asa_format.testing import make_test_bundle
 from tiny_models import save_tiny_model_and_tokenizer
 
+pytestmark = pytest.mark.runtime
+
 PROMPT = "what is the weather in paris"
 
 

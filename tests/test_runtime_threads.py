@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from asa_format import constants as C
 from asa_format import load_bundle
 from asa_format.runtime import GenerationRecord, attach, resolve_layers
 from tiny_models import build_model, last_hidden_rows, separating_bundle, token_batch
+
+pytestmark = pytest.mark.runtime
 
 PROMPTS = {"search": [5, 6, 7, 8, 9], "math": [10, 11, 12, 13]}
 ROUNDS = 3
