@@ -44,7 +44,7 @@ DEFAULT_MAX_PARAMS = 50_000_000
 # Outcome of one type, worst last.
 CATEGORIES = {
     "attachable": "resolved with the text layer count, [batch, seq, hidden] blocks, attach works",
-    "refused": "attach refuses with a specific error (LAYERS_NOT_FOUND / BLOCK_OUTPUT_LAYOUT)",
+    "refused": "refused with a specific error by resolve_layers (LAYERS_NOT_FOUND) or check_block_output (BLOCK_OUTPUT_LAYOUT)",
     "forward_failed": "built and resolved, but a forward pass on input_ids alone fails",
     "attach_failed": "resolved and probed fine, but attach or the steered forward pass raises",
     "not_built": "cannot be built tiny on CPU (config or build error, too large, timeout)",
@@ -200,6 +200,12 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
         rec.update(attach_ok=ok, attach_error=err)
     else:
         rec["attach_ok"] = False
+        if rec.get("forward_ok") and rec["length_ok"]:
+            # What attach does when nothing probes the layout first (before the runtime
+            # calls check_block_output): an error at the first forward pass, or nothing.
+            with tempfile.TemporaryDirectory(prefix="asa-coverage-") as work:
+                ok, err = _attach(model, resolved.path, len(resolved), hidden, Path(work))
+            rec["attach_unprobed"] = "runs without error" if ok else err
 
     if rec["attach_ok"]:
         rec["category"] = "attachable"
@@ -306,8 +312,11 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {cat} | {s['by_category'][cat]} | {meaning} |")
     lines += [
         "",
-        "| type | category | params | layers path | length / text layers | block output | note |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "`attach` unprobed: what `attach` does with a refused layout when nothing calls "
+        "`check_block_output` first.",
+        "",
+        "| type | category | params | layers path | length / text layers | block output | note | `attach` unprobed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in doc["results"]:
         params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else ""
@@ -319,7 +328,8 @@ def markdown(doc: dict[str, Any]) -> str:
             or r.get("forward_error") or r.get("attach_error") or ""
         )
         lines.append(
-            f"| {r['model_type']} | {r['category']} | {params} | {path} | {length} | {shapes} | {_cell(note)[:300]} |"
+            f"| {r['model_type']} | {r['category']} | {params} | {path} | {length} | {shapes} "
+            f"| {_cell(note)[:300]} | {_cell(r.get('attach_unprobed', ''))[:160]} |"
         )
     return "\n".join(lines) + "\n"
 
