@@ -223,6 +223,7 @@ CODES: dict[ErrorCode, str] = {
     "DECISION_FAILED": "evaluating the decision graphs failed",
     "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
     "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
+    "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
 }
 
 
