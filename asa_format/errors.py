@@ -125,6 +125,7 @@ ErrorCode = Literal[
     "DECISION_FAILED",
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
+    "BLOCK_OUTPUT_LAYOUT",
 ]
 
 
@@ -446,6 +447,7 @@ class RuntimeCompatError(AsaError):
         "MODEL_LAYER_COUNT",
         "MODEL_NOT_FOUND",
         "SELF_TEST_FAILED",
+        "BLOCK_OUTPUT_LAYOUT",
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "check_block_output",
     "check_layout",
     "classify_layout",
+    "first_tensor",
     "probe_block_output",
     "split_block_output",
 ]
@@ -79,7 +80,7 @@ def _where(layers_path: str | None, index: int | None) -> str:
     return f"{layers_path}.{index}" if index is not None else f"the blocks at {layers_path!r}"
 
 
-def _first_tensor(output: Any) -> tuple[torch.Tensor, Rebuild] | None:
+def first_tensor(output: Any) -> tuple[torch.Tensor, Rebuild] | None:
     if isinstance(output, torch.Tensor):
         return output, lambda h: h
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
@@ -194,7 +195,7 @@ def split_block_output(
     the hidden-state tensor. Raises ``RuntimeCompatError`` (``BLOCK_OUTPUT_LAYOUT``)
     when there is no such tensor or its layout is not ``[batch, sequence, hidden]``.
     """
-    found = _first_tensor(output)
+    found = first_tensor(output)
     if found is None:
         raise RuntimeCompatError(
             f"{_where(layers_path, index)} returned {type(output).__name__}; expected a tensor "
@@ -272,7 +273,7 @@ def probe_block_output(model: nn.Module, layers: Any, index: int) -> tuple[int, 
     bad: list[str] = []
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        found = _first_tensor(output)
+        found = first_tensor(output)
         if found is None:
             bad.append(type(output).__name__)
         else:

@@ -25,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 from asa_format import constants as C
 from asa_format.errors import DigestMismatchError, UsageError
 from asa_format.runtime._types import BundleLike
+from asa_format.runtime.block_output import check_block_output
 from asa_format.runtime.compat import check_compatibility
 from asa_format.runtime.layers import ResolvedLayers, resolve_layers
 from asa_format.runtime.records import GenerationRecord, RecordLog
@@ -310,6 +311,12 @@ def attach(
         )
         if entries[name].policy not in C.POLICIES:
             raise UsageError(f"bundle {name!r} has an unknown policy {entries[name].policy!r}")
+
+    # Probe each steered block once (a tiny forward that stops there) and refuse any output
+    # layout but one [batch, sequence, hidden] state before any hook is registered.
+    for index in sorted({e.block for e in entries.values()}):
+        size = next(e.hidden_size for e in entries.values() if e.block == index)
+        check_block_output(model, layers, index, hidden_size=size)
 
     steerer = Steerer(
         entries,

@@ -37,6 +37,7 @@ from torch import nn
 from asa_format import constants as C
 from asa_format.errors import AsaError, DecisionError, UsageError
 from asa_format.runtime._types import BundleLike
+from asa_format.runtime.block_output import first_tensor
 from asa_format.runtime.classify import PassInfo, PassKind, classify
 from asa_format.runtime.context import (
     CallContext,
@@ -67,20 +68,15 @@ class SteeringSkippedWarning(RuntimeWarning):
 
 def split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """The hidden-state tensor of a block's output and a function rebuilding the output."""
-    if isinstance(output, torch.Tensor):
-        return output, lambda h: h
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        rest = output[1:]
-        return output[0], lambda h: (h, *rest)
-    if isinstance(output, list) and output and isinstance(output[0], torch.Tensor):
-        rest_list = output[1:]
-        return output[0], lambda h: [h, *rest_list]
-    raise DecisionError(
-        f"the steered decoder block returned {type(output).__name__}; expected a tensor or a "
-        "tuple whose first element is the hidden-state tensor",
-        code="DECISION_INPUT",
-        hint="check layers_path: it must name the list of decoder blocks",
-    )
+    found = first_tensor(output)
+    if found is None:
+        raise DecisionError(
+            f"the steered decoder block returned {type(output).__name__}; expected a tensor or a "
+            "tuple whose first element is the hidden-state tensor",
+            code="DECISION_INPUT",
+            hint="check layers_path: it must name the list of decoder blocks",
+        )
+    return found
 
 
 @dataclass

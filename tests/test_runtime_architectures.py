@@ -76,6 +76,7 @@ def test_exact_delta_and_clean_removal(name: str, gate: int, bundle_dir: Any) ->
     steered: list[torch.Tensor] = []
     h_raw = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)))
     handle = attach(model, bundle)
+    raw.clear()  # attach probes the block's output layout with one short forward
     h_steered = block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
     try:
         with torch.no_grad():

@@ -69,6 +69,7 @@ class Capture:
         )
 
     def steered_hook(self) -> None:
+        self.raw.clear()  # attach probed the block's output layout with one short forward
         self.hooks.append(
             self.block.register_forward_hook(
                 lambda m, a, o: self.steered.append(first_tensor(o))

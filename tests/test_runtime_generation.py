@@ -213,17 +213,18 @@ def test_use_cache_false_rereads_continue_the_generation(tmp_path: Path) -> None
     block = resolve_layers(model).layers[1]
     ids, mask = token_batch([PROMPT, PROMPT[:3]], side="left")
     raw: list[torch.Tensor] = []
-    hook = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)), prepend=True)
     steered: list[torch.Tensor] = []
     try:
-        with attach(model, bundle) as handle:
+        with attach(model, bundle) as handle:  # (attach probes the block once: hook after it)
+            block.register_forward_hook(
+                lambda m, a, o: raw.append(first_tensor(o)), prepend=True
+            )
             block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
             with torch.no_grad():
                 model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3,
                                min_new_tokens=3, do_sample=False, pad_token_id=0,
                                use_cache=False)
     finally:
-        hook.remove()
         block._forward_hooks.clear()
     delta = _delta(bundle)
     width = ids.shape[1]

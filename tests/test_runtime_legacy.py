@@ -96,6 +96,7 @@ def test_runtime_matches_legacy_hook(case: str, tmp_path_factory: pytest.TempPat
         steered: list[torch.Tensor] = []
         h1 = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)))
         remove = hook_factory()
+        raw.clear()  # attach probes the block's output layout with one short forward
         h2 = block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
         try:
             with torch.no_grad():

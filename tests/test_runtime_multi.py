@@ -100,6 +100,7 @@ def test_mixed_rows_in_one_forward_with_padding(
     h1 = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)))
     try:
         with attach(model, bundles=bundles) as handle:
+            raw.clear()  # attach probes the block's output layout with one short forward
             h2 = block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
             with handle.select(SELECTION), torch.no_grad():
                 model(input_ids=ids, attention_mask=mask)
