@@ -153,6 +153,8 @@ class CompiledGraph:
     head_output: str | None = None  # name bound to x @ head_weight (fused by the plan)
     head_weight: np.ndarray | None = None
     row_tail: Callable[[list[float]], list[float]] | None = None  # one row, plain floats
+    nodes: tuple[Any, ...] = ()  # the compiled ONNX nodes, in order (for other evaluators)
+    opset: int = 13
 
     def run(self, value: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
         env = self.consts.copy()
@@ -202,7 +204,7 @@ def compile_graph(model: Any, output: str, *, split_head: bool) -> CompiledGraph
             needed = [n for n in needed if n is not first[0]]
     ops = [_compile_node(n, consts, opset) for n in needed]
     row_tail = _compile_row_tail(needed, consts, head_output, output) if head_output is not None else None
-    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight, row_tail)
+    return CompiledGraph(input_name, output, consts, ops, head_output, head_weight, row_tail, tuple(needed), opset)
 
 
 # -- one row with plain Python floats ---------------------------------------------------
