@@ -221,6 +221,7 @@ def _decide(hidden: torch.Tensor, seqs: list[_Seq], registry: Mapping[str, Any],
         if seq.holds(seq.prompt_len - 1):
             groups.setdefault(seq.digest, []).append(seq)
     out: dict[str, RequestSteering] = {}
+    cache: dict[tuple[str, int, int], torch.Tensor | None] = {}  # one delta per (bundle, domain, gate)
     for digest, members in groups.items():
         bundle = registry[digest]
         index = torch.tensor([m.start + m.prompt_len - 1 - m.computed for m in members], dtype=torch.long, device=hidden.device)
@@ -231,7 +232,10 @@ def _decide(hidden: torch.Tensor, seqs: list[_Seq], registry: Mapping[str, Any],
         else:
             decisions = list(bundle.decide(rows.cpu().numpy()))
         for m, d in zip(members, decisions, strict=True):
-            out[m.request_id] = RequestSteering(digest, m.policy, m.prompt_len, d, delta_of(bundle, d, hidden.dtype, hidden.device))
+            key = (digest, d.domain_index, d.gate)
+            if key not in cache:
+                cache[key] = delta_of(bundle, d, hidden.dtype, hidden.device)
+            out[m.request_id] = RequestSteering(digest, m.policy, m.prompt_len, d, cache[key])
     return out
 
 

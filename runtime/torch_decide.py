@@ -224,7 +224,7 @@ class TorchDecisions:
     domain_index: torch.Tensor  # int64 [N]
     probability: torch.Tensor  # float64 [N]
     gate: torch.Tensor  # int8 [N], -1 / 0 / +1; 0 for a non-finite row or a NaN router output
-    finite: torch.Tensor  # bool [N]: the row's float32 hidden state is finite
+    finite: torch.Tensor  # bool [N]: the row's hidden state (so its scaled features) is finite
 
     def __len__(self) -> int:
         return int(self.domain_index.shape[0])
@@ -381,7 +381,10 @@ class TorchDecider:
         table = torch.stack(columns, dim=1)
         prob = table.gather(1, index.unsqueeze(1)).squeeze(1)
         gate = torch.where(prob >= self.tau, 1, torch.where(prob <= 1.0 - self.tau, -1, 0)).to(torch.int8)
-        finite = torch.isfinite(h32).all(dim=1)
+        # A NaN or infinite input makes its scaled row, hence every fused head, non-finite (IEEE
+        # products and sums propagate them): checking the [N, W] heads is exact and much cheaper
+        # than a pass over [N, H]. (Only an input whose scaling overflows float32 is also flagged.)
+        finite = torch.isfinite(heads).all(dim=1) if heads is not None else torch.isfinite(x64).all(dim=1)
         gate = torch.where(nan_row | ~finite, torch.zeros_like(gate), gate)
         return TorchDecisions(index, prob, gate, finite)
 
