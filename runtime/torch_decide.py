@@ -28,13 +28,14 @@ import torch
 from asa_format import constants as C
 from asa_format.bundle import Decision, DecisionBatch, gates
 from asa_format.errors import DecisionError
-from asa_format.fastpath import CompiledGraph, FastPlan, check_inputs
+from asa_format.fastpath import CompiledGraph, FastPlan, check_inputs, fused_product
 
 __all__ = ["TorchDecider", "TorchDecisions"]
 
 log = logging.getLogger(__name__)
 
 PROBABILITY_TOLERANCE = 1e-12  # as the NumPy plan's check on load
+CPU_BLOCK_ELEMENTS = 16384  # below torch's parallel grain (32768): one thread per operation
 
 _ONNX_TO_TORCH = {1: torch.float32, 6: torch.int32, 7: torch.int64, 11: torch.float64}
 _PROMOTE: dict[tuple[torch.dtype, torch.dtype], torch.dtype] = {}
@@ -197,6 +198,7 @@ class _DeviceState:
         self.router = _TorchGraph(plan.router, device)
         self.probes = [None if p is None else _TorchGraph(p, device) for p in plan.probes]
         self.fused = None if plan.fused is None else _tensor(plan.fused, device)
+        self.fused_np = None if plan.fused is None else np.array(plan.fused, dtype=np.float64, order="C")
         self.slices = list(plan.slices)
         if self.fused is None:  # each graph with a split head multiplies by its own weight
             self.weights: list[torch.Tensor | None] = [
@@ -258,9 +260,10 @@ class TorchDecisions:
 class TorchDecider:
     """A bundle's decision function in torch, proven equal to onnxruntime on load."""
 
-    def __init__(self, bundle: Any, plan: FastPlan) -> None:
+    def __init__(self, bundle: Any, plan: FastPlan, *, host_numpy: bool = True) -> None:
         self.bundle = bundle
         self.plan = plan
+        self.host_numpy = host_numpy  # CPU rows: the NumPy plan on them in place (see _decide_host)
         self.hidden_size = int(bundle.hidden_size)
         self.domains = tuple(bundle.domains)
         steering = bundle.manifest.steering
@@ -274,13 +277,18 @@ class TorchDecider:
 
     # -- construction and proof -------------------------------------------------------
     @classmethod
-    def for_bundle(cls, bundle: Any, device: torch.device | str | None = None) -> TorchDecider | None:
-        """A decider proven on ``device`` (default CPU), or None (reason logged at debug level)."""
+    def for_bundle(cls, bundle: Any, device: torch.device | str | None = None, *, host_numpy: bool = True) -> TorchDecider | None:
+        """A decider proven on ``device`` (default CPU), or None (reason logged at debug level).
+
+        ``host_numpy=False`` evaluates CPU rows with the torch operations too (as on
+        an accelerator); by default CPU rows, already in host memory, are decided by
+        the NumPy plan on them without a copy (faster: no entry into torch's pool).
+        """
         plan = getattr(bundle, "_plan", None)
         if not isinstance(plan, FastPlan):
             log.debug("no torch decision for %r: the bundle has no checked NumPy plan (onnxruntime backend)", bundle)
             return None
-        decider = cls(bundle, plan)
+        decider = cls(bundle, plan, host_numpy=host_numpy)
         reason = decider.prepare(torch.device("cpu") if device is None else torch.device(device))
         if reason is not None:
             log.debug("no torch decision for %r: %s", bundle, reason)
@@ -360,22 +368,22 @@ class TorchDecider:
                     hint="decide with Bundle.decide on the host for this device",
                 )
             state = self._states[dev]
-        return self._decide_on(state, h.to(torch.float32))
+        return self._decide_on(state, h)
 
-    def _decide_on(self, state: _DeviceState, h32: torch.Tensor) -> TorchDecisions:
-        x = state.scaler.run(h32, None)
-        x64 = x.to(torch.float64)
-        heads = x64 @ state.fused if state.fused is not None else None
+    def _decide_on(self, state: _DeviceState, h: torch.Tensor) -> TorchDecisions:
+        if self.host_numpy and h.device.type == "cpu":
+            return self._decide_host(h)
+        x64, heads = self._features(state, h)
         scores = state.router.run(x64, state.head(x64, heads, 0))
         nan = torch.isnan(scores)
         nan_row = nan.any(dim=1)
         # NumPy's argmax: the first maximum; the first NaN when the row has one
         index = torch.where(nan_row, nan.to(torch.int8).argmax(dim=1), scores.argmax(dim=1)).to(torch.int64)
-        n = h32.shape[0]
+        n = h.shape[0]
         columns = []
         for d, probe in enumerate(state.probes):
             if probe is None:
-                columns.append(torch.full((n,), self.no_probe, dtype=torch.float64, device=h32.device))
+                columns.append(torch.full((n,), self.no_probe, dtype=torch.float64, device=h.device))
             else:
                 columns.append(probe.run(x64, state.head(x64, heads, 1 + d))[:, 1].to(torch.float64))
         table = torch.stack(columns, dim=1)
@@ -387,6 +395,47 @@ class TorchDecider:
         finite = torch.isfinite(heads).all(dim=1) if heads is not None else torch.isfinite(x64).all(dim=1)
         gate = torch.where(nan_row | ~finite, torch.zeros_like(gate), gate)
         return TorchDecisions(index, prob, gate, finite)
+
+    def _decide_host(self, h: torch.Tensor) -> TorchDecisions:
+        """CPU rows: the NumPy plan (``FastPlan.decide``) on a float32 view or block-wise copy."""
+        h32 = _host_float32(h)
+        with np.errstate(all="ignore"):
+            scores, prob, has_probe = self.plan.decide(h32)
+        nan = np.isnan(scores)
+        nan_row = nan.any(axis=1)
+        index = np.argmax(scores, axis=1).astype(np.int64)  # NumPy's argmax: the first NaN if any
+        prob = np.where(has_probe, prob, self.no_probe).astype(np.float64)
+        gate = gates(prob, self.tau)
+        finite = np.isfinite(h32).all(axis=1)
+        gate[nan_row | ~finite] = 0
+        return TorchDecisions(torch.from_numpy(index), torch.from_numpy(prob), torch.from_numpy(gate), torch.from_numpy(finite))
+
+    @staticmethod
+    def _features(state: _DeviceState, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x64, heads)``: the scaled rows in float64 and their fused product (or None).
+
+        On the CPU the rows are already in host memory, and entering torch's thread pool
+        right after the model's own parallel work can wait for a busy pool (tens of
+        milliseconds measured on 2 loaded cores, for any operation above torch's parallel
+        grain). So there the ``[N, H]`` operations run in row blocks below that grain,
+        into a NumPy buffer shared with the returned tensor (no copy), and the fused
+        product is the NumPy plan's own single-threaded ``fused_product``. Rows are
+        independent, so blocks give the same values. On other devices: one pass each.
+        """
+        n, width = int(h.shape[0]), int(h.shape[1])
+        if h.device.type != "cpu":
+            x64 = state.scaler.run(h.to(torch.float32), None).to(torch.float64)
+            return x64, (x64 @ state.fused if state.fused is not None else None)
+        step = max(1, CPU_BLOCK_ELEMENTS // max(1, width))
+        buf = np.empty((n, width), dtype=np.float64)
+        for i in range(0, n, step):
+            x = state.scaler.run(h[i : i + step].to(torch.float32), None)
+            buf[i : i + step] = x.numpy()  # float32 -> float64 is exact
+        x64 = torch.from_numpy(buf)
+        if state.fused_np is None:
+            return x64, None
+        with np.errstate(all="ignore"):  # non-finite rows are flagged, not warned about
+            return x64, torch.from_numpy(fused_product(buf, state.fused_np))
 
     # -- steering vectors -------------------------------------------------------------------
     def mixed_vectors(self, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -410,6 +459,19 @@ class TorchDecider:
         v = self.mixed_vectors(torch.float32, device)
         scale = torch.tensor([float(np.float32(g * a)) for g in (-1, 0, 1)], dtype=torch.float32, device=v.device)
         return (scale.view(1, 3, 1) * v.unsqueeze(1)).to(dtype)
+
+
+def _host_float32(h: torch.Tensor) -> np.ndarray:
+    """``float32(h)`` as a NumPy array: a view when ``h`` is float32 and contiguous, else a
+    copy converted in row blocks below torch's parallel grain (no entry into its pool)."""
+    if h.dtype == torch.float32 and h.is_contiguous():
+        return h.detach().numpy()
+    n, width = int(h.shape[0]), int(h.shape[1])
+    step = max(1, CPU_BLOCK_ELEMENTS // max(1, width))
+    out = np.empty((n, width), dtype=np.float32)
+    for i in range(0, n, step):
+        out[i : i + step] = h[i : i + step].detach().to(torch.float32).numpy()
+    return out
 
 
 def _tensor(arr: np.ndarray, device: torch.device) -> torch.Tensor:

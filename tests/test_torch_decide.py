@@ -53,8 +53,13 @@ def _reference(bundle_ort: Bundle, h32: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _assert_equal(path: Path, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> None:
     bundle = load_bundle(path)
     slow = load_bundle(path, fast=False)
-    decider = TorchDecider.for_bundle(bundle)
-    assert decider is not None, f"{path}: the torch decision was not proven on load"
+    for host_numpy in (True, False):
+        decider = TorchDecider.for_bundle(bundle, host_numpy=host_numpy)
+        assert decider is not None, f"{path}: the torch decision was not proven on load"
+        _assert_decider(decider, bundle, slow, dtypes)
+
+
+def _assert_decider(decider: TorchDecider, bundle: Bundle, slow: Bundle, dtypes: tuple[torch.dtype, ...]) -> None:
     for n in BATCHES:
         base = torch.from_numpy(_rows(bundle, n, seed=n))
         for dtype in dtypes:
@@ -111,18 +116,19 @@ def test_rows_near_tau_and_one_minus_tau(tmp_path: Path) -> None:
     contents = make_test_contents(hidden_size=24, domains=("a", "b"), probe_scale=6.0, tau=0.7, seed=3)
     path = asa_format.save_bundle(contents, tmp_path / "b")
     bundle, slow = load_bundle(path), load_bundle(path, fast=False)
-    decider = TorchDecider.for_bundle(bundle)
-    assert decider is not None
+    deciders = [TorchDecider.for_bundle(bundle, host_numpy=h) for h in (True, False)]
     for target in (0.7, 0.3):
         rows = np.stack(list(_bisect_rows(slow, target, seed=int(target * 10))))
         assert len(rows) >= 4
         index, prob, gate = _reference(slow, rows)
         assert np.all(np.abs(prob - target) < 1e-6)
         assert len(set(gate.tolist())) == 2, "rows on both sides of the threshold"
-        got = decider.decide(torch.from_numpy(rows))
-        np.testing.assert_array_equal(got.gate.numpy(), gate)
-        np.testing.assert_array_equal(got.domain_index.numpy(), index)
-        np.testing.assert_allclose(got.probability.numpy(), prob, rtol=0, atol=1e-12)
+        for decider in deciders:
+            assert decider is not None
+            got = decider.decide(torch.from_numpy(rows))
+            np.testing.assert_array_equal(got.gate.numpy(), gate)
+            np.testing.assert_array_equal(got.domain_index.numpy(), index)
+            np.testing.assert_allclose(got.probability.numpy(), prob, rtol=0, atol=1e-12)
 
 
 def test_router_ties_pick_the_first_domain(tmp_path: Path) -> None:
@@ -137,12 +143,12 @@ def test_router_ties_pick_the_first_domain(tmp_path: Path) -> None:
     for p in (path, flat_path):
         _assert_equal(p)
     bundle = load_bundle(path)
-    decider = TorchDecider.for_bundle(bundle)
+    decider = TorchDecider.for_bundle(bundle, host_numpy=False)
     assert decider is not None
     got = decider.decide(torch.from_numpy(_rows(bundle, 256, 1))).domain_index.numpy()
     assert 1 in got and 2 not in got, "ties resolve to the lowest index"
     flat_bundle = load_bundle(flat_path)
-    flat_decider = TorchDecider.for_bundle(flat_bundle)
+    flat_decider = TorchDecider.for_bundle(flat_bundle, host_numpy=False)
     assert flat_decider is not None
     assert not flat_decider.decide(torch.from_numpy(_rows(flat_bundle, 64, 2))).domain_index.any()
 
@@ -166,40 +172,43 @@ def test_unsupported_graph_gives_none(tmp_path: Path, caplog: pytest.LogCaptureF
 def test_translation_that_differs_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     path = asa_format.save_bundle(make_test_contents(hidden_size=16, probe_scale=3.0), tmp_path / "b")
     bundle = load_bundle(path)
-    assert TorchDecider.for_bundle(bundle) is not None
+    assert TorchDecider.for_bundle(bundle, host_numpy=False) is not None
     # a Sigmoid off by 1e-9: the proof on load must notice and refuse
     monkeypatch.setitem(torch_decide._UNARY_OPS, "Sigmoid", lambda x: torch_decide._sigmoid(x) + 1e-9)
     with caplog.at_level(logging.DEBUG, logger=torch_decide.__name__):
-        assert TorchDecider.for_bundle(bundle) is None
+        assert TorchDecider.for_bundle(bundle, host_numpy=False) is None
     assert "probabilities differ" in caplog.text
     # an operator the translation lacks
     monkeypatch.delitem(torch_decide._BINARY_OPS, "Div")
     with caplog.at_level(logging.DEBUG, logger=torch_decide.__name__):
-        assert TorchDecider.for_bundle(bundle) is None
+        assert TorchDecider.for_bundle(bundle, host_numpy=False) is None
     assert "cannot be evaluated in torch" in caplog.text
 
 
 def test_non_finite_rows_are_not_steered_and_records_refuse(tmp_path: Path) -> None:
     path = asa_format.save_bundle(make_test_contents(hidden_size=16, probe_bias=20.0, probe_scale=0.0), tmp_path / "b")
     bundle = load_bundle(path)
-    decider = TorchDecider.for_bundle(bundle)
-    assert decider is not None
     rows = torch.from_numpy(_rows(bundle, 4, 0))
     rows[1, 3] = float("nan")
     rows[2, 0] = float("inf")
-    got = decider.decide(rows)
-    assert got.finite.tolist() == [True, False, False, True]
-    assert got.gate.tolist() == [1, 0, 0, 1]
-    with pytest.raises(DecisionError) as err:
-        got.to_numpy_records(bundle.domains)
-    assert err.value.code == "DECISION_INPUT"
+    for host_numpy in (True, False):
+        built = TorchDecider.for_bundle(bundle, host_numpy=host_numpy)
+        assert built is not None
+        decider: TorchDecider = built
+        got = decider.decide(rows)
+        assert got.finite.tolist() == [True, False, False, True]
+        assert got.gate.tolist() == [1, 0, 0, 1]
+        with pytest.raises(DecisionError) as err:
+            got.to_numpy_records(bundle.domains)
+        assert err.value.code == "DECISION_INPUT"
+        assert len(decider.decide(rows.to(torch.bfloat16))) == 4
     with pytest.raises(DecisionError):
         bundle.decide(rows.numpy())
-    with pytest.raises(DecisionError) as shape:
-        decider.decide(torch.zeros(2, 15))
-    assert shape.value.code == "DECISION_INPUT"
-    empty = decider.decide(torch.zeros(0, 16))
-    assert len(empty) == 0 and empty.to_numpy_records(bundle.domains) == []
+        with pytest.raises(DecisionError) as shape:
+            decider.decide(torch.zeros(2, 15))
+        assert shape.value.code == "DECISION_INPUT"
+        empty = decider.decide(torch.zeros(0, 16))
+        assert len(empty) == 0 and empty.to_numpy_records(bundle.domains) == []
 
 
 def test_mixed_vectors_and_delta_table(tmp_path: Path) -> None:
