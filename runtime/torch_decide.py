@@ -12,6 +12,12 @@ logs why (debug level), and the caller keeps ``Bundle.decide``.
 data-dependent control flow: every probe is evaluated on every row and the
 routed one is gathered, so there is no host copy and no synchronisation.
 Records (``Decision`` objects) are copied to the host only when asked for.
+
+Rows on the CPU are already in host memory: there, by default
+(``host_numpy=True``), the decider runs the checked NumPy plan itself on the
+rows in place (a view, or a block-wise float32 copy for other dtypes), which
+is faster than small torch operations that would enter torch's thread pool
+while the model uses it. Both evaluations are proven on load the same way.
 """
 
 from __future__ import annotations
