@@ -38,6 +38,8 @@ __all__ = [
 CODES: dict[str, str] = {
     # generic
     "USAGE": "command-line usage error",
+    "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert] or [runtime]) that is not installed",
+    "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
@@ -99,6 +101,7 @@ CODES: dict[str, str] = {
     "SIGNATURE_FILE_MISSING": "a file covered by the signature is missing",
     "SIGNATURE_FORMAT": "the signature file is malformed",
     "SIGNATURE_KEY_INVALID": "a signing or verification key cannot be read or is not a supported ECDSA key",
+    "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -112,6 +115,8 @@ CODES: dict[str, str] = {
     "NPZ_INVALID": "steering_vectors.npz is malformed or uses object arrays",
     "INPUT_SHAPE": "pipeline objects have inconsistent shapes",
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
+    "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
+    "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
