@@ -17,8 +17,8 @@ __all__ = ["PAIRS", "for_cli", "for_python", "problem_for_cli", "python_error"]
 PAIRS: tuple[tuple[str, str], ...] = (
     ("strict_model_match=False", "--no-strict"),
     ("force=True", "--force"),
-    ("trusted_keys", "--public-key"),
-    ("signature_path", "--signature"),
+    ("trusted_keys=[...]", "--public-key"),
+    ("signature_path=...", "--signature"),
     ("expected_digest", "--expected-digest"),
     ("layers_path", "--layers-path"),
 )
@@ -26,7 +26,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
 
 def _swap(hint: str, pairs: list[tuple[str, str]]) -> str:
     for old, new in pairs:
-        hint = re.sub(rf"(?<![\w-]){re.escape(old)}(?![\w-])", new, hint)
+        hint = re.sub(rf"(?<![\w-]){re.escape(old)}(?![\w-])", new.replace("\\", "\\\\"), hint)
     # "--force / force=True" style double mentions collapse to one
     return re.sub(r"(\S+) / \1(?!\S)", r"\1", hint)
 
