@@ -32,15 +32,19 @@ __all__ = ["cli", "fail", "main"]
         "verify": "asa_format.signing_cli:verify_command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
 )
 @click.version_option(__version__, "-V", "--version", prog_name="asa")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Validate, inspect, convert, sign and run activation-steering bundles.
 
     The report goes to stdout (text, or JSON with --json), diagnostics to
     stderr. Exit 0 ok, 1 a check failed, 2 usage or environment error,
     130 interrupted.
     """
+    if ctx.invoked_subcommand is None:  # plain `asa`: the help, and success
+        click.echo(ctx.get_help())
 
 
 def _validation_result(path: str) -> Result:
