@@ -279,6 +279,7 @@ def _run(
         payload: dict[str, Any] = {
             "model": model_path,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "input_tokens": int(enc["input_ids"].shape[1]),
             "bundle": str(bundle_path),
             "layer": record.layer,
             "layer_path": handle.layer_path,
