@@ -179,10 +179,16 @@ def check_compatibility(
         logger.info("[MODEL_ID_MISMATCH] %s", message)
         warnings.warn(f"[MODEL_ID_MISMATCH] {message}", BindingNote, stacklevel=3)
     elif not same_model_id(binding.id, mid):
+        unrecorded = not binding.type or binding.num_layers is None
         _mismatch(
             f"the bundle is bound to model {binding.id!r} but the model was loaded from {mid!r}",
             "MODEL_ID_MISMATCH",
             "use the bundle with the model it was fitted on, or pass "
-            "strict_model_match=False to only warn",
+            "strict_model_match=False to only warn"
+            + (
+                "; a local copy is recognised by its config when the bundle records the model "
+                "type and layer count (asa-convert --model-type ... --num-layers ...)"
+                if unrecorded else ""
+            ),
             strict_model_match,
         )
