@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from asa_format import constants as C
-from asa_format import load_bundle, save_bundle, writer
+from asa_format import destination, load_bundle, save_bundle, writer
 from asa_format.converters.cli import convert_command
 from asa_format.converters.convert import convert_legacy
 from asa_format.errors import AsaError, DecisionError
@@ -60,11 +60,11 @@ def test_writer_cannot_create_temporary_directory(tmp_path: Path, monkeypatch: p
     def refuse(*args: Any, **kwargs: Any) -> str:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(writer.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(destination.os, "mkdir", refuse)  # the temporary directory
     with pytest.raises(AsaError) as info:
         save_bundle(make_test_contents(), tmp_path / "out")
     assert info.value.code == "IO_ERROR" and "Permission denied" in str(info.value)
-    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # nor its owner file
 
 
 def test_converter_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
