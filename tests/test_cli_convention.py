@@ -197,3 +197,16 @@ def test_cli_hints_name_flags_not_keywords(tmp_path: Path, keys: tuple[Path, Pat
     result = asa("verify", str(bundle), "--public-key", str(keys[1]))
     assert result.returncode == 1
     assert "--signature" in result.stdout and "signature_path" not in result.stdout
+
+
+# ---------------------------------------------------------------- pre-commit
+
+
+def test_pre_commit_hook_runs_asa_validate(tmp_path: Path) -> None:
+    text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    assert "- id: asa-validate" in text and "pass_filenames: false" in text
+    entry = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("entry:"))
+    assert entry == "asa validate"
+    # pre-commit runs `entry` followed by the hook's args: the bundle directories
+    assert asa(*entry.split()[1:], str(GOOD)).returncode == 0
+    assert asa(*entry.split()[1:], str(GOOD), str(BAD)).returncode == 1
