@@ -19,7 +19,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import BundleError, DecisionError, DigestMismatchError, UsageError
+from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
 from asa_format.fastpath import FastPlan, build_plan, check_inputs
 from asa_format.manifest import Manifest
 from asa_format.reader import read_bundle_dir
@@ -321,13 +321,18 @@ def load_bundle(
     if result.problems:
         raise BundleError.from_problems(result.problems)
     if trusted_keys is not None:
+        from asa_format.hints import python_error
         from asa_format.signing import verify_bundle_signature
 
         # checked against the digests of the bytes this loader read, hashed and
         # parsed (the reader refused unlisted files), never a second read
-        verify_bundle_signature(
-            Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
-        )
+        try:
+            verify_bundle_signature(
+                Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
+            )
+        except AsaError as exc:  # hints name keywords here (trusted_keys=), not the CLI's flags
+            python_error(exc)
+            raise
     from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None

@@ -126,6 +126,11 @@ ErrorCode = Literal[
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
     "BLOCK_OUTPUT_LAYOUT",
+    "EXTRA_MISSING",
+    "INTERRUPTED",
+    "SIGNATURE_EXISTS",
+    "DESTINATION_NOT_BUNDLE",
+    "DESTINATION_IS_SOURCE",
 ]
 
 
@@ -134,6 +139,8 @@ ErrorCode = Literal[
 CODES: dict[ErrorCode, str] = {
     # generic
     "USAGE": "command-line usage error",
+    "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert] or [runtime]) that is not installed",
+    "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
@@ -197,6 +204,7 @@ CODES: dict[ErrorCode, str] = {
     "SIGNATURE_KEY_INVALID": (
         "a signing or verification key cannot be read or is not a supported ECDSA key"
     ),
+    "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -210,6 +218,8 @@ CODES: dict[ErrorCode, str] = {
     "NPZ_INVALID": "steering_vectors.npz is malformed or uses object arrays",
     "INPUT_SHAPE": "pipeline objects have inconsistent shapes",
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
+    "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
+    "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
@@ -339,7 +349,15 @@ class AsaError(Exception):
 class UsageError(AsaError):
     """The caller asked for something impossible (bad option, existing destination)."""
 
-    codes = _codes("USAGE", "DESTINATION_EXISTS")
+    codes = _codes(
+        "USAGE",
+        "DESTINATION_EXISTS",
+        "DESTINATION_NOT_BUNDLE",
+        "DESTINATION_IS_SOURCE",
+        "SIGNATURE_EXISTS",
+        "EXTRA_MISSING",
+        "INTERRUPTED",
+    )
     default_code = "USAGE"
 
 

@@ -32,11 +32,11 @@ from asa_format.converters.parity import (
 )
 from asa_format.converters.semantics import estimators_use_float32, legacy_decide
 from asa_format.digest import root_digest
-from asa_format.errors import ParityError
+from asa_format.errors import ParityError, UsageError
 from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
+from asa_format.writer import BundleContents, check_destination, save_bundle
 
-__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "convert_legacy", "sample_hidden_states"]
+__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "check_not_source", "convert_legacy", "sample_hidden_states"]
 
 
 @dataclass
@@ -126,6 +126,20 @@ def assets_to_contents(
     )
 
 
+def check_not_source(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    """Refuse a destination that is the source directory or one of its parents."""
+    src = Path(source).resolve()
+    dst = Path(destination).resolve()
+    if dst == src or dst in src.parents:
+        what = "is the source directory" if dst == src else f"contains the source directory {str(source)!r}"
+        raise UsageError(
+            f"destination {str(destination)!r} {what}; writing there would replace the legacy inputs",
+            code="DESTINATION_IS_SOURCE",
+            file=str(destination),
+            hint="write the bundle to a new directory outside the source, e.g. SOURCE-bundle",
+        )
+
+
 def convert_legacy(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -140,8 +154,12 @@ def convert_legacy(
     """Convert the legacy bundle at ``source`` into a bundle at ``destination``.
 
     Raises an AsaError (nothing written at ``destination``) if the source is
-    refused, the export fails, or the parity self-check fails.
+    refused, the export fails, or the parity self-check fails. ``force``
+    replaces an existing asa bundle only: never another directory, the
+    source itself or a directory that contains it.
     """
+    check_not_source(source, destination)
+    check_destination(destination, force=force)  # before reading: refuse early, nothing read
     assets = read_legacy_bundle(source)
     contents = assets_to_contents(assets, model_id=model_id, model_type=model_type, num_layers=num_layers)
     hidden = sample_hidden_states(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)

@@ -78,7 +78,7 @@ def run_cli(*args: str) -> Any:
 
 def json_codes(output: str) -> list[str]:
     doc = json.loads(output)
-    return [e["code"] for b in doc["bundles"] for e in b["errors"]]
+    return [e["code"] for b in doc["results"] for e in b["problems"]]
 
 
 def bounded(fn: Callable[[], Any], seconds: float = 120.0) -> Any:
@@ -120,8 +120,8 @@ def check_refused(
     assert info.value.code == code  # this reader's check order
     text = bounded(lambda: run_cli("validate", str(bundle)))
     assert text.exit_code == 1
-    assert text.stderr.startswith(f"FAIL  {bundle}  (")
-    assert f"  {code:<28} " in text.stderr
+    assert text.stdout.startswith(f"FAIL  {bundle}  (")
+    assert f"  {code:<28} " in text.stdout
     if stage == make_cases.STATIC:
         assert sessions == [], "an onnxruntime session was created for a statically invalid bundle"
     else:  # the problem is only visible once the graphs run: the case must get that far
@@ -176,8 +176,8 @@ def test_valid_case(name: str, sessions: list[Any]) -> None:
     result = run_cli("validate", "--json", str(bundle))
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["valid"] is True
-    assert [w["code"] for w in doc["bundles"][0]["warnings"]] == exp["warnings"]
+    assert doc["ok"] is True
+    assert [w["code"] for w in doc["results"][0]["warnings"]] == exp["warnings"]
     loaded = load_bundle(bundle)
     assert loaded.decide(np.ones((3, loaded.hidden_size), np.float32)).gate.shape == (3,)
     assert sessions, "the session recorder saw no session: the static-case assertion would be vacuous"
@@ -210,9 +210,9 @@ def test_all_cases_in_one_subprocess() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["summary"] == {"checked": len(paths), "valid": 0, "invalid": len(paths)}
-    for name, report in zip(INVALID, doc["bundles"], strict=True):
-        assert _expected("invalid", name)["code"] in [e["code"] for e in report["errors"]], name
+    assert doc["summary"] == {"checked": len(paths), "ok": 0, "failed": len(paths)}
+    for name, report in zip(INVALID, doc["results"], strict=True):
+        assert _expected("invalid", name)["code"] in [e["code"] for e in report["problems"]], name
 
 
 # --------------------------------------------------------------------------
@@ -221,27 +221,28 @@ def test_all_cases_in_one_subprocess() -> None:
 REPORT_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["asa_format_version", "valid", "summary", "bundles"],
+    "required": ["asa_format_version", "command", "ok", "summary", "results"],
     "properties": {
         "asa_format_version": {"type": "string"},
-        "valid": {"type": "boolean"},
+        "command": {"const": "validate"},
+        "ok": {"type": "boolean"},
         "summary": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["checked", "valid", "invalid"],
-            "properties": {k: {"type": "integer", "minimum": 0} for k in ("checked", "valid", "invalid")},
+            "required": ["checked", "ok", "failed"],
+            "properties": {k: {"type": "integer", "minimum": 0} for k in ("checked", "ok", "failed")},
         },
-        "bundles": {
+        "results": {
             "type": "array",
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["path", "valid", "digest", "errors", "warnings"],
+                "required": ["path", "ok", "digest", "problems", "warnings"],
                 "properties": {
                     "path": {"type": "string"},
-                    "valid": {"type": "boolean"},
+                    "ok": {"type": "boolean"},
                     "digest": {"oneOf": [{"type": "null"}, {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}]},
-                    "errors": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
+                    "problems": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
                     "warnings": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
                 },
             },
@@ -275,14 +276,14 @@ def test_json_report_schema() -> None:
     assert result.stderr == ""
     doc = json.loads(result.stdout)
     jsonschema.validate(doc, REPORT_SCHEMA)
-    assert doc["valid"] is False
-    assert doc["summary"] == {"checked": 4, "valid": 2, "invalid": 2}
-    assert [b["valid"] for b in doc["bundles"]] == [True, True, False, False]
-    assert [b["path"] for b in doc["bundles"]] == list(map(str, paths))
-    assert doc["bundles"][0]["digest"] == "sha256:" + hashlib.sha256((paths[0] / C.MANIFEST_FILE).read_bytes()).hexdigest()
-    assert doc["bundles"][3]["digest"] is None
-    assert doc["bundles"][2]["errors"][0]["file"] == C.ROUTER_FILE
-    assert doc["bundles"][1]["warnings"] and not doc["bundles"][1]["errors"]
+    assert doc["ok"] is False
+    assert doc["summary"] == {"checked": 4, "ok": 2, "failed": 2}
+    assert [b["ok"] for b in doc["results"]] == [True, True, False, False]
+    assert [b["path"] for b in doc["results"]] == list(map(str, paths))
+    assert doc["results"][0]["digest"] == "sha256:" + hashlib.sha256((paths[0] / C.MANIFEST_FILE).read_bytes()).hexdigest()
+    assert doc["results"][3]["digest"] is None
+    assert doc["results"][2]["problems"][0]["file"] == C.ROUTER_FILE
+    assert doc["results"][1]["warnings"] and not doc["results"][1]["problems"]
 
 
 def test_text_report_lines() -> None:
@@ -298,8 +299,8 @@ def test_text_report_lines() -> None:
 
     fail = run_cli("validate", str(bad))
     assert fail.exit_code == 1
-    assert fail.stdout == ""
-    lines = fail.stderr.splitlines()
+    assert fail.stderr == ""  # the report, failures included, goes to stdout
+    lines = fail.stdout.splitlines()
     assert lines[0] == f"FAIL  {bad}  (1 problem)"
     assert lines[1].startswith(f"  {'FILE_HASH_MISMATCH':<28} router.onnx: has sha256 ")
     listed = json.loads((bad / C.MANIFEST_FILE).read_text())["files"]["router.onnx"]["sha256"]
@@ -310,14 +311,14 @@ def test_text_report_lines() -> None:
     warn = run_cli("validate", str(newer))
     assert warn.exit_code == 0
     assert warn.stdout.startswith(f"ok    {newer}  (")
-    warning_lines = warn.stderr.splitlines()
+    warning_lines = warn.stdout.splitlines()[1:]
     assert len(warning_lines) == 2
     assert all(w.startswith("      warning: [MANIFEST_SCHEMA] manifest.json: $") for w in warning_lines)
     assert any("x_future_member" in w for w in warning_lines)
 
     both = run_cli("validate", str(good), str(bad))
     assert both.exit_code == 1
-    assert both.stderr.splitlines()[-1] == "1 of 2 bundles valid"
+    assert both.stdout.splitlines()[-1] == "1 of 2 bundles valid"
 
 
 # --------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_existing_destination_needs_force(tmp_path: Path) -> None:
     convert_legacy(case, tmp_path / "b", samples=64)
     before = _sha(tmp_path / "b")
     result = _cli(str(case), str(tmp_path / "b"))
-    assert result.returncode == 1 and "DESTINATION_EXISTS" in result.stderr and "--force" in result.stderr
+    assert result.returncode == 1 and "DESTINATION_EXISTS" in result.stdout and "--force" in result.stdout
     assert _sha(tmp_path / "b") == before
     result = _cli(str(LEGACY[1]), str(tmp_path / "b"), "--force", "--samples", "64")
     assert result.returncode == 0, result.stderr
@@ -172,8 +172,8 @@ def test_cli_report_and_json(tmp_path: Path) -> None:
     ) in text.stdout
     assert "digest       sha256:" in text.stdout and "files        " in text.stdout
     js = _cli(str(case), str(tmp_path / "b"), "--samples", "256", "--json")
-    doc = json.loads(js.stdout)
-    assert doc["parity"]["ok"] is True and doc["parity"]["max_probability_difference"] < 1e-9
+    doc = json.loads(js.stdout)["results"][0]
+    assert doc["ok"] is True and doc["parity"]["ok"] is True and doc["parity"]["max_probability_difference"] < 1e-9
     assert doc["files"].keys() >= {"manifest.json", "vectors.safetensors", "scaler.onnx", "router.onnx"}
     # `asa convert` is the same command
     same = subprocess.run([sys.executable, "-m", "asa_format.cli", "convert", str(case), str(tmp_path / "c"), "--samples", "256"], capture_output=True, text=True)
@@ -185,7 +185,7 @@ def test_missing_source_file(tmp_path: Path) -> None:
     (src / "router.pkl").unlink()
     result = _cli(str(src), str(tmp_path / "out"))
     assert result.returncode == 1
-    assert "LEGACY_MISSING_FILE" in result.stderr and "router.pkl" in result.stderr
+    assert "LEGACY_MISSING_FILE" in result.stdout and "router.pkl" in result.stdout
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
@@ -202,7 +202,7 @@ def test_hostile_pickle_is_refused_by_the_cli(gadget: Path, target: str, tmp_pat
     work.mkdir()
     result = _cli(str(src), str(tmp_path / "out"), cwd=work)
     assert result.returncode == 1
-    assert expected["code"] in result.stderr and target in result.stderr and "offset" in result.stderr
+    assert expected["code"] in result.stdout and target in result.stdout and "offset" in result.stdout
     assert "Traceback" not in result.stderr
     assert list(work.iterdir()) == [], "a gadget ran"
     assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from asa_format import save_bundle, writer
+from asa_format import destination, save_bundle, writer
 from asa_format.errors import AsaError
 from asa_format.testing import make_test_contents
 
@@ -43,11 +43,11 @@ def test_writer_cannot_create_temporary_directory(tmp_path: Path, monkeypatch: p
     def refuse(*args: Any, **kwargs: Any) -> str:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(writer.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(destination.os, "mkdir", refuse)  # the temporary directory
     with pytest.raises(AsaError) as info:
         save_bundle(make_test_contents(), tmp_path / "out")
     assert info.value.code == "IO_ERROR" and "Permission denied" in str(info.value)
-    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # nor its owner file
 
 
 def test_replacing_with_force_keeps_old_bundle_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -576,7 +576,9 @@ def test_cli_sign_and_verify(bundle: Path, keys: dict[str, tuple[Path, Path]]) -
 
     ok = runner.invoke(verify_command, [str(bundle), "--public-key", str(public), "--json"])
     assert ok.exit_code == 0, ok.output
-    report = json.loads(ok.stdout)
+    envelope = json.loads(ok.stdout)
+    assert envelope["ok"] is True and envelope["command"] == "verify"
+    report = envelope["results"][0]
     assert report["ok"] is True
     assert report["root_digest"] == root_digest_of_dir(bundle)
     assert [f["name"] for f in report["files"]] == sorted(
@@ -588,14 +590,13 @@ def test_cli_sign_and_verify(bundle: Path, keys: dict[str, tuple[Path, Path]]) -
     assert bad.exit_code == 1
     failure = json.loads(bad.stdout)
     assert failure["ok"] is False
-    assert failure["code"] == "SIGNATURE_FILE_MODIFIED"
-    assert failure["problems"][0]["file"] == C.VECTORS_FILE
-    assert "SIGNATURE_FILE_MODIFIED" in bad.stderr
+    assert failure["results"][0]["problems"][0]["code"] == "SIGNATURE_FILE_MODIFIED"
+    assert failure["results"][0]["problems"][0]["file"] == C.VECTORS_FILE
 
     human = runner.invoke(verify_command, [str(bundle), "--public-key", str(public)])
     assert human.exit_code == 1
-    assert human.stdout == ""
-    assert "[SIGNATURE_FILE_MODIFIED] vectors.safetensors" in human.stderr
+    assert human.stderr == ""  # the report, failures included, is on stdout
+    assert "SIGNATURE_FILE_MODIFIED" in human.stdout and "vectors.safetensors:" in human.stdout
 
 
 def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
@@ -618,7 +619,7 @@ def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
         verify_command, [str(bundle.parent / "nope"), "--public-key", str(keys["alice"][1])]
     )
     assert missing.exit_code == 1
-    assert "BUNDLE_NOT_FOUND" in missing.stderr
+    assert "BUNDLE_NOT_FOUND" in missing.stdout
 
 
 def test_cli_untrusted_key_exit_code(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
@@ -627,7 +628,7 @@ def test_cli_untrusted_key_exit_code(bundle: Path, keys: dict[str, tuple[Path, P
         verify_command, [str(bundle), "--public-key", str(keys["mallory"][1])]
     )
     assert result.exit_code == 1
-    assert "SIGNATURE_UNTRUSTED_KEY" in result.stderr
+    assert "SIGNATURE_UNTRUSTED_KEY" in result.stdout
 
 
 def test_signing_module_imports_no_heavy_dependency() -> None:
