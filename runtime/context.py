@@ -43,14 +43,18 @@ class GenerationState:
     positions: list[int]  # per row: the position whose hidden state was decided on
     entries: list[str | None]  # per row: the bundle steering it, or None
     policies: list[str | None]  # per row: that bundle's policy
-    gates: list[int]
+    gates: list[int]  # filled when the prefill is committed
+    gate_t: torch.Tensor | None = None  # int8 [B] on the device: the same gates, for the hooks
     # block index -> [B, H] float32 deltas (zero rows where nothing is added)
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     # (block, device, dtype) -> the deltas cast for that block's output
     cast: dict[tuple[int, str, torch.dtype], torch.Tensor] = field(default_factory=dict)
 
-    def steers_anything(self) -> bool:
-        return any(g != 0 for g in self.gates)
+    def gated(self, device: torch.device) -> torch.Tensor:
+        """Bool ``[B]`` on ``device``: rows whose gate is not 0."""
+        if self.gate_t is None:
+            return torch.tensor([g != 0 for g in self.gates], dtype=torch.bool, device=device)
+        return (self.gate_t != 0).to(device)
 
     def delta(self, block: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         base = self.deltas.get(block)
@@ -74,6 +78,7 @@ class GenerationState:
             entries=[self.entries[r] for r in rows],
             policies=[self.policies[r] for r in rows],
             gates=[self.gates[r] for r in rows],
+            gate_t=None if self.gate_t is None else self.gate_t[index.to(self.gate_t.device)],
             deltas={b: d[index.to(d.device)] for b, d in self.deltas.items()},
         )
 
@@ -87,7 +92,8 @@ class CallContext:
     state: GenerationState | None = None  # the state of the call's cache, if known
     info: PassInfo | None = None  # set by the first steered block the call reaches
     new_state: GenerationState | None = None  # decided by this (prefill) call
-    pending_record: Any = None  # its record, committed when the call succeeds
+    pending_record: Any = None  # its per-row decisions, committed when the call succeeds
+    pending_device: list[Any] = field(default_factory=list)  # device decisions not yet copied
     passes: list[Any] = field(default_factory=list)  # trace entries (self-test)
 
 

@@ -219,6 +219,16 @@ def _load(bundle_or_path: Any, expected_digest: str | None, trusted_keys: Any) -
     return result
 
 
+def _decider(bundle: BundleLike) -> Any:
+    """The bundle's proven torch decision, or None (duck-typed bundles decide themselves)."""
+    from asa_format.bundle import Bundle
+    from asa_format.runtime.torch_decide import TorchDecider
+
+    if type(bundle) is not Bundle:  # a wrapper may override decide(): respect it
+        return None
+    return TorchDecider.for_bundle(bundle)
+
+
 def _forward_signature(model: nn.Module) -> inspect.Signature | None:
     try:
         return inspect.signature(model.forward)
@@ -242,6 +252,7 @@ def attach(
     max_records: int = 1024,
     on_unclassified: str = "warn",
     self_test: bool = False,
+    device_decisions: bool = True,
 ) -> SteeringHandle:
     """Attach a bundle (or several) to ``model`` (any transformers causal LM).
 
@@ -253,6 +264,10 @@ def attach(
     ``policy`` and ``alpha`` override the bundles' values. A forward pass
     that cannot be classified is not steered and a warning says why;
     ``on_unclassified="raise"`` makes it a :class:`DecisionError`.
+    ``device_decisions`` (default) decides with the bundle's graphs evaluated in
+    torch on the hidden states' device when that evaluation is proven equal to
+    onnxruntime on load (:mod:`asa_format.runtime.torch_decide`); otherwise, or
+    when False, ``bundle.decide`` decides on the host.
     ``self_test=True`` runs a short generation through the real hooks and
     checks the steered passes, positions and decisions before returning
     (:mod:`asa_format.runtime.selftest`); on a mismatch the hooks are removed
@@ -308,6 +323,7 @@ def attach(
             policy=steering.policy if policy is None else policy,
             alpha=float(steering.alpha if alpha is None else alpha),
             hidden_size=int(bundle.manifest.model.hidden_size),
+            decider=_decider(bundle) if device_decisions else None,
         )
         if entries[name].policy not in C.POLICIES:
             raise UsageError(f"bundle {name!r} has an unknown policy {entries[name].policy!r}")

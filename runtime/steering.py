@@ -89,6 +89,9 @@ class Entry:
     policy: str
     alpha: float
     hidden_size: int
+    # The bundle's decision in torch on the hidden state's device (asa_format.runtime.torch_decide),
+    # when it was proven equal to onnxruntime on load; None: bundle.decide on the host.
+    decider: Any = None
     _vectors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -337,9 +340,11 @@ class Steerer:
         where = self._where(ctx, state, info, batch, query, hidden.device)
         delta = state.delta(index, hidden.device, hidden.dtype)
         self._record(ctx, index, info, where, state)
-        if delta is None or not bool(where.any()):
+        if delta is None:
             return None
-        return rebuild(torch.where(where.unsqueeze(-1), hidden + delta[:, None, :], hidden))
+        gated = state.gated(hidden.device)  # a row whose gate is 0 stays bit-identical
+        add = where & gated[:, None]
+        return rebuild(torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden))
 
     def _prefill_state(
         self, ctx: CallContext, index: int, hidden: torch.Tensor, info: PassInfo,
@@ -366,14 +371,20 @@ class Steerer:
             idx = [i for i, name in enumerate(state.entries) if name == entry.name]
             if not idx:
                 continue
+            index_t = torch.tensor(idx, device=hidden.device)
             pos = torch.tensor([state.positions[i] for i in idx], device=hidden.device)
-            rows_t = hidden.detach()[torch.tensor(idx, device=hidden.device), pos]
-            decisions = _decide(entry, rows_t.to(torch.float32).cpu().numpy())
+            rows_t = hidden.detach()[index_t, pos]
             delta = state.deltas.get(index)
             if delta is None:
                 delta = torch.zeros((batch, entry.hidden_size), dtype=torch.float32,
                                     device=hidden.device)
                 state.deltas[index] = delta
+            if state.gate_t is None or state.gate_t.device != hidden.device:
+                state.gate_t = torch.zeros(batch, dtype=torch.int8, device=hidden.device)
+            if entry.decider is not None:
+                self._decide_on_device(ctx, entry, idx, index_t, rows_t, delta, state)
+                continue
+            decisions = _decide(entry, rows_t.to(torch.float32).cpu().numpy())
             for i, decision in zip(idx, decisions, strict=True):
                 gate = int(decision.gate)
                 state.gates[i] = gate
@@ -381,7 +392,39 @@ class Steerer:
                 if gate != 0:
                     scale = float(np.float32(gate * entry.alpha))
                     delta[i] = entry.vector(str(decision.domain), hidden.device) * scale
+            state.gate_t[index_t] = torch.tensor(
+                [state.gates[i] for i in idx], dtype=torch.int8, device=hidden.device
+            )
         return state
+
+    def _decide_on_device(
+        self, ctx: CallContext, entry: Entry, idx: list[int], index_t: torch.Tensor,
+        rows_t: torch.Tensor, delta: torch.Tensor, state: GenerationState,
+    ) -> None:
+        """Decide with the bundle's torch evaluation where the hidden states live.
+
+        Identical rows are decided once; the deltas are gathered from a
+        ``[domain, gate]`` table, all on the device: no host copy and no
+        synchronisation. The records are copied to the host when the call
+        is committed (:meth:`make_record`).
+        """
+        unique, inverse = torch.unique(rows_t, dim=0, return_inverse=True)
+        try:
+            got = entry.decider.decide(unique)
+        except AsaError:
+            raise
+        except Exception as exc:
+            raise DecisionError(
+                f"the bundle's decision failed with {type(exc).__name__}: {exc}",
+                code="DECISION_FAILED",
+            ) from exc
+        domain = got.domain_index[inverse]
+        gate = got.gate[inverse].to(torch.int64)
+        table = entry.decider.delta_table(torch.float32, rows_t.device, alpha=entry.alpha)
+        delta[index_t] = table[domain, gate + 1]
+        assert state.gate_t is not None
+        state.gate_t[index_t] = gate.to(torch.int8)
+        ctx.pending_device.append((entry, idx, got, inverse))
 
     def _where(
         self, ctx: CallContext, state: GenerationState, info: PassInfo, batch: int, query: int,
@@ -417,12 +460,18 @@ class Steerer:
         self.trace.append({
             "block": index, "kind": info.kind.value, "query": info.query, "reason": info.reason,
             "where": None if where is None else where.detach().cpu().clone(),
-            "gates": None if state is None else list(state.gates),
+            "gates": None if state is None or state.gate_t is None else state.gate_t.tolist(),
         })
 
     def make_record(self, ctx: CallContext) -> GenerationRecord:
         state = ctx.new_state
         assert state is not None
+        for entry, idx, got, inverse in ctx.pending_device:  # one copy to the host, now
+            rows = got.to_numpy_records(entry.bundle.domains)
+            for i, k in zip(idx, inverse.tolist(), strict=True):
+                ctx.pending_record[i] = rows[int(k)]
+                state.gates[i] = int(rows[int(k)].gate)
+        ctx.pending_device.clear()
         record_id = self.log.next_id()
         state.record_id = record_id
         names = [n for n in state.entries if n is not None]

@@ -169,3 +169,26 @@ def test_bad_selection_is_refused(model: Any, bundles: dict[str, Any]) -> None:
                 model(input_ids=ids, attention_mask=mask)
     with pytest.raises(UsageError):
         attach(model, bundles["up"], bundles=bundles)
+
+
+def test_device_decisions_are_chosen_on_load_and_equal_host_ones(
+    model: Any, bundles: dict[str, Any]
+) -> None:
+    """The torch evaluation is used when proven on load; it steers exactly as bundle.decide."""
+    ids, mask = token_batch(PROMPTS, side="left")
+    outputs = {}
+    for device_decisions in (True, False):
+        with attach(model, bundles=bundles, device_decisions=device_decisions) as handle:
+            deciders = {n: e.decider for n, e in handle._steerer.entries.items()}
+            assert all((d is not None) == device_decisions for d in deciders.values())
+            with handle.select(SELECTION):
+                tokens, logits = _generate(model, ids, mask)
+            outputs[device_decisions] = (tokens, logits, handle.last)
+    on, off = outputs[True], outputs[False]
+    assert torch.equal(on[0], off[0]) and torch.equal(on[1], off[1])
+    assert on[2] is not None and off[2] is not None
+    assert on[2].gates == off[2].gates and on[2].domains == off[2].domains
+    np.testing.assert_allclose(
+        [p for p in on[2].probabilities if p == p], [p for p in off[2].probabilities if p == p],
+        rtol=0, atol=1e-12,
+    )
