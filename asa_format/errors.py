@@ -45,6 +45,8 @@ __all__ = [
 # CATEGORIES entry of the class that raises it, and in the spec's table.
 ErrorCode = Literal[
     "USAGE",
+    "EXTRA_MISSING",
+    "INTERRUPTED",
     "IO_ERROR",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
@@ -100,6 +102,7 @@ ErrorCode = Literal[
     "SIGNATURE_FILE_MISSING",
     "SIGNATURE_FORMAT",
     "SIGNATURE_KEY_INVALID",
+    "SIGNATURE_EXISTS",
     "LEGACY_MISSING_FILE",
     "LEGACY_CONFIG",
     "LEGACY_CONTENT",
@@ -112,6 +115,8 @@ ErrorCode = Literal[
     "NPZ_INVALID",
     "INPUT_SHAPE",
     "DESTINATION_EXISTS",
+    "DESTINATION_NOT_BUNDLE",
+    "DESTINATION_IS_SOURCE",
     "PARITY_FAILED",
     "EXPORT_FAILED",
     "LAYERS_NOT_FOUND",
@@ -126,11 +131,6 @@ ErrorCode = Literal[
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
     "BLOCK_OUTPUT_LAYOUT",
-    "EXTRA_MISSING",
-    "INTERRUPTED",
-    "SIGNATURE_EXISTS",
-    "DESTINATION_NOT_BUNDLE",
-    "DESTINATION_IS_SOURCE",
 ]
 
 

@@ -73,5 +73,8 @@ def test_the_set_up_commands_asa_part_runs(tmp_path: Path) -> None:
     assert len(parts) == 3
     result = _run("bash", " && ".join(parts), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "parity       4096 samples: domain agreement 100.00%, gate agreement 100.00%" in result.stdout
+    assert (
+        "parity       4096 samples against the legacy estimators' own float64 arithmetic: "
+        "domain agreement 100.00%, gate agreement 100.00%"
+    ) in result.stdout
     assert "digest       sha256:" in result.stdout
