@@ -52,6 +52,9 @@ MAX_FILES = MAX_DOMAINS + 8
 MAX_SIGNATURE_BYTES = 4 << 20  # model.sig: a statement over MAX_FILES files is far smaller
 
 # ONNX profile --------------------------------------------------------------------
+# ONNX profile (spec section 6.1): versioned on its own; a profile minor version may
+# only raise the maxima below, and a format minor version may adopt it.
+ONNX_PROFILE_VERSION = "1.0"
 ONNX_IR_VERSION_MIN = 7
 ONNX_IR_VERSION_MAX = 11
 ONNX_OPSET_RANGES = {"": (9, 23), "ai.onnx.ml": (1, 5)}

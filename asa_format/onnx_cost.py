@@ -29,6 +29,7 @@ from math import prod
 from typing import Any
 
 from asa_format import constants as C
+from asa_format.errors import ErrorCode
 from asa_format.onnx_shapes import (
     CLASSIFIERS,
     FLOAT_TYPES,
@@ -171,7 +172,7 @@ def check_cost(
     row_local: tuple[str, ...] = (),
     hidden_size: int,
     n_classes: int,
-    width_code: str = "ONNX_IO",
+    width_code: ErrorCode = "ONNX_IO",
 ) -> None:
     """Raise :class:`CostError` unless the graph's shapes are static and its cost is in budget.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import ErrorCode, Problem
 from asa_format.onnx_cost import CostError, check_cost
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
@@ -45,7 +45,7 @@ INT64 = 7
 DOUBLE = 11
 _TYPE_NAMES = {FLOAT: "float32", INT64: "int64", DOUBLE: "float64"}
 
-COST_HINTS = {
+COST_HINTS: dict[ErrorCode, str] = {
     "ONNX_COST": "a scaler, a linear router or probe, or a small tree ensemble fits the budget (see the spec's section 6.7)",
     "ONNX_SHAPE": "every value's shape must follow from the input [N, hidden] alone (constant reshape targets, no broadcast against N)",
     "ONNX_IO": "the graph must compute one output row per input row, of the role's width",
@@ -53,7 +53,7 @@ COST_HINTS = {
     "DOMAIN_MISMATCH": "the graph must have one probability column per class (domains for the router, 2 for a probe)",
 }
 
-Report = Callable[[str, str, str], None]  # (code, message, hint)
+Report = Callable[[ErrorCode, str, str], None]  # (code, message, hint)
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def check_onnx(
 
     problems: list[Problem] = []
 
-    def bad(code: str, message: str, hint: str) -> None:
+    def bad(code: ErrorCode, message: str, hint: str) -> None:
         problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) > C.MAX_ONNX_BYTES:

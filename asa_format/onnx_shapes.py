@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from math import prod
 from typing import Any, Protocol
 
+from asa_format.errors import ErrorCode
+
 __all__ = [
     "CLASSIFIERS",
     "FLOAT_TYPES",
@@ -36,9 +38,9 @@ _INT64_MAX = (1 << 63) - 1
 class CostError(Exception):
     """The graph exceeds a bound (code ONNX_COST) or cannot be bounded (ONNX_SHAPE)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import ErrorCode, Problem
 from asa_format.manifest import Manifest, parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
@@ -54,7 +54,7 @@ class ReadResult:
         return not self.problems
 
 
-def _p(code: str, message: str, hint: str, file: str | None = None) -> Problem:
+def _p(code: ErrorCode, message: str, hint: str, file: str | None = None) -> Problem:
     return Problem(code=code, message=message, file=file, hint=hint)
 
 
@@ -211,7 +211,12 @@ def read_bundle_dir(
                 entries.append(entry)
                 if len(entries) > C.MAX_FILES + 2:
                     problems.append(
-                        _p("FILE_UNLISTED", f"the bundle directory holds more than {C.MAX_FILES + 2} entries", "a bundle holds its manifest, its listed files and an optional signature")
+                        _p(
+                            "FILE_UNLISTED",
+                            f"the bundle directory holds more than {C.MAX_FILES + 2} entries",
+                            "a bundle holds its manifest, its listed files "
+                            "and an optional signature",
+                        )
                     )
                     return result
         entries.sort(key=lambda e: e.name)
@@ -332,15 +337,29 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
             outputs = session.run(None, feed)
         except Exception as exc:
             result.problems.append(
-                _p("ONNX_SESSION", f"evaluating the graph on a [2, {hidden}] input failed: {str(exc).splitlines()[0][:300]}", "the graph's weights must match the manifest's hidden size", name)
+                _p(
+                    "ONNX_SESSION",
+                    f"evaluating the graph on a [2, {hidden}] input "
+                    f"failed: {str(exc).splitlines()[0][:300]}",
+                    "the graph's weights must match the manifest's hidden size",
+                    name,
+                )
             )
             continue
         expected = [(2, hidden)] if name == C.SCALER_FILE else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
         shapes = [tuple(o.shape) for o in outputs]
         if shapes != expected:
-            code = "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
+            code: ErrorCode = (
+                "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
+            )
             result.problems.append(
-                _p(code, f"on a [2, {hidden}] input the graph returns shapes {shapes}, expected {expected}", "the graph must match the manifest's hidden size and domains", name)
+                _p(
+                    code,
+                    f"on a [2, {hidden}] input the graph returns shapes {shapes}, "
+                    f"expected {expected}",
+                    "the graph must match the manifest's hidden size and domains",
+                    name,
+                )
             )
             continue
         if keep:

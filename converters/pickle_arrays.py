@@ -24,7 +24,7 @@ from asa_format.converters.pickle_allowlist import (
     MAX_UNICODE_ITEMSIZE,
     GlobalRef,
 )
-from asa_format.errors import UnsafePickleError
+from asa_format.errors import ErrorCode, UnsafePickleError
 
 __all__ = ["ArrayBuilders", "ArrayStandIn", "DtypeStandIn", "OpcodeErrors"]
 
@@ -56,7 +56,7 @@ class OpcodeErrors:
     filename: str
     op_offset: int
 
-    def fail(self, code: str, what: str, offset: int | None = None) -> UnsafePickleError:
+    def fail(self, code: ErrorCode, what: str, offset: int | None = None) -> UnsafePickleError:
         off = self.op_offset if offset is None else offset
         return UnsafePickleError(
             f"{what} at byte offset {off}",

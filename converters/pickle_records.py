@@ -42,7 +42,8 @@ def _float_vector(value: Any, filename: str, what: str, key: str, ndim: int) -> 
         raise _content_error(
             filename, what, f"{key} must be a {ndim}-D float array, found {_short(value)}"
         )
-    array = value.astype(np.float64)
+    # float32 stays float32: scikit-learn >= 1.8 computes with float32 estimators in float32.
+    array = value.astype(np.float32 if value.dtype == np.float32 else np.float64)
     if not np.all(np.isfinite(array)):
         raise _content_error(filename, what, f"{key} contains NaN or infinity")
     return array

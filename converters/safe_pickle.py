@@ -32,8 +32,6 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from asa_format.converters.pickle_allowlist import (
     ALLOWED_GLOBALS,
     ESTIMATOR_STATE_KEYS,
@@ -46,7 +44,6 @@ from asa_format.converters.pickle_allowlist import (
     MAX_ARRAY_ELEMENTS,
     MAX_DICT_ITEMS,
     MAX_MEMO_ENTRIES,
-    MAX_NESTING,
     MAX_PICKLE_BYTES,
     MAX_STACK_DEPTH,
     EstimatorState,
@@ -54,6 +51,7 @@ from asa_format.converters.pickle_allowlist import (
 )
 from asa_format.converters.pickle_arrays import ArrayBuilders, ArrayStandIn, DtypeStandIn
 from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
+from asa_format.converters.pickle_resolve import Resolver
 from asa_format.errors import UnsafePickleError
 
 __all__ = [
@@ -176,7 +174,7 @@ class _Reader(ArrayBuilders):
         if self.metastack or len(self.stack) != 1:
             raise self.malformed("STOP with an unbalanced stack")
         result = self.stack.pop()
-        return _Resolver(self).resolve(result, 0)
+        return Resolver(self).resolve(result, 0)
 
     # ---- opcodes: framing, protocol -----------------------------------------------
     def op_proto(self) -> None:
@@ -425,64 +423,6 @@ class _Reader(ArrayBuilders):
                 )
         target.state = dict(state)
         target.built = True
-
-
-class _Resolver:
-    """Replace stand-ins by their values; refuse cycles and deep nesting."""
-
-    def __init__(self, reader: _Reader) -> None:
-        self.reader = reader
-        self.done: dict[int, Any] = {}
-        self.active: set[int] = set()
-
-    def fail(self, what: str) -> UnsafePickleError:
-        return self.reader.fail("PICKLE_MALFORMED", what, offset=len(self.reader.data) - 1)
-
-    def resolve(self, obj: Any, depth: int) -> Any:
-        if obj is None or type(obj) in (bool, int, float, str, bytes):
-            return obj
-        if isinstance(obj, np.ndarray | np.generic):
-            return obj
-        if depth > MAX_NESTING:
-            raise self.fail(f"result nests deeper than {MAX_NESTING} levels")
-        key = id(obj)
-        if key in self.done:
-            return self.done[key]
-        if key in self.active:
-            raise self.fail("result contains a reference cycle")
-        self.active.add(key)
-        result: Any
-        if isinstance(obj, ArrayStandIn):
-            if obj.value is None:
-                raise self.fail("numpy array was never given its data (BUILD missing)")
-            result = obj.value
-        elif isinstance(obj, DtypeStandIn):
-            result = obj.resolve()
-        elif isinstance(obj, EstimatorState):
-            if not obj.built:
-                raise self.fail(f"{obj.class_name} was never given its state (BUILD missing)")
-            result = EstimatorState(
-                obj.class_name,
-                {k: self.resolve(v, depth + 1) for k, v in obj.state.items()},
-                built=True,
-            )
-        elif type(obj) is tuple:
-            result = tuple(self.resolve(v, depth + 1) for v in obj)
-        elif type(obj) is list:
-            result = [self.resolve(v, depth + 1) for v in obj]
-        elif type(obj) is dict:
-            result = {k: self.resolve(v, depth + 1) for k, v in obj.items()}
-        elif isinstance(obj, GlobalRef):
-            raise self.reader.fail(
-                "PICKLE_FORBIDDEN_CALL",
-                f"result holds the bare global '{obj.dotted}'",
-                offset=len(self.reader.data) - 1,
-            )
-        else:  # pragma: no cover - every stack value is one of the above
-            raise self.fail(f"result holds an unexpected {type(obj).__name__}")
-        self.active.discard(key)
-        self.done[key] = result
-        return result
 
 
 def _describe(obj: Any) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import Problem, SignatureError
+from asa_format.errors import BundleError, Problem, SignatureError
 from asa_format.reader import open_regular, size_cap
 
 __all__ = [
@@ -33,14 +33,14 @@ _CHUNK = 1 << 20
 def checked_bundle_dir(bundle_dir: str | os.PathLike[str]) -> Path:
     path = Path(bundle_dir)
     if path.is_symlink():
-        raise SignatureError(
+        raise BundleError(
             "the bundle directory is a symbolic link",
             code="PATH_SYMLINK",
             file=str(path),
             hint="pass the real directory",
         )
     if not path.is_dir():
-        raise SignatureError(
+        raise BundleError(
             "the bundle directory does not exist or is not a directory",
             code="BUNDLE_NOT_FOUND",
             file=str(path),
@@ -87,7 +87,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
             for entry in sorted(entries, key=lambda e: e.name):
                 name = prefix + entry.name
                 if entry.is_symlink():
-                    raise SignatureError(
+                    raise BundleError(
                         "symbolic links are not allowed in a bundle",
                         code="PATH_SYMLINK",
                         file=name,
@@ -95,7 +95,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
                     )
                 if entry.is_dir(follow_symlinks=False):
                     if depth + 1 > MAX_DEPTH:
-                        raise SignatureError(
+                        raise BundleError(
                             f"directories are nested more than {MAX_DEPTH} levels deep",
                             code="PATH_NOT_REGULAR",
                             file=name,
@@ -106,7 +106,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
                     if name != C.SIGNATURE_FILE:
                         names.append(name)
                 else:
-                    raise SignatureError(
+                    raise BundleError(
                         "the bundle holds something that is not a regular file or directory",
                         code="PATH_NOT_REGULAR",
                         file=name,
@@ -116,7 +116,7 @@ def list_bundle_files(bundle: Path) -> list[str]:
     try:
         walk(bundle)
     except OSError as exc:
-        raise SignatureError(
+        raise BundleError(
             f"cannot list the bundle directory: {exc.strerror or exc}",
             code="IO_ERROR",
             file=str(bundle),
@@ -129,21 +129,20 @@ def path_key(name: str) -> tuple[str, ...]:
     return tuple(name.split("/"))
 
 
-
 def sha256_file(bundle: Path, name: str) -> str:
     opened = open_regular(bundle / name, name)
     if isinstance(opened, Problem):
-        raise SignatureError(opened.message, code=opened.code, file=name, hint=opened.hint)
+        raise BundleError.from_problems([opened])
     fd, st = opened
     cap = size_cap(name)
     with os.fdopen(fd, "rb") as handle:
         if st.st_nlink > 1:
-            raise SignatureError(
+            raise BundleError(
                 f"has {st.st_nlink} hard links", code="PATH_HARDLINK", file=name,
                 hint="copy the file instead of hard-linking it",
             )
         if st.st_size > cap:
-            raise SignatureError(
+            raise BundleError(
                 f"is {st.st_size} bytes, over the cap of {cap}", code="FILE_TOO_LARGE", file=name,
                 hint="see the spec's size caps (section 2.4)",
             )
@@ -152,7 +151,7 @@ def sha256_file(bundle: Path, name: str) -> str:
         while chunk := handle.read(_CHUNK):
             read += len(chunk)
             if read > cap:  # the file grew while it was hashed
-                raise SignatureError(f"is over the cap of {cap} bytes", code="FILE_TOO_LARGE", file=name)
+                raise BundleError(f"is over the cap of {cap} bytes", code="FILE_TOO_LARGE", file=name)
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -168,18 +167,18 @@ def root_digest_of_dir(bundle_dir: str | os.PathLike[str]) -> str:
     bundle = checked_bundle_dir(bundle_dir)
     manifest = bundle / C.MANIFEST_FILE
     if manifest.is_symlink():
-        raise SignatureError(
+        raise BundleError(
             "the manifest is a symbolic link", code="PATH_SYMLINK", file=C.MANIFEST_FILE
         )
     if not manifest.is_file():
-        raise SignatureError(
+        raise BundleError(
             "the bundle has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,
             hint="pass the directory of an asa-bundle",
         )
     if manifest.stat().st_size > C.MAX_MANIFEST_BYTES:
-        raise SignatureError(
+        raise BundleError(
             f"the manifest is larger than {C.MAX_MANIFEST_BYTES} bytes",
             code="MANIFEST_TOO_LARGE",
             file=C.MANIFEST_FILE,

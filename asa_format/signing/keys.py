@@ -12,7 +12,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from asa_format.errors import AsaError
+from asa_format.errors import SignatureError
 
 __all__ = [
     "KeySource",
@@ -32,14 +32,22 @@ _SUPPORTED_CURVES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
 KeySource = Union[bytes, str, "os.PathLike[str]", ec.EllipticCurvePublicKey]
 PrivateKeySource = Union[bytes, str, "os.PathLike[str]", ec.EllipticCurvePrivateKey]
 
+
 def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[bytes, str]:
     if isinstance(source, bytes):
         return source, f"<{what} bytes>"
+    if not isinstance(source, (str, os.PathLike)):
+        raise SignatureError(
+            f"a {what} must be a key object, PEM bytes or a file path, "
+            f"not a {type(source).__name__}",
+            code="SIGNATURE_KEY_INVALID",
+            hint=f"pass the path of a PEM-encoded {what}",
+        )
     path = Path(source)
     try:
         return path.read_bytes(), str(path)
     except OSError as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot read the {what} file: {exc.strerror or exc}",
             code="SIGNATURE_KEY_INVALID",
             file=str(path),
@@ -49,7 +57,7 @@ def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[
 
 def _check_curve(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey, where: str) -> None:
     if key.curve.name not in _SUPPORTED_CURVES:
-        raise AsaError(
+        raise SignatureError(
             f"unsupported elliptic curve {key.curve.name!r}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -68,7 +76,7 @@ def load_private_key(
     try:
         key = serialization.load_pem_private_key(data, password=password)
     except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm) as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot load the private key: {exc}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -92,7 +100,7 @@ def load_public_key(source: KeySource) -> ec.EllipticCurvePublicKey:
         else:
             key = serialization.load_der_public_key(data)
     except (ValueError, TypeError, crypto_exceptions.UnsupportedAlgorithm) as exc:
-        raise AsaError(
+        raise SignatureError(
             f"cannot load the public key: {exc}",
             code="SIGNATURE_KEY_INVALID",
             file=where,
@@ -104,8 +112,8 @@ def load_public_key(source: KeySource) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _not_ec(kind: str, key: object, where: str) -> AsaError:
-    return AsaError(
+def _not_ec(kind: str, key: object, where: str) -> SignatureError:
+    return SignatureError(
         f"the {kind} key is a {type(key).__name__}, not an elliptic-curve key",
         code="SIGNATURE_KEY_INVALID",
         file=where,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import warnings
 from pathlib import Path
 
 from cryptography import exceptions as crypto_exceptions
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
-from asa_format.errors import AsaError, SignatureError, UsageError
+from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.signing.files import (
     checked_bundle_dir,
     default_signature_path,
@@ -52,25 +54,45 @@ def _b64(data: bytes) -> str:
 
 def sign_bundle(
     bundle_dir: str | os.PathLike[str],
-    private_key_pem: PrivateKeySource,
+    private_key: ec.EllipticCurvePrivateKey,
     *,
     signature_path: str | os.PathLike[str] | None = None,
     password: bytes | None = None,
+    private_key_pem: PrivateKeySource | None = None,
 ) -> Path:
-    """Sign every file of ``bundle_dir``; write the signature and return its path.
+    """Sign every file of ``bundle_dir`` with ``private_key``; write the signature, return its path.
 
-    ``private_key_pem`` is PEM bytes, the path of a PEM file or an
-    ``EllipticCurvePrivateKey``. The signature goes to ``<bundle>/model.sig``
+    ``private_key`` is an ECDSA key object; read one from a PEM file or bytes
+    with :func:`~asa_format.signing.keys.load_private_key` (which takes the
+    password of an encrypted key). The signature goes to ``<bundle>/model.sig``
     unless ``signature_path`` names a place outside the bundle. The result is
     accepted by ``model_signing verify key``. ECDSA signing is deterministic
     (RFC 6979) where the crypto backend supports it, so the same bundle, key
     and directory name give the same bytes.
+
+    Deprecated: a PEM path or bytes as the key (or ``private_key_pem=``, and
+    ``password=``) still work and warn.
     """
+    if private_key_pem is not None:
+        warnings.warn(
+            "sign_bundle(private_key_pem=...) is deprecated; pass a key object "
+            "(asa_format.signing.load_private_key)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        private_key = private_key_pem  # type: ignore[assignment]
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey) or password is not None:
+        warnings.warn(
+            "sign_bundle with a PEM path or bytes (or password=) is deprecated; pass a key "
+            "object from asa_format.signing.load_private_key(path, password=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     bundle = checked_bundle_dir(bundle_dir)
-    key = load_private_key(private_key_pem, password=password)
+    key = load_private_key(private_key, password=password)
     target = _resolve_signature_path(bundle, signature_path)
     if not (bundle / C.MANIFEST_FILE).is_file():
-        raise SignatureError(
+        raise BundleError(
             "the bundle has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,

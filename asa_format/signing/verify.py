@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
 from asa_format.digest import DIGEST_PREFIX
-from asa_format.errors import Problem, SignatureError, UsageError
+from asa_format.errors import BundleError, Problem, SignatureError, UsageError
 from asa_format.reader import open_regular
 from asa_format.signing.files import (
     checked_bundle_dir,
@@ -75,7 +76,7 @@ class VerifiedSignature:
 def _read_signature_file(path: Path, bundle: Path) -> bytes:
     where = str(path)
     if path.is_symlink() and is_inside(path.parent, bundle):
-        raise SignatureError(
+        raise BundleError(
             "the signature file is a symbolic link", code="PATH_SYMLINK", file=where
         )
     if not path.exists():
@@ -89,11 +90,11 @@ def _read_signature_file(path: Path, bundle: Path) -> bytes:
     if isinstance(opened, Problem):
         if opened.code == "PATH_NOT_REGULAR":
             raise format_error("the signature is not a regular file", where)
-        raise SignatureError(opened.message, code=opened.code, file=where, hint=opened.hint)
+        raise BundleError.from_problems([opened])
     fd, st = opened
     with os.fdopen(fd, "rb") as handle:
         if st.st_nlink > 1 and is_inside(path.parent, bundle):
-            raise SignatureError(
+            raise BundleError(
                 f"the signature file has {st.st_nlink} hard links", code="PATH_HARDLINK", file=where,
                 hint="copy the file instead of hard-linking it",
             )
@@ -257,30 +258,44 @@ def _compare(bundle: Path, signed: dict[str, str], digests: Mapping[str, str] | 
 
 def verify_bundle_signature(
     bundle_dir: str | os.PathLike[str],
-    public_keys: Sequence[KeySource],
+    trusted_keys: Sequence[KeySource] | KeySource | None = None,
     *,
     signature_path: str | os.PathLike[str] | None = None,
     file_digests: Mapping[str, str] | None = None,
+    public_keys: Sequence[KeySource] | None = None,
 ) -> VerifiedSignature:
-    """Verify the signature of ``bundle_dir`` against trusted ``public_keys``.
+    """Verify the signature of ``bundle_dir`` against ``trusted_keys`` (public keys).
 
-    ``file_digests`` maps every file of the bundle (the signature excepted)
-    to the sha256 its caller computed from the bytes it read; the statement
-    is then checked against exactly those bytes instead of a second read.
+    ``trusted_keys`` are key objects, PEM/DER bytes or key file paths (the
+    same keyword as :func:`~asa_format.bundle.load_bundle`; ``public_keys=``
+    is its deprecated alias). ``file_digests`` maps every file of the bundle
+    (the signature excepted) to the sha256 its caller computed from the bytes
+    it read; the statement is then checked against exactly those bytes
+    instead of a second read.
 
     Accepts signatures written by :func:`sign_bundle` and by
     ``model_signing sign key``. Raises :class:`SignatureError` with code
     SIGNATURE_MISSING, SIGNATURE_FORMAT, SIGNATURE_UNTRUSTED_KEY,
-    SIGNATURE_INVALID, SIGNATURE_FILE_MODIFIED, SIGNATURE_FILE_EXTRA or
+    SIGNATURE_INVALID, SIGNATURE_FILE_MODIFIED, SIGNATURE_FILE_EXTRA,
     SIGNATURE_FILE_MISSING (every file finding is in ``problems``; a signature
-    over another bundle reports ``manifest.json`` as modified, first), or
-    PATH_SYMLINK / PATH_NOT_REGULAR / BUNDLE_NOT_FOUND / MANIFEST_MISSING.
+    over another bundle reports ``manifest.json`` as modified, first) or
+    SIGNATURE_KEY_INVALID, or :class:`BundleError` with PATH_SYMLINK /
+    PATH_NOT_REGULAR / BUNDLE_NOT_FOUND / MANIFEST_MISSING.
     """
-    if isinstance(public_keys, (bytes, str, os.PathLike, ec.EllipticCurvePublicKey)):
-        public_keys = [public_keys]
-    if not public_keys:
+    if public_keys is not None:
+        warnings.warn(
+            "verify_bundle_signature(public_keys=...) is deprecated; use trusted_keys=",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if trusted_keys is not None:
+            raise UsageError("pass trusted_keys only (public_keys is its deprecated alias)")
+        trusted_keys = public_keys
+    if isinstance(trusted_keys, (bytes, str, os.PathLike, ec.EllipticCurvePublicKey)):
+        trusted_keys = [trusted_keys]
+    if not trusted_keys:
         raise UsageError("no trusted public key was given", hint="pass at least one --public-key")
-    trusted = [load_public_key(k) for k in public_keys]
+    trusted = [load_public_key(k) for k in trusted_keys]
     bundle = checked_bundle_dir(bundle_dir)
     sig_path = (
         Path(signature_path) if signature_path is not None else default_signature_path(bundle)
@@ -299,14 +314,15 @@ def verify_bundle_signature(
             )
             problems[0] = Problem(
                 problems[0].code,
-                f"the signature covers another bundle (root digest {DIGEST_PREFIX}{signed[C.MANIFEST_FILE]}, "
+                "the signature covers another bundle "
+                f"(root digest {DIGEST_PREFIX}{signed[C.MANIFEST_FILE]}, "
                 f"this bundle is {this})",
                 C.MANIFEST_FILE,
                 "use the signature made for this bundle, or re-sign it",
             )
         raise SignatureError.from_problems(problems)
     if C.MANIFEST_FILE not in signed:
-        raise SignatureError(
+        raise BundleError(
             "the signed directory has no manifest file",
             code="MANIFEST_MISSING",
             file=C.MANIFEST_FILE,
