@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
 from asa_format.converters.legacy import parse_legacy_config
-from asa_format.errors import AsaError, SignatureError
+from asa_format.errors import AsaError, BundleError
 from asa_format.jsonio import loads_strict
 from asa_format.manifest import parse_manifest
 from asa_format.testing import make_test_bundle
@@ -117,7 +117,7 @@ def test_legacy_config_refuses_with_a_coded_error(text: str) -> None:
 
 def test_legacy_config_still_reads_python_nan() -> None:
     config = parse_legacy_config(json.dumps({**CONFIG, "f1": float("nan")}).encode())
-    assert config[7]["f1"] == "NaN"
+    assert config.extra["f1"] == "NaN"
 
 
 # -- safe printing ---------------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def test_a_bad_bundle_does_not_kill_a_multi_bundle_text_run(tmp_path: Path) -> N
     result = _cli("validate", str(bad), str(good))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert "MANIFEST_ENCODING" in result.stderr and f"ok    {good}" in result.stdout
-    assert "1 of 2 bundles valid" in result.stderr
+    assert "MANIFEST_ENCODING" in result.stdout and f"ok    {good}" in result.stdout
+    assert "1 of 2 bundles valid" in result.stdout
 
 
 def test_terminal_controls_from_a_bundle_are_escaped(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_terminal_controls_from_a_bundle_are_escaped(tmp_path: Path) -> None:
     shown = _cli("inspect", str(path))
     assert shown.returncode == 0 and "\x9b" not in shown.stdout and "\\x9b2J" in shown.stdout
     as_json = _cli("validate", "--json", str(path))
-    assert as_json.stdout.isascii() and json.loads(as_json.stdout)["valid"] is True
+    assert as_json.stdout.isascii() and json.loads(as_json.stdout)["ok"] is True
 
 
 def test_file_names_with_controls_and_undecodable_bytes_are_escaped(tmp_path: Path) -> None:
@@ -154,8 +154,12 @@ def test_file_names_with_controls_and_undecodable_bytes_are_escaped(tmp_path: Pa
         handle.write(b"x")
     result = _cli("validate", str(path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "FILE_UNLISTED" in result.stderr and "x\\x1b[2J\\udcff" in result.stderr
-    assert "\x1b" not in result.stderr
+    assert "FILE_UNLISTED" in result.stdout and "x\\x1b[2J\\udcff" in result.stdout
+    assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+    as_json = _cli("validate", "--json", str(path))
+    assert as_json.returncode == 1 and as_json.stdout.isascii()
+    problem = json.loads(as_json.stdout)["results"][0]["problems"][0]
+    assert problem["code"] == "FILE_UNLISTED" and "\x1b" in problem["file"]
 
 
 # -- entries -------------------------------------------------------------------------------------
@@ -194,43 +198,44 @@ def key_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _verify_code(path: Path, public: Path) -> str:
     from asa_format.signing import verify_bundle_signature
 
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:  # SignatureError, or BundleError for entry rules
         verify_bundle_signature(path, [public])
     return info.value.code
 
 
 def test_verify_refuses_deeply_nested_directories(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
-    from asa_format.signing import sign_bundle
+    from asa_format.signing import load_private_key, sign_bundle
 
     path = make_test_bundle(tmp_path / "b")
-    sign_bundle(path, key_pair[0])
-    deep = path
-    for _ in range(1000):  # os.makedirs recurses: build the chain one level at a time
-        deep = deep / "d"
-        os.mkdir(deep)
+    sign_bundle(path, load_private_key(key_pair[0]))
+    created: list[Path] = []  # os.makedirs recurses: build the chain one level at a time
     try:
+        deep = path
+        for _ in range(1000):
+            deep = deep / "d"
+            os.mkdir(deep)
+            created.append(deep)
         assert _verify_code(path, key_pair[1]) == "PATH_NOT_REGULAR"
-    finally:  # shutil.rmtree (pytest's clean-up) recurses: remove the chain bottom-up
-        while deep != path:
-            os.rmdir(deep)
-            deep = deep.parent
+    finally:  # shutil.rmtree (pytest's clean-up) recurses: remove the chain deepest first
+        for level in reversed(created):
+            os.rmdir(level)
 
 
 def test_verify_does_not_hash_past_the_size_cap(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
-    from asa_format.signing import sign_bundle
+    from asa_format.signing import load_private_key, sign_bundle
 
     path = make_test_bundle(tmp_path / "b")
-    sign_bundle(path, key_pair[0])
+    sign_bundle(path, load_private_key(key_pair[0]))
     with open(path / C.VECTORS_FILE, "r+b") as handle:
         handle.truncate(256 << 30)  # a 256 GiB sparse file
     assert _verify_code(path, key_pair[1]) == "FILE_TOO_LARGE"
 
 
 def test_verify_refuses_a_hard_linked_file(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
-    from asa_format.signing import sign_bundle
+    from asa_format.signing import load_private_key, sign_bundle
 
     path = make_test_bundle(tmp_path / "b")
-    sign_bundle(path, key_pair[0])
+    sign_bundle(path, load_private_key(key_pair[0]))
     os.link(path / C.ROUTER_FILE, tmp_path / "outside.onnx")
     assert _verify_code(path, key_pair[1]) == "PATH_HARDLINK"
 
