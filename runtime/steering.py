@@ -404,9 +404,10 @@ class Steerer:
         """Decide with the bundle's torch evaluation where the hidden states live.
 
         Identical rows are decided once; the deltas are gathered from a
-        ``[domain, gate]`` table, all on the device: no host copy and no
-        synchronisation. The records are copied to the host when the call
-        is committed (:meth:`make_record`).
+        ``[domain, gate]`` table, all on the device: one boolean is read
+        back, and only rows near a decision boundary are copied to the host
+        (decided by onnxruntime, spec 4.9). The records are copied to the
+        host when the call is committed (:meth:`make_record`).
         """
         unique, inverse = torch.unique(rows_t, dim=0, return_inverse=True)
         try:
