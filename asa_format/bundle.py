@@ -21,7 +21,7 @@ from asa_format import constants as C
 from asa_format.digest import root_digest
 from asa_format.errors import BundleError, DecisionError, DigestMismatchError
 from asa_format.fastpath import FastPlan, build_plan, check_inputs
-from asa_format.manifest import Manifest
+from asa_format.manifest import AsaManifest
 from asa_format.reader import read_bundle_dir
 
 __all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle"]
@@ -67,7 +67,7 @@ class Bundle:
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: AsaManifest,
         manifest_bytes: bytes,
         vectors: dict[str, np.ndarray],
         sessions: dict[str, Any],
@@ -314,6 +314,13 @@ def load_bundle(
     from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
+    if not isinstance(result.manifest, AsaManifest):
+        raise BundleError(
+            "the bundle has no asa intervention (no router, probes or domains)",
+            code="NOT_AN_ASA_BUNDLE",
+            file=C.MANIFEST_FILE,
+            hint="load it with asa_format.load_interventions, and apply it with asa_format.runtime.attach_interventions",
+        )
     _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
     if result.problems:
         raise BundleError.from_problems(result.problems)

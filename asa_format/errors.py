@@ -124,6 +124,16 @@ CODES: dict[str, str] = {
     "MODEL_NOT_FOUND": "the model directory does not exist or is not a model",
     "DECISION_INPUT": "decide() got an array of the wrong shape or dtype",
     "DECISION_FAILED": "evaluating the decision graphs failed",
+    # format 1.1: interventions, import, export, hub
+    "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
+    "CARD_INVALID": "the bundle's model card (README.md) is not UTF-8 text",
+    "NOT_AN_ASA_BUNDLE": "the bundle has no asa intervention (router and probes) for this operation",
+    "IMPORT_UNKNOWN_KIND": "the import source is not a recognised steering format",
+    "IMPORT_INVALID": "the import source is malformed (counts, dtypes, lengths, values)",
+    "IMPORT_BINDING": "the import source lacks the model binding and none was given",
+    "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
+    "EXPORT_LOSSY": "the export would lose information and --strict was given",
+    "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
 }
 
 

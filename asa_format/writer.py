@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from asa_format.manifest import (
 )
 from asa_format.reader import read_bundle_dir
 from asa_format.safetensors_profile import serialize_vectors
+
+if TYPE_CHECKING:
+    from asa_format.intervention_bundle import InterventionContents
 
 __all__ = ["BundleContents", "bundle_files", "save_bundle"]
 
@@ -121,7 +125,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_bundle(
-    contents: BundleContents,
+    contents: BundleContents | InterventionContents,
     destination: str | os.PathLike[str],
     *,
     force: bool = False,
@@ -151,7 +155,12 @@ def save_bundle(
                 code="DESTINATION_EXISTS",
                 hint="remove it first; only a directory can be replaced",
             )
-    _, files = bundle_files(contents)
+    if isinstance(contents, BundleContents):
+        _, files = bundle_files(contents)
+    else:  # format 1.1: several interventions, model card
+        from asa_format.intervention_bundle import intervention_files
+
+        _, files = intervention_files(contents)
     parent = dest.parent if str(dest.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
