@@ -19,6 +19,12 @@ __version__ = "0.1.0"
 from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle
 from asa_format.digest import root_digest
 from asa_format.errors import AsaError, BundleError, Problem
+from asa_format.intervention_bundle import (
+    InterventionBundle,
+    InterventionContents,
+    InterventionData,
+    load_interventions,
+)
 from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
 from asa_format.validate import ValidationReport, validate_bundle
 from asa_format.writer import BundleContents, save_bundle
@@ -30,6 +36,9 @@ __all__ = [
     "BundleError",
     "Decision",
     "DecisionBatch",
+    "InterventionBundle",
+    "InterventionContents",
+    "InterventionData",
     "Manifest",
     "ModelBinding",
     "Problem",
@@ -38,6 +47,7 @@ __all__ = [
     "ValidationReport",
     "__version__",
     "load_bundle",
+    "load_interventions",
     "root_digest",
     "save_bundle",
     "validate_bundle",

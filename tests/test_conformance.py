@@ -30,6 +30,7 @@ from asa_format import constants as C
 from asa_format import load_bundle, validate_bundle
 from asa_format.cli import cli
 from asa_format.errors import CODES, BundleError
+from asa_format.intervention_bundle import load_interventions
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "spec" / "conformance"
@@ -183,6 +184,13 @@ def test_valid_case(name: str, sessions: list[Any]) -> None:
     doc = json.loads(result.stdout)
     assert doc["valid"] is True
     assert [w["code"] for w in doc["bundles"][0]["warnings"]] == exp["warnings"]
+    everything = load_interventions(bundle)  # format 1.1: any bundle, every intervention
+    assert everything.interventions
+    if everything.asa is None:  # no router/probes: load_bundle refuses it with a specific code
+        with pytest.raises(BundleError) as info:
+            load_bundle(bundle)
+        assert info.value.code == "NOT_AN_ASA_BUNDLE"
+        return
     loaded = load_bundle(bundle)
     assert loaded.decide(np.ones((3, loaded.hidden_size), np.float32)).gate.shape == (3,)
     assert sessions, "the session recorder saw no session: the static-case assertion would be vacuous"
