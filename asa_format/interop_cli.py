@@ -1,0 +1,79 @@
+"""``asa import`` and ``asa export``: steering files in and out of bundles."""
+
+from __future__ import annotations
+
+import click
+
+from asa_format.errors import AsaError
+
+__all__ = ["export_command", "import_command"]
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("destination", type=click.Path())
+@click.option("--name", help="Intervention name (default: from the file name).")
+@click.option("--coefficient", type=float, default=1.0, show_default=True, help="Strength the vectors are added with.")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model directory: its config.json gives the binding (nothing else is read).")
+@click.option("--model-type", help="The transformers model_type the vectors belong to.")
+@click.option("--model-id", help="The model id, e.g. a hub id.")
+@click.option("--num-layers", type=click.IntRange(min=1), help="The model's decoder block count.")
+@click.option("--hidden-size", type=click.IntRange(min=1), help="The model's hidden size (checked against the vectors).")
+@click.option("--force", is_flag=True, help="Replace an existing destination bundle.")
+def import_command(
+    source: str, destination: str, name: str | None, coefficient: float, model_dir: str | None,
+    model_type: str | None, model_id: str | None, num_layers: int | None, hidden_size: int | None, force: bool,
+) -> None:
+    """Import a llama.cpp control vector (GGUF) or an activation-steering .svec file.
+
+    The kind is detected from the content, not the extension. The bundle holds
+    one 'always' intervention that adds COEFFICIENT x direction to the output
+    of every block the source names, at every token.
+    """
+    from asa_format.cli import fail
+    from asa_format.interop import ImportBinding, import_file
+
+    binding = ImportBinding(model_type=model_type, num_layers=num_layers, hidden_size=hidden_size, model_id=model_id, model_dir=model_dir)
+    try:
+        path = import_file(source, destination, binding, name=name, coefficient=coefficient, force=force)
+    except AsaError as exc:
+        fail(exc)
+    click.echo(f"wrote {path}")
+
+
+def _sign(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value not in ("+1", "1", "-1"):
+        raise click.BadParameter("use +1 or -1", param_hint="--sign")
+    return -1 if value == "-1" else 1
+
+
+@click.command("export")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("destination", type=click.Path())
+@click.option("--to", "target", type=click.Choice(["gguf"]), required=True, help="Target format.")
+@click.option("--intervention", "interventions", multiple=True, help="Export only these interventions (repeatable).")
+@click.option("--domain", help="For an asa bundle: the domain whose vector is exported.")
+@click.option("--sign", help="For an asa bundle: +1 (encourage) or -1 (discourage).")
+@click.option("--model-hint", help="controlvector.model_hint when the bundle's model type is unknown.")
+@click.option("--strict", is_flag=True, help="Refuse if anything about the steering would be lost.")
+@click.option("--force", is_flag=True, help="Replace an existing destination file.")
+def export_command(
+    bundle: str, destination: str, target: str, interventions: tuple[str, ...], domain: str | None,
+    sign: str | None, model_hint: str | None, strict: bool, force: bool,
+) -> None:
+    """Export a bundle as a llama.cpp control vector; print what is lost."""
+    from asa_format.cli import fail
+    from asa_format.interop.export import export_gguf, plan_gguf
+    from asa_format.intervention_bundle import load_interventions
+
+    try:
+        loaded = load_interventions(bundle)
+        chosen = list(interventions) or None
+        report = plan_gguf(loaded, interventions=chosen, domain=domain, sign=_sign(sign), model_hint=model_hint)
+        click.echo(report.text(), err=True, nl=False)
+        export_gguf(bundle, destination, interventions=chosen, domain=domain, sign=_sign(sign), model_hint=model_hint, strict=strict, force=force, bundle=loaded)
+    except AsaError as exc:
+        fail(exc)
+    click.echo(f"wrote {destination}")
