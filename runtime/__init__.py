@@ -23,6 +23,7 @@ from asa_format.runtime.compat import (
     model_types,
     same_model_id,
 )
+from asa_format.runtime.interventions import InterventionHandle, attach_interventions  # format 1.1
 from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
 from asa_format.runtime.records import GenerationRecord
 from asa_format.runtime.steering import SteeringHandle, attach
@@ -30,9 +31,11 @@ from asa_format.runtime.steering import SteeringHandle, attach
 __all__ = [
     "KNOWN_LAYER_PATHS",
     "GenerationRecord",
+    "InterventionHandle",
     "ResolvedLayers",
     "SteeringHandle",
     "attach",
+    "attach_interventions",
     "check_compatibility",
     "model_hidden_size",
     "model_id",
