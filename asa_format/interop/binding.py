@@ -118,7 +118,9 @@ def make_contents(
         arr = np.asarray(vec)
         if arr.ndim != 1:
             raise AsaError(f"block {block}: direction has shape {list(arr.shape)}, expected 1-D", code="IMPORT_INVALID", hint="one vector per block")
-        if not np.isfinite(arr.astype(np.float64)).all() or not np.isfinite(arr.astype(np.float32)).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.isfinite(arr.astype(np.float64)).all() and np.isfinite(arr.astype(np.float32)).all())
+        if not finite:
             raise AsaError(f"block {block}: direction has NaN or infinite values (in float32)", code="IMPORT_INVALID", hint="the source is corrupt")
         if type(block) is not int or not 0 <= block <= 99999:
             raise AsaError(f"block index {block!r} is not a block number 0..99999", code="IMPORT_INVALID", hint="blocks are 0-based decoder block indices")

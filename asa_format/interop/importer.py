@@ -27,12 +27,13 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     if head == GGUF_MAGIC:
         return "gguf"
     if p.stat().st_size <= MAX_SVEC_BYTES and head.lstrip()[:1] == b"{":
+        data = p.read_bytes()
         try:
-            doc = load_json(p.read_bytes())
-        except AsaError:
-            doc = None
-        if looks_like_svec(doc):
-            return "svec"
+            if looks_like_svec(load_json(data)):
+                return "svec"
+        except AsaError:  # JSON that names the .svec members but is malformed: refused as .svec
+            if b'"directions"' in data and b'"model_type"' in data:
+                return "svec"
     raise AsaError(
         f"{str(p)!r} is neither a GGUF control vector nor an activation-steering .svec file",
         code="IMPORT_UNKNOWN_KIND",

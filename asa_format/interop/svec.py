@@ -65,7 +65,9 @@ def parse_svec(doc: Any) -> tuple[str | None, dict[int, np.ndarray], dict[str, A
         if not all(type(v) in (int, float) for v in values):
             raise _bad(f"directions[{key}] holds a value that is not a number")
         arr = np.asarray(values, dtype=np.float64)
-        if not np.isfinite(arr).all() or not np.isfinite(arr.astype(np.float32)).all():
+        with np.errstate(over="ignore"):
+            overflow = not np.isfinite(arr).all() or not np.isfinite(arr.astype(np.float32)).all()
+        if overflow:
             raise _bad(f"directions[{key}] overflows float32")
         out[int(key)] = arr.astype(np.float32)
     meta: dict[str, Any] = {}
