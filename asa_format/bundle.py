@@ -283,7 +283,7 @@ def load_bundle(
     signature_path: str | os.PathLike[str] | None = None,
     fast: bool = True,
 ) -> Bundle:
-    """Load, check and return the bundle at ``path``.
+    """Load, check and return the bundle at ``path`` (a directory or a hub ``org/name@revision``).
 
     ``verify=False`` skips only the size/sha256 comparison with the manifest;
     every profile check still runs. ``expected_digest`` pins the root digest;
@@ -292,6 +292,13 @@ def load_bundle(
     if it reproduces onnxruntime on load. Raises :class:`BundleError` (with
     every problem found) on failure.
     """
+    from asa_format.hub import is_hub_reference, load_from_hub
+
+    if is_hub_reference(path):  # org/name@revision: downloaded, copied, then loaded with every check
+        return load_from_hub(
+            str(path), load_bundle, verify=verify, expected_digest=expected_digest,
+            trusted_keys=trusted_keys, signature_path=signature_path, fast=fast,
+        )
     result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=fast)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)

@@ -189,8 +189,11 @@ def load_interventions(
     The checks are those of ``load_bundle`` (one reader); the asa
     intervention, when present, is loaded with ``load_bundle`` as well.
     """
+    from asa_format.hub import is_hub_reference, load_from_hub
     from asa_format.reader import read_bundle_dir
 
+    if is_hub_reference(path):  # org/name@revision
+        return load_from_hub(str(path), load_interventions, verify=verify, expected_digest=expected_digest, trusted_keys=trusted_keys, signature_path=signature_path)
     result = read_bundle_dir(path, verify=verify, create_sessions=False)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)
