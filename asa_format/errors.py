@@ -128,6 +128,7 @@ CODES: dict[str, str] = {
     "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
     "CARD_INVALID": "the bundle's model card (README.md) is not UTF-8 text",
     "NOT_AN_ASA_BUNDLE": "the bundle has no asa intervention (router and probes) for this operation",
+    "BUNDLE_HAS_INTERVENTIONS": "the bundle has interventions that this operation would ignore",
     "IMPORT_UNKNOWN_KIND": "the import source is not a recognised steering format",
     "IMPORT_INVALID": "the import source is malformed (counts, dtypes, lengths, values)",
     "IMPORT_BINDING": "the import source lacks the model binding and none was given",

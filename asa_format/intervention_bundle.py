@@ -215,7 +215,7 @@ def load_interventions(
     if m.has_asa:
         from asa_format.bundle import load_bundle
 
-        asa = load_bundle(path, verify=verify, expected_digest=root_digest(result.manifest_bytes))
+        asa = load_bundle(path, verify=verify, expected_digest=root_digest(result.manifest_bytes), asa_only=True)
     specs = list(m.interventions) or [Intervention(name="asa", kind=C.GATE_ASA)]
     loaded = []
     vec = result.intervention_vectors

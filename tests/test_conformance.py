@@ -191,7 +191,12 @@ def test_valid_case(name: str, sessions: list[Any]) -> None:
             load_bundle(bundle)
         assert info.value.code == "NOT_AN_ASA_BUNDLE"
         return
-    loaded = load_bundle(bundle)
+    others = [iv for iv in everything.interventions if iv.kind != "asa"]
+    if others:  # load_bundle would ignore them: refused unless asked for the asa part alone
+        with pytest.raises(BundleError) as info:
+            load_bundle(bundle)
+        assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
+    loaded = load_bundle(bundle, asa_only=bool(others))
     assert loaded.decide(np.ones((3, loaded.hidden_size), np.float32)).gate.shape == (3,)
     assert sessions, "the session recorder saw no session: the static-case assertion would be vacuous"
 

@@ -72,6 +72,9 @@ def test_asa_and_always_in_one_bundle(tmp_path: Path) -> None:
     assert [iv.kind for iv in loaded.interventions] == ["asa", "always", "condition"]
     assert loaded.asa is not None and loaded.asa.root_digest == loaded.root_digest
     assert loaded.asa.decide(np.ones((2, 8))).gate.shape == (2,)
+    with pytest.raises(BundleError) as info:
+        asa_format.load_bundle(path)  # a Bundle would silently drop the always/condition interventions
+    assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
 
 
 def test_a_1_0_bundle_is_one_asa_intervention(tmp_path: Path) -> None:
