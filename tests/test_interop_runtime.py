@@ -163,3 +163,24 @@ def test_model_mismatch_is_refused_before_any_hook(tmp_path: Path) -> None:
         attach_interventions(model, path)
     assert info.value.code == "MODEL_LAYER_COUNT"
     assert not model.model.layers[1]._forward_hooks
+
+
+@pytest.mark.parametrize("key", ["cache", "past_key_values"])
+def test_prefill_and_decode_steps_are_told_apart(key: str) -> None:
+    from transformers import DynamicCache
+
+    from asa_format.runtime.interventions import _State
+
+    model = build_model("llama")
+    state = _State()
+    cache = DynamicCache(config=model.config)
+    state.pre_forward(model, (), {key: cache})
+    assert state.prefill
+    with torch.no_grad():
+        model(input_ids=IDS[:1], cache=cache, use_cache=True)
+    state.fires = {"c": np.array([True])}
+    state.pre_forward(model, (), {key: cache})
+    assert not state.prefill and state.fires == {"c": np.array([True])}, "a decode step keeps the prefill's decision"
+    with pytest.raises(asa_format.AsaError) as info:
+        state.pre_forward(model, (), {key: object()})
+    assert info.value.code == "DECISION_FAILED"
