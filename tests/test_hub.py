@@ -110,3 +110,28 @@ def test_unknown_repository_and_escaping_links(offline: Path) -> None:
     with pytest.raises(AsaError) as info:
         asa_format.load_bundle(f"org/steer@{COMMIT}")
     assert info.value.code == "HUB_REFERENCE" and "outside" in info.value.message
+
+
+def test_signature_is_checked_after_download(offline: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from asa_format.signing import sign_bundle
+
+    def pair(name: str) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        priv, pub = offline / f"{name}.pem", offline / f"{name}.pub.pem"
+        priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return priv, pub
+
+    contents = InterventionContents(model=ModelBinding(hidden_size=8), interventions=[InterventionData("a", {1: np.ones(8)})])
+    local = asa_format.save_bundle(contents, offline / "b")
+    (publisher, publisher_pub), (_, mallory_pub) = pair("publisher"), pair("mallory")
+    sign_bundle(local, publisher)
+    _cache(offline, local)
+    ref = f"org/steer@{COMMIT}"
+    assert load_interventions(ref, trusted_keys=[publisher_pub]).interventions[0].name == "a"
+    with pytest.raises(BundleError) as info:
+        load_interventions(ref, trusted_keys=[mallory_pub])
+    assert info.value.code.startswith("SIGNATURE_")
