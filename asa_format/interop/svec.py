@@ -1,9 +1,13 @@
 """IBM activation-steering ``.svec`` files: JSON ``{model_type, directions, explained_variances}``.
 
-``directions`` maps a block index (a JSON key, decimal) to a list of floats.
-The layers to steer, the strength and CAST conditions are arguments of
-``steer()``, never saved: an import steers every block the file has, at
-coefficient 1, and keeps ``explained_variances`` as provenance metadata.
+``directions`` maps a layer index (a JSON key, decimal) to a list of floats.
+activation-steering's ``LeashLayer`` adds ``directions[N]`` to the *input* of
+decoder block N, which is the output of block N-1: the import steers block
+N-1 (key 0, the embedding output, has no block and is dropped, recorded in
+the provenance). The layers to steer, the strength, the norm-preserving
+rescaling and CAST conditions are arguments of ``steer()``, never saved: an
+import steers every layer the file has, at coefficient 1, and keeps
+``explained_variances`` as provenance metadata.
 """
 
 from __future__ import annotations
@@ -70,7 +74,13 @@ def parse_svec(doc: Any) -> tuple[str | None, dict[int, np.ndarray], dict[str, A
         if overflow:
             raise _bad(f"directions[{key}] overflows float32")
         out[int(key)] = arr.astype(np.float32)
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"svec.layer_mapping": "directions[N] steers the input of block N = the output of block N-1"}
+    if 0 in out:
+        del out[0]
+        meta["svec.dropped_layers"] = [0]
+        if not out:
+            raise _bad("the file steers only layer 0 (the embedding output), which no decoder block output reaches")
+    out = {k - 1: v for k, v in out.items()}
     ev = doc.get("explained_variances")
     if isinstance(ev, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ev.values()):
         meta["explained_variances"] = {str(k): float(v) for k, v in ev.items()}
