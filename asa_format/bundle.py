@@ -19,12 +19,13 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import BundleError, DecisionError, DigestMismatchError
+from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
 from asa_format.fastpath import FastPlan, build_plan, check_inputs
 from asa_format.manifest import AsaManifest
 from asa_format.reader import read_bundle_dir
+from asa_format.writer import BundleContents, contents_of
 
-__all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle"]
+__all__ = ["Bundle", "Decision", "DecisionBatch", "load_bundle", "read_bundle_contents"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ class Bundle:
         path: Path | None = None,
         models: dict[str, Any] | None = None,
         fast: bool = True,
+        graph_bytes: dict[str, bytes] | None = None,
     ) -> None:
         self.manifest = manifest
+        self.graph_bytes: dict[str, bytes] = dict(graph_bytes or {})  # file name -> checked bytes
         self.manifest_bytes = manifest_bytes
         self.vectors = vectors
         self.path = path
@@ -135,6 +138,19 @@ class Bundle:
             return plan, False
         return plan, True
 
+    def to_contents(self) -> BundleContents:
+        """What :func:`~asa_format.writer.save_bundle` needs to write this bundle again.
+
+        ``save_bundle(load_bundle(p).to_contents(), q)`` writes the same bytes
+        as ``p``; change a field first (``dataclasses.replace``) to edit it.
+        """
+        if not self.graph_bytes:
+            raise UsageError(
+                "this Bundle was built without its graph bytes",
+                hint="load it with load_bundle() to save it again",
+            )
+        return contents_of(self.manifest, self.vectors, self.graph_bytes)
+
     # -- identity ---------------------------------------------------------------
     @property
     def root_digest(self) -> str:
@@ -144,7 +160,8 @@ class Bundle:
     def __repr__(self) -> str:
         m = self.manifest
         return (
-            f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, layer={m.layer.index}, "
+            f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, "
+            f"layer={m.layer.index}, "
             f"domains={self.domains!r}, digest={self.root_digest[:19]}...)"
         )
 
@@ -314,13 +331,18 @@ def load_bundle(
     if result.problems:
         raise BundleError.from_problems(result.problems)
     if trusted_keys is not None:
+        from asa_format.hints import python_error
         from asa_format.signing import verify_bundle_signature
 
         # checked against the digests of the bytes this loader read, hashed and
         # parsed (the reader refused unlisted files), never a second read
-        verify_bundle_signature(
-            Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
-        )
+        try:
+            verify_bundle_signature(
+                Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
+            )
+        except AsaError as exc:  # hints name keywords here (trusted_keys=), not the CLI's flags
+            python_error(exc)
+            raise
     from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
@@ -341,4 +363,27 @@ def load_bundle(
     _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
     if result.problems:
         raise BundleError.from_problems(result.problems)
-    return Bundle(result.manifest, result.manifest_bytes, result.vectors, result.sessions, Path(path), models=result.models, fast=fast)
+    return Bundle(
+        result.manifest,
+        result.manifest_bytes,
+        result.vectors,
+        result.sessions,
+        Path(path),
+        models=result.models,
+        fast=fast,
+        graph_bytes=result.graph_bytes,
+    )
+
+
+def read_bundle_contents(path: str | os.PathLike[str], *, verify: bool = True) -> BundleContents:
+    """Read and check the bundle at ``path``; return its :class:`BundleContents`.
+
+    Every check of :func:`load_bundle` runs (the graphs are evaluated once,
+    no session is kept). ``save_bundle(read_bundle_contents(p), q)`` writes
+    the same bytes as ``p``.
+    """
+    result = read_bundle_dir(path, verify=verify)
+    if result.problems:
+        raise BundleError.from_problems(result.problems)
+    assert result.manifest is not None
+    return contents_of(result.manifest, result.vectors, result.graph_bytes)

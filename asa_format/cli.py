@@ -1,7 +1,7 @@
 """The ``asa`` command: a thin click layer over the library.
 
-Exit status: 0 success, 1 a failed check or a refused input, 2 usage error.
-Diagnostics for people go to stderr; ``--json`` output goes to stdout.
+The conventions every command follows (report on stdout, diagnostics on
+stderr, exit 0/1/2/130) are in ``asa_format.cli_support`` and the README.
 Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 ``run``: torch and transformers) are imported only when invoked, so
 ``asa validate`` never imports them.
@@ -9,23 +9,18 @@ Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from asa_format import __version__
 from asa_format._lazy_group import LazyGroup
+from asa_format.cli_support import fail, run_main
 from asa_format.errors import AsaError
+from asa_format.report import Result, failed_result, write_report
 
-__all__ = ["cli", "main"]
-
-
-def fail(exc: AsaError) -> NoReturn:
-    """Print an AsaError for a person (stderr) and exit 1; shared by every command."""
-    click.echo(f"error: {exc}", err=True)
-    raise SystemExit(1) from None
+__all__ = ["cli", "fail", "main"]
 
 
 @click.group(
@@ -39,53 +34,75 @@ def fail(exc: AsaError) -> NoReturn:
         "verify": "asa_format.signing_cli:verify_command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
 )
-@click.version_option(__version__, prog_name="asa")
-def cli() -> None:
-    """Validate, inspect, convert, sign and run activation-steering bundles."""
+@click.version_option(__version__, "-V", "--version", prog_name="asa")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Validate, inspect, convert, sign and run activation-steering bundles.
+
+    The report goes to stdout (text, or JSON with --json), diagnostics to
+    stderr. Exit 0 ok, 1 a check failed, 2 usage or environment error,
+    130 interrupted.
+    """
+    if ctx.invoked_subcommand is None:  # plain `asa`: the help, and success
+        click.echo(ctx.get_help())
+
+
+def _validation_result(path: str) -> Result:
+    from asa_format.validate import validate_bundle
+
+    report = validate_bundle(path)
+    result = Result(path=path, problems=list(report.problems), warnings=list(report.warnings))
+    result.fields = {"digest": report.digest}
+    if report.ok:
+        s = report.summary
+        model = s.get("model", {})
+        what = model.get("id") or model.get("type") or "model unknown"
+        result.text = (
+            f"ok    {path}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
+            f"{len(s.get('domains', []))} domains, {report.digest})\n"
+        )
+    return result
 
 
 @cli.command("validate")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout (format in the README).")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout (format in the README).")
 def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Check bundles: schema, sizes, hashes, file profiles and consistency.
 
-    Exit 0 if every bundle is valid, 1 if any is not, 2 on usage errors.
+    Every path is reported (a missing one as BUNDLE_NOT_FOUND). Exit 0 if
+    every bundle is valid, 1 if any is not, 2 on usage errors.
     """
-    from asa_format.report import json_report, text_report
-    from asa_format.validate import validate_bundle
-
-    reports = [validate_bundle(p) for p in paths]
-    if as_json:
-        click.echo(json_report(reports))
-    else:
-        text_report(reports, sys.stdout, sys.stderr)
-    raise SystemExit(0 if all(r.ok for r in reports) else 1)
+    results = [_validation_result(p) for p in paths]
+    raise SystemExit(write_report("validate", results, as_json, sys.stdout))
 
 
 @cli.command("inspect")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, dir_okay=True))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest and digest as JSON.")
-def inspect_command(path: str, as_json: bool) -> None:
-    """Print a readable summary of a bundle (and its root digest)."""
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests and digests as one JSON report.")
+def inspect_command(paths: tuple[str, ...], as_json: bool) -> None:
+    """Print a readable summary of bundles (and their root digests).
+
+    Exit 0 if every bundle could be read, 1 if any could not, 2 on usage errors.
+    """
     from asa_format.inspect import describe
 
-    try:
-        summary, text = describe(path)
-    except AsaError as exc:
-        fail(exc)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        click.echo(text, nl=False)
+    results = []
+    for path in paths:
+        try:
+            summary, text = describe(path)
+        except AsaError as exc:
+            results.append(failed_result(path, exc))
+            continue
+        summary.pop("path", None)
+        results.append(Result(path=path, fields=summary, text=text))
+    raise SystemExit(write_report("inspect", results, as_json, sys.stdout, verdict="read"))
 
 
 def main(argv: list[str] | None = None) -> Any:
-    try:
-        return cli.main(args=argv, prog_name="asa", standalone_mode=True)
-    except AsaError as exc:  # pragma: no cover - commands handle their own errors
-        fail(exc)
+    run_main(cli, argv, "asa")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,9 @@ MAX_DOMAINS = 1024
 MAX_FILES = MAX_DOMAINS + 8
 
 # ONNX profile --------------------------------------------------------------------
+# ONNX profile (spec section 6.1): versioned on its own; a profile minor version may
+# only raise the maxima below, and a format minor version may adopt it.
+ONNX_PROFILE_VERSION = "1.0"
 ONNX_IR_VERSION_MIN = 7
 ONNX_IR_VERSION_MAX = 11
 ONNX_OPSET_RANGES = {"": (9, 23), "ai.onnx.ml": (1, 5)}

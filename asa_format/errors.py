@@ -1,10 +1,13 @@
 """One error hierarchy for asa-format, with stable error codes.
 
 Every failure the library reports is an :class:`AsaError` (or a subclass).
-Each error carries a stable, documented ``code`` (``UPPER_SNAKE`` string, see
-``CODES`` below and the table in ``spec/SPEC.md``), the file it concerns when
+Each error carries a stable, documented ``code``: an :data:`ErrorCode`, a
+``Literal`` of ``UPPER_SNAKE`` strings that mypy checks at every call site
+(summaries in ``CODES``, table in ``spec/SPEC.md``), the file it concerns when
 there is one, a message saying what is wrong, and a hint saying how to fix
-it. Codes never change meaning once released; new codes may be added.
+it. Codes never change meaning once released; new codes may be added. The
+class tells the category of the code: each class lists the codes it carries
+(``codes``), see :data:`ERROR_CLASSES`.
 
 The validator reports :class:`Problem` records (code, file, message, hint);
 ``load_bundle`` raises a :class:`BundleError` that carries all problems found
@@ -14,15 +17,17 @@ and takes its ``code`` from the first one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal, TypeGuard, get_args
 
 __all__ = [
     "CODES",
+    "ERROR_CLASSES",
     "AsaError",
     "BundleError",
     "ConversionError",
     "DecisionError",
     "DigestMismatchError",
+    "ErrorCode",
     "LegacyFormatError",
     "ParityError",
     "Problem",
@@ -30,14 +35,122 @@ __all__ = [
     "SignatureError",
     "UnsafePickleError",
     "UsageError",
+    "is_error_code",
+    "problems_of",
+]
+
+
+# Every error code, spelled once for mypy: a misspelt or unknown ``code="..."``
+# is a type error. Add a code here, in CODES (its one-line summary), in the
+# CATEGORIES entry of the class that raises it, and in the spec's table.
+ErrorCode = Literal[
+    "USAGE",
+    "IO_ERROR",
+    "BUNDLE_NOT_FOUND",
+    "PATH_INVALID",
+    "PATH_SYMLINK",
+    "PATH_HARDLINK",
+    "PATH_NOT_REGULAR",
+    "FILE_MISSING",
+    "FILE_UNLISTED",
+    "FILE_TOO_LARGE",
+    "FILE_SIZE_MISMATCH",
+    "FILE_HASH_MISMATCH",
+    "MANIFEST_MISSING",
+    "MANIFEST_TOO_LARGE",
+    "MANIFEST_ENCODING",
+    "MANIFEST_JSON",
+    "MANIFEST_DUPLICATE_KEY",
+    "MANIFEST_NONFINITE",
+    "MANIFEST_SCHEMA",
+    "FORMAT_UNKNOWN",
+    "FORMAT_VERSION_UNSUPPORTED",
+    "MANIFEST_SEMANTIC",
+    "SAFETENSORS_HEADER",
+    "SAFETENSORS_HEADER_TOO_LARGE",
+    "SAFETENSORS_OFFSETS",
+    "SAFETENSORS_DTYPE",
+    "SAFETENSORS_SHAPE",
+    "SAFETENSORS_KEYS",
+    "SAFETENSORS_NONFINITE",
+    "SAFETENSORS_METADATA",
+    "VECTOR_NOT_UNIT",
+    "ONNX_PARSE",
+    "ONNX_OPSET",
+    "ONNX_IR_VERSION",
+    "ONNX_OP",
+    "ONNX_EXTERNAL_DATA",
+    "ONNX_FUNCTION",
+    "ONNX_SPARSE",
+    "ONNX_TRAINING",
+    "ONNX_SUBGRAPH",
+    "ONNX_METADATA",
+    "ONNX_IO",
+    "ONNX_TOO_LARGE",
+    "ONNX_SESSION",
+    "HIDDEN_SIZE_MISMATCH",
+    "DOMAIN_MISMATCH",
+    "LAYER_OUT_OF_RANGE",
+    "DIGEST_MISMATCH",
+    "SIGNATURE_MISSING",
+    "SIGNATURE_INVALID",
+    "SIGNATURE_UNTRUSTED_KEY",
+    "SIGNATURE_FILE_MODIFIED",
+    "SIGNATURE_FILE_EXTRA",
+    "SIGNATURE_FILE_MISSING",
+    "SIGNATURE_FORMAT",
+    "SIGNATURE_KEY_INVALID",
+    "LEGACY_MISSING_FILE",
+    "LEGACY_CONFIG",
+    "LEGACY_CONTENT",
+    "PICKLE_FORBIDDEN_GLOBAL",
+    "PICKLE_FORBIDDEN_OPCODE",
+    "PICKLE_FORBIDDEN_CALL",
+    "PICKLE_MALFORMED",
+    "PICKLE_PROTOCOL",
+    "PICKLE_TOO_LARGE",
+    "NPZ_INVALID",
+    "INPUT_SHAPE",
+    "DESTINATION_EXISTS",
+    "PARITY_FAILED",
+    "EXPORT_FAILED",
+    "LAYERS_NOT_FOUND",
+    "LAYER_MISSING",
+    "MODEL_HIDDEN_SIZE",
+    "MODEL_TYPE_MISMATCH",
+    "MODEL_ID_MISMATCH",
+    "MODEL_LAYER_COUNT",
+    "MODEL_NOT_FOUND",
+    "DECISION_INPUT",
+    "DECISION_FAILED",
+    "PASS_UNCLASSIFIED",
+    "SELF_TEST_FAILED",
+    "BLOCK_OUTPUT_LAYOUT",
+    "EXTRA_MISSING",
+    "INTERRUPTED",
+    "SIGNATURE_EXISTS",
+    "DESTINATION_NOT_BUNDLE",
+    "DESTINATION_IS_SOURCE",
+    "FORMAT_FEATURE_UNSUPPORTED",
+    "CARD_INVALID",
+    "NOT_AN_ASA_BUNDLE",
+    "BUNDLE_HAS_INTERVENTIONS",
+    "IMPORT_UNKNOWN_KIND",
+    "IMPORT_INVALID",
+    "IMPORT_BINDING",
+    "EXPORT_UNSUPPORTED",
+    "EXPORT_LOSSY",
+    "HUB_REFERENCE",
 ]
 
 
 # code -> one-line summary. The spec's error-code table mirrors this dict and a
 # test checks that the two agree.
-CODES: dict[str, str] = {
+CODES: dict[ErrorCode, str] = {
     # generic
     "USAGE": "command-line usage error",
+    "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
+    "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
@@ -98,7 +211,10 @@ CODES: dict[str, str] = {
     "SIGNATURE_FILE_EXTRA": "the bundle has a file the signature does not cover",
     "SIGNATURE_FILE_MISSING": "a file covered by the signature is missing",
     "SIGNATURE_FORMAT": "the signature file is malformed",
-    "SIGNATURE_KEY_INVALID": "a signing or verification key cannot be read or is not a supported ECDSA key",
+    "SIGNATURE_KEY_INVALID": (
+        "a signing or verification key cannot be read or is not a supported ECDSA key"
+    ),
+    "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -112,6 +228,8 @@ CODES: dict[str, str] = {
     "NPZ_INVALID": "steering_vectors.npz is malformed or uses object arrays",
     "INPUT_SHAPE": "pipeline objects have inconsistent shapes",
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
+    "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
+    "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
@@ -124,6 +242,9 @@ CODES: dict[str, str] = {
     "MODEL_NOT_FOUND": "the model directory does not exist or is not a model",
     "DECISION_INPUT": "decide() got an array of the wrong shape or dtype",
     "DECISION_FAILED": "evaluating the decision graphs failed",
+    "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
+    "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
+    "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
     # format 1.1: interventions, import, export, hub
     "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
     "CARD_INVALID": "the bundle's model card (README.md) is not UTF-8 text",
@@ -138,11 +259,75 @@ CODES: dict[str, str] = {
 }
 
 
+def _codes(*names: ErrorCode) -> frozenset[ErrorCode]:
+    return frozenset(names)
+
+
+# The rule: the class tells the category. Each class lists in ``codes`` the
+# codes it may carry (IO_ERROR, a file that cannot be read or written, goes
+# with any class); ``tests/test_error_codes.py`` checks every ``code="..."``
+# of the source tree against this list. A class has a ``default_code`` only
+# where it carries exactly one code.
+_BUNDLE_CODES = _codes(
+    "BUNDLE_NOT_FOUND",
+    "PATH_INVALID",
+    "PATH_SYMLINK",
+    "PATH_HARDLINK",
+    "PATH_NOT_REGULAR",
+    "FILE_MISSING",
+    "FILE_UNLISTED",
+    "FILE_TOO_LARGE",
+    "FILE_SIZE_MISMATCH",
+    "FILE_HASH_MISMATCH",
+    "MANIFEST_MISSING",
+    "MANIFEST_TOO_LARGE",
+    "MANIFEST_ENCODING",
+    "MANIFEST_JSON",
+    "MANIFEST_DUPLICATE_KEY",
+    "MANIFEST_NONFINITE",
+    "MANIFEST_SCHEMA",
+    "FORMAT_UNKNOWN",
+    "FORMAT_VERSION_UNSUPPORTED",
+    "MANIFEST_SEMANTIC",
+    "SAFETENSORS_HEADER",
+    "SAFETENSORS_HEADER_TOO_LARGE",
+    "SAFETENSORS_OFFSETS",
+    "SAFETENSORS_DTYPE",
+    "SAFETENSORS_SHAPE",
+    "SAFETENSORS_KEYS",
+    "SAFETENSORS_NONFINITE",
+    "SAFETENSORS_METADATA",
+    "VECTOR_NOT_UNIT",
+    "ONNX_PARSE",
+    "ONNX_OPSET",
+    "ONNX_IR_VERSION",
+    "ONNX_OP",
+    "ONNX_EXTERNAL_DATA",
+    "ONNX_FUNCTION",
+    "ONNX_SPARSE",
+    "ONNX_TRAINING",
+    "ONNX_SUBGRAPH",
+    "ONNX_METADATA",
+    "ONNX_IO",
+    "ONNX_TOO_LARGE",
+    "ONNX_SESSION",
+    "HIDDEN_SIZE_MISMATCH",
+    "DOMAIN_MISMATCH",
+    "LAYER_OUT_OF_RANGE",
+    # format 1.1
+    "FORMAT_FEATURE_UNSUPPORTED",
+    "CARD_INVALID",
+    "NOT_AN_ASA_BUNDLE",
+    "BUNDLE_HAS_INTERVENTIONS",
+    "HUB_REFERENCE",
+)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding of the validator: stable code, file, message and fix hint."""
 
-    code: str
+    code: ErrorCode
     message: str
     file: str | None = None
     hint: str | None = None
@@ -159,21 +344,25 @@ class Problem:
 
 
 class AsaError(Exception):
-    """Base class of every error raised by asa-format."""
+    """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
 
-    default_code = "IO_ERROR"
+    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR")
+    default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         file: str | None = None,
         hint: str | None = None,
     ) -> None:
-        self.code = code or self.default_code
-        if self.code not in CODES:  # pragma: no cover - programming error
-            raise ValueError(f"unknown error code {self.code!r}")
+        chosen = code if code is not None else self.default_code
+        if chosen is None:  # pragma: no cover - programming error
+            raise TypeError(f"{type(self).__name__} needs an explicit error code")
+        if chosen not in CODES:  # pragma: no cover - programming error
+            raise ValueError(f"unknown error code {chosen!r}")
+        self.code: ErrorCode = chosen
         self.message = message
         self.file = file
         self.hint = hint
@@ -185,19 +374,30 @@ class AsaError(Exception):
 
 
 class UsageError(AsaError):
+    """The caller asked for something impossible (bad option, existing destination)."""
+
+    codes = _codes(
+        "USAGE",
+        "DESTINATION_EXISTS",
+        "DESTINATION_NOT_BUNDLE",
+        "DESTINATION_IS_SOURCE",
+        "SIGNATURE_EXISTS",
+        "EXTRA_MISSING",
+        "INTERRUPTED",
+    )
     default_code = "USAGE"
 
 
 class BundleError(AsaError):
     """A bundle failed validation. ``problems`` holds every finding."""
 
-    default_code = "MANIFEST_SCHEMA"
+    codes = _BUNDLE_CODES
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         file: str | None = None,
         hint: str | None = None,
         problems: list[Problem] | None = None,
@@ -215,31 +415,67 @@ class BundleError(AsaError):
 
 
 class DigestMismatchError(BundleError):
+    """The bundle is not the one its root digest was pinned to."""
+
+    codes = _codes("DIGEST_MISMATCH")
     default_code = "DIGEST_MISMATCH"
 
 
 class SignatureError(BundleError):
-    default_code = "SIGNATURE_INVALID"
+    """A signature is missing, malformed, untrusted or does not cover the bundle."""
+
+    codes = _codes(
+        "SIGNATURE_MISSING",
+        "SIGNATURE_INVALID",
+        "SIGNATURE_UNTRUSTED_KEY",
+        "SIGNATURE_FILE_MODIFIED",
+        "SIGNATURE_FILE_EXTRA",
+        "SIGNATURE_FILE_MISSING",
+        "SIGNATURE_FORMAT",
+        "SIGNATURE_KEY_INVALID",
+    )
 
 
 class ConversionError(AsaError):
-    default_code = "LEGACY_CONTENT"
+    """Source objects cannot be turned into a bundle (a legacy bundle, in-memory
+    estimators, an imported steering file), or a bundle into another format."""
+
+    codes = _codes(
+        "INPUT_SHAPE",
+        "EXPORT_FAILED",
+        "DOMAIN_MISMATCH",
+        "HIDDEN_SIZE_MISMATCH",
+        "IMPORT_UNKNOWN_KIND",
+        "IMPORT_INVALID",
+        "IMPORT_BINDING",
+        "EXPORT_UNSUPPORTED",
+        "EXPORT_LOSSY",
+    )
 
 
 class LegacyFormatError(ConversionError):
-    default_code = "LEGACY_CONTENT"
+    """A legacy ``asa_assets/`` directory is incomplete or holds unexpected content."""
+
+    codes = _codes("LEGACY_MISSING_FILE", "LEGACY_CONFIG", "LEGACY_CONTENT", "NPZ_INVALID")
 
 
 class UnsafePickleError(ConversionError):
     """A legacy pickle was refused. ``offset`` is the byte offset of the opcode."""
 
-    default_code = "PICKLE_FORBIDDEN_GLOBAL"
+    codes = _codes(
+        "PICKLE_FORBIDDEN_GLOBAL",
+        "PICKLE_FORBIDDEN_OPCODE",
+        "PICKLE_FORBIDDEN_CALL",
+        "PICKLE_MALFORMED",
+        "PICKLE_PROTOCOL",
+        "PICKLE_TOO_LARGE",
+    )
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         file: str | None = None,
         hint: str | None = None,
         offset: int | None = None,
@@ -249,20 +485,56 @@ class UnsafePickleError(ConversionError):
 
 
 class ParityError(ConversionError):
+    """The converted bundle does not reproduce the source's decisions."""
+
+    codes = _codes("PARITY_FAILED")
     default_code = "PARITY_FAILED"
 
 
 class RuntimeCompatError(AsaError):
-    default_code = "MODEL_HIDDEN_SIZE"
+    """The bundle does not fit the model it is attached to."""
+
+    codes = _codes(
+        "LAYERS_NOT_FOUND",
+        "LAYER_MISSING",
+        "MODEL_HIDDEN_SIZE",
+        "MODEL_TYPE_MISMATCH",
+        "MODEL_ID_MISMATCH",
+        "MODEL_LAYER_COUNT",
+        "MODEL_NOT_FOUND",
+        "SELF_TEST_FAILED",
+        "BLOCK_OUTPUT_LAYOUT",
+    )
 
 
 class DecisionError(AsaError):
-    default_code = "DECISION_FAILED"
+    """``decide()`` got unusable input, evaluating the graphs failed, or a pass the
+    runtime was asked to refuse could not be classified."""
+
+    codes = _codes("DECISION_INPUT", "DECISION_FAILED", "PASS_UNCLASSIFIED")
 
 
-def error_problem(exc: AsaError) -> Problem:
-    """Return the Problem record of an error (kept for symmetry with BundleError)."""
-    return exc.problem
+ERROR_CLASSES: tuple[type[AsaError], ...] = (
+    AsaError,
+    UsageError,
+    BundleError,
+    DigestMismatchError,
+    SignatureError,
+    ConversionError,
+    LegacyFormatError,
+    UnsafePickleError,
+    ParityError,
+    RuntimeCompatError,
+    DecisionError,
+)
+
+
+def is_error_code(value: str) -> TypeGuard[ErrorCode]:
+    """Whether ``value`` is one of the stable error codes."""
+    return value in _ALL_CODES
+
+
+_ALL_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
 
 
 def problems_of(exc: AsaError) -> list[Problem]:
@@ -270,4 +542,3 @@ def problems_of(exc: AsaError) -> list[Problem]:
     if isinstance(exc, BundleError):
         return list(exc.problems)
     return [exc.problem]
-

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asa_format import constants as C
-from asa_format.errors import AsaError
+from asa_format.errors import BundleError, UsageError
 
 __all__ = ["HUB_REFERENCE", "download_bundle", "is_hub_reference", "load_from_hub", "parse_hub_reference"]
 
@@ -33,8 +33,8 @@ _MAX_COPY = C.MAX_VECTORS_BYTES
 T = TypeVar("T")
 
 
-def _bad(message: str, hint: str) -> AsaError:
-    return AsaError(message, code="HUB_REFERENCE", hint=hint)
+def _bad(message: str, hint: str) -> BundleError:
+    return BundleError(message, code="HUB_REFERENCE", hint=hint)
 
 
 def is_hub_reference(value: Any) -> bool:
@@ -69,7 +69,7 @@ def download_bundle(
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise AsaError("hub references need huggingface_hub", code="USAGE", hint="pip install 'asa-format[hub]'") from exc
+        raise UsageError('hub references need huggingface_hub, which is not installed: pip install "asa-format[hub]"', code="EXTRA_MISSING") from exc
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
@@ -94,7 +94,7 @@ def download_bundle(
         if not (real.is_relative_to(store.resolve()) or real.is_relative_to(snapshot.resolve())) or not real.is_file():
             raise _bad(f"{entry.name} in the hub snapshot points outside the cache ({real})", "clear the hub cache and download again")
         if real.stat().st_size > _MAX_COPY:
-            raise AsaError(f"{entry.name} is over {_MAX_COPY} bytes", code="FILE_TOO_LARGE", file=entry.name, hint="see the spec's size caps")
+            raise BundleError(f"{entry.name} is over {_MAX_COPY} bytes", code="FILE_TOO_LARGE", file=entry.name, hint="see the spec's size caps")
         shutil.copyfile(real, dest / entry.name, follow_symlinks=True)
     return dest
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import ErrorCode, Problem
 
 __all__ = [
     "ConditionGate",
@@ -136,7 +136,7 @@ def intervention_problems(doc: Mapping[str, Any]) -> list[Problem]:
     """The semantic rules of the 1.1 members ``requires`` and ``interventions``."""
     problems: list[Problem] = []
 
-    def bad(message: str, hint: str, code: str = "MANIFEST_SEMANTIC") -> None:
+    def bad(message: str, hint: str, code: ErrorCode = "MANIFEST_SEMANTIC") -> None:
         problems.append(Problem(code=code, file=C.MANIFEST_FILE, message=message, hint=hint))
 
     requires = list(doc.get("requires", []))

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.errors import BundleError, Problem
+from asa_format.errors import BundleError, ErrorCode, Problem
 from asa_format.interventions import Intervention, intervention_problems
 from asa_format.jsonio import DuplicateKeyError, NonFiniteError, dumps_canonical, loads_strict
 from asa_format.schema_check import check_schema, iter_violations
@@ -325,11 +325,13 @@ def _schema_problems(doc: dict[str, Any], tolerate_unknown: bool) -> tuple[list[
 def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
 
-    def bad(message: str, hint: str, code: str = "MANIFEST_SEMANTIC") -> None:
+    def bad(message: str, hint: str, code: ErrorCode = "MANIFEST_SEMANTIC") -> None:
         problems.append(Problem(code=code, file=C.MANIFEST_FILE, message=message, hint=hint))
 
     problems.extend(intervention_problems(doc))
     if "layer" not in doc or "steering" not in doc or "domains" not in doc:
+        if "interventions" not in doc:  # an incomplete asa intervention: reported above, nothing more
+            return problems
         for name in sorted(set(doc["files"]) - {C.INTERVENTIONS_FILE, C.CARD_FILE}):
             bad(f"$.files lists {name!r}, which no part of the manifest uses", "a bundle without an asa intervention has no graphs or domain vectors")
         return problems  # no asa intervention (reported above when that is wrong)
@@ -373,7 +375,7 @@ def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
 def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Problem]]:
     """Parse manifest bytes. Returns ``(manifest or None, errors, warnings)``."""
 
-    def fail(code: str, message: str, hint: str) -> tuple[None, list[Problem], list[Problem]]:
+    def fail(code: ErrorCode, message: str, hint: str) -> tuple[None, list[Problem], list[Problem]]:
         return None, [Problem(code=code, file=C.MANIFEST_FILE, message=message, hint=hint)], []
 
     if len(data) > C.MAX_MANIFEST_BYTES:
@@ -431,7 +433,8 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
         if unsafe:
             return fail(
                 "PATH_INVALID",
-                f"$.files names {unsafe[0]!r}: bundle paths are plain file names in the bundle directory",
+                f"$.files names {unsafe[0]!r}: "
+                "bundle paths are plain file names in the bundle directory",
                 "no absolute paths, no '..', no directories, no backslashes or drive letters",
             )
     errors, warnings = _schema_problems(doc, tolerate_unknown=minor > C.FORMAT_MINOR)

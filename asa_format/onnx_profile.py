@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import ErrorCode, Problem
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
 
@@ -44,7 +44,7 @@ INT64 = 7
 DOUBLE = 11
 _TYPE_NAMES = {FLOAT: "float32", INT64: "int64", DOUBLE: "float64"}
 
-Report = Callable[[str, str, str], None]  # (code, message, hint)
+Report = Callable[[ErrorCode, str, str], None]  # (code, message, hint)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def check_onnx(
 
     problems: list[Problem] = []
 
-    def bad(code: str, message: str, hint: str) -> None:
+    def bad(code: ErrorCode, message: str, hint: str) -> None:
         problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) > C.MAX_ONNX_BYTES:

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import ErrorCode, Problem
 from asa_format.interventions import tensor_problems, zero_condition_problems
 from asa_format.manifest import Manifest, parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
 
-__all__ = ["ReadResult", "read_bundle_dir", "session_options"]
+__all__ = ["ReadResult", "open_regular", "read_bundle_dir", "session_options"]
 
 
 @dataclass
@@ -57,26 +57,58 @@ class ReadResult:
         return not self.problems
 
 
-def _p(code: str, message: str, hint: str, file: str | None = None) -> Problem:
+def _p(code: ErrorCode, message: str, hint: str, file: str | None = None) -> Problem:
     return Problem(code=code, message=message, file=file, hint=hint)
+
+
+def open_regular(path: Path, name: str) -> tuple[int, os.stat_result] | Problem:
+    """Open ``path`` read-only without following links; refuse anything but a regular file.
+
+    Returns the open descriptor (the caller closes it) and its ``fstat``, or
+    the problem (FILE_MISSING, PATH_SYMLINK, PATH_NOT_REGULAR, IO_ERROR).
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not regular)
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return _p(
+            "FILE_MISSING",
+            "listed in the manifest but not present",
+            "add the file or fix the manifest",
+            name,
+        )
+    except OSError as exc:
+        if os.path.islink(path):
+            return _p(
+                "PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name
+            )
+        return _p("IO_ERROR", f"cannot be opened: {exc.strerror}", "check permissions", name)
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        return _p("IO_ERROR", f"cannot be read: {exc.strerror}", "check the file system", name)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return _p(
+            "PATH_NOT_REGULAR", "is not a regular file", "bundle entries must be regular files", name
+        )
+    return fd, st
 
 
 def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Problem | None]:
     """Open ``path`` without following links and read at most ``cap`` bytes."""
-    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not regular)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    opened = open_regular(path, name)
+    if isinstance(opened, Problem):
+        return None, opened
+    fd, st = opened
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None, _p("FILE_MISSING", "listed in the manifest but not present", "add the file or fix the manifest", name)
-    except OSError as exc:
-        if os.path.islink(path):
-            return None, _p("PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name)
-        return None, _p("IO_ERROR", f"cannot be opened: {exc.strerror}", "check permissions", name)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, _p("PATH_NOT_REGULAR", "is not a regular file", "bundle entries must be regular files", name)
         if st.st_nlink > 1:
             return None, _p(
                 "PATH_HARDLINK",
@@ -85,7 +117,12 @@ def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Proble
                 name,
             )
         if st.st_size > cap:
-            return None, _p("FILE_TOO_LARGE", f"is {st.st_size} bytes, over the cap of {cap}", "see the spec's size caps", name)
+            return None, _p(
+                "FILE_TOO_LARGE",
+                f"is {st.st_size} bytes, over the cap of {cap}",
+                "see the spec's size caps",
+                name,
+            )
         chunks = []
         remaining = cap + 1
         while remaining > 0:
@@ -96,7 +133,9 @@ def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Proble
             remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > cap:
-            return None, _p("FILE_TOO_LARGE", f"is over the cap of {cap} bytes", "see the spec's size caps", name)
+            return None, _p(
+                "FILE_TOO_LARGE", f"is over the cap of {cap} bytes", "see the spec's size caps", name
+            )
         return data, None
     except OSError as exc:
         return None, _p("IO_ERROR", f"cannot be read: {exc.strerror}", "check the file system", name)
@@ -157,7 +196,12 @@ def read_bundle_dir(
                 entries.append(entry)
                 if len(entries) > C.MAX_FILES + 2:
                     problems.append(
-                        _p("FILE_UNLISTED", f"the bundle directory holds more than {C.MAX_FILES + 2} entries", "a bundle holds its manifest, its listed files and an optional signature")
+                        _p(
+                            "FILE_UNLISTED",
+                            f"the bundle directory holds more than {C.MAX_FILES + 2} entries",
+                            "a bundle holds its manifest, its listed files "
+                            "and an optional signature",
+                        )
                     )
                     return result
         entries.sort(key=lambda e: e.name)
@@ -287,15 +331,29 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
             outputs = session.run(None, feed)
         except Exception as exc:
             result.problems.append(
-                _p("ONNX_SESSION", f"evaluating the graph on a [2, {hidden}] input failed: {str(exc).splitlines()[0][:300]}", "the graph's weights must match the manifest's hidden size", name)
+                _p(
+                    "ONNX_SESSION",
+                    f"evaluating the graph on a [2, {hidden}] input "
+                    f"failed: {str(exc).splitlines()[0][:300]}",
+                    "the graph's weights must match the manifest's hidden size",
+                    name,
+                )
             )
             continue
         expected = [(2, hidden)] if name == C.SCALER_FILE else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
         shapes = [tuple(o.shape) for o in outputs]
         if shapes != expected:
-            code = "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
+            code: ErrorCode = (
+                "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
+            )
             result.problems.append(
-                _p(code, f"on a [2, {hidden}] input the graph returns shapes {shapes}, expected {expected}", "the graph must match the manifest's hidden size and domains", name)
+                _p(
+                    code,
+                    f"on a [2, {hidden}] input the graph returns shapes {shapes}, "
+                    f"expected {expected}",
+                    "the graph must match the manifest's hidden size and domains",
+                    name,
+                )
             )
             continue
         if keep:

@@ -1,70 +1,115 @@
-"""Reporters for ``asa validate``: text for people, JSON for machines.
+"""One report shape for ``asa validate``, ``inspect``, ``verify`` and ``asa-convert``.
 
-JSON output (stdout), one document per run::
+JSON (stdout, ``--json``), one document per run, one result per path given
+(missing paths included)::
 
     {
       "asa_format_version": "0.1.0",
-      "valid": false,                       # every bundle valid?
-      "summary": {"checked": 2, "valid": 1, "invalid": 1},
-      "bundles": [
-        {"path": "...", "valid": true, "digest": "sha256:...",
-         "errors": [], "warnings": []},
-        {"path": "...", "valid": false, "digest": "sha256:...",
-         "errors": [{"code": "FILE_HASH_MISMATCH", "file": "router.onnx",
-                     "message": "...", "hint": "..."}],
+      "command": "validate",
+      "ok": false,                                  # every result ok?
+      "summary": {"checked": 2, "ok": 1, "failed": 1},
+      "results": [
+        {"path": "good", "ok": true, "problems": [], "warnings": [],
+         "digest": "sha256:...", ...},               # plus the command's own fields
+        {"path": "missing", "ok": false,
+         "problems": [{"code": "BUNDLE_NOT_FOUND", "file": null,
+                       "message": "...", "hint": "..."}],
          "warnings": []}
       ]
     }
 
-Text output: one ``ok`` line per valid bundle on stdout; for an invalid
-bundle a header line and one indented line per problem on stderr.
+Text (stdout): per path an ``ok`` line (or the command's own text), or a
+``FAIL`` header and one indented line per problem with its fix; a summary
+line when more than one path was given. Hints name command-line flags.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TextIO
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from asa_format import __version__
-from asa_format.validate import ValidationReport
+from asa_format.errors import AsaError, Problem, problems_of
+from asa_format.hints import problem_for_cli
 
-__all__ = ["json_report", "text_report"]
+__all__ = ["Result", "envelope", "failed_result", "json_report", "text_report", "write_report"]
 
 
-def json_report(reports: Sequence[ValidationReport]) -> str:
-    valid = sum(r.ok for r in reports)
-    doc = {
+@dataclass
+class Result:
+    """What a command found for one path."""
+
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)  # the command's own data
+    text: str | None = None  # the command's own text for an ok result
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.fields,
+            "path": self.path,
+            "ok": self.ok,
+            "problems": [problem_for_cli(p).to_dict() for p in self.problems],
+            "warnings": [problem_for_cli(p).to_dict() for p in self.warnings],
+        }
+
+
+def failed_result(path: str, error: AsaError, **fields: Any) -> Result:
+    return Result(path=path, problems=problems_of(error), fields=dict(fields))
+
+
+def envelope(command: str, results: Sequence[Result]) -> dict[str, Any]:
+    ok = sum(r.ok for r in results)
+    return {
         "asa_format_version": __version__,
-        "valid": valid == len(reports),
-        "summary": {"checked": len(reports), "valid": valid, "invalid": len(reports) - valid},
-        "bundles": [r.to_dict() for r in reports],
+        "command": command,
+        "ok": ok == len(results),
+        "summary": {"checked": len(results), "ok": ok, "failed": len(results) - ok},
+        "results": [r.to_dict() for r in results],
     }
-    return json.dumps(doc, indent=2, sort_keys=True)
 
 
-def text_report(reports: Sequence[ValidationReport], out: TextIO, err: TextIO) -> None:
-    for r in reports:
+def json_report(command: str, results: Sequence[Result]) -> str:
+    return json.dumps(envelope(command, results), indent=2, sort_keys=True)
+
+
+def _problem_lines(problems: Sequence[Problem], out: TextIO) -> None:
+    for p in map(problem_for_cli, problems):
+        where = f"{p.file}: " if p.file else ""
+        out.write(f"  {p.code:<28} {where}{p.message}\n")
+        if p.hint:
+            out.write(f"  {'':<28} fix: {p.hint}\n")
+
+
+def text_report(results: Sequence[Result], out: TextIO, noun: str = "bundles", verdict: str = "valid") -> None:
+    for r in results:
         if r.ok:
-            s = r.summary
-            model = s.get("model", {})
-            what = model.get("id") or model.get("type") or "model unknown"
-            out.write(
-                f"ok    {r.path}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
-                f"{len(s.get('domains', []))} domains, {r.digest})\n"
-            )
+            out.write(r.text if r.text is not None else f"ok    {r.path}\n")
             for w in r.warnings:
-                err.write(f"      warning: {w}\n")
+                out.write(f"      warning: {problem_for_cli(w)}\n")
             continue
         n = len(r.problems)
-        err.write(f"FAIL  {r.path}  ({n} problem{'s' if n != 1 else ''})\n")
-        for p in r.problems:
-            where = f"{p.file}: " if p.file else ""
-            err.write(f"  {p.code:<28} {where}{p.message}\n")
-            if p.hint:
-                err.write(f"  {'':<28} fix: {p.hint}\n")
+        out.write(f"FAIL  {r.path}  ({n} problem{'s' if n != 1 else ''})\n")
+        _problem_lines(r.problems, out)
         for w in r.warnings:
-            err.write(f"  warning: {w}\n")
-    if len(reports) > 1:
-        bad = sum(not r.ok for r in reports)
-        (err if bad else out).write(f"{len(reports) - bad} of {len(reports)} bundles valid\n")
+            out.write(f"  warning: {problem_for_cli(w)}\n")
+    if len(results) > 1:
+        good = sum(r.ok for r in results)
+        out.write(f"{good} of {len(results)} {noun} {verdict}\n")
+
+
+def write_report(command: str, results: Sequence[Result], as_json: bool, out: TextIO, **text_options: str) -> int:
+    """Print the report; return the exit status (0 every result ok, 1 otherwise)."""
+    if as_json:
+        out.write(json_report(command, results) + "\n")
+    else:
+        text_report(results, out, **text_options)
+    out.flush()
+    return 0 if all(r.ok for r in results) else 1

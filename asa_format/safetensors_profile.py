@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import Problem
+from asa_format.errors import BundleError, ErrorCode, Problem
 from asa_format.jsonio import DuplicateKeyError, loads_strict
 
 __all__ = ["METADATA", "parse_vectors", "serialize_vectors"]
@@ -52,9 +52,22 @@ def serialize_vectors(vectors: Mapping[str, np.ndarray]) -> bytes:
     blobs: list[bytes] = []
     offset = 0
     for name in sorted(vectors):
-        arr = np.ascontiguousarray(np.asarray(vectors[name], dtype="<f4"))
+        try:
+            arr = np.ascontiguousarray(np.asarray(vectors[name], dtype="<f4"))
+        except (TypeError, ValueError) as exc:
+            raise BundleError(
+                f"vector {name!r} is not a numeric array: {exc}",
+                code="SAFETENSORS_DTYPE",
+                file=C.VECTORS_FILE,
+                hint="pass one float32 array of shape [hidden_size] per name",
+            ) from exc
         if arr.ndim != 1:
-            raise ValueError(f"vector {name!r} must be 1-D, got shape {arr.shape}")
+            raise BundleError(
+                f"vector {name!r} must be 1-D, got shape {list(arr.shape)}",
+                code="SAFETENSORS_SHAPE",
+                file=C.VECTORS_FILE,
+                hint="pass one float32 array of shape [hidden_size] per domain and 'global'",
+            )
         blob = arr.tobytes()
         header[name] = {"dtype": "F32", "shape": [int(arr.shape[0])], "data_offsets": [offset, offset + len(blob)]}
         offset += len(blob)
@@ -81,7 +94,7 @@ def parse_vectors(
     """
     problems: list[Problem] = []
 
-    def bad(code: str, message: str, hint: str) -> None:
+    def bad(code: ErrorCode, message: str, hint: str) -> None:
         problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) < 8:
@@ -146,7 +159,8 @@ def parse_vectors(
         if hidden_size is not None and shape[0] != hidden_size:
             bad(
                 "SAFETENSORS_SHAPE",
-                f"tensor {name!r} has shape [{shape[0]}], the manifest's hidden size is {hidden_size}",
+                f"tensor {name!r} has shape [{shape[0]}], "
+                f"the manifest's hidden size is {hidden_size}",
                 "vectors must have the model's hidden size",
             )
             continue
@@ -202,7 +216,8 @@ def parse_vectors(
         if unit_norm and abs(norm - 1.0) > C.UNIT_NORM_TOLERANCE:
             bad(
                 "VECTOR_NOT_UNIT",
-                f"vector {name!r} has L2 norm {norm:.6g}, expected 1 within {C.UNIT_NORM_TOLERANCE}",
+                f"vector {name!r} has L2 norm {norm:.6g}, "
+                f"expected 1 within {C.UNIT_NORM_TOLERANCE}",
                 "normalize steering vectors before writing",
             )
             continue

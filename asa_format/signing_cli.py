@@ -1,50 +1,40 @@
 """`asa sign` and `asa verify`: sign a bundle, verify its signature.
 
-Exit status: 0 success, 1 a check failed (the bundle or signature is bad),
-2 usage error (bad arguments, unreadable or unsupported key). The result line
-goes to stdout, diagnostics to stderr; `asa verify --json` writes exactly one
-JSON object to stdout (also on failure).
+Exit status: 0 success, 1 a check failed (the bundle or signature is bad,
+or the signature exists and --force was not given), 2 usage error (bad
+arguments, unreadable or unsupported key). The report goes to stdout
+(`asa verify --json`: the envelope of ``asa_format.report``, also on failure),
+diagnostics to stderr.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
-from asa_format.errors import AsaError, problems_of
-from asa_format.signing import root_digest_of_dir, sign_bundle, verify_bundle_signature
+from asa_format import constants as C
+from asa_format.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, fail
+from asa_format.errors import AsaError, UsageError
+from asa_format.report import Result, failed_result, write_report
+from asa_format.signing import (
+    load_private_key,
+    root_digest_of_dir,
+    sign_bundle,
+    verify_bundle_signature,
+)
 
-__all__ = ["exit_code_for", "root_digest_of_dir", "sign_command", "verify_command"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-_USAGE_CODES = frozenset({"USAGE", "SIGNATURE_KEY_INVALID"})
-
-
-def exit_code_for(error: AsaError) -> int:
-    """2 for usage and key errors, 1 for every failed check."""
-    return EXIT_USAGE if error.code in _USAGE_CODES else EXIT_FAILED
-
-
-def _fail(error: AsaError, *, as_json: bool = False) -> NoReturn:
-    problems = problems_of(error)
-    if as_json:
-        document: dict[str, Any] = {
-            "ok": False,
-            "code": error.code,
-            "problems": [p.to_dict() for p in problems],
-        }
-        click.echo(json.dumps(document, indent=2, sort_keys=True))
-    for problem in problems:
-        click.echo(f"error: {problem}", err=True)
-    sys.exit(exit_code_for(error))
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "exit_code_for",
+    "root_digest_of_dir",
+    "sign_command",
+    "verify_command",
+]
 
 
 _path = click.Path(path_type=Path)
@@ -72,21 +62,34 @@ _path = click.Path(path_type=Path)
     default=None,
     help="Name of an environment variable holding the private key's password.",
 )
+@click.option("--force", is_flag=True, help="Replace an existing signature file.")
 def sign_command(
-    bundle: Path, private_key: Path, signature: Path | None, password_env: str | None
+    bundle: Path, private_key: Path, signature: Path | None, password_env: str | None, force: bool
 ) -> None:
-    """Sign every file of BUNDLE (OpenSSF model-signing compatible signature)."""
+    """Sign every file of BUNDLE (OpenSSF model-signing compatible signature).
+
+    An existing signature is kept unless --force is given.
+    """
     password: bytes | None = None
     if password_env is not None:
         value = os.environ.get(password_env)
         if value is None:
             raise click.UsageError(f"environment variable {password_env} is not set")
         password = value.encode("utf-8")
+    target = signature if signature is not None else bundle / C.SIGNATURE_FILE
     try:
-        path = sign_bundle(bundle, private_key, signature_path=signature, password=password)
+        key = load_private_key(private_key, password=password)  # key errors (exit 2) come first
+        if not force and (target.exists() or target.is_symlink()):
+            raise UsageError(
+                f"the signature file {str(target)!r} already exists",
+                code="SIGNATURE_EXISTS",
+                file=str(target),
+                hint="pass --force to replace it, or --signature to write it elsewhere",
+            )
+        path = sign_bundle(bundle, key, signature_path=signature)
         digest = root_digest_of_dir(bundle)
     except AsaError as error:
-        _fail(error)
+        fail(error)
     click.echo(f"signed {bundle}: signature {path}, root digest {digest}")
 
 
@@ -110,16 +113,22 @@ def sign_command(
 def verify_command(
     bundle: Path, public_keys: tuple[Path, ...], signature: Path | None, as_json: bool
 ) -> None:
-    """Verify the signature of BUNDLE against trusted public keys."""
+    """Verify the signature of BUNDLE against trusted public keys.
+
+    Exit 0 verified, 1 the bundle or signature failed a check, 2 usage error
+    (e.g. an unreadable key).
+    """
     try:
-        result = verify_bundle_signature(bundle, list(public_keys), signature_path=signature)
+        verified = verify_bundle_signature(bundle, list(public_keys), signature_path=signature)
     except AsaError as error:
-        _fail(error, as_json=as_json)
-    if as_json:
-        click.echo(json.dumps({"ok": True, **result.to_dict()}, indent=2, sort_keys=True))
-        return
-    click.echo(
-        f"OK: {bundle}: signature {result.signature_path} verified "
-        f"(key {result.key_hint[:16]}..., {len(result.files)} files, "
-        f"root digest {result.root_digest})"
-    )
+        if exit_code_for(error) != EXIT_FAILED:
+            fail(error)
+        result = failed_result(str(bundle), error)
+    else:
+        result = Result(
+            path=str(bundle),
+            fields=verified.to_dict(),
+            text=f"ok    {bundle}  (signature {verified.signature_path} verified: key "
+            f"{verified.key_hint[:16]}..., {len(verified.files)} files, {verified.root_digest})\n",
+        )
+    sys.exit(write_report("verify", [result], as_json, sys.stdout))

@@ -2,9 +2,11 @@
 
 ``save_bundle`` writes every file into a fresh temporary directory next to the
 destination, fsyncs them, checks the result with the same reader that
-``load_bundle`` uses, and only then renames the directory into place. A
-failure at any point removes the temporary directory: nothing is left
-half-written at the destination. The same contents always give byte-identical
+``load_bundle`` uses, and only then moves the directory into place
+(``asa_format.destination``: an existing destination is replaced only if it
+is an asa bundle, in one atomic exchange where the OS offers one). A failure
+at any point removes the temporary directory: nothing is left half-written
+at the destination. The same contents always give byte-identical
 files (canonical JSON, sorted tensors, no timestamps).
 """
 
@@ -13,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +24,10 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.errors import AsaError, BundleError
+from asa_format.destination import Staging, check_replaceable, commit, recover
+from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.manifest import (
+    AsaManifest,
     DomainEntry,
     FileEntry,
     LayerRef,
@@ -42,7 +44,7 @@ from asa_format.safetensors_profile import serialize_vectors
 if TYPE_CHECKING:
     from asa_format.intervention_bundle import InterventionContents
 
-__all__ = ["BundleContents", "bundle_files", "save_bundle"]
+__all__ = ["BundleContents", "bundle_files", "check_destination", "contents_of", "save_bundle"]
 
 # A hook for fault-injection tests: called with each file name after it is
 # written into the temporary directory.
@@ -62,6 +64,48 @@ class BundleContents:
     router: bytes  # router.onnx
     probes: Mapping[str, bytes] = field(default_factory=dict)  # domain name -> probe graph
     provenance: Provenance | None = None
+    producer: Producer | None = None  # None: this library; a loaded bundle keeps its own
+
+
+def contents_of(
+    manifest: Manifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
+) -> BundleContents:
+    """The :class:`BundleContents` of a checked bundle (manifest, vectors, graph bytes).
+
+    The inverse of :func:`bundle_files`: saving the result writes the same
+    bytes. A manifest of a newer minor format version is refused: it may
+    carry members this version does not know, and saving would drop them.
+    """
+    major, _, minor = manifest.format_version.partition(".")
+    if (int(major), int(minor)) > (C.FORMAT_MAJOR, C.FORMAT_MINOR):
+        raise UsageError(
+            f"the bundle is format {manifest.format_version}, newer than this library's "
+            f"{C.FORMAT_VERSION}; saving it would drop what this version does not know",
+            file=C.MANIFEST_FILE,
+            hint="upgrade asa-format to edit this bundle",
+        )
+    if manifest.requires or manifest.interventions or not isinstance(manifest, AsaManifest):
+        # format 1.1 features that BundleContents cannot hold
+        raise UsageError(
+            f"the bundle uses format {manifest.format_version} features "
+            f"({', '.join(sorted(manifest.requires)) or 'interventions'}) that BundleContents "
+            "cannot hold; saving it would drop them",
+            file=C.MANIFEST_FILE,
+            hint="read it with asa_format.load_interventions and write an InterventionContents",
+        )
+    probes = {d.name: graphs[d.probe] for d in manifest.domains if d.probe is not None}
+    return BundleContents(
+        model=manifest.model,
+        layer=manifest.layer.index,
+        steering=manifest.steering,
+        domains=list(manifest.domain_names),
+        vectors={name: np.array(vec, dtype=np.float32) for name, vec in vectors.items()},
+        scaler=graphs[C.SCALER_FILE],
+        router=graphs[C.ROUTER_FILE],
+        probes=probes,
+        provenance=manifest.provenance,
+        producer=manifest.producer,
+    )
 
 
 def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
@@ -88,7 +132,7 @@ def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
             files[fname] = probe
             domains.append(DomainEntry(name=name, probe=fname))
     manifest = Manifest(
-        producer=Producer(C.PRODUCER_NAME, __version__),
+        producer=contents.producer or Producer(C.PRODUCER_NAME, __version__),
         model=contents.model,
         layer=LayerRef(index=int(contents.layer)),
         steering=contents.steering,
@@ -124,6 +168,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def check_destination(destination: str | os.PathLike[str], *, force: bool = False) -> list[str]:
+    """Finish what dead runs left at ``destination``, then refuse it unless it may be written.
+
+    A missing destination may be written; an existing one only with ``force``
+    and only if it is an asa bundle (see ``asa_format.destination``). Returns
+    notes for a person about what was recovered.
+    """
+    dest = Path(destination)
+    notes = recover(dest)
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise UsageError(
+                f"destination {str(dest)!r} already exists",
+                code="DESTINATION_EXISTS",
+                file=str(dest),
+                hint="choose another destination, or pass force=True to replace a bundle",
+            )
+        check_replaceable(dest)
+    return notes
+
+
 def save_bundle(
     contents: BundleContents | InterventionContents,
     destination: str | os.PathLike[str],
@@ -134,39 +199,32 @@ def save_bundle(
 ) -> Path:
     """Write ``contents`` as a bundle directory at ``destination``, atomically.
 
-    An existing destination is an error unless ``force`` is given, in which
-    case it is replaced in one rename. With ``check`` (the default) the
-    written bundle is validated before it is moved into place.
-    ``before_commit`` is called with the temporary directory after the check;
-    if it raises, nothing is written at the destination (the converter's
-    parity self-check runs there).
+    An existing destination is an error unless ``force`` is given and it is
+    an asa bundle (a directory whose manifest parses and that holds nothing
+    else); it is then replaced in one atomic exchange where the OS offers one.
+    With ``check`` (the default) the written bundle is validated before it is
+    moved into place. ``before_commit`` is called with the temporary
+    directory after the check; if it raises, nothing is written at the
+    destination (the converter's parity self-check runs there).
     """
     dest = Path(destination)
-    if dest.exists() or dest.is_symlink():
-        if not force:
-            raise AsaError(
-                f"destination {str(dest)!r} already exists",
-                code="DESTINATION_EXISTS",
-                hint="choose another destination, or pass --force / force=True to replace it",
-            )
-        if not dest.is_dir() or dest.is_symlink():
-            raise AsaError(
-                f"destination {str(dest)!r} exists and is not a bundle directory",
-                code="DESTINATION_EXISTS",
-                hint="remove it first; only a directory can be replaced",
-            )
+    check_destination(dest, force=force)
     if isinstance(contents, BundleContents):
         _, files = bundle_files(contents)
     else:  # format 1.1: several interventions, model card
         from asa_format.intervention_bundle import intervention_files
 
         _, files = intervention_files(contents)
-    parent = dest.parent if str(dest.parent) else Path(".")
+    parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+        staging = Staging(dest)
     except OSError as exc:
-        raise AsaError(f"cannot create a directory in {str(parent)!r}: {exc.strerror}", code="IO_ERROR", hint="check permissions and free space") from exc
+        raise AsaError(
+            f"cannot create a directory in {str(parent)!r}: {exc.strerror}",
+            code="IO_ERROR", hint="check permissions and free space",
+        ) from exc
+    tmp = staging.tmp
     try:
         # the manifest last: a reader never sees a manifest without its files
         for name in sorted(files, key=lambda n: (n == C.MANIFEST_FILE, n)):
@@ -181,27 +239,19 @@ def save_bundle(
                 raise BundleError.from_problems(result.problems)
         if before_commit is not None:
             before_commit(tmp)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=parent))
-            os.rmdir(old)
-            os.rename(dest, old)
-            try:
-                os.rename(tmp, dest)
-            except OSError:
-                os.rename(old, dest)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
+        replace = dest.exists() or dest.is_symlink()
+        if replace:
+            check_replaceable(dest)  # again: it may have changed while we wrote
+        commit(staging, replace=replace)
         _fsync_dir(parent)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staging.discard()
         raise AsaError(
             f"writing the bundle to {str(dest)!r} failed: {exc.strerror or exc}",
             code="IO_ERROR",
             hint="check free space and permissions; nothing was written at the destination",
         ) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staging.discard()
         raise
     return dest

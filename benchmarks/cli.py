@@ -23,7 +23,11 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Benchmark asa-format against the legacy pickle path.")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark asa-format against the legacy pickle path. "
+        "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone.",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for results.json and results.md (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of whole-run measurements (generations, loads, processes)")
@@ -79,6 +83,11 @@ def run_all(settings: Settings, work: Path, only: list[str] | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serving"]:  # a sub-benchmark with its own options and output files
+        from .serving import main as serving_main
+
+        return serving_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         _parser().error("--repeats must be at least 1")

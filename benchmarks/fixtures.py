@@ -1,4 +1,4 @@
-"""The benchmark's inputs: a pipeline fitted on synthetic data, as a legacy bundle and an asa bundle.
+"""The benchmark's inputs: a pipeline fitted on synthetic data, as legacy and asa bundles.
 
 Scikit-learn estimators (StandardScaler, multinomial LogisticRegression
 router, one binary LogisticRegression probe per domain) are fitted on
@@ -87,7 +87,8 @@ def fit_pipeline(hidden: int, n_domains: int, per_domain: int, pool_rows: int, s
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    unit: np.ndarray = (v / np.linalg.norm(v)).astype(np.float32)
+    return unit
 
 
 def write_legacy(pipe: Pipeline, dest: Path, layer: int) -> Path:
@@ -105,7 +106,7 @@ def write_legacy(pipe: Pipeline, dest: Path, layer: int) -> Path:
 
 def write_bundle(pipe: Pipeline, dest: Path, layer: int, num_layers: int) -> Path:
     """The asa bundle of the same estimators (``build_bundle`` with its parity self-check)."""
-    from asa_format.converters import build_bundle
+    from asa_format.converters.build import build_bundle
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

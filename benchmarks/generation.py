@@ -156,7 +156,7 @@ def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> di
     from asa_format.runtime import steering as steering_module
 
     spent: list[float] = []
-    original = {name: getattr(steering_module._Steerer, name) for name in ("pre_forward", "post_forward", "layer_forward")}
+    original = {name: getattr(steering_module.Steerer, name) for name in ("pre_forward", "post_forward", "on_block")}
 
     def timed(fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -172,7 +172,7 @@ def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> di
     per_generation_ms: list[float] = []
     try:
         for name, fn in original.items():
-            setattr(steering_module._Steerer, name, timed(fn))
+            setattr(steering_module.Steerer, name, timed(fn))
         for _ in range(max(repeats // 2, 3)):
             spent.clear()
             handle = attach(model, bundle)
@@ -185,7 +185,7 @@ def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> di
             per_generation_ms.append(inside * 1e3)
     finally:
         for name, fn in original.items():
-            setattr(steering_module._Steerer, name, fn)
+            setattr(steering_module.Steerer, name, fn)
     return {
         "share": summarize(shares, "x"),
         "in_hooks_ms_per_generation": summarize(per_generation_ms, "ms"),

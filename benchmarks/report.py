@@ -181,7 +181,10 @@ def _scale(s: dict[str, Any]) -> list[str]:
             f"{p['peak_rss_mb']['median']:.0f} | {p['rss_above_baseline_mb']:.0f} | {p['rss_above_baseline_per_bundle_mb']:.2f}x |"
         )
     te, re_ = s.get("time_growth_exponent"), s.get("rss_growth_exponent")
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
     lines += ["", f"Log-log slope over hidden {', '.join(map(str, s['growth_points']))} (1.00 = linear): in-process time {fmt(te)}, peak RSS above baseline {fmt(re_)}."]
     fit = s.get("rss_fit")
     if fit:

@@ -20,7 +20,7 @@ import numpy as np
 from asa_format import __version__
 from asa_format import constants as C
 from asa_format.bundle import gates, load_bundle
-from asa_format.converters.convert import (
+from asa_format.converters.parity import (
     DEFAULT_SAMPLES,
     FLOAT32_PARITY_TOLERANCE,
     PARITY_TOLERANCE,

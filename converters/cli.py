@@ -1,33 +1,40 @@
 """``asa-convert SRC_DIR DST_DIR`` (also ``asa convert``): legacy pickles -> bundle.
 
-Exit status: 0 converted, 1 refused input / failed export / failed parity
-(nothing written), 2 usage error. The report goes to stdout (``--json`` for
-machines), diagnostics to stderr.
+Exit status: 0 converted, 1 refused input / destination / failed export /
+failed parity (nothing written), 2 usage or environment error (the
+``convert`` extra missing), 130 interrupted. The report goes to stdout
+(``--json``: the envelope of ``asa_format.report``), diagnostics to stderr.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 import warnings
 from typing import Any
 
 import click
 
-from asa_format.cli import fail
+from asa_format import __version__
+from asa_format.cli_support import exit_code_for, fail, require_extra, run_main
 from asa_format.errors import AsaError
+from asa_format.report import Result, failed_result, write_report
 
 __all__ = ["convert_command", "main"]
 
 
-@click.command("convert")
-@click.argument("source", type=click.Path(file_okay=False, dir_okay=True))
+@click.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", type=click.Path())
 @click.argument("destination", type=click.Path())
 @click.option("--model-id", help="Hugging Face model id the assets were fitted on (overrides config.json's 'model').")
 @click.option("--model-type", help="transformers model_type of that model (e.g. lfm2, qwen2, llama).")
 @click.option("--num-layers", type=click.IntRange(min=1), help="Number of decoder layers of that model.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at DESTINATION.")
+@click.option(
+    "--force", is_flag=True,
+    help="Replace DESTINATION if it is an asa bundle (never another directory, nor the source or a folder holding it).",
+)
 @click.option("--samples", type=click.IntRange(min=16, max=1_000_000), default=4096, show_default=True, help="Hidden states compared in the parity self-check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON (the shape asa validate uses).")
+@click.version_option(__version__, "-V", "--version", prog_name="asa-convert")
 def convert_command(
     source: str,
     destination: str,
@@ -38,15 +45,21 @@ def convert_command(
     samples: int,
     as_json: bool,
 ) -> None:
-    """Convert a legacy ASA bundle (pickles + npz) into an asa bundle, safely.
+    """Convert a legacy ASA bundle (pickles + npz) in SOURCE into an asa bundle at DESTINATION.
 
     No code from the pickles is ever executed: they are read opcode by opcode
     against an allowlist. The result is checked against the legacy decision
-    function before it is written.
+    function before it is moved into place. Exit 0 converted, 1 refused
+    (nothing written), 2 usage or environment error.
     """
-    from asa_format.converters.convert import convert_legacy
+    require_extra("convert", "asa-convert")
+    from asa_format.converters.convert import check_not_source, convert_legacy
+    from asa_format.writer import check_destination
 
     try:
+        check_not_source(source, destination)
+        for note in check_destination(destination, force=force):
+            click.echo(f"note: {note}", err=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skl2onnx / sklearn chatter
             report = convert_legacy(
@@ -59,15 +72,16 @@ def convert_command(
                 samples=samples,
             )
     except AsaError as exc:
-        fail(exc)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        if exit_code_for(exc) != 1:
+            fail(exc)
+        result = failed_result(source, exc, destination=destination)
     else:
-        click.echo(report.text(), nl=False)
+        result = Result(path=source, fields=report.to_dict(), text=report.text())
+    raise SystemExit(write_report("convert", [result], as_json, sys.stdout))
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return convert_command.main(args=argv, prog_name="asa-convert")
+    run_main(convert_command, argv, "asa-convert")
 
 
 if __name__ == "__main__":  # pragma: no cover

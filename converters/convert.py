@@ -22,48 +22,21 @@ from asa_format import constants as C
 from asa_format.bundle import load_bundle
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.legacy_model import LegacyAssets
-from asa_format.converters.semantics import legacy_decide
+from asa_format.converters.parity import (
+    DEFAULT_SAMPLES,
+    FLOAT32_PARITY_TOLERANCE,
+    PARITY_TOLERANCE,
+    Parity,
+    compare,
+    sample_hidden_states,
+)
+from asa_format.converters.semantics import estimators_use_float32, legacy_decide
 from asa_format.digest import root_digest
-from asa_format.errors import ParityError
+from asa_format.errors import ParityError, UsageError
 from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
+from asa_format.writer import BundleContents, check_destination, save_bundle
 
-__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "convert_legacy", "sample_hidden_states"]
-
-PARITY_TOLERANCE = 1e-9  # max |p_bundle - p_legacy| allowed (float64 references)
-FLOAT32_PARITY_TOLERANCE = 1e-5  # references that themselves compute in float32
-DEFAULT_SAMPLES = 4096
-
-
-@dataclass
-class Parity:
-    """Agreement between a bundle and a reference decision function."""
-
-    samples: int
-    domain_agreement: float
-    gate_agreement: float
-    max_probability_difference: float
-    gate_counts: dict[str, int] = field(default_factory=dict)
-    tolerance: float = PARITY_TOLERANCE
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.domain_agreement == 1.0
-            and self.gate_agreement == 1.0
-            and self.max_probability_difference <= self.tolerance
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "domain_agreement": self.domain_agreement,
-            "gate_agreement": self.gate_agreement,
-            "max_probability_difference": self.max_probability_difference,
-            "gate_counts": dict(self.gate_counts),
-            "tolerance": self.tolerance,
-            "ok": self.ok,
-        }
+__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "check_not_source", "convert_legacy", "sample_hidden_states"]
 
 
 @dataclass
@@ -101,8 +74,7 @@ class ConversionReport:
             f"layer        {self.layer}",
             f"domains      {', '.join(self.domains)}",
             "files        " + ", ".join(f"{n} ({s} B)" for n, s in sorted(self.files.items())),
-            f"parity       {p.samples} samples: domain agreement {p.domain_agreement:.2%}, gate agreement "
-            f"{p.gate_agreement:.2%}, max |dp| {p.max_probability_difference:.3g} (tolerance {p.tolerance:g}) "
+            f"parity       {p.line()} "
             f"(gates -1/0/+1: {p.gate_counts.get('-1', 0)}/{p.gate_counts.get('0', 0)}/{p.gate_counts.get('1', 0)})",
         ]
         if self.unknown:
@@ -111,32 +83,6 @@ class ConversionReport:
                 + " (pass --model-id / --model-type / --num-layers to record them)"
             )
         return "\n".join(lines) + "\n"
-
-
-def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0) -> np.ndarray:
-    """Float32 hidden states around the scaler's mean and scale (deterministic)."""
-    rng = np.random.default_rng(seed)
-    mu = np.zeros(hidden) if mean is None else mean
-    sd = np.ones(hidden) if scale is None else scale
-    spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None]
-    z = rng.standard_normal((n, hidden), dtype=np.float32) * spread.astype(np.float32)
-    return (mu.astype(np.float32) + z * sd.astype(np.float32)).astype(np.float32)
-
-
-def compare(bundle: Any, reference: Any, hidden: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> Parity:
-    """Compare ``bundle.decide`` with ``reference(hidden) -> (index, prob, gate)``."""
-    got = bundle.decide(hidden)
-    index, prob, gate = reference(hidden)
-    gate_arr = np.asarray(gate)
-    counts = {str(g): int((gate_arr == g).sum()) for g in (-1, 0, 1)}
-    return Parity(
-        samples=int(hidden.shape[0]),
-        domain_agreement=float(np.mean(got.domain_index == np.asarray(index))),
-        gate_agreement=float(np.mean(got.gate == gate_arr)),
-        max_probability_difference=float(np.max(np.abs(got.probability - np.asarray(prob, dtype=np.float64)))),
-        gate_counts=counts,
-        tolerance=tolerance,
-    )
 
 
 def assets_to_contents(
@@ -180,6 +126,20 @@ def assets_to_contents(
     )
 
 
+def check_not_source(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    """Refuse a destination that is the source directory or one of its parents."""
+    src = Path(source).resolve()
+    dst = Path(destination).resolve()
+    if dst == src or dst in src.parents:
+        what = "is the source directory" if dst == src else f"contains the source directory {str(source)!r}"
+        raise UsageError(
+            f"destination {str(destination)!r} {what}; writing there would replace the legacy inputs",
+            code="DESTINATION_IS_SOURCE",
+            file=str(destination),
+            hint="write the bundle to a new directory outside the source, e.g. SOURCE-bundle",
+        )
+
+
 def convert_legacy(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -194,8 +154,12 @@ def convert_legacy(
     """Convert the legacy bundle at ``source`` into a bundle at ``destination``.
 
     Raises an AsaError (nothing written at ``destination``) if the source is
-    refused, the export fails, or the parity self-check fails.
+    refused, the export fails, or the parity self-check fails. ``force``
+    replaces an existing asa bundle only: never another directory, the
+    source itself or a directory that contains it.
     """
+    check_not_source(source, destination)
+    check_destination(destination, force=force)  # before reading: refuse early, nothing read
     assets = read_legacy_bundle(source)
     contents = assets_to_contents(assets, model_id=model_id, model_type=model_type, num_layers=num_layers)
     hidden = sample_hidden_states(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)
@@ -203,7 +167,12 @@ def convert_legacy(
 
     def self_check(tmp: Path) -> None:
         bundle = load_bundle(tmp)
-        parity = compare(bundle, lambda h: legacy_decide(assets, h), hidden)
+        f32 = estimators_use_float32(assets)
+        parity = compare(
+            bundle, lambda h: legacy_decide(assets, h), hidden,
+            FLOAT32_PARITY_TOLERANCE if f32 else PARITY_TOLERANCE,
+            tau=float(assets.tau), precision="float32" if f32 else "float64",
+        )
         outcome["parity"] = parity
         outcome["digest"] = bundle.root_digest
         if not parity.ok:

@@ -51,7 +51,7 @@ from asa_format.converters.semantics import (
     router_class_to_domain,
     scaler_uses_float32,
 )
-from asa_format.errors import ConversionError
+from asa_format.errors import ConversionError, LegacyFormatError
 
 __all__ = [
     "BATCH_DIM",
@@ -113,7 +113,7 @@ def graph_op_types(model: onnx.ModelProto) -> set[tuple[str, str]]:
 
 def _finite(name: str, arr: np.ndarray, file: str | None) -> None:
     if not np.all(np.isfinite(arr)):
-        raise ConversionError(
+        raise LegacyFormatError(
             f"{name} contains NaN or infinite values",
             code="LEGACY_CONTENT",
             file=file,
@@ -127,13 +127,14 @@ def _convert(est: Any, inputs: list[tuple[str, Any]], outputs: list[tuple[str, A
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return skl2onnx.convert_sklearn(
+            model: onnx.ModelProto = skl2onnx.convert_sklearn(
                 est,
                 initial_types=inputs,
                 final_types=outputs or None,
                 options={id(est): options} if options else None,
                 target_opset=dict(TARGET_OPSET),
             )
+            return model
     except Exception as exc:  # skl2onnx raises many unrelated types
         raise ConversionError(
             f"skl2onnx could not convert {type(est).__name__}: {exc}",
@@ -184,7 +185,7 @@ def _finalize(model: onnx.ModelProto, kind: str) -> bytes:
         raise ConversionError(
             f"exported {kind} graph is not valid ONNX: {exc}", code="EXPORT_FAILED"
         ) from exc
-    return model.SerializeToString(deterministic=True)
+    return bytes(model.SerializeToString(deterministic=True))
 
 
 # Scaler ---------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def _fresh_scaler(scaler: LegacyScaler) -> Any:
     for name, arr in (("scaler mean_", mean), ("scaler scale_", scale)):
         if arr is not None:
             if arr.shape != (h,):
-                raise ConversionError(
+                raise LegacyFormatError(
                     f"{name} has shape {arr.shape}, expected [{h}]",
                     code="LEGACY_CONTENT",
                     file="scaler.pkl",
@@ -208,7 +209,7 @@ def _fresh_scaler(scaler: LegacyScaler) -> Any:
                 )
             _finite(name, arr, "scaler.pkl")
     if scale is not None and np.any(scale == 0):
-        raise ConversionError(
+        raise LegacyFormatError(
             "scaler scale_ contains zeros", code="LEGACY_CONTENT", file="scaler.pkl",
             hint="a fitted StandardScaler replaces zero scales by 1; the pickle is corrupt",
         )
@@ -275,7 +276,10 @@ def export_scaler(scaler: LegacyScaler) -> bytes:
 
 
 def export_fitted_scaler(est: Any, sklearn_version: str | None = None) -> bytes:
-    """Export a fitted ``StandardScaler`` (arithmetic of ``sklearn_version``, default: installed)."""
+    """Export a fitted ``StandardScaler``.
+
+    The graph follows the arithmetic of ``sklearn_version`` (default: the installed one).
+    """
     import sklearn
 
     if not hasattr(est, "n_features_in_"):
@@ -317,7 +321,7 @@ def _logreg_arrays(lr: LegacyLogisticRegression, file: str) -> tuple[np.ndarray,
     coef = np.asarray(lr.coef, dtype=np.float64)
     intercept = np.asarray(lr.intercept, dtype=np.float64).reshape(-1)
     if coef.ndim != 2 or intercept.shape != (coef.shape[0],):
-        raise ConversionError(
+        raise LegacyFormatError(
             f"coef_ {coef.shape} and intercept_ {intercept.shape} are inconsistent",
             code="LEGACY_CONTENT",
             file=file,
@@ -352,7 +356,7 @@ def export_router(router: LegacyLogisticRegression, domains: Sequence[str]) -> b
     n = len(domains)
     if n == 2:
         if coef.shape[0] != 1:
-            raise ConversionError(
+            raise LegacyFormatError(
                 f"two-domain router has coef_ shape {coef.shape}, expected [1, hidden]",
                 code="LEGACY_CONTENT", file="router.pkl",
                 hint="a binary LogisticRegression stores one coefficient row",
@@ -376,7 +380,7 @@ def export_probe(probe: LegacyLogisticRegression) -> bytes:
     classes = np.asarray(probe.classes).tolist()
     if [int(c) if isinstance(c, (bool, np.bool_)) else c for c in classes] != [0, 1] \
             or coef.shape[0] != 1:
-        raise ConversionError(
+        raise LegacyFormatError(
             f"probe has classes {classes} and coef_ shape {coef.shape}",
             code="LEGACY_CONTENT", file="probes.pkl",
             hint="probes must be binary LogisticRegressions with classes [0, 1]",

@@ -33,17 +33,15 @@ from asa_format.constants import (
 )
 from asa_format.converters.legacy_model import (
     LegacyAssets,
+    LegacyConfig,
     LegacyLogisticRegression,
     LegacyScaler,
     SourceFile,
 )
-from asa_format.converters.safe_pickle import (
-    MAX_PICKLE_BYTES,
-    safe_load_pickle,
-    to_legacy_logistic,
-    to_legacy_scaler,
-)
-from asa_format.errors import LegacyFormatError
+from asa_format.converters.pickle_allowlist import MAX_PICKLE_BYTES
+from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
+from asa_format.converters.safe_pickle import safe_load_pickle
+from asa_format.errors import ErrorCode, LegacyFormatError, UnsafePickleError
 
 __all__ = [
     "LEGACY_CONFIG_FILE",
@@ -83,7 +81,7 @@ _SIZE_CAPS = {
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _error(code: str, file: str, message: str, hint: str) -> LegacyFormatError:
+def _error(code: ErrorCode, file: str, message: str, hint: str) -> LegacyFormatError:
     return LegacyFormatError(message, code=code, file=file, hint=hint)
 
 
@@ -134,15 +132,8 @@ def _number(config: dict[str, Any], key: str) -> float:
     return number
 
 
-def parse_legacy_config(
-    data: bytes,
-) -> tuple[dict[str, Any], list[str], int, float, float, float, str | None, dict[str, Any]]:
-    """Parse ``config.json`` bytes.
-
-    Returns ``(config, domains, L_star, alpha, tau, beta, model_id, extra)``;
-    ``extra`` holds the keys beyond the required five and ``model``, with
-    non-finite floats replaced by strings so it can go into strict JSON.
-    """
+def parse_legacy_config(data: bytes) -> LegacyConfig:
+    """Parse and check ``config.json`` bytes."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -195,7 +186,16 @@ def parse_legacy_config(
         for key, value in config.items()
         if key not in REQUIRED_CONFIG_KEYS and key != "model"
     }
-    return config, list(domains), layer, alpha, tau, beta, model_id, extra
+    return LegacyConfig(
+        raw=config,
+        domains=list(domains),
+        layer=layer,
+        alpha=alpha,
+        tau=tau,
+        beta=beta,
+        model_id=model_id,
+        extra=extra,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +373,8 @@ def _check_probe(name: str, probe: LegacyLogisticRegression) -> None:
     if classes.dtype.kind not in "iub" or [int(c) for c in classes] != [0, 1]:
         raise _content_error(
             LEGACY_PROBES_FILE,
-            f"probe {name!r} has classes_ {classes.tolist()}; a binary probe with classes [0, 1] is required",
+            f"probe {name!r} has classes_ {classes.tolist()}; "
+            "a binary probe with classes [0, 1] is required",
         )
 
 
@@ -425,8 +426,12 @@ def _read_file(directory: Path, name: str) -> bytes:
             f"{name} cannot be read: {exc.strerror or exc}", code="IO_ERROR", file=name
         ) from exc
     if len(data) > cap:
-        code = "PICKLE_TOO_LARGE" if name.endswith(".pkl") else "LEGACY_CONTENT"
-        raise _error(code, name, f"{name} is larger than the cap of {cap} bytes", "check the file")
+        message = f"{name} is larger than the cap of {cap} bytes"
+        if name.endswith(".pkl"):
+            raise UnsafePickleError(
+                message, code="PICKLE_TOO_LARGE", file=name, hint="check the file", offset=0
+            )
+        raise _error("LEGACY_CONTENT", name, message, "check the file")
     return data
 
 
@@ -446,9 +451,8 @@ def read_legacy_bundle(path: str | os.PathLike[str]) -> LegacyAssets:
         for name, data in sorted(contents.items())
     ]
 
-    config, domains, layer, alpha, tau, beta, model_id, extra = parse_legacy_config(
-        contents[LEGACY_CONFIG_FILE]
-    )
+    parsed = parse_legacy_config(contents[LEGACY_CONFIG_FILE])
+    domains = parsed.domains
     vectors = parse_steering_npz(contents[LEGACY_VECTORS_FILE], domains)
 
     scaler: LegacyScaler = to_legacy_scaler(
@@ -485,16 +489,16 @@ def read_legacy_bundle(path: str | os.PathLike[str]) -> LegacyAssets:
 
     return LegacyAssets(
         domains=domains,
-        layer=layer,
-        alpha=alpha,
-        tau=tau,
-        beta=beta,
+        layer=parsed.layer,
+        alpha=parsed.alpha,
+        tau=parsed.tau,
+        beta=parsed.beta,
         vectors=vectors,
         scaler=scaler,
         router=router,
         probes=probes,
-        model_id=model_id,
-        config=config,
-        extra_config=extra,
+        model_id=parsed.model_id,
+        config=parsed.raw,
+        extra_config=parsed.extra,
         sources=sources,
     )

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LegacyAssets", "LegacyLogisticRegression", "LegacyScaler", "SourceFile"]
+__all__ = [
+    "LegacyAssets",
+    "LegacyConfig",
+    "LegacyLogisticRegression",
+    "LegacyScaler",
+    "SourceFile",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,25 @@ class SourceFile:
     name: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    """The checked ``config.json`` of a legacy bundle.
+
+    ``raw`` is the whole parsed object; ``extra`` holds the keys beyond the
+    required five and ``model``, with non-finite floats replaced by strings
+    so it can go into strict JSON.
+    """
+
+    raw: dict[str, Any]
+    domains: list[str]
+    layer: int  # L_star
+    alpha: float
+    tau: float
+    beta: float
+    model_id: str | None
+    extra: dict[str, Any]
 
 
 @dataclass

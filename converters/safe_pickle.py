@@ -6,12 +6,14 @@ the opcodes itself, with its own stack and memo, and accepts only what a
 fitted ``StandardScaler``, a ``LogisticRegression`` or a ``dict`` of those
 needs:
 
-* globals come from an exact ``(module, name)`` table (:data:`ALLOWED_GLOBALS`);
-  nothing is imported and no dotted name is resolved;
+* globals come from an exact ``(module, name)`` table (:data:`ALLOWED_GLOBALS`,
+  in :mod:`asa_format.converters.pickle_allowlist`); nothing is imported and no
+  dotted name is resolved;
 * every global maps to an inert handler: estimators become
   :class:`EstimatorState` stand-ins holding a state dict, arrays are built by
   ``np.frombuffer(...).reshape(...).copy()`` after checking dtype, shape and
-  byte length; no library code ever sees the file's content;
+  byte length (:mod:`asa_format.converters.pickle_arrays`); no library code
+  ever sees the file's content;
 * ``REDUCE``, ``NEWOBJ`` and ``BUILD`` each have their own allowance, with
   exact argument checks; ``BUILD`` is accepted only on estimator, array and
   dtype stand-ins, and estimator state keys come from a per-class list;
@@ -20,23 +22,36 @@ needs:
 
 Anything refused raises :class:`~asa_format.errors.UnsafePickleError` with the
 byte offset of the opcode. :func:`to_legacy_scaler` and
-:func:`to_legacy_logistic` turn stand-ins into the typed records of
-:mod:`asa_format.converters.legacy_model`.
+:func:`to_legacy_logistic` (:mod:`asa_format.converters.pickle_records`) turn
+stand-ins into the typed records of :mod:`asa_format.converters.legacy_model`.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from asa_format.converters.legacy_model import LegacyLogisticRegression, LegacyScaler
-from asa_format.errors import LegacyFormatError, UnsafePickleError
+from asa_format.converters.pickle_allowlist import (
+    ALLOWED_GLOBALS,
+    ESTIMATOR_STATE_KEYS,
+    G_BYTES,
+    G_DTYPE,
+    G_ENCODE,
+    G_FROMBUFFER,
+    G_RECONSTRUCT,
+    G_SCALAR,
+    MAX_ARRAY_ELEMENTS,
+    MAX_MEMO_ENTRIES,
+    MAX_PICKLE_BYTES,
+    MAX_STACK_DEPTH,
+    EstimatorState,
+    GlobalRef,
+)
+from asa_format.converters.pickle_arrays import ArrayBuilders, ArrayStandIn, DtypeStandIn
+from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
+from asa_format.converters.pickle_resolve import Resolver
+from asa_format.errors import UnsafePickleError
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -49,152 +64,12 @@ __all__ = [
     "to_legacy_scaler",
 ]
 
-MAX_PICKLE_BYTES = 256 << 20  # 256 MiB per pickle file
-MAX_ARRAY_ELEMENTS = 1 << 28  # elements of one array
-MAX_ARRAY_NDIM = 4
-MAX_STACK_DEPTH = 1 << 16  # items on the stack plus open marks
-MAX_MEMO_ENTRIES = 1 << 20
-MAX_NESTING = 64  # container nesting depth of the result
-MAX_UNICODE_ITEMSIZE = 1 << 12  # characters of a fixed-width numpy string dtype
-
-HINT = (
-    "re-export the estimator with a supported scikit-learn (1.3 to 1.9) and "
-    "pickle protocol 2 to 5; asa-convert never executes pickled code"
-)
-
-SCALER = "StandardScaler"
-LOGISTIC = "LogisticRegression"
-
-# Every key a fitted estimator of scikit-learn 1.3 .. 1.9 pickles in its state.
-ESTIMATOR_STATE_KEYS: dict[str, frozenset[str]] = {
-    SCALER: frozenset(
-        {
-            "with_mean",
-            "with_std",
-            "copy",
-            "n_features_in_",
-            "feature_names_in_",
-            "n_samples_seen_",
-            "mean_",
-            "var_",
-            "scale_",
-            "_sklearn_version",
-            "_sklearn_output_config",
-        }
-    ),
-    LOGISTIC: frozenset(
-        {
-            "penalty",
-            "dual",
-            "tol",
-            "C",
-            "fit_intercept",
-            "intercept_scaling",
-            "class_weight",
-            "random_state",
-            "solver",
-            "max_iter",
-            "multi_class",
-            "verbose",
-            "warm_start",
-            "n_jobs",
-            "l1_ratio",
-            "n_features_in_",
-            "feature_names_in_",
-            "classes_",
-            "n_iter_",
-            "coef_",
-            "intercept_",
-            "_sklearn_version",
-            "_sklearn_output_config",
-        }
-    ),
-}
-
-
-@dataclass
-class EstimatorState:
-    """Inert stand-in for a pickled estimator: its class and its state dict."""
-
-    class_name: str
-    state: dict[str, Any] = field(default_factory=dict)
-    built: bool = field(default=False, repr=False, compare=False)
-
-
-# --------------------------------------------------------------------------
-# The global allowlist: exact (module, name) -> kind of inert handler.
-# --------------------------------------------------------------------------
-
-_G_RECONSTRUCT = "reconstruct"
-_G_NDARRAY = "ndarray"
-_G_DTYPE = "dtype"
-_G_SCALAR = "scalar"
-_G_FROMBUFFER = "frombuffer"
-_G_ENCODE = "codecs_encode"
-_G_BYTES = "bytes"
-_G_SCALER = "estimator:" + SCALER
-_G_LOGISTIC = "estimator:" + LOGISTIC
-
-ALLOWED_GLOBALS: dict[tuple[str, str], str] = {
-    ("numpy.core.multiarray", "_reconstruct"): _G_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _G_RECONSTRUCT,
-    ("numpy.core.multiarray", "scalar"): _G_SCALAR,
-    ("numpy._core.multiarray", "scalar"): _G_SCALAR,
-    ("numpy.core.numeric", "_frombuffer"): _G_FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _G_FROMBUFFER,
-    ("numpy", "ndarray"): _G_NDARRAY,
-    ("numpy", "dtype"): _G_DTYPE,
-    # protocol 2 spells non-empty bytes as _codecs.encode(text, "latin1") and
-    # empty bytes as bytes() (``__builtin__`` with fix_imports).
-    ("_codecs", "encode"): _G_ENCODE,
-    ("builtins", "bytes"): _G_BYTES,
-    ("__builtin__", "bytes"): _G_BYTES,
-    ("sklearn.preprocessing._data", "StandardScaler"): _G_SCALER,
-    ("sklearn.linear_model._logistic", "LogisticRegression"): _G_LOGISTIC,
-}
-
-
-@dataclass(frozen=True)
-class _Global:
-    module: str
-    name: str
-    kind: str
-
-    @property
-    def dotted(self) -> str:
-        return f"{self.module}.{self.name}"
-
-
-class _DtypeStandIn:
-    """A ``numpy.dtype(spec, False, True)`` call, completed by BUILD."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = spec
-        self.dtype: np.dtype[Any] | None = None  # set by BUILD (or default)
-
-    def resolve(self) -> np.dtype[Any]:
-        if self.dtype is None:
-            self.dtype = np.dtype(self.spec)
-        return self.dtype
-
-
-class _ArrayStandIn:
-    """A ``_reconstruct(ndarray, (0,), b'b')`` call, completed by BUILD."""
-
-    def __init__(self) -> None:
-        self.value: np.ndarray | None = None
-
 
 class _Mark:
     pass
 
 
-# dtype specs numpy pickles for the arrays an estimator holds
-_DTYPE_SPEC = re.compile(r"(f4|f8|i4|i8|b1|O8|O4|U[1-9][0-9]{0,4})")
-_NUMERIC_SPECS = frozenset({"f4", "f8", "i4", "i8"})
-
-
-class _Reader:
+class _Reader(ArrayBuilders):
     def __init__(self, data: bytes, filename: str) -> None:
         self.data = data
         self.filename = filename
@@ -204,23 +79,6 @@ class _Reader:
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.protocol = 0
-
-    # ---- errors -----------------------------------------------------------
-    def fail(self, code: str, what: str, offset: int | None = None) -> UnsafePickleError:
-        off = self.op_offset if offset is None else offset
-        return UnsafePickleError(
-            f"{what} at byte offset {off}",
-            code=code,
-            file=self.filename,
-            hint=HINT,
-            offset=off,
-        )
-
-    def malformed(self, what: str) -> UnsafePickleError:
-        return self.fail("PICKLE_MALFORMED", what)
-
-    def forbidden_call(self, what: str) -> UnsafePickleError:
-        return self.fail("PICKLE_FORBIDDEN_CALL", what)
 
     # ---- raw reads ----------------------------------------------------------
     def read(self, n: int) -> bytes:
@@ -315,7 +173,7 @@ class _Reader:
         if self.metastack or len(self.stack) != 1:
             raise self.malformed("STOP with an unbalanced stack")
         result = self.stack.pop()
-        return _Resolver(self).resolve(result, 0)
+        return Resolver(self).resolve(result, 0)
 
     # ---- opcodes: framing, protocol -----------------------------------------------
     def op_proto(self) -> None:
@@ -473,7 +331,7 @@ class _Reader:
                 "PICKLE_FORBIDDEN_GLOBAL",
                 f"global '{module}.{name}' is not on the allowlist",
             )
-        self.push(_Global(module, name, kind))
+        self.push(GlobalRef(module, name, kind))
 
     def op_global(self) -> None:
         module = self.decode_utf8(self.read_line())
@@ -495,7 +353,7 @@ class _Reader:
     def op_reduce(self) -> None:
         args = self.pop()
         func = self.pop()
-        if not isinstance(func, _Global):
+        if not isinstance(func, GlobalRef):
             raise self.forbidden_call(f"REDUCE of a {_describe(func)}")
         if type(args) is not tuple:
             raise self.forbidden_call(f"REDUCE of '{func.dotted}' with non-tuple arguments")
@@ -507,7 +365,7 @@ class _Reader:
     def op_newobj(self) -> None:
         args = self.pop()
         cls = self.pop()
-        if not isinstance(cls, _Global) or not cls.kind.startswith("estimator:"):
+        if not isinstance(cls, GlobalRef) or not cls.kind.startswith("estimator:"):
             raise self.forbidden_call(f"NEWOBJ of {_describe(cls)} is not allowed")
         if args != () or type(args) is not tuple:
             raise self.forbidden_call(f"NEWOBJ of '{cls.dotted}' with arguments")
@@ -518,71 +376,15 @@ class _Reader:
         target = self.top()
         if isinstance(target, EstimatorState):
             self._build_estimator(target, state)
-        elif isinstance(target, _ArrayStandIn):
+        elif isinstance(target, ArrayStandIn):
             self._build_array(target, state)
-        elif isinstance(target, _DtypeStandIn):
+        elif isinstance(target, DtypeStandIn):
             self._build_dtype(target, state)
         else:
             raise self.forbidden_call(f"BUILD (set state) on {_describe(target)} is not allowed")
 
     # ---- call handlers ----------------------------------------------------------------------
-    def _call_reconstruct(self, func: _Global, args: tuple[Any, ...]) -> Any:
-        if not (
-            len(args) == 3
-            and isinstance(args[0], _Global)
-            and args[0].kind == _G_NDARRAY
-            and type(args[1]) is tuple
-            and args[1] == (0,)
-            and type(args[1][0]) is int
-            and type(args[2]) is bytes
-            and args[2] == b"b"
-        ):
-            raise self.forbidden_call(
-                f"call of '{func.dotted}' with arguments other than (numpy.ndarray, (0,), b'b')"
-            )
-        return _ArrayStandIn()
-
-    def _call_dtype(self, func: _Global, args: tuple[Any, ...]) -> Any:
-        if not (len(args) == 3 and type(args[0]) is str and args[1] is False and args[2] is True):
-            raise self.forbidden_call(f"call of '{func.dotted}' with unexpected arguments")
-        spec = args[0]
-        if not _DTYPE_SPEC.fullmatch(spec) or (
-            spec[0] == "U" and int(spec[1:]) > MAX_UNICODE_ITEMSIZE
-        ):
-            raise self.forbidden_call(f"dtype {spec!r} is not allowed")
-        return _DtypeStandIn(spec)
-
-    def _call_scalar(self, func: _Global, args: tuple[Any, ...]) -> Any:
-        if len(args) != 2 or not isinstance(args[0], _DtypeStandIn) or type(args[1]) is not bytes:
-            raise self.forbidden_call(f"call of '{func.dotted}' with unexpected arguments")
-        dtype = args[0].resolve()
-        if dtype.hasobject:
-            raise self.forbidden_call(f"call of '{func.dotted}' with an object dtype")
-        if len(args[1]) != dtype.itemsize:
-            raise self.malformed(
-                f"numpy scalar of dtype {dtype.str} has {len(args[1])} bytes, "
-                f"expected {dtype.itemsize}"
-            )
-        value = np.frombuffer(args[1], dtype=dtype)[0]
-        if dtype.kind == "U":
-            return str(value)
-        return value.astype(dtype.newbyteorder("="))[()]
-
-    def _call_frombuffer(self, func: _Global, args: tuple[Any, ...]) -> Any:
-        if not (
-            len(args) == 4
-            and type(args[0]) is bytes
-            and isinstance(args[1], _DtypeStandIn)
-            and type(args[3]) is str
-            and args[3] in ("C", "F")
-        ):
-            raise self.forbidden_call(f"call of '{func.dotted}' with unexpected arguments")
-        dtype = args[1].resolve()
-        if dtype.hasobject:
-            raise self.forbidden_call(f"call of '{func.dotted}' with an object dtype")
-        return self._make_array(args[0], dtype, args[2], fortran=args[3] == "F")
-
-    def _call_encode(self, func: _Global, args: tuple[Any, ...]) -> Any:
+    def _call_encode(self, func: GlobalRef, args: tuple[Any, ...]) -> Any:
         if not (
             len(args) == 2 and type(args[0]) is str and type(args[1]) is str and args[1] == "latin1"
         ):
@@ -594,7 +396,7 @@ class _Reader:
         except UnicodeEncodeError as exc:
             raise self.malformed("latin1 text holds characters above U+00FF") from exc
 
-    def _call_bytes(self, func: _Global, args: tuple[Any, ...]) -> Any:
+    def _call_bytes(self, func: GlobalRef, args: tuple[Any, ...]) -> Any:
         if args != ():
             raise self.forbidden_call(f"call of '{func.dotted}' with arguments")
         return b""
@@ -617,174 +419,15 @@ class _Reader:
         target.state = dict(state)
         target.built = True
 
-    def _build_dtype(self, target: _DtypeStandIn, state: Any) -> None:
-        if target.dtype is not None:
-            raise self.forbidden_call("second BUILD on a numpy dtype")
-        spec = target.spec
-        ok = (
-            type(state) is tuple
-            and len(state) == 8
-            and state[0] == 3
-            and type(state[0]) is int
-            and type(state[1]) is str
-            and state[2] is None
-            and state[3] is None
-            and state[4] is None
-            and all(type(v) is int for v in state[5:8])
-        )
-        if not ok:
-            raise self.forbidden_call(f"BUILD of numpy dtype {spec!r} with an unexpected state")
-        endian = state[1]
-        if spec[0] in "bO":
-            valid_endian = endian == "|"
-        else:
-            valid_endian = endian in ("<", ">", "=")
-        if not valid_endian:
-            raise self.forbidden_call(f"numpy dtype {spec!r} with byte order {endian!r}")
-        dtype = np.dtype(spec if endian == "|" else endian + spec)
-        if spec[0] == "U" and state[5] != dtype.itemsize:
-            raise self.malformed(f"numpy dtype {spec!r} with element size {state[5]}")
-        target.dtype = dtype
-
-    def _build_array(self, target: _ArrayStandIn, state: Any) -> None:
-        if target.value is not None:
-            raise self.forbidden_call("second BUILD on a numpy array")
-        if not (
-            type(state) is tuple
-            and len(state) == 5
-            and type(state[0]) is int
-            and state[0] == 1
-            and isinstance(state[2], _DtypeStandIn)
-            and type(state[3]) is bool
-        ):
-            raise self.forbidden_call("BUILD of a numpy array with an unexpected state")
-        dtype = state[2].resolve()
-        shape = self._check_shape(state[1])
-        fortran = state[3]
-        raw = state[4]
-        if dtype.hasobject:
-            target.value = self._make_object_array(raw, shape, fortran)
-        else:
-            if type(raw) is not bytes:
-                raise self.forbidden_call(
-                    f"numpy array data of type {type(raw).__name__} (bytes expected)"
-                )
-            target.value = self._make_array(raw, dtype, shape, fortran=fortran)
-
-    # ---- arrays ---------------------------------------------------------------------------
-    def _check_shape(self, shape: Any) -> tuple[int, ...]:
-        if type(shape) is not tuple or any(type(d) is not int for d in shape):
-            raise self.forbidden_call("numpy array shape is not a tuple of ints")
-        if len(shape) > MAX_ARRAY_NDIM:
-            raise self.forbidden_call(f"numpy array with {len(shape)} dimensions")
-        if any(d < 0 for d in shape):
-            raise self.malformed(f"numpy array shape {shape} has a negative dimension")
-        count = math.prod(shape)
-        if count > MAX_ARRAY_ELEMENTS or any(d > MAX_ARRAY_ELEMENTS for d in shape):
-            raise self.fail(
-                "PICKLE_TOO_LARGE",
-                f"numpy array shape {shape} exceeds the cap of {MAX_ARRAY_ELEMENTS} elements",
-            )
-        return shape
-
-    def _make_array(
-        self, raw: bytes, dtype: np.dtype[Any], shape_obj: Any, *, fortran: bool
-    ) -> np.ndarray:
-        shape = self._check_shape(shape_obj)
-        expected = math.prod(shape) * dtype.itemsize
-        if len(raw) != expected:
-            raise self.malformed(
-                f"numpy array {dtype.str} {shape} has {len(raw)} data bytes, expected {expected}"
-            )
-        flat = np.frombuffer(raw, dtype=dtype)
-        array = flat.reshape(shape, order="F" if fortran else "C")
-        return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=True))
-
-    def _make_object_array(self, raw: Any, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
-        if type(raw) is not list:
-            raise self.forbidden_call("object numpy array data is not a list")
-        if len(raw) != math.prod(shape):
-            raise self.malformed(
-                f"object numpy array {shape} has {len(raw)} elements, expected {math.prod(shape)}"
-            )
-        for item in raw:
-            if type(item) is not str:
-                raise self.forbidden_call(
-                    f"object numpy array element of type {type(item).__name__} "
-                    "(only str is allowed)"
-                )
-        array = np.empty(len(raw), dtype=object)
-        array[:] = list(raw)
-        # numpy lists object elements in logical (C) order whatever the layout
-        return array.reshape(shape).copy()
-
-
-class _Resolver:
-    """Replace stand-ins by their values; refuse cycles and deep nesting."""
-
-    def __init__(self, reader: _Reader) -> None:
-        self.reader = reader
-        self.done: dict[int, Any] = {}
-        self.active: set[int] = set()
-
-    def fail(self, what: str) -> UnsafePickleError:
-        return self.reader.fail("PICKLE_MALFORMED", what, offset=len(self.reader.data) - 1)
-
-    def resolve(self, obj: Any, depth: int) -> Any:
-        if obj is None or type(obj) in (bool, int, float, str, bytes):
-            return obj
-        if isinstance(obj, np.ndarray | np.generic):
-            return obj
-        if depth > MAX_NESTING:
-            raise self.fail(f"result nests deeper than {MAX_NESTING} levels")
-        key = id(obj)
-        if key in self.done:
-            return self.done[key]
-        if key in self.active:
-            raise self.fail("result contains a reference cycle")
-        self.active.add(key)
-        result: Any
-        if isinstance(obj, _ArrayStandIn):
-            if obj.value is None:
-                raise self.fail("numpy array was never given its data (BUILD missing)")
-            result = obj.value
-        elif isinstance(obj, _DtypeStandIn):
-            result = obj.resolve()
-        elif isinstance(obj, EstimatorState):
-            if not obj.built:
-                raise self.fail(f"{obj.class_name} was never given its state (BUILD missing)")
-            result = EstimatorState(
-                obj.class_name,
-                {k: self.resolve(v, depth + 1) for k, v in obj.state.items()},
-                built=True,
-            )
-        elif type(obj) is tuple:
-            result = tuple(self.resolve(v, depth + 1) for v in obj)
-        elif type(obj) is list:
-            result = [self.resolve(v, depth + 1) for v in obj]
-        elif type(obj) is dict:
-            result = {k: self.resolve(v, depth + 1) for k, v in obj.items()}
-        elif isinstance(obj, _Global):
-            raise self.reader.fail(
-                "PICKLE_FORBIDDEN_CALL",
-                f"result holds the bare global '{obj.dotted}'",
-                offset=len(self.reader.data) - 1,
-            )
-        else:  # pragma: no cover - every stack value is one of the above
-            raise self.fail(f"result holds an unexpected {type(obj).__name__}")
-        self.active.discard(key)
-        self.done[key] = result
-        return result
-
 
 def _describe(obj: Any) -> str:
-    if isinstance(obj, _Global):
+    if isinstance(obj, GlobalRef):
         return f"global '{obj.dotted}'"
     if isinstance(obj, EstimatorState):
         return f"a {obj.class_name} instance"
-    if isinstance(obj, _ArrayStandIn):
+    if isinstance(obj, ArrayStandIn):
         return "a numpy array"
-    if isinstance(obj, _DtypeStandIn):
+    if isinstance(obj, DtypeStandIn):
         return "a numpy dtype"
     return f"a value of type {type(obj).__name__}"
 
@@ -834,13 +477,13 @@ _HANDLERS: dict[bytes, Any] = {
     b"b": _Reader.op_build,
 }
 
-_REDUCERS: dict[str, Callable[[_Reader, _Global, tuple[Any, ...]], Any]] = {
-    _G_RECONSTRUCT: _Reader._call_reconstruct,
-    _G_DTYPE: _Reader._call_dtype,
-    _G_SCALAR: _Reader._call_scalar,
-    _G_FROMBUFFER: _Reader._call_frombuffer,
-    _G_ENCODE: _Reader._call_encode,
-    _G_BYTES: _Reader._call_bytes,
+_REDUCERS: dict[str, Callable[[_Reader, GlobalRef, tuple[Any, ...]], Any]] = {
+    G_RECONSTRUCT: _Reader._call_reconstruct,
+    G_DTYPE: _Reader._call_dtype,
+    G_SCALAR: _Reader._call_scalar,
+    G_FROMBUFFER: _Reader._call_frombuffer,
+    G_ENCODE: _Reader._call_encode,
+    G_BYTES: _Reader._call_bytes,
 }
 
 
@@ -880,155 +523,3 @@ def safe_load_pickle(data: bytes, *, filename: str) -> Any:
         )
     return _Reader(bytes(data), filename).run()
 
-
-# --------------------------------------------------------------------------
-# Stand-ins -> typed records
-# --------------------------------------------------------------------------
-
-
-def _content_error(filename: str, what: str, message: str) -> LegacyFormatError:
-    return LegacyFormatError(
-        f"{what}: {message}",
-        code="LEGACY_CONTENT",
-        file=filename,
-        hint="re-export the estimator from a fitted scikit-learn model",
-    )
-
-
-def _expect_estimator(obj: Any, class_name: str, filename: str, what: str) -> dict[str, Any]:
-    if not isinstance(obj, EstimatorState) or obj.class_name != class_name:
-        found = obj.class_name if isinstance(obj, EstimatorState) else type(obj).__name__
-        raise _content_error(filename, what, f"expected a {class_name}, found {found}")
-    return obj.state
-
-
-def _float_vector(value: Any, filename: str, what: str, key: str, ndim: int) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim != ndim:
-        raise _content_error(
-            filename, what, f"{key} must be a {ndim}-D float array, found {_short(value)}"
-        )
-    array = value.astype(np.float64)
-    if not np.all(np.isfinite(array)):
-        raise _content_error(filename, what, f"{key} contains NaN or infinity")
-    return array
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"array {value.dtype.str} {tuple(value.shape)}"
-    return type(value).__name__
-
-
-def _int_value(value: Any, filename: str, what: str, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise _content_error(filename, what, f"{key} must be an integer, found {_short(value)}")
-    return int(value)
-
-
-def _bool_value(state: dict[str, Any], key: str, filename: str, what: str) -> bool:
-    value = state.get(key, True)
-    if not isinstance(value, bool | np.bool_):
-        raise _content_error(filename, what, f"{key} must be a bool, found {_short(value)}")
-    return bool(value)
-
-
-def _opt_str(state: dict[str, Any], key: str, filename: str, what: str) -> str | None:
-    value = state.get(key)
-    if value is not None and type(value) is not str:
-        raise _content_error(filename, what, f"{key} must be a string, found {_short(value)}")
-    return value
-
-
-def to_legacy_scaler(obj: Any, *, filename: str, what: str = "scaler") -> LegacyScaler:
-    """Turn a ``StandardScaler`` stand-in into a :class:`LegacyScaler`."""
-    state = _expect_estimator(obj, SCALER, filename, what)
-    with_mean = _bool_value(state, "with_mean", filename, what)
-    with_std = _bool_value(state, "with_std", filename, what)
-    for key in ("mean_", "scale_", "n_features_in_"):
-        if key not in state:
-            raise _content_error(filename, what, f"state has no {key} (is the scaler fitted?)")
-    mean = (
-        None
-        if state["mean_"] is None
-        else _float_vector(state["mean_"], filename, what, "mean_", 1)
-    )
-    scale = (
-        None
-        if state["scale_"] is None
-        else _float_vector(state["scale_"], filename, what, "scale_", 1)
-    )
-    n_features = _int_value(state["n_features_in_"], filename, what, "n_features_in_")
-    if n_features < 1:
-        raise _content_error(filename, what, f"n_features_in_ is {n_features}")
-    if with_mean and mean is None:
-        raise _content_error(filename, what, "with_mean is true but mean_ is None")
-    if with_std and scale is None:
-        raise _content_error(filename, what, "with_std is true but scale_ is None")
-    for key, array in (("mean_", mean), ("scale_", scale)):
-        if array is not None and array.shape != (n_features,):
-            raise _content_error(
-                filename, what, f"{key} has shape {array.shape}, expected ({n_features},)"
-            )
-    if scale is not None and np.any(scale <= 0):
-        raise _content_error(filename, what, "scale_ has non-positive entries")
-    return LegacyScaler(
-        mean=mean if with_mean else None,
-        scale=scale if with_std else None,
-        n_features_in=n_features,
-        with_mean=with_mean,
-        with_std=with_std,
-        sklearn_version=_opt_str(state, "_sklearn_version", filename, what),
-    )
-
-
-def to_legacy_logistic(
-    obj: Any, *, filename: str, what: str = "LogisticRegression"
-) -> LegacyLogisticRegression:
-    """Turn a ``LogisticRegression`` stand-in into a :class:`LegacyLogisticRegression`."""
-    state = _expect_estimator(obj, LOGISTIC, filename, what)
-    for key in ("coef_", "intercept_", "classes_"):
-        if key not in state:
-            raise _content_error(filename, what, f"state has no {key} (is the model fitted?)")
-    coef = _float_vector(state["coef_"], filename, what, "coef_", 2)
-    intercept = _float_vector(state["intercept_"], filename, what, "intercept_", 1)
-    classes = state["classes_"]
-    if not isinstance(classes, np.ndarray) or classes.ndim != 1:
-        raise _content_error(
-            filename, what, f"classes_ must be a 1-D array, found {_short(classes)}"
-        )
-    if classes.dtype.kind not in "iubUO":
-        raise _content_error(filename, what, f"classes_ has unsupported dtype {classes.dtype.str}")
-    if classes.dtype.kind == "O":
-        classes = classes.astype(str)
-    n_classes = classes.shape[0]
-    if n_classes < 2:
-        raise _content_error(filename, what, f"classes_ has {n_classes} class(es)")
-    if len(set(classes.tolist())) != n_classes:
-        raise _content_error(filename, what, "classes_ has duplicate entries")
-    rows = 1 if n_classes == 2 else n_classes
-    if coef.shape[0] != rows or coef.shape[1] < 1:
-        raise _content_error(
-            filename,
-            what,
-            f"coef_ has shape {coef.shape} for {n_classes} classes ({rows} rows expected)",
-        )
-    if intercept.shape != (rows,):
-        raise _content_error(
-            filename, what, f"intercept_ has shape {intercept.shape}, expected ({rows},)"
-        )
-    if "n_features_in_" in state:
-        n_features = _int_value(state["n_features_in_"], filename, what, "n_features_in_")
-        if n_features != coef.shape[1]:
-            raise _content_error(
-                filename,
-                what,
-                f"n_features_in_ is {n_features} but coef_ has {coef.shape[1]} columns",
-            )
-    return LegacyLogisticRegression(
-        coef=coef,
-        intercept=intercept,
-        classes=np.ascontiguousarray(classes),
-        multi_class=_opt_str(state, "multi_class", filename, what),
-        solver=_opt_str(state, "solver", filename, what),
-        sklearn_version=_opt_str(state, "_sklearn_version", filename, what),
-    )

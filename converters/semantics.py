@@ -37,7 +37,7 @@ import numpy as np
 
 from asa_format.constants import GLOBAL_VECTOR, NORM_EPS
 from asa_format.converters.legacy_model import LegacyAssets, LegacyLogisticRegression, LegacyScaler
-from asa_format.errors import ConversionError
+from asa_format.errors import ConversionError, LegacyFormatError
 
 __all__ = [
     "FLOAT32_SCALER_SINCE",
@@ -119,12 +119,31 @@ def scaler_transform(scaler: LegacyScaler, hidden: np.ndarray) -> np.ndarray:
 # Router ---------------------------------------------------------------------------
 
 
+def computes_in_float32(model: LegacyLogisticRegression) -> bool:
+    """True when the estimator holds float32 coefficients (scikit-learn >= 1.8 fitted on
+    float32 data): its ``decision_function`` and ``predict_proba`` then compute in float32."""
+    return np.asarray(model.coef).dtype == np.float32
+
+
+def estimators_use_float32(assets: LegacyAssets) -> bool:
+    """Whether any of the router and probes computes in float32."""
+    return computes_in_float32(assets.router) or any(
+        computes_in_float32(p) for p in assets.probes.values()
+    )
+
+
+def _scores(model: LegacyLogisticRegression, x: np.ndarray) -> np.ndarray:
+    """``X @ coef.T + intercept`` in the estimator's own dtype (float32 or float64)."""
+    dtype = np.float32 if computes_in_float32(model) else np.float64
+    xs: np.ndarray = np.asarray(x).astype(dtype)
+    coef: np.ndarray = np.asarray(model.coef, dtype=dtype)
+    intercept: np.ndarray = np.asarray(model.intercept, dtype=dtype)
+    return np.asarray(np.matmul(xs, coef.T) + intercept, dtype=dtype)
+
+
 def router_scores(router: LegacyLogisticRegression, x: np.ndarray) -> np.ndarray:
-    """``decision_function`` in float64: ``[N, k]`` (k = 1 for a two-class router)."""
-    x64 = np.asarray(x).astype(np.float64)
-    coef = np.asarray(router.coef, dtype=np.float64)
-    intercept = np.asarray(router.intercept, dtype=np.float64)
-    return x64 @ coef.T + intercept
+    """``decision_function``: ``[N, k]`` (k = 1 for a two-class router), in the router's dtype."""
+    return _scores(router, x)
 
 
 def router_class_to_domain(router: LegacyLogisticRegression, domains: list[str]) -> np.ndarray:
@@ -186,14 +205,14 @@ def probe_uses_softmax(probe: LegacyLogisticRegression) -> bool:
 def _check_probe(probe: LegacyLogisticRegression, domain: str) -> None:
     classes = np.asarray(probe.classes).tolist()
     if [int(c) if isinstance(c, (bool, np.bool_)) else c for c in classes] != [0, 1]:
-        raise ConversionError(
+        raise LegacyFormatError(
             f"probe of domain {domain!r} has classes {classes}, expected [0, 1]",
             code="LEGACY_CONTENT",
             file="probes.pkl",
             hint="probes must be binary classifiers with class 1 = tool call intended",
         )
     if np.asarray(probe.coef).shape[0] != 1 or np.asarray(probe.intercept).shape != (1,):
-        raise ConversionError(
+        raise LegacyFormatError(
             f"probe of domain {domain!r} has coef shape {np.asarray(probe.coef).shape}, "
             "expected [1, hidden]",
             code="LEGACY_CONTENT",
@@ -207,18 +226,17 @@ def probe_probability(
 ) -> np.ndarray:
     """``predict_proba(x)[:, 1]`` of a binary probe as the writing version computed it."""
     _check_probe(probe, domain)
-    x64 = np.asarray(x).astype(np.float64)
-    coef = np.asarray(probe.coef, dtype=np.float64)
-    intercept = np.asarray(probe.intercept, dtype=np.float64)
-    s = (x64 @ coef.T + intercept)[:, 0]
+    s = _scores(probe, x)[:, 0]  # float32 for float32 estimators, as scikit-learn computes
     if probe_uses_softmax(probe):
         # sklearn.utils.extmath.softmax on [-s, s]: subtract the row max, exp, normalise.
         two = np.stack([-s, s], axis=1)
         two = two - two.max(axis=1, keepdims=True)
         e = np.exp(two)
-        return e[:, 1] / e.sum(axis=1)
+        p: np.ndarray = e[:, 1] / e.sum(axis=1)
+        return p
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-s))
+        one = s.dtype.type(1.0)
+        return np.asarray(one / (one + np.exp(-s)), dtype=np.float64)
 
 
 def gate_from_probability(p: np.ndarray, tau: float) -> np.ndarray:
@@ -259,7 +277,7 @@ def legacy_decide(
 def legacy_steering_vector(assets: LegacyAssets, domain: str) -> np.ndarray:
     """The float32 vector the legacy hook adds (before ``gate * alpha``) for ``domain``."""
     if domain not in assets.vectors or GLOBAL_VECTOR not in assets.vectors:
-        raise ConversionError(
+        raise LegacyFormatError(
             f"steering vectors lack {domain!r} or {GLOBAL_VECTOR!r}",
             code="LEGACY_CONTENT",
             file="steering_vectors.npz",

@@ -16,17 +16,41 @@ if __name__ != "asa_format.runtime":  # pragma: no cover - guards against a seco
         f"{__name__!r} is the asa_format.runtime package seen under another name; import asa_format.runtime"
     )
 
-from asa_format.runtime.compat import (
-    check_compatibility,
-    model_hidden_size,
-    model_id,
-    model_types,
-    same_model_id,
-)
-from asa_format.runtime.interventions import InterventionHandle, attach_interventions  # format 1.1
-from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
-from asa_format.runtime.records import GenerationRecord
-from asa_format.runtime.steering import SteeringHandle, attach
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asa_format.runtime.compat import (
+        check_compatibility,
+        model_hidden_size,
+        model_id,
+        model_types,
+        same_model_id,
+    )
+    from asa_format.runtime.handle import SteeringHandle, attach
+    from asa_format.runtime.interventions import InterventionHandle, attach_interventions
+    from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
+    from asa_format.runtime.records import GenerationRecord
+    from asa_format.runtime.steering import SteeringSkippedWarning
+
+# name -> module; imported on first use, so that `asa run --help` and the
+# other commands work without torch (the package itself imports nothing heavy)
+_EXPORTS = {
+    "KNOWN_LAYER_PATHS": "layers",
+    "GenerationRecord": "records",
+    "InterventionHandle": "interventions",
+    "ResolvedLayers": "layers",
+    "SteeringHandle": "handle",
+    "SteeringSkippedWarning": "steering",
+    "attach": "handle",
+    "attach_interventions": "interventions",  # format 1.1
+    "check_compatibility": "compat",
+    "model_hidden_size": "compat",
+    "model_id": "compat",
+    "model_types": "compat",
+    "resolve_layers": "layers",
+    "same_model_id": "compat",
+}
 
 __all__ = [
     "KNOWN_LAYER_PATHS",
@@ -34,6 +58,7 @@ __all__ = [
     "InterventionHandle",
     "ResolvedLayers",
     "SteeringHandle",
+    "SteeringSkippedWarning",
     "attach",
     "attach_interventions",
     "check_compatibility",
@@ -43,3 +68,21 @@ __all__ = [
     "resolve_layers",
     "same_model_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asa_format.runtime' has no attribute {name!r}")
+    try:
+        value = getattr(import_module(f"asa_format.runtime.{module}"), name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("torch", "transformers"):
+            raise ModuleNotFoundError(
+                f"asa_format.runtime needs torch and transformers ({exc.name} is not installed): "
+                'pip install "asa-format[runtime]"',
+                name=exc.name,
+            ) from exc
+        raise
+    globals()[name] = value
+    return value

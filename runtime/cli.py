@@ -1,8 +1,13 @@
 """``asa run``: generate with a local model, steered by a bundle.
 
 The model and tokenizer are loaded with ``local_files_only=True``: the
-command never downloads anything. Errors are reported on stderr with their
-code and the command exits with status 1.
+command never downloads anything. The conversation is ``--prompt`` (a user
+message), optionally after ``--system`` and the messages of ``--messages FILE``
+(a chat-messages JSON list, or ``{"messages": [...], "tools": [...]}`` as the
+pipeline writes them); the tokenizer's chat template renders it. The model
+runs in its own dtype unless ``--dtype`` says otherwise. Errors go to stderr
+with their code; exit 1 for a refused bundle or model, 2 for usage or
+environment errors (the ``runtime`` extra missing), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,18 +15,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
 from asa_format import constants as C
-from asa_format.cli import fail
+from asa_format.cli_support import fail, require_extra
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
+from asa_format.hints import for_cli
+from asa_format.runtime.notes import BindingNote
 
 __all__ = ["run_command"]
 
-_DTYPES = ("float32", "float16", "bfloat16")
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _looks_like_path(model: str) -> bool:
@@ -29,6 +37,17 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or (
         os.sep != "/" and os.sep in model
     )
+
+
+def _from_pretrained(transformers: Any, source: str, dtype: Any) -> Any:
+    """Load with ``dtype=`` (transformers 5) or, where that keyword is unknown, ``torch_dtype=``."""
+    auto = transformers.AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(source, local_files_only=True, dtype=dtype)
+    except TypeError as exc:
+        if "dtype" not in str(exc):
+            raise
+    return auto.from_pretrained(source, local_files_only=True, torch_dtype=dtype)
 
 
 def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
@@ -50,9 +69,7 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
     source = str(path) if path.exists() else model
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(
-            source, local_files_only=True, dtype=dtype
-        )
+        loaded = _from_pretrained(transformers, source, dtype)
     except (OSError, ValueError, KeyError) as exc:
         if path.exists():
             detail = str(exc).strip().split("\n")[0]
@@ -70,14 +87,65 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
     return tokenizer, loaded.to(device).eval()
 
 
-def _encode(tokenizer: Any, prompt: str, raw: bool, device: Any) -> dict[str, Any]:
-    if not raw and getattr(tokenizer, "chat_template", None):
+def _read_messages(path: str) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    """(messages, tools) from a chat-messages JSON file."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read --messages file {path!r}: {exc.strerror}", file=path,
+                         hint="pass a JSON file of chat messages") from exc
+    except ValueError as exc:
+        raise UsageError(f"--messages file {path!r} is not valid JSON: {exc}", file=path,
+                         hint="pass a JSON file of chat messages") from exc
+    tools: list[Any] | None = None
+    if isinstance(doc, dict):
+        tools = doc.get("tools")
+        doc = doc.get("messages")
+    shape_hint = 'a list of {"role": ..., "content": ...} objects, or {"messages": [...], "tools": [...]}'
+    if not isinstance(doc, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in doc
+    ):
+        raise UsageError(f"--messages file {path!r} holds no list of chat messages", file=path, hint=shape_hint)
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise UsageError(f'"tools" in --messages file {path!r} is not a list of objects', file=path, hint=shape_hint)
+    return list(doc), tools
+
+
+def _conversation(
+    prompt: str | None, system: str | None, messages_file: str | None
+) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    messages, tools = _read_messages(messages_file) if messages_file else ([], None)
+    if system is not None:
+        if any(m.get("role") == "system" for m in messages):
+            raise UsageError("--system was given but the --messages file already has a system message",
+                             hint="pass the system prompt once")
+        messages.insert(0, {"role": "system", "content": system})
+    if prompt is not None:
+        messages.append({"role": "user", "content": prompt})
+    if not any(m.get("role") == "user" for m in messages):
+        raise UsageError("nothing to answer: no --prompt and no user message in --messages",
+                         hint="pass --prompt TEXT, or a --messages file with a user message")
+    return messages, tools
+
+
+def _encode(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any] | None, raw: bool, device: Any
+) -> dict[str, Any]:
+    plain = len(messages) == 1 and tools is None
+    if raw or not getattr(tokenizer, "chat_template", None):
+        if not plain:
+            raise UsageError(
+                "--system and --messages need a chat template, and "
+                + ("--raw was given" if raw else "the model's tokenizer has none"),
+                hint="pass only --prompt, or use a model whose tokenizer has a chat template",
+            )
+        enc = tokenizer(str(messages[0].get("content") or ""), return_tensors="pt")
+    else:
+        extra = {"tools": tools} if tools is not None else {}
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            messages, tokenize=False, add_generation_prompt=True, **extra
         )
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    else:
-        enc = tokenizer(prompt, return_tensors="pt")
     if enc["input_ids"].shape[1] == 0:
         raise UsageError("the prompt encodes to no tokens", hint="pass a non-empty --prompt")
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
@@ -109,25 +177,48 @@ def _device(name: str) -> Any:
     return device
 
 
-@click.command("run")
+@click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", required=False, type=click.Path())
+@click.option("--bundle", "bundle_option", default=None, type=click.Path(), help="Bundle directory (same as the BUNDLE argument).")
 @click.option("--model", "model_path", required=True, help="Local model directory (never downloaded).")
-@click.option("--bundle", "bundle_path", required=True, type=click.Path(), help="Bundle directory.")
-@click.option("--prompt", required=True, help="Prompt text (the chat template is applied if the tokenizer has one).")
+@click.option("--prompt", default=None, help="User message (the chat template is applied if the tokenizer has one).")
+@click.option("--system", default=None, help="System prompt, placed before the other messages.")
+@click.option(
+    "--messages", "messages_file", default=None, type=click.Path(dir_okay=False),
+    help='Chat-messages JSON: a list of {"role", "content"} or {"messages": [...], "tools": [...]}.',
+)
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps, ...")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(_DTYPES))
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(_DTYPES), help="auto: the dtype the model was saved in.")
 @click.option("--policy", default=None, type=click.Choice(C.POLICIES), help="Override the bundle's injection policy.")
 @click.option("--alpha", default=None, type=float, help="Override the bundle's steering strength.")
 @click.option("--layers-path", default=None, help="Dotted path of the decoder block list, e.g. model.layers.")
 @click.option("--expected-digest", default=None, help="Refuse the bundle unless its root digest is this.")
 @click.option("--no-strict", is_flag=True, help="Only warn when the model type or id differs from the bundle's.")
-@click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template.")
+@click.option("--self-test", is_flag=True, help="Check the hooks on the model before generating.")
+@click.option(
+    "--on-unclassified", default="warn", show_default=True, type=click.Choice(["warn", "raise"]),
+    help="A forward pass that cannot be classified is never steered: warn, or fail.",
+)
+@click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template (--prompt only).")
 @click.option("--compare", is_flag=True, help="Also generate without steering and show both.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run_command(**options: Any) -> None:
-    """Generate from PROMPT with MODEL, steered by BUNDLE."""
+def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -> None:
+    """Generate with MODEL, steered by BUNDLE (a local model directory; nothing is downloaded).
+
+    A local model whose config matches the bundle's binding (model type,
+    layer count, hidden size) is accepted; a different model id is then
+    reported as a note. Exit 0 ok, 1 refused bundle or model, 2 usage or
+    environment error.
+    """
+    if bundle is not None and bundle_option is not None and bundle != bundle_option:
+        raise click.UsageError("BUNDLE and --bundle name different bundles; pass one")
+    path = bundle if bundle is not None else bundle_option
+    if path is None:
+        raise click.UsageError("missing the bundle: asa run BUNDLE --model DIR --prompt TEXT")
+    require_extra("runtime", "asa run")
     try:
-        _run(**options)
+        _run(bundle_path=path, **options)
     except AsaError as exc:
         fail(exc)
     except Exception as exc:  # last resort: a message, never a traceback
@@ -135,10 +226,18 @@ def run_command(**options: Any) -> None:
         sys.exit(1)
 
 
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        kind = "note" if issubclass(w.category, BindingNote) else "warning"
+        click.echo(f"{kind}: {for_cli(str(w.message))}", err=True)
+
+
 def _run(
     model_path: str,
     bundle_path: str,
-    prompt: str,
+    prompt: str | None,
+    system: str | None,
+    messages_file: str | None,
     max_new_tokens: int,
     device: str,
     dtype: str,
@@ -147,6 +246,8 @@ def _run(
     layers_path: str | None,
     expected_digest: str | None,
     no_strict: bool,
+    self_test: bool,
+    on_unclassified: str,
     raw: bool,
     compare: bool,
     as_json: bool,
@@ -155,22 +256,34 @@ def _run(
     import transformers
 
     from asa_format import load_bundle
-    from asa_format.runtime.steering import attach
+    from asa_format.runtime.handle import attach
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    messages, tools = _conversation(prompt, system, messages_file)
     torch_device = _device(device)
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     bundle = load_bundle(bundle_path, verify=True, expected_digest=expected_digest)
     tokenizer, model = _load_model(model_path, torch_device, torch_dtype)
-    enc = _encode(tokenizer, prompt, raw, torch_device)
+    enc = _encode(tokenizer, messages, tools, raw, torch_device)
 
     baseline = _generate(model, tokenizer, enc, max_new_tokens) if compare else None
-    with attach(
-        model, bundle, policy=policy, alpha=alpha, layers_path=layers_path,
-        strict_model_match=not no_strict,
-    ) as handle:
-        steered = _generate(model, tokenizer, enc, max_new_tokens)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            handle_cm = attach(
+                model, bundle, policy=policy, alpha=alpha, layers_path=layers_path,
+                strict_model_match=not no_strict, self_test=self_test,
+                on_unclassified=on_unclassified,
+            )
+        finally:
+            _report_warnings([w for w in caught if issubclass(w.category, (RuntimeWarning, BindingNote))])
+    with handle_cm as handle, warnings.catch_warnings(record=True) as during:
+        warnings.simplefilter("always")
+        try:
+            steered = _generate(model, tokenizer, enc, max_new_tokens)
+        finally:
+            _report_warnings([w for w in during if issubclass(w.category, RuntimeWarning)])
         record = handle.last
     if record is None:  # pragma: no cover - generate always runs a prefill
         raise RuntimeCompatError("the steered layer never ran", code="LAYERS_NOT_FOUND")
@@ -183,6 +296,8 @@ def _run(
     if as_json:
         payload: dict[str, Any] = {
             "model": model_path,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "input_tokens": int(enc["input_ids"].shape[1]),
             "bundle": str(bundle_path),
             "layer": record.layer,
             "layer_path": handle.layer_path,

@@ -2,20 +2,25 @@
 
 All checks run before any hook is registered. Hidden size, layer index and
 layer count mismatches are always errors; model type and model id mismatches
-are errors unless ``strict_model_match=False`` (then warnings). A value that
+are errors unless ``strict_model_match=False`` (then warnings). A model
+loaded from a local directory whose config matches the binding (model type,
+layer count and hidden size, all recorded in the bundle) is accepted despite
+a different id: the id mismatch is then a :class:`BindingNote`. A value that
 is unknown on either side cannot be compared: that is logged at debug level.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from typing import Any
 
-from asa_format.errors import RuntimeCompatError
+from asa_format.errors import ErrorCode, RuntimeCompatError
 from asa_format.runtime._types import BundleLike
 from asa_format.runtime.layers import ResolvedLayers
+from asa_format.runtime.notes import BindingNote
 
 __all__ = [
     "check_compatibility",
@@ -99,7 +104,7 @@ def same_model_id(a: str, b: str) -> bool:
     return full_a == full_b or (bool(last_a) and last_a == last_b)
 
 
-def _mismatch(message: str, code: str, hint: str, strict: bool) -> None:
+def _mismatch(message: str, code: ErrorCode, hint: str, strict: bool) -> None:
     if strict:
         raise RuntimeCompatError(message, code=code, hint=hint)
     warnings.warn(f"[{code}] {message}", RuntimeWarning, stacklevel=4)
@@ -159,13 +164,31 @@ def check_compatibility(
         )
 
     mid = model_id(model)
+    config_matches = (
+        bool(binding.type) and binding.type in types
+        and binding.num_layers is not None and int(binding.num_layers) == n_layers
+        and hidden is not None
+    )
     if not binding.id or not mid:
         logger.debug("model id not compared (bundle: %r, model: %r)", binding.id, mid)
+    elif not same_model_id(binding.id, mid) and config_matches and os.path.isdir(mid):
+        message = (
+            f"the bundle is bound to model {binding.id!r}; the local model {mid!r} has the "
+            f"bound type {binding.type!r}, {n_layers} layers and hidden size {hidden}, so it is accepted"
+        )
+        logger.info("[MODEL_ID_MISMATCH] %s", message)
+        warnings.warn(f"[MODEL_ID_MISMATCH] {message}", BindingNote, stacklevel=3)
     elif not same_model_id(binding.id, mid):
+        unrecorded = not binding.type or binding.num_layers is None
         _mismatch(
             f"the bundle is bound to model {binding.id!r} but the model was loaded from {mid!r}",
             "MODEL_ID_MISMATCH",
             "use the bundle with the model it was fitted on, or pass "
-            "strict_model_match=False to only warn",
+            "strict_model_match=False to only warn"
+            + (
+                "; a local copy is recognised by its config when the bundle records the model "
+                "type and layer count (asa-convert --model-type ... --num-layers ...)"
+                if unrecorded else ""
+            ),
             strict_model_match,
         )

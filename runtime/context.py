@@ -1,13 +1,14 @@
 """Per-call and per-generation state, without global flags.
 
 A forward pre-hook on the top-level model opens a :class:`CallContext` on a
-thread-local stack (so two threads using the same model never see each
-other's calls); a forward hook closes it, also when the forward raised.
+thread-local stack (two threads using one model never see each other's
+calls); a forward hook closes it, also when the forward raised.
 
-A generation is identified by its KV-cache object: the state decided on its
-prefill (:class:`GenerationState`) is stored in a lock-protected
-``WeakKeyDictionary`` keyed by the cache, and dies with it. A call is a
-prefill when it gets no cache or an empty one (``get_seq_length() == 0``).
+A generation is identified by its cache: the :class:`GenerationState`
+decided on its prefill is stored in a lock-protected ``WeakKeyDictionary``
+keyed by the cache's identity (:func:`~asa_format.runtime.evidence.cache_key`)
+and dies with it. Cache-less generations (``use_cache=False``) are followed
+per thread through the sequence they re-read (:class:`Lineage`).
 """
 
 from __future__ import annotations
@@ -19,51 +20,75 @@ from typing import Any
 
 import torch
 
-__all__ = ["CallContext", "GenerationState", "GenerationStates", "ThreadCalls", "cache_length"]
+from asa_format.runtime.classify import PassInfo
+from asa_format.runtime.evidence import CallEvidence
+
+__all__ = [
+    "CallContext",
+    "GenerationState",
+    "GenerationStates",
+    "LegacyTracker",
+    "Lineage",
+    "ThreadCalls",
+]
 
 
 @dataclass
 class GenerationState:
-    """What a prefill decided: per-row deltas to add on later decode steps."""
+    """What a prefill decided, per row, for the later passes of its generation."""
 
     record_id: int
-    batch_size: int
+    batch: int
+    prompt_len: int  # positions of the prefill pass up to the prompt's end
+    positions: list[int]  # per row: the position whose hidden state was decided on
+    entries: list[str | None]  # per row: the bundle steering it, or None
+    policies: list[str | None]  # per row: that bundle's policy
     gates: list[int]
-    domains: list[str]
-    # Per (device, dtype): [B, H] deltas (rows with gate 0 are zero and skipped).
-    deltas: dict[tuple[str, torch.dtype], torch.Tensor] = field(default_factory=dict)
+    # block index -> [B, H] float32 deltas (zero rows where nothing is added)
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+    # (block, device, dtype) -> the deltas cast for that block's output
+    cast: dict[tuple[int, str, torch.dtype], torch.Tensor] = field(default_factory=dict)
+
+    def steers_anything(self) -> bool:
+        return any(g != 0 for g in self.gates)
+
+    def delta(self, block: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        base = self.deltas.get(block)
+        if base is None:
+            return None
+        key = (block, str(device), dtype)
+        cached = self.cast.get(key)
+        if cached is None:
+            cached = base.to(device=device, dtype=dtype)
+            self.cast[key] = cached
+        return cached
+
+    def reordered(self, rows: list[int]) -> GenerationState:
+        """The state of a batch whose row ``i`` continues row ``rows[i]`` of this one."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return GenerationState(
+            record_id=self.record_id,
+            batch=len(rows),
+            prompt_len=self.prompt_len,
+            positions=[self.positions[r] for r in rows],
+            entries=[self.entries[r] for r in rows],
+            policies=[self.policies[r] for r in rows],
+            gates=[self.gates[r] for r in rows],
+            deltas={b: d[index.to(d.device)] for b, d in self.deltas.items()},
+        )
 
 
 @dataclass
 class CallContext:
-    """One call of the top-level model, as seen by its forward pre-hook."""
+    """One call of the top-level model, as seen by its hooks."""
 
-    attention_mask: torch.Tensor | None
-    cache: Any  # the cache object passed in, or None
-    is_prefill: bool
-    state: GenerationState | None = None  # existing state of a decode step
-    new_state: GenerationState | None = None  # state decided by this (prefill) call
-    pending_record: Any = None  # its GenerationRecord, committed when the call succeeds
-
-
-def cache_length(cache: Any) -> int | None:
-    """Tokens already held by ``cache`` (``None`` when it cannot tell)."""
-    if cache is None:
-        return 0
-    getter = getattr(cache, "get_seq_length", None)
-    if callable(getter):
-        try:
-            return int(getter())
-        except Exception:  # a cache type that cannot report its length
-            return None
-    if isinstance(cache, (tuple, list)):  # legacy tuple cache
-        if len(cache) == 0:
-            return 0
-        try:
-            return int(cache[0][0].shape[-2])
-        except (IndexError, TypeError, AttributeError):
-            return None
-    return None
+    evidence: CallEvidence
+    selection: tuple[str | None, ...] | None  # the rows' bundles chosen for this call
+    state: GenerationState | None = None  # the state of the call's cache, if known
+    info: PassInfo | None = None  # set by the first steered block the call reaches
+    new_state: GenerationState | None = None  # decided by this (prefill) call
+    pending_record: Any = None  # its record, committed when the call succeeds
+    passes: list[Any] = field(default_factory=list)  # trace entries (self-test)
 
 
 class ThreadCalls:
@@ -92,41 +117,43 @@ class ThreadCalls:
 
 
 class GenerationStates:
-    """Cache object -> :class:`GenerationState`, weakly keyed and lock-protected."""
+    """Cache identity -> :class:`GenerationState`, weakly keyed by identity, lock-protected.
+
+    Keys are compared by identity, not equality (a legacy cache's key is a
+    tensor, whose ``==`` is element-wise); an entry dies with its key.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._states: weakref.WeakKeyDictionary[Any, GenerationState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._states: dict[int, tuple[weakref.ref[Any], GenerationState]] = {}
 
-    def get(self, cache: Any) -> GenerationState | None:
-        if cache is None:
+    def get(self, key: Any) -> GenerationState | None:
+        if key is None:
             return None
         with self._lock:
-            try:
-                return self._states.get(cache)
-            except TypeError:  # not weak-referenceable or not hashable
-                return None
+            found = self._states.get(id(key))
+        if found is None or found[0]() is not key:
+            return None
+        return found[1]
 
-    def put(self, cache: Any, state: GenerationState) -> bool:
-        if cache is None:
+    def put(self, key: Any, state: GenerationState) -> bool:
+        if key is None:
+            return False
+        ident = id(key)
+
+        def forget(ref: weakref.ref[Any], ident: int = ident) -> None:
+            with self._lock:
+                entry = self._states.get(ident)
+                if entry is not None and entry[0] is ref:
+                    del self._states[ident]
+
+        try:
+            ref = weakref.ref(key, forget)
+        except TypeError:  # not weak-referenceable
             return False
         with self._lock:
-            try:
-                self._states[cache] = state
-            except TypeError:
-                return False
-            return True
-
-    def discard(self, cache: Any) -> None:
-        if cache is None:
-            return
-        with self._lock:
-            try:
-                self._states.pop(cache, None)
-            except TypeError:
-                pass
+            self._states[ident] = (ref, state)
+        return True
 
     def clear(self) -> None:
         with self._lock:
@@ -134,4 +161,129 @@ class GenerationStates:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._states)
+            return sum(1 for ref, _ in self._states.values() if ref() is not None)
+
+
+class LegacyTracker:
+    """Follows legacy tuple caches that beam search rebuilds with reordered rows.
+
+    A legacy cache is rebuilt on every step, and beam search reorders its
+    rows (``index_select``), so the new tuple holds new tensors. Each row's
+    key vector of the last cached position in layer 0 is copied bit for bit
+    by that reordering: a new cache whose every row equals exactly one row
+    of a cache seen before (with one decision per match) continues that
+    generation with its rows reordered. Anything else is not matched.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[tuple[torch.Tensor, GenerationState]] = []
+        self._keep = keep
+
+    @staticmethod
+    def fingerprint(cache: Any) -> torch.Tensor | None:
+        try:
+            key: torch.Tensor = cache[0][0]
+            return key[:, :, -1, :].detach().reshape(key.shape[0], -1)
+        except (IndexError, TypeError, AttributeError, RuntimeError):
+            return None
+
+    def remember(self, cache: Any, state: GenerationState) -> None:
+        fp = self.fingerprint(cache)
+        if fp is None:
+            return
+        with self._lock:
+            self._seen.append((fp.clone(), state))
+            del self._seen[: -self._keep]
+
+    def match(self, cache: Any) -> GenerationState | None:
+        fp = self.fingerprint(cache)
+        if fp is None:
+            return None
+        with self._lock:
+            seen = list(self._seen)
+        for old, state in reversed(seen):
+            if old.shape != fp.shape or old.device != fp.device or state.batch != fp.shape[0]:
+                continue
+            same = (fp[:, None, :] == old[None, :, :]).all(dim=-1)  # [new, old]
+            rows: list[int] = []
+            for i in range(fp.shape[0]):
+                matches = torch.nonzero(same[i]).flatten().tolist()
+                kinds = {(state.entries[j], state.gates[j]) for j in matches}
+                if len(kinds) != 1:
+                    break
+                rows.append(int(matches[0]))
+            else:
+                return state if rows == list(range(state.batch)) else state.reordered(rows)
+        return None
+
+
+@dataclass
+class _Seen:
+    tokens: torch.Tensor
+    mask: torch.Tensor | None
+    state: GenerationState
+
+
+class Lineage:
+    """Per thread: the last cache-less pass, to recognise its continuation."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def remember(
+        self, tokens: torch.Tensor | None, mask: torch.Tensor | None, state: GenerationState
+    ) -> None:
+        if tokens is None:
+            self.forget()
+            return
+        self._local.seen = _Seen(tokens.detach(), None if mask is None else mask.detach(), state)
+
+    def forget(self) -> None:
+        self._local.seen = None
+
+    def continuation(
+        self, tokens: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> GenerationState | str | None:
+        """The state this pass continues, ``None`` for a new sequence, or why it is ambiguous.
+
+        Row ``i`` continues an earlier row ``j`` when its first ``n`` tokens (and
+        mask columns) equal row ``j`` of the previous pass, ``n`` being that
+        pass's length; rows may be reordered (beam search). Rows matching
+        several earlier rows with different decisions are ambiguous.
+        """
+        seen: _Seen | None = getattr(self._local, "seen", None)
+        if seen is None or tokens is None:
+            return None
+        old = seen.tokens
+        if tokens.dim() != old.dim() or tokens.shape[2:] != old.shape[2:]:
+            return None
+        n = old.shape[1]
+        if tokens.shape[1] <= n or tokens.device != old.device:
+            return None
+        if (mask is None) != (seen.mask is None):
+            return None
+        prefix = tokens[:, :n]
+        rows: list[int] = []
+        for i in range(tokens.shape[0]):
+            same = (prefix[i].unsqueeze(0) == old).reshape(old.shape[0], -1).all(dim=1)
+            if mask is not None and seen.mask is not None:
+                if mask.shape[1] != tokens.shape[1] or seen.mask.shape[1] != n:
+                    return None
+                same &= (mask[i, :n].unsqueeze(0) == seen.mask).all(dim=1)
+            matches = [int(j) for j in torch.nonzero(same).flatten().tolist()]
+            if not matches:
+                return None
+            kinds = {
+                (seen.state.entries[j], seen.state.gates[j], seen.state.positions[j])
+                for j in matches
+            }
+            if len(kinds) > 1:
+                return (
+                    f"row {i} re-reads a sequence shared by earlier rows with different "
+                    "decisions"
+                )
+            rows.append(matches[0])
+        if rows == list(range(seen.state.batch)):
+            return seen.state
+        return seen.state.reordered(rows)

@@ -252,7 +252,7 @@ def attach_interventions(
             for b, hook in sorted(per_block.items()):
                 hooks.append(layers.layers[b].register_forward_hook(hook))
         if bundle.asa is not None:
-            from asa_format.runtime.steering import attach
+            from asa_format.runtime.handle import attach
 
             asa_handle = attach(model, bundle.asa, layers_path=layers_path, strict_model_match=strict_model_match)
     except BaseException:

@@ -1,4 +1,4 @@
-"""Which positions of a layer's output are real tokens, from the attention mask."""
+"""Which positions of a block's output are real tokens, from the attention mask."""
 
 from __future__ import annotations
 
@@ -9,33 +9,45 @@ from asa_format.errors import DecisionError
 __all__ = ["last_real_positions", "real_token_mask"]
 
 
-def real_token_mask(
-    attention_mask: torch.Tensor | None, batch: int, seq: int, device: torch.device
-) -> torch.Tensor:
-    """Bool ``[batch, seq]``: True where the layer's position ``t`` is a real token.
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    """Bool view of a mask: True where attending is allowed."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():  # additive masks: 0 allowed, a large negative value masked
+        return mask == 0
+    return mask != 0
 
-    ``attention_mask`` is the 2-D mask given to the top-level model; it covers
-    the cached tokens too, so its last ``seq`` columns describe this call.
-    Without a mask every position is real.
+
+def real_token_mask(
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    seq: int,
+    device: torch.device,
+    past: int = 0,
+) -> torch.Tensor:
+    """Bool ``[batch, seq]``: True where the block's position ``t`` is a real token.
+
+    A 2-D mask covers the cached tokens too, so its last ``seq`` columns
+    describe this pass. A 4-D mask ``[batch, 1, seq, keys]`` (static caches)
+    tells whether query ``t`` may attend to its own key ``past + t``: a
+    padding token may not. Without a mask every position is real.
     """
     if attention_mask is None:
         return torch.ones((batch, seq), dtype=torch.bool, device=device)
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else None
-        raise DecisionError(
-            f"cannot locate the real tokens: the attention mask has shape {shape}, expected a "
-            "2-D [batch, sequence] mask of 0/1",
-            code="DECISION_INPUT",
-            hint="pass a 2-D attention_mask (as tokenizers return it) to the model",
-        )
-    if attention_mask.shape[0] != batch or attention_mask.shape[1] < seq:
-        raise DecisionError(
-            f"the attention mask has shape {tuple(attention_mask.shape)} but the steered layer "
-            f"sees a batch of {batch} rows of {seq} positions",
-            code="DECISION_INPUT",
-            hint="pass the attention_mask that belongs to the input_ids",
-        )
-    return attention_mask[:, attention_mask.shape[1] - seq :].to(device=device) != 0
+    mask = attention_mask
+    if mask.dim() == 2 and mask.shape[0] == batch and mask.shape[1] >= seq:
+        return _allowed(mask[:, mask.shape[1] - seq :]).to(device=device)
+    if mask.dim() == 4 and mask.shape[0] == batch and mask.shape[-2] == seq:
+        if mask.shape[-1] >= past + seq:
+            idx = torch.arange(seq, device=mask.device)
+            diagonal = mask[:, 0, idx, past + idx]
+            return _allowed(diagonal).to(device=device)
+    raise DecisionError(
+        f"the attention mask has shape {tuple(mask.shape)} but the steered block sees a batch "
+        f"of {batch} rows of {seq} positions after {past} cached ones",
+        code="DECISION_INPUT",
+        hint="pass the attention_mask that belongs to the input_ids",
+    )
 
 
 def last_real_positions(real: torch.Tensor) -> torch.Tensor:

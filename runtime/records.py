@@ -13,10 +13,11 @@ __all__ = ["GenerationRecord", "RecordLog"]
 
 @dataclass(frozen=True)
 class GenerationRecord:
-    """The decision taken on the prefill of one generation (one forward without cache).
+    """The decisions taken on the prefill of one generation.
 
     ``rows[i]`` is the decision of batch row ``i`` (a ``Decision`` with
-    ``domain``, ``domain_index``, ``probability`` and ``gate``);
+    ``domain``, ``domain_index``, ``probability`` and ``gate``), or ``None``
+    when no bundle was selected for that row; ``bundles[i]`` names its bundle;
     ``positions[i]`` is the position whose hidden state was read for that row
     (its last real, non-padding token).
     """
@@ -28,19 +29,21 @@ class GenerationRecord:
     rows: list[Any]
     positions: list[int]
     thread: str
+    bundles: list[str | None] = field(default_factory=list)  # per row: the bundle, or None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gates(self) -> list[int]:
-        return [int(r.gate) for r in self.rows]
+        """Per row (0 for a row no bundle steers)."""
+        return [0 if r is None else int(r.gate) for r in self.rows]
 
     @property
-    def domains(self) -> list[str]:
-        return [str(r.domain) for r in self.rows]
+    def domains(self) -> list[str | None]:
+        return [None if r is None else str(r.domain) for r in self.rows]
 
     @property
     def probabilities(self) -> list[float]:
-        return [float(r.probability) for r in self.rows]
+        return [float("nan") if r is None else float(r.probability) for r in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,14 +52,20 @@ class GenerationRecord:
             "layer": self.layer,
             "alpha": self.alpha,
             "rows": [
-                {
+                {"bundle": b, "position": int(p)}
+                if r is None
+                else {
+                    "bundle": b,
                     "domain": str(r.domain),
                     "domain_index": int(r.domain_index),
                     "probability": float(r.probability),
                     "gate": int(r.gate),
                     "position": int(p),
                 }
-                for r, p in zip(self.rows, self.positions, strict=True)
+                for r, p, b in zip(
+                    self.rows, self.positions,
+                    self.bundles or [None] * len(self.rows), strict=True,
+                )
             ],
         }
 
@@ -90,6 +99,12 @@ class RecordLog:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+
+    def drop_newest(self, count: int) -> None:
+        """Forget the ``count`` most recent records (the self-test's own)."""
+        with self._lock:
+            for _ in range(max(0, min(count, len(self._records)))):
+                self._records.pop()
 
     def __len__(self) -> int:
         with self._lock:

@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# the benchmarks fit scikit-learn pipelines and generate with torch models
+pytestmark = [pytest.mark.runtime, pytest.mark.convert]
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("decision", "generation", "load", "cli", "scale")
 HEADINGS = (

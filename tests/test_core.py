@@ -182,6 +182,7 @@ def test_all_problems_are_collected(tmp_path: Path) -> None:
     assert codes == ["FILE_MISSING", "FILE_SIZE_MISMATCH", "FILE_UNLISTED"]
 
 
+@pytest.mark.interop
 def test_safetensors_writer_is_readable_by_safetensors_library() -> None:
     from safetensors.numpy import load
 

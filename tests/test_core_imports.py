@@ -103,7 +103,7 @@ def test_cli_without_heavy_dependencies(tmp_path: Path, args: list[str], status:
     assert "Traceback" not in proc.stderr
     if "--json" in args:
         doc = json.loads(proc.stdout)
-        assert [b["valid"] for b in doc["bundles"]] == [True, False]
+        assert [b["ok"] for b in doc["results"]] == [True, False]
 
 
 def test_load_and_decide_without_heavy_dependencies(tmp_path: Path) -> None:

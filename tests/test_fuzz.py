@@ -9,37 +9,22 @@ are shared with ``tests/fuzz_long.py``, the long-running fuzzer.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fuzz_long as fz  # tests/ is on sys.path, as for tiny_models
 from asa_format import constants as C
 from asa_format.errors import CODES, Problem
 from asa_format.manifest import parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
 
-
-def _load_fuzz_long() -> ModuleType:
-    """The shared operators of tests/fuzz_long.py (whatever pytest's import mode)."""
-    path = Path(__file__).resolve().parent / "fuzz_long.py"
-    spec = importlib.util.spec_from_file_location("asa_fuzz_long", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fz = _load_fuzz_long()
 SEEDS = fz.seed_bundles()
 
 FUZZ = settings(

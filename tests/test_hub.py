@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants as hub_constants  # the hub extra: conftest marks this module "interop"
 import numpy as np
 import pytest
 
@@ -20,9 +21,6 @@ from asa_format.intervention_bundle import (
 )
 from asa_format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
-
-hub = pytest.importorskip("huggingface_hub")
-hub_constants = pytest.importorskip("huggingface_hub.constants")
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -116,7 +114,7 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from asa_format.signing import sign_bundle
+    from asa_format.signing import load_private_key, sign_bundle
 
     def pair(name: str) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -128,7 +126,7 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
     contents = InterventionContents(model=ModelBinding(hidden_size=8), interventions=[InterventionData("a", {1: np.ones(8)})])
     local = asa_format.save_bundle(contents, offline / "b")
     (publisher, publisher_pub), (_, mallory_pub) = pair("publisher"), pair("mallory")
-    sign_bundle(local, publisher)
+    sign_bundle(local, load_private_key(publisher))
     _cache(offline, local)
     ref = f"org/steer@{COMMIT}"
     assert load_interventions(ref, trusted_keys=[publisher_pub]).interventions[0].name == "a"

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import gguf  # the interop extra: conftest marks this module "interop"
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -25,8 +26,6 @@ from asa_format.intervention_bundle import (
 from asa_format.interventions import ConditionGate
 from asa_format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
-
-gguf = pytest.importorskip("gguf")
 
 H = 16
 
@@ -269,8 +268,30 @@ def test_cli_import_export(tmp_path: Path) -> None:
     r = runner.invoke(cli, ["validate", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli, ["export", str(tmp_path / "b"), str(tmp_path / "o.gguf"), "--to", "gguf", "--strict"])
-    assert r.exit_code == 0 and "loss: none" in r.stderr
+    assert r.exit_code == 0 and "loss: none" in r.stdout  # the report is on stdout
     r = runner.invoke(cli, ["export", str(tmp_path / "b"), str(tmp_path / "o.gguf"), "--to", "gguf"])
-    assert r.exit_code == 1 and "DESTINATION_EXISTS" in r.stderr
+    assert r.exit_code == 1 and "DESTINATION_EXISTS" in r.stdout
+    r = runner.invoke(cli, ["export", str(tmp_path / "b"), str(tmp_path / "b"), "--to", "gguf", "--force"])
+    assert r.exit_code == 1 and "DESTINATION_NOT_BUNDLE" in r.stdout  # --force never replaces a directory
+    assert (tmp_path / "b" / "manifest.json").is_file()
     r = runner.invoke(cli, ["import", str(tmp_path / "b" / "manifest.json"), str(tmp_path / "c")])
-    assert r.exit_code == 1 and "IMPORT_UNKNOWN_KIND" in r.stderr
+    assert r.exit_code == 1 and "IMPORT_UNKNOWN_KIND" in r.stdout
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_import_export_json_envelope(tmp_path: Path) -> None:
+    src = _write(tmp_path / "cv.bin")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["import", str(src), str(tmp_path / "b"), "--num-layers", "4", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["command"] == "import" and doc["ok"] is True
+    assert doc["results"][0]["destination"] == str(tmp_path / "b")
+    r = runner.invoke(cli, ["import", str(src), str(tmp_path / "b"), "--num-layers", "4", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["ok"] is False
+    assert [p["code"] for p in doc["results"][0]["problems"]] == ["DESTINATION_EXISTS"]
+    r = runner.invoke(cli, ["export", str(tmp_path / "b"), str(tmp_path / "o.gguf"), "--to", "gguf", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["command"] == "export"
+    result = doc["results"][0]
+    assert result["losses"] == [] and result["blocks"] == sorted(result["blocks"]) and result["blocks"]

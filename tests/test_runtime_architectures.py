@@ -18,7 +18,9 @@ import torch
 from asa_format import load_bundle
 from asa_format.runtime import attach, resolve_layers
 from asa_format.testing import make_test_bundle
-from tiny_models import ARCHITECTURES, SPECS, build_model, first_tensor, token_batch
+from tiny_models import AVAILABLE, SPECS, build_model, first_tensor, token_batch
+
+pytestmark = pytest.mark.runtime
 
 ALPHA = 3.0
 ROWS = [[5, 6, 7, 8, 9], [10, 11, 12]]
@@ -50,7 +52,7 @@ def hook_state(model: torch.nn.Module) -> dict[str, tuple[int, int, int]]:
     }
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_resolve_known_layers(name: str) -> None:
     model = build_model(name)
     resolved = resolve_layers(model)
@@ -59,7 +61,7 @@ def test_resolve_known_layers(name: str) -> None:
 
 
 @pytest.mark.parametrize("gate", [1, -1, 0])
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("name", AVAILABLE)
 def test_exact_delta_and_clean_removal(name: str, gate: int, bundle_dir: Any) -> None:
     spec = SPECS[name]
     model = build_model(name)
@@ -74,6 +76,7 @@ def test_exact_delta_and_clean_removal(name: str, gate: int, bundle_dir: Any) ->
     steered: list[torch.Tensor] = []
     h_raw = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)))
     handle = attach(model, bundle)
+    raw.clear()  # attach probes the block's output layout with one short forward
     h_steered = block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
     try:
         with torch.no_grad():

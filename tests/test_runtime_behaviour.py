@@ -23,6 +23,8 @@ from tiny_models import (
     token_batch,
 )
 
+pytestmark = pytest.mark.runtime
+
 ALPHA = 2.5
 PROMPTS = {"search": [5, 6, 7, 8, 9], "math": [10, 11, 12], "chat": [13, 14, 15, 16]}
 EXPECTED_GATES = {"search": 1, "math": -1, "chat": 0}
@@ -67,6 +69,7 @@ class Capture:
         )
 
     def steered_hook(self) -> None:
+        self.raw.clear()  # attach probed the block's output layout with one short forward
         self.hooks.append(
             self.block.register_forward_hook(
                 lambda m, a, o: self.steered.append(first_tensor(o))

@@ -14,14 +14,9 @@ from asa_format.errors import BundleError, RuntimeCompatError, UsageError
 from asa_format.runtime import attach, resolve_layers, same_model_id
 from asa_format.runtime.layers import _structural
 from asa_format.testing import make_test_bundle
-from tiny_models import build_model, token_batch
+from tiny_models import AVAILABLE, NEEDS_GEMMA3, build_model, no_hooks, token_batch
 
-
-def no_hooks(model: nn.Module) -> bool:
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks and not m._forward_hooks_with_kwargs
-        for m in model.modules()
-    )
+pytestmark = pytest.mark.runtime
 
 
 def bundle(tmp_path: Path, **kwargs: Any) -> Path:
@@ -115,6 +110,7 @@ def test_same_model_id() -> None:
     assert not same_model_id("Qwen/Qwen2.5-0.5B", "/models/Qwen2.5-0.5B-Instruct")
 
 
+@pytest.mark.skipif("gemma3_vl" not in AVAILABLE, reason=NEEDS_GEMMA3)
 def test_multimodal_binding_accepts_wrapper_or_text_type(tmp_path: Path) -> None:
     model = build_model("gemma3_vl")
     for i, model_type in enumerate(("gemma3", "gemma3_text")):
@@ -189,6 +185,7 @@ def test_structural_fallback_picks_text_blocks() -> None:
     assert resolved.path == "text.stack" and resolved.layers is model.text.stack
 
 
+@pytest.mark.skipif("gemma3_vl" not in AVAILABLE, reason=NEEDS_GEMMA3)
 def test_structural_fallback_on_multimodal_model_avoids_vision_tower() -> None:
     model = build_model("gemma3_vl")
     found = _structural(model)

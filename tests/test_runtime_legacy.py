@@ -24,9 +24,23 @@ from asa_format.converters.semantics import legacy_decide, legacy_steering_vecto
 from asa_format.runtime import attach
 from tiny_models import first_tensor, token_batch
 
+pytestmark = pytest.mark.runtime
+
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").is_file())
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17], [18, 19]]
+
+
+_CONVERTED: dict[str, Any] = {}
+
+
+def _converted(case: str, factory: pytest.TempPathFactory) -> Any:
+    """The converted bundle of a legacy fixture (converted once per test session)."""
+    if case not in _CONVERTED:
+        dest = factory.mktemp(case) / "bundle"
+        convert_legacy(FIXTURES / case, dest, samples=64)
+        _CONVERTED[case] = load_bundle(dest)
+    return _CONVERTED[case]
 
 
 def _tiny_llama(hidden: int, n_layers: int) -> Any:
@@ -68,10 +82,9 @@ class _LegacyHook:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_runtime_matches_legacy_hook(case: str, tmp_path: Path) -> None:
+def test_runtime_matches_legacy_hook(case: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     assets = read_legacy_bundle(FIXTURES / case)
-    convert_legacy(FIXTURES / case, tmp_path / "bundle", samples=64)
-    bundle = load_bundle(tmp_path / "bundle")
+    bundle = _converted(case, tmp_path_factory)
     model = _tiny_llama(assets.hidden_size, assets.layer + 1)
     block = model.model.layers[assets.layer]
     ids, mask = token_batch(ROWS, side="left")
@@ -83,6 +96,7 @@ def test_runtime_matches_legacy_hook(case: str, tmp_path: Path) -> None:
         steered: list[torch.Tensor] = []
         h1 = block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)))
         remove = hook_factory()
+        raw.clear()  # attach probes the block's output layout with one short forward
         h2 = block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
         try:
             with torch.no_grad():
@@ -116,3 +130,48 @@ def test_runtime_matches_legacy_hook(case: str, tmp_path: Path) -> None:
     tol = assets.alpha * 2.0**-10
     torch.testing.assert_close(steered_r - raw_r, steered_l - raw_l, atol=tol, rtol=0)
     torch.testing.assert_close(logits, legacy_logits, atol=50 * tol, rtol=0)
+
+
+class _LegacyGenerationHook(_LegacyHook):
+    """The legacy hook as the pipeline uses it in generation: the first pass only."""
+
+    def __init__(self, assets: Any) -> None:
+        super().__init__(assets)
+        self.calls = 0
+
+    def __call__(self, module: Any, args: Any, output: Any) -> Any:
+        self.calls += 1
+        if self.calls > 1:  # later passes of the generation: untouched
+            return None
+        return super().__call__(module, args, output)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_runtime_generates_like_legacy_hook(
+    case: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Whole generations, one prompt at a time: the same tokens as the legacy hook."""
+    assets = read_legacy_bundle(FIXTURES / case)
+    bundle = _converted(case, tmp_path_factory)
+    model = _tiny_llama(assets.hidden_size, assets.layer + 1)
+    block = model.model.layers[assets.layer]
+    gates = set()
+    for row in ROWS:
+        ids = torch.tensor([row])
+        kwargs: dict[str, Any] = {
+            "input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 6,
+            "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0,
+        }
+        legacy = _LegacyGenerationHook(assets)
+        hook = block.register_forward_hook(legacy)
+        try:
+            with torch.no_grad():
+                expected = model.generate(**kwargs)
+        finally:
+            hook.remove()
+        with attach(model, bundle) as handle, torch.no_grad():
+            got = model.generate(**kwargs)
+        assert legacy.calls == 6 and len(handle.records) == 1
+        assert handle.last is not None and handle.last.gates == [legacy.decisions[0][2]]
+        gates.add(legacy.decisions[0][2])
+        assert torch.equal(got, expected), f"{case} {row}: {got.tolist()} != {expected.tolist()}"

@@ -309,7 +309,14 @@ def test_to_legacy_refuses_wrong_estimator_and_unfitted() -> None:
 
 def test_reader_sources_never_call_loaders() -> None:
     root = Path(__file__).resolve().parents[1] / "converters"
-    for name in ("safe_pickle.py", "legacy.py"):
+    names = (
+        "safe_pickle.py",
+        "pickle_allowlist.py",
+        "pickle_arrays.py",
+        "pickle_records.py",
+        "pickle_resolve.py",
+    )
+    for name in (*names, "legacy.py"):
         text = (root / name).read_text()
         for banned in (
             "pickle.load",

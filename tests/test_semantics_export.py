@@ -57,6 +57,8 @@ from asa_format.converters.semantics import (
 )
 from asa_format.errors import ConversionError
 
+pytestmark = pytest.mark.convert
+
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").is_file())
 N_SAMPLES = 3000
@@ -147,9 +149,9 @@ def test_legacy_decide_matches_real_sklearn(case: str) -> None:
     assert domain.dtype == np.int64 and prob.dtype == np.float64 and gate.dtype == np.int8
     assert np.array_equal(domain, ref["domain"])
     assert np.array_equal(gate, ref["gate"])
-    # Estimators fitted by sklearn >= 1.9 on float32 data hold float32 parameters and
-    # were evaluated in float32 BLAS; the float64 evaluation differs by float32 rounding.
-    tol = 1e-12 if info["coef_dtype"] == "float64" else 1e-6
+    # Estimators fitted by sklearn >= 1.8 on float32 data hold float32 parameters and are
+    # evaluated in float32, as legacy_decide reproduces (within float32 summation order).
+    tol = 1e-12 if info["coef_dtype"] == "float64" else 3e-7
     assert np.max(np.abs(prob - ref["probability"])) < tol
 
 
@@ -258,8 +260,12 @@ def test_onnx_matches_legacy_decide(case: str) -> None:
     assert np.array_equal(got["label"], domain)
     assert np.array_equal(got["domain"], domain)
     assert np.allclose(got["router_prob"].sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    assert np.max(np.abs(got["prob"] - prob)) < 1e-9
-    assert np.array_equal(gate_from_probability(got["prob"], a.tau), gate)
+    # float32 estimators compute in float32; the float64 graphs differ by that rounding.
+    float32 = _case_info(case)["coef_dtype"] == "float32"
+    assert np.max(np.abs(got["prob"] - prob)) < (1e-5 if float32 else 1e-9)
+    same = gate_from_probability(got["prob"], a.tau) == gate
+    near = np.minimum(np.abs(prob - a.tau), np.abs(prob - (1 - a.tau))) <= 1e-5
+    assert same[~near].all() and (float32 or same.all())
     # Every gate value and every domain occurs, so the comparison is not vacuous.
     assert set(np.unique(domain).tolist()) == set(range(len(a.domains)))
     assert {-1, 1} <= set(np.unique(gate).tolist())

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import AsaError, SignatureError, UsageError
+from asa_format.errors import AsaError, BundleError, SignatureError, UsageError
 from asa_format.signing import (
     DSSE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -33,6 +33,7 @@ from asa_format.signing import (
     build_statement,
     dsse_pae,
     hash_bundle_files,
+    load_private_key,
     public_key_hint,
     root_digest_of_dir,
     sign_bundle,
@@ -41,35 +42,6 @@ from asa_format.signing import (
 from asa_format.signing_cli import sign_command, verify_command
 
 # --------------------------------------------------------------------- fixtures
-
-
-def _write_key_pair(directory: Path, name: str, curve: ec.EllipticCurve) -> tuple[Path, Path]:
-    key = ec.generate_private_key(curve)
-    private = directory / f"{name}.pem"
-    public = directory / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    directory = tmp_path_factory.mktemp("keys")
-    return {
-        "alice": _write_key_pair(directory, "alice", ec.SECP256R1()),
-        "mallory": _write_key_pair(directory, "mallory", ec.SECP256R1()),
-        "p384": _write_key_pair(directory, "p384", ec.SECP384R1()),
-    }
 
 
 def make_bundle(directory: Path, seed: int = 0) -> Path:
@@ -134,7 +106,7 @@ def ms_verify(bundle: Path, public_key: Path, signature: Path) -> subprocess.Com
 
 
 def verify_code(bundle: Path, public_key: Path, signature: Path | None = None) -> str:
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         verify_bundle_signature(bundle, [public_key], signature_path=signature)
     return info.value.code
 
@@ -178,11 +150,12 @@ def _hash_for(key: ec.EllipticCurvePrivateKey) -> Any:
 
 
 @pytest.mark.parametrize("key_name", ["alice", "p384"])
+@pytest.mark.interop
 def test_asa_sign_then_model_signing_verify(
     bundle: Path, keys: dict[str, tuple[Path, Path]], key_name: str
 ) -> None:
     private, public = keys[key_name]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     assert path == bundle / C.SIGNATURE_FILE
     result = ms_verify(bundle, public, path)
     assert result.returncode == 0, result.stderr
@@ -192,6 +165,7 @@ def test_asa_sign_then_model_signing_verify(
 
 
 @pytest.mark.parametrize("key_name", ["alice", "p384"])
+@pytest.mark.interop
 def test_model_signing_sign_then_asa_verify(
     bundle: Path, keys: dict[str, tuple[Path, Path]], key_name: str
 ) -> None:
@@ -207,11 +181,12 @@ def test_model_signing_sign_then_asa_verify(
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.interop
 def test_signature_outside_bundle_interoperates(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    ours = sign_bundle(bundle, private, signature_path=tmp_path / "ours.sig")
+    ours = sign_bundle(bundle, load_private_key(private), signature_path=tmp_path / "ours.sig")
     assert not (bundle / C.SIGNATURE_FILE).exists()
     assert ms_verify(bundle, public, ours).returncode == 0
     theirs = tmp_path / "theirs.sig"
@@ -248,6 +223,7 @@ TAMPERINGS: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
 
 @pytest.mark.parametrize("signer", ["asa", "model_signing"])
 @pytest.mark.parametrize("case", sorted(TAMPERINGS))
+@pytest.mark.interop
 def test_tampering_fails_in_both_verifiers(
     tmp_path: Path, keys: dict[str, tuple[Path, Path]], signer: str, case: str
 ) -> None:
@@ -255,7 +231,7 @@ def test_tampering_fails_in_both_verifiers(
     signed = make_bundle(tmp_path / "signed", seed=1)
     other = make_bundle(tmp_path / "other", seed=2)
     if signer == "asa":
-        sign_bundle(signed, private)
+        sign_bundle(signed, load_private_key(private))
     else:
         ms_sign(signed, private, signed / C.SIGNATURE_FILE)
     tamper, code, first_file = TAMPERINGS[case]
@@ -275,6 +251,7 @@ def test_tampering_fails_in_both_verifiers(
 
 
 @pytest.mark.parametrize("signer", ["asa", "model_signing"])
+@pytest.mark.interop
 def test_wrong_key_fails_in_both_verifiers(
     bundle: Path, keys: dict[str, tuple[Path, Path]], signer: str
 ) -> None:
@@ -282,7 +259,7 @@ def test_wrong_key_fails_in_both_verifiers(
     _, wrong_public = keys["mallory"]
     signature = bundle / C.SIGNATURE_FILE
     if signer == "asa":
-        sign_bundle(bundle, private)
+        sign_bundle(bundle, load_private_key(private))
     else:
         ms_sign(bundle, private, signature)
     assert verify_code(bundle, wrong_public) == "SIGNATURE_UNTRUSTED_KEY"
@@ -292,7 +269,7 @@ def test_wrong_key_fails_in_both_verifiers(
 def test_several_trusted_keys_pick_the_signer(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["p384"][0])
+    sign_bundle(bundle, load_private_key(keys["p384"][0]))
     trusted = [keys["mallory"][1], keys["alice"][1], keys["p384"][1]]
     verified = verify_bundle_signature(bundle, trusted)
     assert verified.key_hint == hashlib.sha256(keys["p384"][1].read_bytes()).hexdigest()
@@ -304,11 +281,12 @@ def test_several_trusted_keys_pick_the_signer(
 # ------------------------------------------------------- signature corruption
 
 
+@pytest.mark.interop
 def test_corrupt_signature_bytes_is_invalid(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     document, _ = load_signature(path)
     raw = bytearray(base64.b64decode(document["dsseEnvelope"]["signatures"][0]["sig"]))
     raw[-1] ^= 0x01
@@ -320,7 +298,7 @@ def test_corrupt_signature_bytes_is_invalid(
 
 def test_altered_statement_is_invalid(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     (bundle / C.ROUTER_FILE).write_bytes(b"tampered")
     document, statement = load_signature(path)
     # re-point the statement at the tampered file without re-signing it
@@ -381,7 +359,7 @@ def test_malformed_signature_document(
     bundle: Path, keys: dict[str, tuple[Path, Path]], mutation: str
 ) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     document, _ = load_signature(path)
     _mutate_document(mutation, document)
     path.write_text(json.dumps(document))
@@ -449,9 +427,9 @@ def test_validly_signed_but_malformed_statement(
 
 def test_statement_layout_and_determinism(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
-    path = sign_bundle(bundle, private)
+    path = sign_bundle(bundle, load_private_key(private))
     first = path.read_bytes()
-    assert sign_bundle(bundle, private) == path
+    assert sign_bundle(bundle, load_private_key(private)) == path
     assert path.read_bytes() == first  # deterministic ECDSA (RFC 6979)
 
     document, statement = load_signature(path)
@@ -488,7 +466,7 @@ def test_root_digest_of_dir(bundle: Path) -> None:
     expected = "sha256:" + hashlib.sha256((bundle / C.MANIFEST_FILE).read_bytes()).hexdigest()
     assert root_digest_of_dir(bundle) == expected
     (bundle / C.MANIFEST_FILE).unlink()
-    with pytest.raises(SignatureError) as info:
+    with pytest.raises(BundleError) as info:
         root_digest_of_dir(bundle)
     assert info.value.code == "MANIFEST_MISSING"
 
@@ -496,7 +474,7 @@ def test_root_digest_of_dir(bundle: Path) -> None:
 def test_signed_manifest_digest_is_root_digest(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     _, statement = load_signature(bundle / C.SIGNATURE_FILE)
     by_name = {r["name"]: r["digest"] for r in statement["predicate"]["resources"]}
     assert "sha256:" + by_name[C.MANIFEST_FILE] == root_digest_of_dir(bundle)
@@ -509,25 +487,26 @@ def test_symlinks_are_refused(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     private, public = keys["alice"]
-    sign_bundle(bundle, private)
+    sign_bundle(bundle, load_private_key(private))
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"x")
     (bundle / "link.bin").symlink_to(outside)
     for action in (
-        lambda: sign_bundle(bundle, private),
+        lambda: sign_bundle(bundle, load_private_key(private)),
         lambda: verify_bundle_signature(bundle, [public]),
     ):
-        with pytest.raises(SignatureError) as info:
+        with pytest.raises(BundleError) as info:
             action()
         assert info.value.code == "PATH_SYMLINK"
         assert info.value.file == "link.bin"
 
 
+@pytest.mark.interop
 def test_subdirectory_files_are_covered(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     private, public = keys["alice"]
     (bundle / "sub").mkdir()
     (bundle / "sub" / "note.txt").write_bytes(b"n")
-    sign_bundle(bundle, private)
+    sign_bundle(bundle, load_private_key(private))
     assert ms_verify(bundle, public, bundle / C.SIGNATURE_FILE).returncode == 0
     assert "sub/note.txt" in dict(verify_bundle_signature(bundle, [public]).files)
     (bundle / "sub" / "note.txt").write_bytes(b"changed")
@@ -538,18 +517,18 @@ def test_signature_inside_bundle_must_be_model_sig(
     bundle: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
     with pytest.raises(UsageError):
-        sign_bundle(bundle, keys["alice"][0], signature_path=bundle / "other.sig")
+        sign_bundle(bundle, load_private_key(keys["alice"][0]), signature_path=bundle / "other.sig")
     assert not (bundle / "other.sig").exists()
 
 
 def test_missing_bundle_and_manifest(tmp_path: Path, keys: dict[str, tuple[Path, Path]]) -> None:
-    with pytest.raises(SignatureError) as info:
-        sign_bundle(tmp_path / "nope", keys["alice"][0])
+    with pytest.raises(BundleError) as info:
+        sign_bundle(tmp_path / "nope", load_private_key(keys["alice"][0]))
     assert info.value.code == "BUNDLE_NOT_FOUND"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SignatureError) as info:
-        sign_bundle(empty, keys["alice"][0])
+    with pytest.raises(BundleError) as info:
+        sign_bundle(empty, load_private_key(keys["alice"][0]))
     assert info.value.code == "MANIFEST_MISSING"
 
 
@@ -561,9 +540,9 @@ def test_encrypted_private_key(bundle: Path, tmp_path: Path) -> None:
         serialization.BestAvailableEncryption(b"s3cret"),
     )
     with pytest.raises(AsaError) as info:
-        sign_bundle(bundle, pem)
+        sign_bundle(bundle, load_private_key(pem))
     assert info.value.code == "SIGNATURE_KEY_INVALID"
-    sign_bundle(bundle, pem, password=b"s3cret")
+    sign_bundle(bundle, load_private_key(pem, password=b"s3cret"))
     assert verify_bundle_signature(bundle, [key.public_key()]).files
 
 
@@ -573,9 +552,9 @@ def test_unsupported_keys(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     with pytest.raises(AsaError) as info:
-        sign_bundle(bundle, ed_pem)
+        sign_bundle(bundle, load_private_key(ed_pem))
     assert info.value.code == "SIGNATURE_KEY_INVALID"
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     for bad in (b"garbage", bundle / "no-such.pub"):
         with pytest.raises(AsaError) as info:
             verify_bundle_signature(bundle, [bad])
@@ -597,7 +576,9 @@ def test_cli_sign_and_verify(bundle: Path, keys: dict[str, tuple[Path, Path]]) -
 
     ok = runner.invoke(verify_command, [str(bundle), "--public-key", str(public), "--json"])
     assert ok.exit_code == 0, ok.output
-    report = json.loads(ok.stdout)
+    envelope = json.loads(ok.stdout)
+    assert envelope["ok"] is True and envelope["command"] == "verify"
+    report = envelope["results"][0]
     assert report["ok"] is True
     assert report["root_digest"] == root_digest_of_dir(bundle)
     assert [f["name"] for f in report["files"]] == sorted(
@@ -609,14 +590,13 @@ def test_cli_sign_and_verify(bundle: Path, keys: dict[str, tuple[Path, Path]]) -
     assert bad.exit_code == 1
     failure = json.loads(bad.stdout)
     assert failure["ok"] is False
-    assert failure["code"] == "SIGNATURE_FILE_MODIFIED"
-    assert failure["problems"][0]["file"] == C.VECTORS_FILE
-    assert "SIGNATURE_FILE_MODIFIED" in bad.stderr
+    assert failure["results"][0]["problems"][0]["code"] == "SIGNATURE_FILE_MODIFIED"
+    assert failure["results"][0]["problems"][0]["file"] == C.VECTORS_FILE
 
     human = runner.invoke(verify_command, [str(bundle), "--public-key", str(public)])
     assert human.exit_code == 1
-    assert human.stdout == ""
-    assert "[SIGNATURE_FILE_MODIFIED] vectors.safetensors" in human.stderr
+    assert human.stderr == ""  # the report, failures included, is on stdout
+    assert "SIGNATURE_FILE_MODIFIED" in human.stdout and "vectors.safetensors:" in human.stdout
 
 
 def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
@@ -624,7 +604,7 @@ def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
     assert runner.invoke(verify_command, [str(bundle)]).exit_code == 2  # no --public-key
     garbage = bundle.parent / "garbage.pem"
     garbage.write_bytes(b"not a key")
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     result = runner.invoke(verify_command, [str(bundle), "--public-key", str(garbage)])
     assert result.exit_code == 2
     assert "SIGNATURE_KEY_INVALID" in result.stderr
@@ -639,16 +619,16 @@ def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> N
         verify_command, [str(bundle.parent / "nope"), "--public-key", str(keys["alice"][1])]
     )
     assert missing.exit_code == 1
-    assert "BUNDLE_NOT_FOUND" in missing.stderr
+    assert "BUNDLE_NOT_FOUND" in missing.stdout
 
 
 def test_cli_untrusted_key_exit_code(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     result = CliRunner().invoke(
         verify_command, [str(bundle), "--public-key", str(keys["mallory"][1])]
     )
     assert result.exit_code == 1
-    assert "SIGNATURE_UNTRUSTED_KEY" in result.stderr
+    assert "SIGNATURE_UNTRUSTED_KEY" in result.stdout
 
 
 def test_signing_module_imports_no_heavy_dependency() -> None:
@@ -663,16 +643,18 @@ def test_signing_module_imports_no_heavy_dependency() -> None:
     assert result.stdout.strip() == ""
 
 
+@pytest.mark.interop
 def test_copy_of_signed_bundle_verifies_elsewhere(
     bundle: Path, tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
-    sign_bundle(bundle, keys["alice"][0])
+    sign_bundle(bundle, load_private_key(keys["alice"][0]))
     copy = tmp_path / "renamed"
     shutil.copytree(bundle, copy)
     assert verify_bundle_signature(copy, [keys["alice"][1]]).subject_name == "bundle"
     assert ms_verify(copy, keys["alice"][1], copy / C.SIGNATURE_FILE).returncode == 0
 
 
+@pytest.mark.interop
 def test_real_bundle_signed_by_model_signing_then_pinned_load(
     tmp_path: Path, keys: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -710,3 +692,22 @@ def test_cli_sign_with_password_from_environment(bundle: Path, tmp_path: Path) -
     result = runner.invoke(sign_command, args, env={"ASA_TEST_PW": "pw"})
     assert result.exit_code == 0, result.output
     assert verify_bundle_signature(bundle, [key.public_key()]).files
+
+
+def test_deprecated_key_arguments_still_work_and_warn(
+    tmp_path: Path, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    private, public = keys["alice"]
+    with pytest.warns(DeprecationWarning, match="load_private_key"):
+        sign_bundle(bundle, private)  # type: ignore[arg-type]
+    with pytest.warns(DeprecationWarning, match="trusted_keys"):
+        verified = verify_bundle_signature(bundle, public_keys=[public])
+    assert verified.files
+    assert verify_bundle_signature(bundle, trusted_keys=[public]).files
+
+
+def test_a_key_of_the_wrong_type_is_a_clean_error(bundle: Path) -> None:
+    with pytest.raises(SignatureError) as info:
+        verify_bundle_signature(bundle, trusted_keys=[12345])  # type: ignore[list-item]
+    assert info.value.code == "SIGNATURE_KEY_INVALID" and "int" in info.value.message

@@ -284,3 +284,20 @@ def test_steering_vector_rule_of_section_4_6() -> None:
         got = mix_vectors(d, g, beta)
         assert got.dtype == np.float32
         assert np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))) <= 1e-6
+
+
+def test_onnx_profile_version_is_stated() -> None:
+    text = SPEC.read_text(encoding="utf-8")
+    assert f"`ONNX_PROFILE_VERSION`\n(`MAJOR.MINOR`, currently **{C.ONNX_PROFILE_VERSION}**)" in text
+    assert f"ONNX profile {C.ONNX_PROFILE_VERSION}" in text  # the change log names it
+
+
+def test_every_section_reference_names_an_existing_section() -> None:
+    text = SPEC.read_text(encoding="utf-8")
+    headings = set(re.findall(r"^#{2,4} (\d+(?:\.\d+)*)[ .]", text, flags=re.M))
+    refs: set[str] = set()
+    for match in re.finditer(r"\bsections? ((?:\d+(?:\.\d+)*)(?:(?:, | and | to )\d+(?:\.\d+)*)*)", text):
+        refs.update(re.findall(r"\d+(?:\.\d+)*", match.group(1)))
+    refs.update(re.findall(r"\((\d+\.\d+(?:\.\d+)?)\)", text))
+    missing = sorted(r for r in refs if r not in headings)
+    assert not missing, f"SPEC.md refers to sections that do not exist: {missing}"

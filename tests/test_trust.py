@@ -1,4 +1,4 @@
-"""Pinned digests and trusted keys refuse substituted or unsigned bundles before anything is hooked."""
+"""Pinned digests and trusted keys refuse substituted or unsigned bundles before any hook."""
 
 from __future__ import annotations
 
@@ -7,25 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
 from asa_format import load_bundle, save_bundle
 from asa_format.errors import AsaError, BundleError
 from asa_format.runtime import attach, resolve_layers
-from asa_format.signing import sign_bundle
+from asa_format.signing import load_private_key, sign_bundle
 from asa_format.testing import make_test_contents
-from tiny_models import build_model
+from tiny_models import build_model, no_hooks
 
-
-def _keypair(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    priv = tmp / f"{name}.pem"
-    pub = tmp / f"{name}.pub.pem"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return priv, pub
+pytestmark = pytest.mark.runtime
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +25,15 @@ def model() -> Any:
 
 
 @pytest.fixture
-def world(tmp_path: Path, model: Any) -> dict[str, Any]:
+def world(
+    tmp_path: Path, model: Any, keys: dict[str, tuple[Path, Path]]
+) -> dict[str, Any]:
     n = len(resolve_layers(model))
     good = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=1), tmp_path / "good")
     other = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=2), tmp_path / "other")
-    keys = {name: _keypair(tmp_path, name) for name in ("publisher", "mallory")}
-    sign_bundle(good, keys["publisher"][0])
-    sign_bundle(other, keys["mallory"][0])
+    sign_bundle(good, load_private_key(keys["publisher"][0]))
+    sign_bundle(other, load_private_key(keys["mallory"][0]))
     return {"good": good, "other": other, "keys": keys, "digest": load_bundle(good).root_digest, "tmp": tmp_path}
-
-
-def _no_hooks(model: Any) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _cases(world: dict[str, Any]) -> dict[str, Path]:
@@ -68,7 +56,7 @@ def test_trusted_bundle_loads_and_attaches(world: dict[str, Any], model: Any) ->
     assert bundle.root_digest == world["digest"]
     with attach(model, world["good"], trusted_keys=[pub], expected_digest=world["digest"]) as handle:
         assert handle.active
-    assert _no_hooks(model)
+    assert no_hooks(model)
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
@@ -81,7 +69,7 @@ def test_trusted_keys_refuse(case: str, world: dict[str, Any], model: Any) -> No
     with pytest.raises(AsaError) as info2:
         attach(model, path, trusted_keys=[pub])
     assert info2.value.code == EXPECTED[case]
-    assert _no_hooks(model)
+    assert no_hooks(model)
 
 
 @pytest.mark.parametrize("case", ["wrongly_signed", "substituted"])
@@ -93,7 +81,7 @@ def test_pinned_digest_refuses_substitutes(case: str, world: dict[str, Any], mod
     with pytest.raises(AsaError) as info2:
         attach(model, path, expected_digest=world["digest"])
     assert info2.value.code == "DIGEST_MISMATCH"
-    assert _no_hooks(model)
+    assert no_hooks(model)
 
 
 def test_pinned_digest_on_loaded_bundle(world: dict[str, Any], model: Any) -> None:
@@ -101,4 +89,4 @@ def test_pinned_digest_on_loaded_bundle(world: dict[str, Any], model: Any) -> No
     with pytest.raises(AsaError) as info:
         attach(model, other, expected_digest=world["digest"])
     assert info.value.code == "DIGEST_MISMATCH"
-    assert _no_hooks(model)
+    assert no_hooks(model)

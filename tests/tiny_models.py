@@ -145,6 +145,19 @@ SPECS: dict[str, TinySpec] = {
 ARCHITECTURES = tuple(SPECS)
 
 
+def _available_now() -> tuple[str, ...]:
+    return tuple(n for n in SPECS if available(n))
+
+
+def available(name: str) -> bool:
+    """Whether the installed transformers has the architecture ``name``."""
+    try:
+        SPECS[name].build()
+    except (AttributeError, ImportError):
+        return False
+    return True
+
+
 def build_model(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """Build the tiny model ``name`` with seeded random weights, in eval mode."""
     spec = SPECS[name]
@@ -293,3 +306,18 @@ def legacy_reference_delta(
     v = (1 - beta) * vectors[d].astype(np.float32) + beta * vectors["global"].astype(np.float32)
     v = (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
     return d, p, gate, (gate * alpha * v).astype(np.float32)
+
+
+def no_hooks(model: torch.nn.Module) -> bool:
+    """Whether no forward hook of any kind is left on ``model``."""
+    return all(
+        not m._forward_hooks
+        and not m._forward_pre_hooks
+        and not getattr(m, "_forward_hooks_with_kwargs", {})
+        for m in model.modules()
+    )
+
+
+# The architectures the installed transformers has (LFM2 and Gemma3 are newer than 4.45).
+AVAILABLE = _available_now()
+NEEDS_GEMMA3 = "gemma3_vl not in the installed transformers (added after 4.45)"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import AsaError
+from asa_format.errors import AsaError, ConversionError, UsageError
 from asa_format.interop.gguf_cv import write_control_vector
 from asa_format.intervention_bundle import InterventionBundle, load_interventions
 
@@ -53,8 +53,8 @@ class ExportReport:
         return "\n".join(lines) + "\n"
 
 
-def _unsupported(message: str, hint: str) -> AsaError:
-    return AsaError(message, code="EXPORT_UNSUPPORTED", hint=hint)
+def _unsupported(message: str, hint: str) -> ConversionError:
+    return ConversionError(message, code="EXPORT_UNSUPPORTED", hint=hint)
 
 
 def plan_gguf(
@@ -74,7 +74,7 @@ def plan_gguf(
     if interventions is not None:
         missing = sorted(set(interventions) - {iv.name for iv in chosen})
         if missing:
-            raise AsaError(f"the bundle has no intervention {missing}", code="USAGE", hint=f"choose among {[iv.name for iv in bundle.interventions]}")
+            raise UsageError(f"the bundle has no intervention {missing}", code="USAGE", hint=f"choose among {[iv.name for iv in bundle.interventions]}")
     if interventions is None and any(iv.kind != C.GATE_ASA for iv in chosen) and any(iv.kind == C.GATE_ASA for iv in chosen) and domain is None:
         chosen = [iv for iv in chosen if iv.kind != C.GATE_ASA]  # the asa one only when a domain is chosen
     report = ExportReport(model_hint=hint, directions={})
@@ -115,13 +115,14 @@ def _asa_vector(bundle: InterventionBundle, domain: str | None, sign: int | None
     asa = bundle.asa
     assert asa is not None
     if domain is None or sign not in (1, -1):
-        raise AsaError("exporting the asa intervention needs one domain and one sign", code="USAGE", hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1")
+        raise UsageError("exporting the asa intervention needs one domain and one sign", code="USAGE", hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1")
     steering = asa.manifest.steering
     v = asa.steering_vector(domain)  # raises DECISION_INPUT for an unknown domain
     report.losses.append(("gate", f"the router/probe gate is dropped: domain {domain!r}, sign {sign:+d} is applied to every prompt"))
     if steering.policy != C.POLICY_ALL_TOKENS:
         report.losses.append(("positions", f"policy {steering.policy}: llama.cpp adds the vector at every token of every step"))
-    return (v * np.float32(sign * steering.alpha)).astype(np.float32)
+    out: np.ndarray = (v * np.float32(sign * steering.alpha)).astype(np.float32)
+    return out
 
 
 def export_gguf(
@@ -141,15 +142,27 @@ def export_gguf(
     report = plan_gguf(loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint)
     if strict and report.losses:
         kinds = sorted({k for k, _ in report.losses})
-        raise AsaError(f"the export would lose: {', '.join(kinds)}", code="EXPORT_LOSSY", hint="drop --strict to accept the losses listed in the report")
+        raise ConversionError(f"the export would lose: {', '.join(kinds)}", code="EXPORT_LOSSY", hint="drop --strict to accept the losses listed in the report")
     dest = Path(destination)
-    if (dest.exists() or dest.is_symlink()) and not force:
-        raise AsaError(f"destination {str(dest)!r} already exists", code="DESTINATION_EXISTS", hint="choose another destination, or pass --force")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    if dest.exists() or dest.is_symlink():
+        if not force:
+            raise UsageError(f"destination {str(dest)!r} already exists", code="DESTINATION_EXISTS", file=str(dest), hint="choose another destination, or pass --force")
+        if dest.is_symlink() or not dest.is_file():  # --force replaces a file, never a directory or a link's target
+            raise UsageError(
+                f"destination {str(dest)!r} exists and is not a regular file; --force only replaces a file",
+                code="DESTINATION_NOT_BUNDLE", file=str(dest), hint="choose another destination",
+            )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise AsaError(f"cannot create a file in {str(dest.parent)!r}: {exc.strerror}", code="IO_ERROR", hint="check that the folder exists and is writable") from exc
     os.close(fd)
     try:
         write_control_vector(tmp, report.model_hint, report.directions)
         os.replace(tmp, dest)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise AsaError(f"writing {str(dest)!r} failed: {exc.strerror or exc}", code="IO_ERROR", hint="check free space and permissions; nothing was written at the destination") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

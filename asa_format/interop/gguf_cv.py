@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from asa_format.errors import AsaError
+from asa_format.errors import AsaError, ConversionError, UsageError
 
 __all__ = ["GGUF_MAGIC", "read_control_vector", "write_control_vector"]
 
@@ -39,12 +39,12 @@ def _gguf() -> Any:
     try:
         import gguf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise AsaError("reading or writing GGUF needs the 'gguf' package", code="USAGE", hint="pip install 'asa-format[interop]'") from exc
+        raise UsageError('reading or writing GGUF needs gguf, which is not installed: pip install "asa-format[interop]"', code="EXTRA_MISSING") from exc
     return gguf
 
 
-def _bad(path: str | os.PathLike[str], message: str) -> AsaError:
-    return AsaError(f"{os.fspath(path)!r}: {message}", code="IMPORT_INVALID", hint="the GGUF file is not a valid control vector")
+def _bad(path: str | os.PathLike[str], message: str) -> ConversionError:
+    return ConversionError(f"{os.fspath(path)!r}: {message}", code="IMPORT_INVALID", hint="the GGUF file is not a valid control vector")
 
 
 def _scalar(value: Any) -> Any:
@@ -85,7 +85,7 @@ def read_control_vector(path: str | os.PathLike[str]) -> tuple[str | None, dict[
         raise _bad(path, f"cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from None
     arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise AsaError(
+        raise ConversionError(
             f"{os.fspath(path)!r} is a GGUF file with general.architecture {arch!r}, not a control vector",
             code="IMPORT_UNKNOWN_KIND",
             hint=f"control vectors have general.architecture {' or '.join(ARCHITECTURES)}",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from asa_format.errors import AsaError
+from asa_format.errors import AsaError, ConversionError
 from asa_format.interop.binding import ImportBinding, make_contents, safe_name
 from asa_format.interop.gguf_cv import GGUF_MAGIC, read_control_vector
 from asa_format.interop.svec import MAX_SVEC_BYTES, load_json, looks_like_svec, parse_svec
@@ -34,7 +34,7 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         except AsaError:  # JSON that names the .svec members but is malformed: refused as .svec
             if b'"directions"' in data and b'"model_type"' in data:
                 return "svec"
-    raise AsaError(
+    raise ConversionError(
         f"{str(p)!r} is neither a GGUF control vector nor an activation-steering .svec file",
         code="IMPORT_UNKNOWN_KIND",
         hint="repeng and steering-vectors objects are imported from Python: asa_format.interop.from_repeng / from_steering_vectors",

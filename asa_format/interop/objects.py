@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from asa_format.errors import AsaError
+from asa_format.errors import ConversionError
 from asa_format.interop.binding import ImportBinding, make_contents
 from asa_format.intervention_bundle import InterventionContents
 
@@ -32,19 +32,19 @@ def _as_numpy(value: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:
-        raise AsaError(f"{where} is not an array: {type(value).__name__}", code="IMPORT_INVALID", hint="pass the library's own object") from exc
+        raise ConversionError(f"{where} is not an array: {type(value).__name__}", code="IMPORT_INVALID", hint="pass the library's own object") from exc
     if arr.dtype.kind not in "fiu":
-        raise AsaError(f"{where} has dtype {arr.dtype}", code="IMPORT_INVALID", hint="directions are float vectors")
+        raise ConversionError(f"{where} has dtype {arr.dtype}", code="IMPORT_INVALID", hint="directions are float vectors")
     return arr
 
 
 def _blocks(mapping: Any, what: str) -> dict[int, Any]:
     if not isinstance(mapping, Mapping):
-        raise AsaError(f"{what} is a {type(mapping).__name__}, expected a dict block -> vector", code="IMPORT_INVALID", hint="pass the library's own object")
+        raise ConversionError(f"{what} is a {type(mapping).__name__}, expected a dict block -> vector", code="IMPORT_INVALID", hint="pass the library's own object")
     out: dict[int, Any] = {}
     for k, v in mapping.items():
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 0:
-            raise AsaError(f"{what} key {k!r} is not a non-negative block index", code="IMPORT_INVALID", hint="negative indices must be resolved against the model first")
+            raise ConversionError(f"{what} key {k!r} is not a non-negative block index", code="IMPORT_INVALID", hint="negative indices must be resolved against the model first")
         out[int(k)] = v
     return out
 
@@ -59,7 +59,7 @@ def from_repeng(
 ) -> InterventionContents:
     """A repeng ``ControlVector`` as bundle contents (``coefficient`` is repeng's ``coeff``)."""
     if not hasattr(vector, "directions") or not hasattr(vector, "model_type"):
-        raise AsaError(f"{type(vector).__name__} has no directions/model_type", code="IMPORT_UNKNOWN_KIND", hint="pass a repeng ControlVector")
+        raise ConversionError(f"{type(vector).__name__} has no directions/model_type", code="IMPORT_UNKNOWN_KIND", hint="pass a repeng ControlVector")
     dirs = {b: _as_numpy(v, f"directions[{b}]") for b, v in _blocks(vector.directions, "directions").items()}
     hint = vector.model_type if isinstance(vector.model_type, str) else None
     return make_contents(name, dirs, binding or ImportBinding(), model_hint=hint, source="repeng.ControlVector", coefficient=coefficient, card=card)
@@ -75,10 +75,10 @@ def from_steering_vectors(
 ) -> InterventionContents:
     """A steering-vectors ``SteeringVector`` as bundle contents (``multiplier`` as in ``apply``)."""
     if not hasattr(vector, "layer_activations"):
-        raise AsaError(f"{type(vector).__name__} has no layer_activations", code="IMPORT_UNKNOWN_KIND", hint="pass a steering_vectors.SteeringVector")
+        raise ConversionError(f"{type(vector).__name__} has no layer_activations", code="IMPORT_UNKNOWN_KIND", hint="pass a steering_vectors.SteeringVector")
     layer_type = getattr(vector, "layer_type", "decoder_block")
     if layer_type != "decoder_block":
-        raise AsaError(
+        raise ConversionError(
             f"the steering vector acts on {layer_type!r} layers; a bundle steers decoder block outputs",
             code="IMPORT_INVALID",
             hint="train the vector with layer_type='decoder_block'",

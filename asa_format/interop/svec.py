@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import AsaError
+from asa_format.errors import ConversionError
 from asa_format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
 
 __all__ = ["MAX_SVEC_BYTES", "looks_like_svec", "parse_svec"]
@@ -28,8 +28,8 @@ MAX_SVEC_BYTES = 1 << 30
 _BLOCK = re.compile(r"^(0|[1-9][0-9]{0,4})$")
 
 
-def _bad(message: str) -> AsaError:
-    return AsaError(message, code="IMPORT_INVALID", hint="the .svec file is malformed")
+def _bad(message: str) -> ConversionError:
+    return ConversionError(message, code="IMPORT_INVALID", hint="the .svec file is malformed")
 
 
 def looks_like_svec(doc: Any) -> bool:

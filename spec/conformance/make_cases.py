@@ -25,6 +25,7 @@ import struct
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_case
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from asa_format import constants as C
 from asa_format.jsonio import dumps_canonical
 from asa_format.testing import make_test_contents
 from asa_format.writer import bundle_files
+from decision_vectors import DECISIONS_FILE, decision_vectors  # next to this script
 
 __all__ = [
     "Case",
@@ -75,6 +77,7 @@ class Case:
     description: str
     bundle: Files
     code: str | None = None  # None: valid
+    also: tuple[str, ...] = ()  # other codes a conforming reader may report (section 2.5)
     stage: str = STATIC
     warnings: tuple[str, ...] = ()
     outside: Files = field(default_factory=dict)
@@ -83,7 +86,12 @@ class Case:
     def expected(self) -> dict[str, Any]:
         if self.code is None:
             return {"description": self.description, "valid": True, "warnings": list(self.warnings)}
-        return {"code": self.code, "description": self.description, "stage": self.stage}
+        return {
+            "code": self.code,
+            "codes": sorted({self.code, *self.also}),
+            "description": self.description,
+            "stage": self.stage,
+        }
 
 
 # --------------------------------------------------------------------------
@@ -623,9 +631,26 @@ def _onnx_cases() -> list[Case]:
     ]
 
 
+# Cases with more than one problem: section 2.5 lets a reader check in another
+# order, so each of these codes may come first (and a reader that collects every
+# problem reports all of them).
+ALSO_REPORTED: dict[str, tuple[str, ...]] = {
+    "onnx_custom_domain_import": ("ONNX_OP",),
+    "onnx_if_subgraph": ("ONNX_OP",),
+    "onnx_local_function": ("ONNX_OPSET", "ONNX_OP"),
+    "safetensors_dtype_f16": ("SAFETENSORS_OFFSETS",),
+    "safetensors_dtype_f64": ("SAFETENSORS_OFFSETS",),
+    "safetensors_shape_hidden_mismatch": ("SAFETENSORS_OFFSETS",),
+    "safetensors_shape_rank2": ("SAFETENSORS_OFFSETS",),
+    "safetensors_unknown_entry_key": ("SAFETENSORS_OFFSETS",),
+    "iv_wrong_length": ("SAFETENSORS_OFFSETS",),
+}
+
+
 def invalid_cases() -> list[Case]:
     cases = _manifest_cases() + _file_cases() + _link_cases() + _vector_cases() + _onnx_cases()
     cases += interventions_cases()[1]  # format 1.1
+    cases = [replace_case(c, also=ALSO_REPORTED.get(c.name, ())) for c in cases]
     names = [c.name for c in cases]
     if len(names) != len(set(names)):  # pragma: no cover - programming error
         raise ValueError("duplicate case names")
@@ -779,6 +804,12 @@ def write_case(case: Case, kind_dir: Path) -> Path:
         bundle.mkdir()
         _write_entries(bundle, case.bundle)
     (case_dir / "expected.json").write_bytes(dumps_canonical(case.expected()))
+    if case.code is None and case.bundle_link is None:
+        files = {k: v for k, v in case.bundle.items() if isinstance(v, bytes)}
+        manifest = json.loads(files[C.MANIFEST_FILE])
+        if "steering" in manifest:  # format 1.1: only a bundle with an asa intervention decides
+            doc = decision_vectors(case.name, manifest, files)
+            (case_dir / DECISIONS_FILE).write_bytes(dumps_canonical(doc))
     return bundle
 
 

@@ -1,0 +1,150 @@
+"""The files a signature covers: directory walk, no-follow hashing, root digest.
+
+Every regular file of the bundle directory except the root ``model.sig`` is
+covered; symbolic links and special files are refused. Files are opened with
+:func:`asa_format.reader.open_regular`, the reader's no-follow access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from asa_format import constants as C
+from asa_format.digest import root_digest
+from asa_format.errors import BundleError, Problem
+from asa_format.reader import open_regular
+
+__all__ = [
+    "checked_bundle_dir",
+    "default_signature_path",
+    "hash_bundle_files",
+    "is_inside",
+    "list_bundle_files",
+    "path_key",
+    "root_digest_of_dir",
+    "sha256_file",
+]
+
+_CHUNK = 1 << 20
+
+
+def checked_bundle_dir(bundle_dir: str | os.PathLike[str]) -> Path:
+    path = Path(bundle_dir)
+    if path.is_symlink():
+        raise BundleError(
+            "the bundle directory is a symbolic link",
+            code="PATH_SYMLINK",
+            file=str(path),
+            hint="pass the real directory",
+        )
+    if not path.is_dir():
+        raise BundleError(
+            "the bundle directory does not exist or is not a directory",
+            code="BUNDLE_NOT_FOUND",
+            file=str(path),
+            hint="pass the path of a bundle directory",
+        )
+    return path
+
+
+def default_signature_path(bundle_dir: str | os.PathLike[str]) -> Path:
+    """``<bundle>/model.sig``."""
+    return Path(bundle_dir) / C.SIGNATURE_FILE
+
+
+def list_bundle_files(bundle: Path) -> list[str]:
+    """Relative POSIX names of every regular file under ``bundle``, except the root signature."""
+    names: list[str] = []
+
+    def walk(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                name = prefix + entry.name
+                if entry.is_symlink():
+                    raise BundleError(
+                        "symbolic links are not allowed in a bundle",
+                        code="PATH_SYMLINK",
+                        file=name,
+                        hint="replace the link by the file it points to",
+                    )
+                if entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), name + "/")
+                elif entry.is_file(follow_symlinks=False):
+                    if name != C.SIGNATURE_FILE:
+                        names.append(name)
+                else:
+                    raise BundleError(
+                        "the bundle holds something that is not a regular file or directory",
+                        code="PATH_NOT_REGULAR",
+                        file=name,
+                        hint="remove it from the bundle directory",
+                    )
+
+    try:
+        walk(bundle, "")
+    except OSError as exc:
+        raise BundleError(
+            f"cannot list the bundle directory: {exc.strerror or exc}",
+            code="IO_ERROR",
+            file=str(bundle),
+        ) from exc
+    return sorted(names, key=path_key)
+
+
+def path_key(name: str) -> tuple[str, ...]:
+    # model_signing sorts resources by PurePosixPath, i.e. by path components.
+    return tuple(name.split("/"))
+
+
+
+def sha256_file(bundle: Path, name: str) -> str:
+    opened = open_regular(bundle / name, name)
+    if isinstance(opened, Problem):
+        raise BundleError.from_problems([opened])
+    fd, _ = opened
+    with os.fdopen(fd, "rb") as handle:
+        digest = hashlib.sha256()
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_bundle_files(bundle_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 (hex) of every file of the bundle directory except ``model.sig``, by name."""
+    bundle = checked_bundle_dir(bundle_dir)
+    return {name: sha256_file(bundle, name) for name in list_bundle_files(bundle)}
+
+
+def root_digest_of_dir(bundle_dir: str | os.PathLike[str]) -> str:
+    """Root digest (``sha256:<hex>``) of the bundle in ``bundle_dir``: sha256 of its manifest."""
+    bundle = checked_bundle_dir(bundle_dir)
+    manifest = bundle / C.MANIFEST_FILE
+    if manifest.is_symlink():
+        raise BundleError(
+            "the manifest is a symbolic link", code="PATH_SYMLINK", file=C.MANIFEST_FILE
+        )
+    if not manifest.is_file():
+        raise BundleError(
+            "the bundle has no manifest file",
+            code="MANIFEST_MISSING",
+            file=C.MANIFEST_FILE,
+            hint="pass the directory of an asa-bundle",
+        )
+    if manifest.stat().st_size > C.MAX_MANIFEST_BYTES:
+        raise BundleError(
+            f"the manifest is larger than {C.MAX_MANIFEST_BYTES} bytes",
+            code="MANIFEST_TOO_LARGE",
+            file=C.MANIFEST_FILE,
+        )
+    return root_digest(manifest.read_bytes())
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return False
+    return True
+

@@ -1,0 +1,249 @@
+"""Steering in a serving engine's flattened batch layout, as a pure function (CPU simulation).
+
+vLLM runs a batch as one ``[num_tokens, H]`` tensor: the scheduled tokens of
+every sequence, one after the other, with ``query_start_loc[s]`` the first
+row of sequence ``s`` and ``num_computed_tokens[s]`` how many of its tokens
+were computed before this step (earlier chunks of a chunked prefill, cached
+prefix blocks, or the prompt and generated tokens before a decode step).
+:func:`steer_flat` applies asa bundles at one decoder block of that layout,
+each sequence with its own bundle (by root digest) or none:
+
+* the decision is taken on the chunk that holds the prompt's last token
+  (position ``prompt_len - 1``), from that row, once per request, and kept
+  in ``state`` under the request id;
+* the delta ``gate * alpha * v`` is added per policy (spec 3.7.1): at the
+  decision position (``prefill_last_token``, ``generated_tokens``), at every
+  generated token (``generated_tokens``, ``all_tokens``), at every prompt
+  token (``all_tokens``, which needs the whole prompt in one chunk);
+* the additions are one gather from a delta table and one select,
+  ``where(slot > 0, hidden + table[slot], hidden)``: static shapes, the form
+  a CUDA graph can capture (docs/serving.md); rows with slot 0 (unsteered,
+  gate 0, padding) keep their exact bits, NaN payloads included.
+
+Decisions are grouped by bundle and taken in one call per bundle, with the
+bundle's ``TorchDecider`` when one is given, else ``Bundle.decide``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from asa_format import constants as C
+from asa_format.bundle import Decision
+from asa_format.errors import DecisionError
+
+__all__ = ["RequestSteering", "delta_of", "finish", "steer_flat"]
+
+POLICIES = C.POLICIES
+
+
+@dataclass(frozen=True)
+class RequestSteering:
+    """What one request decided: kept from its prefill for its decode steps."""
+
+    digest: str
+    policy: str
+    prompt_len: int
+    decision: Decision
+    delta: torch.Tensor | None  # [H] in the hidden dtype; None when the gate is 0
+
+
+def delta_of(bundle: Any, decision: Decision, dtype: torch.dtype, device: torch.device, alpha: float | None = None) -> torch.Tensor | None:
+    """``float32(gate * alpha) * v[domain]`` in float32, cast to ``dtype`` (spec 4.6); None for gate 0."""
+    if decision.gate == 0:
+        return None
+    a = float(bundle.manifest.steering.alpha if alpha is None else alpha)
+    v = np.asarray(bundle.steering_vector(decision.domain_index), dtype=np.float32)
+    return torch.from_numpy(np.float32(decision.gate * a) * v).to(device=device, dtype=dtype)
+
+
+def finish(state: MutableMapping[str, RequestSteering], request_ids: Iterable[str]) -> None:
+    """Forget finished (or aborted) requests."""
+    for rid in request_ids:
+        state.pop(rid, None)
+
+
+def _ints(values: Any, name: str) -> list[int]:
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    elif isinstance(values, np.ndarray):
+        values = values.tolist()
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise DecisionError(f"{name} must be a sequence of integers", code="DECISION_INPUT") from None
+
+
+@dataclass
+class _Seq:
+    index: int
+    request_id: str
+    digest: str
+    policy: str
+    start: int  # first row in the flattened batch
+    computed: int  # position of that row in the request's sequence
+    length: int
+    prompt_len: int
+
+    def holds(self, position: int) -> bool:
+        return self.computed <= position < self.computed + self.length
+
+
+def _schedule(
+    hidden: torch.Tensor,
+    query_start_loc: Any,
+    num_computed_tokens: Any,
+    prompt_lens: Any,
+    selections: Sequence[str | None],
+    registry: Mapping[str, Any],
+    policy: str | None,
+    state: Mapping[str, RequestSteering],
+    request_ids: Sequence[str],
+) -> list[_Seq]:
+    if hidden.dim() != 2:
+        raise DecisionError(f"hidden must be [num_tokens, H], got {list(hidden.shape)}", code="DECISION_INPUT")
+    qsl = _ints(query_start_loc, "query_start_loc")
+    computed = _ints(num_computed_tokens, "num_computed_tokens")
+    prompts = _ints(prompt_lens, "prompt_lens")
+    s_count = len(qsl) - 1
+    if s_count < 0 or any(len(x) != s_count for x in (computed, prompts, selections, request_ids)):
+        raise DecisionError(
+            "query_start_loc must have one more entry than num_computed_tokens, prompt_lens, selections and request_ids",
+            code="DECISION_INPUT",
+        )
+    if qsl and (qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > hidden.shape[0]):
+        raise DecisionError(f"query_start_loc {qsl} does not describe rows of a [{hidden.shape[0]}, H] batch", code="DECISION_INPUT")
+    if policy is not None and policy not in POLICIES:
+        raise DecisionError(f"unknown policy {policy!r}; expected one of {list(POLICIES)}", code="DECISION_INPUT")
+    out: list[_Seq] = []
+    for s in range(s_count):
+        digest = selections[s]
+        if digest is None:
+            continue
+        bundle = registry.get(digest)
+        if bundle is None:
+            raise DecisionError(
+                f"request {request_ids[s]!r} names bundle {digest}, which is not in the registry",
+                code="DECISION_INPUT",
+                hint="requests name a bundle by the root digest of one loaded and verified at startup",
+            )
+        if int(bundle.hidden_size) != int(hidden.shape[1]):
+            raise DecisionError(f"bundle {digest} has hidden size {bundle.hidden_size}, the batch {hidden.shape[1]}", code="DECISION_INPUT")
+        seq = _Seq(s, request_ids[s], digest, policy or bundle.manifest.steering.policy, qsl[s], computed[s], qsl[s + 1] - qsl[s], prompts[s])
+        if seq.prompt_len < 1 or seq.computed < 0:
+            raise DecisionError(f"request {seq.request_id!r}: prompt length {seq.prompt_len}, computed {seq.computed}", code="DECISION_INPUT")
+        known = state.get(seq.request_id)
+        if known is not None and (known.digest, known.policy, known.prompt_len) != (seq.digest, seq.policy, seq.prompt_len):
+            raise DecisionError(
+                f"request {seq.request_id!r} changed its bundle, policy or prompt length between steps",
+                code="DECISION_FAILED",
+                hint="a request keeps the bundle it was admitted with; call finish() for ended requests",
+            )
+        decides_here = seq.holds(seq.prompt_len - 1)
+        if seq.policy == C.POLICY_ALL_TOKENS and seq.computed < seq.prompt_len and (seq.computed != 0 or not decides_here):
+            raise DecisionError(
+                f"request {seq.request_id!r}: policy all_tokens steers every prompt token, so the whole prompt must be in one chunk "
+                f"(this chunk covers positions {seq.computed}..{seq.computed + seq.length - 1} of a {seq.prompt_len}-token prompt)",
+                code="DECISION_FAILED",
+                hint="disable chunked prefill and prefix reuse for all_tokens bundles, or use generated_tokens",
+            )
+        if not decides_here and seq.computed + seq.length > seq.prompt_len and known is None:
+            raise DecisionError(
+                f"request {seq.request_id!r} has generated tokens in this step but no stored decision",
+                code="DECISION_FAILED",
+                hint="the state of a request must live from its prefill to its end",
+            )
+        out.append(seq)
+    return out
+
+
+def steer_flat(
+    hidden: torch.Tensor,
+    query_start_loc: Any,
+    num_computed_tokens: Any,
+    prompt_lens: Any,
+    selections: Sequence[str | None],
+    registry: Mapping[str, Any],
+    policy: str | None,
+    state: MutableMapping[str, RequestSteering],
+    request_ids: Sequence[str],
+    *,
+    deciders: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Steer the flattened batch ``hidden`` ``[T, H]``; return a new tensor (``hidden`` is unchanged).
+
+    ``query_start_loc`` ``[S+1]``, ``num_computed_tokens``, ``prompt_lens``,
+    ``selections`` (a root digest of ``registry`` or None) and ``request_ids``
+    ``[S]`` describe the sequences; rows after ``query_start_loc[S]``
+    (padding) are never touched. ``policy`` overrides every bundle's policy
+    (None: each bundle's own). ``state`` maps request ids to their
+    :class:`RequestSteering`; it is updated only if the whole step succeeds.
+    ``deciders`` maps digests to ``TorchDecider`` objects used instead of
+    ``Bundle.decide``. Raises ``DecisionError`` (nothing modified) on bad
+    input, a non-finite decision row, or a state that cannot be classified.
+    """
+    seqs = _schedule(hidden, query_start_loc, num_computed_tokens, prompt_lens, selections, registry, policy, state, request_ids)
+    decided = _decide(hidden, seqs, registry, deciders or {})
+    rows: list[int] = []
+    deltas: list[torch.Tensor] = []
+    for seq in seqs:
+        info = decided.get(seq.request_id) or state.get(seq.request_id)
+        if info is None or info.delta is None:
+            continue
+        for k in range(seq.length):
+            if _steers(seq.policy, seq.computed + k, seq.prompt_len):
+                rows.append(seq.start + k)
+                deltas.append(info.delta)
+    out = _apply(hidden, rows, deltas)
+    state.update(decided)
+    return out
+
+
+def _steers(policy: str, position: int, prompt_len: int) -> bool:
+    """Whether the token at ``position`` of a request gets its delta (spec 3.7.1)."""
+    if position == prompt_len - 1:  # the decision position
+        return True
+    if position < prompt_len:  # another prompt token
+        return policy == C.POLICY_ALL_TOKENS
+    return policy != C.POLICY_PREFILL_LAST_TOKEN  # a generated token
+
+
+def _decide(hidden: torch.Tensor, seqs: list[_Seq], registry: Mapping[str, Any], deciders: Mapping[str, Any]) -> dict[str, RequestSteering]:
+    """One decision call per bundle, on the rows of the prompts' last tokens in this step."""
+    groups: dict[str, list[_Seq]] = {}
+    for seq in seqs:
+        if seq.holds(seq.prompt_len - 1):
+            groups.setdefault(seq.digest, []).append(seq)
+    out: dict[str, RequestSteering] = {}
+    cache: dict[tuple[str, int, int], torch.Tensor | None] = {}  # one delta per (bundle, domain, gate)
+    for digest, members in groups.items():
+        bundle = registry[digest]
+        index = torch.tensor([m.start + m.prompt_len - 1 - m.computed for m in members], dtype=torch.long, device=hidden.device)
+        rows = hidden.index_select(0, index).to(torch.float32)
+        decider = deciders.get(digest)
+        if decider is not None:
+            decisions = decider.decide(rows).to_numpy_records(bundle.domains)
+        else:
+            decisions = list(bundle.decide(rows.cpu().numpy()))
+        for m, d in zip(members, decisions, strict=True):
+            key = (digest, d.domain_index, d.gate)
+            if key not in cache:
+                cache[key] = delta_of(bundle, d, hidden.dtype, hidden.device)
+            out[m.request_id] = RequestSteering(digest, m.policy, m.prompt_len, d, cache[key])
+    return out
+
+
+def _apply(hidden: torch.Tensor, rows: list[int], deltas: list[torch.Tensor]) -> torch.Tensor:
+    """``where(slot > 0, hidden + table[slot], hidden)``: slot i+1 holds the i-th delta, slot 0 nothing."""
+    if not rows:
+        return hidden.clone()
+    table = torch.cat([torch.full((1, hidden.shape[1]), -0.0, dtype=hidden.dtype, device=hidden.device), torch.stack(deltas)])
+    slot = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    slot[torch.tensor(rows, dtype=torch.long, device=hidden.device)] = torch.arange(1, len(rows) + 1, device=hidden.device)
+    return torch.where((slot > 0).unsqueeze(1), hidden + table[slot], hidden)

@@ -1,0 +1,81 @@
+"""load -> save round trip: what load_bundle returns is what save_bundle takes, byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asa_format import (
+    AsaError,
+    BundleError,
+    UsageError,
+    load_bundle,
+    read_bundle_contents,
+    save_bundle,
+)
+from asa_format.testing import make_test_contents
+
+CORPUS = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "valid"
+VALID = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
+NEWER = "newer_minor_version"  # members a 1.0 writer does not know: refused
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("name", [n for n in VALID if n != NEWER])
+def test_save_of_load_is_byte_identical(name: str, tmp_path: Path) -> None:
+    source = CORPUS / name / "bundle"
+    saved = save_bundle(load_bundle(source).to_contents(), tmp_path / "a")
+    assert _files(saved) == _files(source)
+    again = save_bundle(read_bundle_contents(source), tmp_path / "b")
+    assert _files(again) == _files(source)
+
+
+def test_a_newer_minor_version_is_not_saved_without_its_unknown_members(tmp_path: Path) -> None:
+    bundle = load_bundle(CORPUS / NEWER / "bundle")
+    with pytest.raises(UsageError) as info:
+        bundle.to_contents()
+    assert "1.7" in info.value.message
+    with pytest.raises(UsageError):
+        read_bundle_contents(CORPUS / NEWER / "bundle")
+
+
+def test_load_change_alpha_save(tmp_path: Path) -> None:
+    source = save_bundle(make_test_contents(seed=3), tmp_path / "source")
+    contents = load_bundle(source).to_contents()
+    edited = dataclasses.replace(
+        contents, steering=dataclasses.replace(contents.steering, alpha=-1.25)
+    )
+    out = load_bundle(save_bundle(edited, tmp_path / "edited"))
+    assert out.manifest.steering.alpha == -1.25
+    assert (out.path / "router.onnx").read_bytes() == (source / "router.onnx").read_bytes()
+    assert out.root_digest != load_bundle(source).root_digest
+
+
+def test_read_bundle_contents_refuses_an_invalid_bundle(tmp_path: Path) -> None:
+    source = save_bundle(make_test_contents(), tmp_path / "b")
+    (source / "router.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError) as info:
+        read_bundle_contents(source)
+    assert info.value.code == "FILE_SIZE_MISMATCH"
+
+
+@pytest.mark.parametrize(
+    ("vector", "code"),
+    [(np.ones((2, 16), np.float32), "SAFETENSORS_SHAPE"), (np.array(["a"] * 16), "SAFETENSORS_DTYPE")],
+)
+def test_save_refuses_a_malformed_vector_with_an_asa_error(
+    vector: np.ndarray, code: str, tmp_path: Path
+) -> None:
+    contents = make_test_contents()
+    vectors = dict(contents.vectors)
+    vectors["math"] = vector
+    with pytest.raises(AsaError) as info:
+        save_bundle(dataclasses.replace(contents, vectors=vectors), tmp_path / "out")
+    assert info.value.code == code and info.value.file == "vectors.safetensors"
+    assert not (tmp_path / "out").exists()
