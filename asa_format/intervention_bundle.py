@@ -20,9 +20,9 @@ import numpy as np
 from asa_format import __version__
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import BundleError, DigestMismatchError
+from asa_format.errors import BundleError, DigestMismatchError, UsageError
 from asa_format.interventions import NAME_PATTERN, ConditionGate, Intervention, tensor_name
-from asa_format.manifest import FileEntry, Manifest, ModelBinding, Producer, Provenance
+from asa_format.manifest import AsaManifest, FileEntry, Manifest, ModelBinding, Producer, Provenance
 from asa_format.safetensors_profile import serialize_vectors
 
 __all__ = [
@@ -75,7 +75,8 @@ class InterventionContents:
     asa: Any = None  # asa_format.writer.BundleContents, or None
     asa_name: str = "asa"
     provenance: Provenance | None = None
-    card: bool = True  # write README.md, the hub model card
+    card: bool | str = True  # write README.md, the hub model card (a str: this exact text)
+    producer: Producer | None = None  # None: this library; a loaded bundle keeps its own
 
 
 def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[str, bytes]]:
@@ -121,11 +122,12 @@ def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[s
     if contents.card:
         from asa_format.card import render_card
 
-        files[C.CARD_FILE] = render_card(contents.model, entries, asa_parts, files).encode("utf-8")
+        text = contents.card if isinstance(contents.card, str) else render_card(contents.model, entries, asa_parts, files)
+        files[C.CARD_FILE] = text.encode("utf-8")
         requires.append(C.FEATURE_CARD)
     manifest = Manifest(
         format_version=C.FORMAT_VERSION,
-        producer=Producer(C.PRODUCER_NAME, __version__),
+        producer=contents.producer or Producer(C.PRODUCER_NAME, __version__),
         model=contents.model,
         files={n: FileEntry(size=len(d), sha256=hashlib.sha256(d).hexdigest()) for n, d in sorted(files.items())},
         provenance=contents.provenance,
@@ -174,6 +176,55 @@ class InterventionBundle:
             if iv.name == name:
                 return iv
         raise KeyError(name)
+
+    def to_contents(self) -> InterventionContents:
+        """What ``save_bundle`` needs to write this 1.1 bundle again.
+
+        ``save_bundle(load_interventions(p).to_contents(), q)`` writes the same
+        bytes as ``p`` when ``p`` lists its asa intervention first (as this
+        writer does). The model card is rendered again from the contents, so
+        that it follows an edit, unless it is not the rendered one (written by
+        hand): then its text is kept as it is.
+        """
+        from asa_format.writer import asa_contents_of
+
+        m = self.manifest
+        major, _, minor = m.format_version.partition(".")
+        if (int(major), int(minor)) > (C.FORMAT_MAJOR, C.FORMAT_MINOR):
+            raise UsageError(
+                f"the bundle is format {m.format_version}, newer than this library's {C.FORMAT_VERSION}; "
+                "saving it would drop what this version does not know",
+                file=C.MANIFEST_FILE,
+                hint="upgrade asa-format to edit this bundle",
+            )
+        if not m.interventions:
+            raise UsageError(
+                "this is a format 1.0 bundle (one asa intervention), which BundleContents holds",
+                file=C.MANIFEST_FILE,
+                hint="use load_bundle(path).to_contents()",
+            )
+        asa, asa_name, data = None, "asa", []
+        for iv in self.interventions:
+            if iv.kind == C.GATE_ASA:
+                assert self.asa is not None and isinstance(self.asa.manifest, AsaManifest)
+                asa_name = iv.name
+                asa = asa_contents_of(self.asa.manifest, self.asa.vectors, self.asa.graph_bytes)
+                continue
+            data.append(
+                InterventionData(
+                    iv.name, dict(iv.directions), coefficient=iv.spec.coefficient, policy=iv.spec.policy,
+                    condition=iv.spec.condition, conditions=dict(iv.conditions),
+                )
+            )
+        contents = InterventionContents(
+            model=m.model, interventions=data, asa=asa, asa_name=asa_name, provenance=m.provenance,
+            card=C.CARD_FILE in m.files, producer=m.producer,
+        )
+        if contents.card and self.card is not None:
+            _, files = intervention_files(contents)
+            if files[C.CARD_FILE] != self.card.encode("utf-8"):
+                contents.card = self.card  # not the rendered card: kept as written
+        return contents
 
 
 def load_interventions(

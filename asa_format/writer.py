@@ -91,8 +91,16 @@ def contents_of(
             f"({', '.join(sorted(manifest.requires)) or 'interventions'}) that BundleContents "
             "cannot hold; saving it would drop them",
             file=C.MANIFEST_FILE,
-            hint="read it with asa_format.load_interventions and write an InterventionContents",
+            hint="use asa_format.load_interventions(path).to_contents(), an InterventionContents",
         )
+    return asa_contents_of(manifest, vectors, graphs)
+
+
+def asa_contents_of(
+    manifest: AsaManifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
+) -> BundleContents:
+    """The asa intervention of a checked 1.x manifest as :class:`BundleContents`
+    (the 1.1 writer puts it back beside the other interventions)."""
     probes = {d.name: graphs[d.probe] for d in manifest.domains if d.probe is not None}
     return BundleContents(
         model=manifest.model,
