@@ -133,3 +133,25 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
     with pytest.raises(BundleError) as info:
         load_interventions(ref, trusted_keys=[mallory_pub])
     assert info.value.code.startswith("SIGNATURE_")
+
+
+def test_attach_takes_a_pinned_hub_reference(offline: Path) -> None:
+    import torch
+
+    from asa_format.runtime import attach
+    from tiny_models import build_model
+
+    model = build_model("llama")
+    local = asa_format.save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=3, layer=1, seed=5), offline / "b")
+    _cache(offline, local)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with attach(model, local) as handle:
+            want = model(input_ids=ids).logits
+        with attach(model, f"org/steer@{COMMIT}", expected_digest=asa_format.load_bundle(local).root_digest) as handle:
+            got = model(input_ids=ids).logits
+    assert handle.bundle.root_digest == asa_format.load_bundle(local).root_digest
+    assert handle.last is not None  # the pass was decided
+    assert torch.equal(got, want)  # the same steering as the local copy
+    assert base.shape == got.shape
