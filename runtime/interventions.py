@@ -12,13 +12,21 @@ intervention is attached with :func:`asa_format.runtime.attach`. At block
 output's dtype, to the block output: that is repeng's ``ControlModel`` and
 steering-vectors' ``apply`` (and llama.cpp's ``direction.N``) with default
 options. Positions follow the policy: ``all_tokens`` = every real position
-(attention mask) of every forward pass.
+(attention mask) of every forward pass. Prefill and decode steps are told
+apart by what each pass carries (spec 3.7.2), as for ``attach``; a pass that
+cannot be classified is not steered and is reported. Condition decisions
+belong to the thread's latest prefill; without a cache
+(``use_cache=False``) every pass is a prefill and a condition is decided
+again on the sequence it re-reads.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,8 +44,12 @@ from asa_format.intervention_bundle import (
     load_interventions,
 )
 from asa_format.interventions import condition_fires, condition_similarity
+from asa_format.runtime.classify import PassInfo, PassKind, classify
 from asa_format.runtime.compat import check_compatibility
+from asa_format.runtime.evidence import CallEvidence, gather
 from asa_format.runtime.layers import resolve_layers
+from asa_format.runtime.positions import real_token_mask
+from asa_format.runtime.steering import SteeringSkippedWarning
 
 __all__ = ["InterventionHandle", "attach_interventions"]
 
@@ -63,38 +75,76 @@ class _BundleView:
 
 
 class _State:
-    """Per forward pass: which positions are real, and whether this is a prefill."""
+    """Per thread: the evidence of the current call, its classification, and the condition
+    decisions of the thread's latest prefill.
 
-    def __init__(self) -> None:
-        self.mask: torch.Tensor | None = None
-        self.prefill = True
-        self.fires: dict[str, np.ndarray] = {}  # condition intervention -> per-row decision
-        self.pending: dict[str, list[list[float]]] = {}
+    A pass is classified by what it carries (:mod:`asa_format.runtime.classify`),
+    never by an argument's name. An unclassifiable pass is not steered and is
+    reported once (``SteeringSkippedWarning``).
+    """
+
+    def __init__(self, signature: inspect.Signature | None) -> None:
+        self.signature = signature
+        self._local = threading.local()
+        self._reported: set[str] = set()
+        self._lock = threading.Lock()
+        self.skipped = 0
+
+    @property
+    def fires(self) -> dict[str, np.ndarray]:  # condition intervention -> per-row decision
+        value: dict[str, np.ndarray] | None = getattr(self._local, "fires", None)
+        if value is None:
+            value = {}
+            self._local.fires = value
+        return value
+
+    @property
+    def pending(self) -> dict[str, list[list[float]]]:
+        value: dict[str, list[list[float]]] | None = getattr(self._local, "pending", None)
+        if value is None:
+            value = {}
+            self._local.pending = value
+        return value
 
     def pre_forward(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        mask = kwargs.get("attention_mask")
-        self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 renames it
-        if cache is None:
-            self.prefill = True
-        elif hasattr(cache, "get_seq_length"):
-            self.prefill = int(cache.get_seq_length()) == 0
-        else:
-            raise DecisionError(
-                f"cannot tell a prefill from a decode step: past_key_values is a {type(cache).__name__}",
-                code="DECISION_FAILED",
-                hint="use a transformers Cache object (the default of generate)",
-            )
-        if self.prefill:
-            self.fires = {}
-            self.pending = {}
+        self._local.evidence = gather(self.signature, args, kwargs)
+        self._local.info = None
 
-    def real(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, S]`` bool: the real positions of this step's ``S`` positions."""
-        b, s = hidden.shape[0], hidden.shape[1]
-        if self.mask is None or self.mask.shape[0] != b or self.mask.shape[1] < s:
-            return torch.ones((b, s), dtype=torch.bool, device=hidden.device)
-        return (self.mask[:, -s:] != 0).to(hidden.device)
+    def post_forward(self, *_: Any) -> None:
+        self._local.evidence = None
+        self._local.info = None
+
+    def classify(self, hidden: torch.Tensor) -> PassInfo:
+        """The kind of the current pass (computed at the first steered block it reaches)."""
+        ev: CallEvidence | None = getattr(self._local, "evidence", None)
+        if ev is None:
+            return PassInfo(
+                PassKind.SKIP, reason="a steered block was called outside the model's forward"
+            )
+        info: PassInfo | None = getattr(self._local, "info", None)
+        if info is None:
+            info = classify(ev, batch=hidden.shape[0], query=hidden.shape[1], known_cache=True)
+            if info.kind is PassKind.PREFILL:
+                self._local.fires = {}
+                self._local.pending = {}
+            self._local.info = info
+        return info
+
+    def real(self, hidden: torch.Tensor, info: PassInfo) -> torch.Tensor:
+        """``[B, S]`` bool: the real positions of this pass's ``S`` positions."""
+        ev: CallEvidence | None = getattr(self._local, "evidence", None)
+        mask = None if ev is None else ev.attention_mask
+        return real_token_mask(mask, hidden.shape[0], hidden.shape[1], hidden.device, info.past)
+
+    def skip(self, reason: str) -> None:
+        with self._lock:
+            self.skipped += 1
+            first = reason not in self._reported
+            self._reported.add(reason)
+        if first:
+            message = f"a forward pass was not steered: {reason} (spec section 3.7.2)"
+            logger.warning(message)
+            warnings.warn(message, SteeringSkippedWarning, stacklevel=3)
 
 
 def _last_real(real: torch.Tensor) -> torch.Tensor:
@@ -128,13 +178,18 @@ class _BlockHook:
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
             raise DecisionError(f"block {self.block} returned {type(hidden).__name__}, expected a [batch, seq, hidden] tensor", code="DECISION_FAILED")
         state = self.state
-        real = state.real(hidden)
-        if state.prefill:
+        info = state.classify(hidden)
+        if info.kind is PassKind.SKIP:
+            state.skip(info.reason)
+            return output
+        prefill = info.kind is PassKind.PREFILL
+        real = state.real(hidden, info)
+        if prefill:
             for iv, cond in self.conditions:
                 self._condition(iv, cond, hidden, real)
         out = hidden
         for i, (iv, _) in enumerate(self.adds):
-            where = self._positions(iv, real, hidden)
+            where = self._positions(iv, real, hidden, prefill)
             if where is None:
                 continue
             out = out + where.unsqueeze(-1).to(out.dtype) * self._delta(i, out) if not bool(where.all()) else out + self._delta(i, out)
@@ -161,7 +216,9 @@ class _BlockHook:
         if len(pending[0]) == len(gate.blocks):
             self.state.fires[iv.name] = np.array([condition_fires(p, gate) for p in pending])
 
-    def _positions(self, iv: LoadedIntervention, real: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
+    def _positions(
+        self, iv: LoadedIntervention, real: torch.Tensor, hidden: torch.Tensor, prefill: bool
+    ) -> torch.Tensor | None:
         state = self.state
         rows = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         if iv.spec.condition is not None:
@@ -178,9 +235,9 @@ class _BlockHook:
             if not bool(rows.any()):
                 return None
         policy = iv.spec.policy
-        if policy == C.POLICY_ALL_TOKENS or (policy == C.POLICY_GENERATED_TOKENS and not state.prefill):
+        if policy == C.POLICY_ALL_TOKENS or (policy == C.POLICY_GENERATED_TOKENS and not prefill):
             where = real
-        elif not state.prefill:  # prefill_last_token: nothing in decode steps
+        elif not prefill:  # prefill_last_token: nothing in decode steps
             return None
         else:  # the decision position only
             where = torch.zeros_like(real)
@@ -236,7 +293,11 @@ def attach_interventions(
     if blocks:
         view = _BundleView(_Binding(bundle.manifest.model, _Layer(blocks[-1])))
         check_compatibility(model, view, layers, strict_model_match=strict_model_match)  # type: ignore[arg-type]
-    state = _State()
+    try:
+        signature: inspect.Signature | None = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        signature = None
+    state = _State(signature)
     per_block: dict[int, _BlockHook] = {}
     for iv in steered:
         for b, vec in sorted(iv.conditions.items()):
@@ -249,6 +310,7 @@ def attach_interventions(
     try:
         if per_block:
             hooks.append(model.register_forward_pre_hook(state.pre_forward, with_kwargs=True))
+            hooks.append(model.register_forward_hook(state.post_forward, always_call=True))
             for b, hook in sorted(per_block.items()):
                 hooks.append(layers.layers[b].register_forward_hook(hook))
         if bundle.asa is not None:

@@ -165,22 +165,27 @@ def test_model_mismatch_is_refused_before_any_hook(tmp_path: Path) -> None:
     assert not model.model.layers[1]._forward_hooks
 
 
-@pytest.mark.parametrize("key", ["cache", "past_key_values"])
+@pytest.mark.parametrize("key", ["cache", "past_key_values", "kv_cache_of_a_future_release"])
 def test_prefill_and_decode_steps_are_told_apart(key: str) -> None:
+    """By what the call carries (a cache and its length), whatever the keyword."""
     from transformers import DynamicCache
 
+    from asa_format.runtime.classify import PassKind
     from asa_format.runtime.interventions import _State
 
     model = build_model("llama")
-    state = _State()
+    width = model.config.hidden_size
+    state = _State(None)
     cache = DynamicCache(config=model.config)
+    prompt = IDS[:1]
     state.pre_forward(model, (), {key: cache})
-    assert state.prefill
+    assert state.classify(torch.zeros(1, prompt.shape[1], width)).kind is PassKind.PREFILL
     with torch.no_grad():
-        model(input_ids=IDS[:1], cache=cache, use_cache=True)
-    state.fires = {"c": np.array([True])}
+        cache = model(input_ids=prompt, use_cache=True).past_key_values  # the filled cache
+    state.fires["c"] = np.array([True])
     state.pre_forward(model, (), {key: cache})
-    assert not state.prefill and state.fires == {"c": np.array([True])}, "a decode step keeps the prefill's decision"
-    with pytest.raises(asa_format.AsaError) as info:
-        state.pre_forward(model, (), {key: object()})
-    assert info.value.code == "DECISION_FAILED"
+    info = state.classify(torch.zeros(1, 1, width))
+    assert info.kind is PassKind.DECODE and info.past == prompt.shape[1]
+    assert state.fires == {"c": np.array([True])}, "a decode step keeps the prefill's decision"
+    state.pre_forward(model, (), {key: object()})  # a cache this runtime cannot read
+    assert state.classify(torch.zeros(1, 1, width)).kind is PassKind.SKIP
