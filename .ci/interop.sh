@@ -11,3 +11,13 @@ python3 -m venv .venv-repeng
 . .venv-repeng/bin/activate
 pip install torch==2.13.0 transformers==5.24.0 'numpy<2' 'repeng==0.4.0' -e ".[interop]" pytest
 PYTHONPATH="$PWD/tests" python -m pytest -q -p no:cacheprovider tests/test_interop_runtime.py -k repeng -rs
+
+deactivate
+
+# steering-vectors declares transformers<5, so it is not in the test extra (that would hold the
+# main test run below the newest transformers); its check runs in its own virtualenv.
+python3 -m venv .venv-sv
+. .venv-sv/bin/activate
+pip install torch==2.13.0 'steering-vectors>=0.12' -e ".[interop]" pytest
+python -c "import transformers; print('steering-vectors checked with transformers', transformers.__version__)"
+PYTHONPATH="$PWD/tests" python -m pytest -q -p no:cacheprovider tests/test_interop_runtime.py -k steering_vectors -rs
