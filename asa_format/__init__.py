@@ -44,6 +44,12 @@ from asa_format.errors import (
     UnsafePickleError,
     UsageError,
 )
+from asa_format.intervention_bundle import (
+    InterventionBundle,
+    InterventionContents,
+    InterventionData,
+    load_interventions,
+)
 from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
 from asa_format.signing import (
     VerifiedSignature,
@@ -67,6 +73,9 @@ __all__ = [
     "DecisionError",
     "DigestMismatchError",
     "ErrorCode",
+    "InterventionBundle",
+    "InterventionContents",
+    "InterventionData",
     "LegacyFormatError",
     "Manifest",
     "ModelBinding",
@@ -82,6 +91,7 @@ __all__ = [
     "VerifiedSignature",
     "__version__",
     "load_bundle",
+    "load_interventions",
     "load_private_key",
     "load_public_key",
     "read_bundle_contents",

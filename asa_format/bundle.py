@@ -21,7 +21,7 @@ from asa_format import constants as C
 from asa_format.digest import root_digest
 from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
 from asa_format.fastpath import FastPlan, build_plan, check_inputs
-from asa_format.manifest import Manifest
+from asa_format.manifest import AsaManifest
 from asa_format.reader import read_bundle_dir
 from asa_format.writer import BundleContents, contents_of
 
@@ -72,7 +72,7 @@ class Bundle:
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: AsaManifest,
         manifest_bytes: bytes,
         vectors: dict[str, np.ndarray],
         sessions: dict[str, Any],
@@ -339,16 +339,28 @@ def load_bundle(
     trusted_keys: Sequence[Any] | None = None,
     signature_path: str | os.PathLike[str] | None = None,
     fast: bool = True,
+    asa_only: bool = False,
 ) -> Bundle:
-    """Load, check and return the bundle at ``path``.
+    """Load, check and return the bundle at ``path`` (a directory or a hub ``org/name@revision``).
 
     ``verify=False`` skips only the size/sha256 comparison with the manifest;
     every profile check still runs. ``expected_digest`` pins the root digest;
     ``trusted_keys`` requires a valid signature by one of the public keys.
     ``fast`` allows the NumPy evaluator of ``asa_format.fastpath``, used only
-    if it reproduces onnxruntime on load. Raises :class:`BundleError` (with
+    if it reproduces onnxruntime on load. A format 1.1 bundle with other
+    interventions besides the asa one is refused unless ``asa_only`` (then
+    they are ignored). Raises :class:`BundleError` (with
     every problem found) on failure.
     """
+    from asa_format.hub import is_hub_reference, load_from_hub
+
+    if is_hub_reference(path):  # org/name@revision: downloaded, copied, then loaded with every check
+        return load_from_hub(
+            str(path), load_bundle, verify=verify, expected_digest=expected_digest,
+            trusted_keys=trusted_keys, signature_path=signature_path, fast=fast, asa_only=asa_only,
+        )
+    # the parsed graphs are always kept: the structural match also bounds the rounding error
+    # of the onnxruntime path (rows near a boundary), not only the fast path
     result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=True)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)
@@ -376,6 +388,20 @@ def load_bundle(
     from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
+    if not isinstance(result.manifest, AsaManifest):
+        raise BundleError(
+            "the bundle has no asa intervention (no router, probes or domains)",
+            code="NOT_AN_ASA_BUNDLE",
+            file=C.MANIFEST_FILE,
+            hint="load it with asa_format.load_interventions, and apply it with asa_format.runtime.attach_interventions",
+        )
+    if not asa_only and any(iv.kind != C.GATE_ASA for iv in result.manifest.interventions):
+        raise BundleError(
+            "the bundle has interventions besides the asa one, which a Bundle (and attach) would ignore",
+            code="BUNDLE_HAS_INTERVENTIONS",
+            file=C.MANIFEST_FILE,
+            hint="use asa_format.load_interventions / asa_format.runtime.attach_interventions, or pass asa_only=True",
+        )
     _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
     if result.problems:
         raise BundleError.from_problems(result.problems)

@@ -28,6 +28,8 @@ __all__ = ["cli", "fail", "main"]
     cls=LazyGroup,
     lazy_subcommands={
         "convert": "asa_format.converters.cli:convert_command",
+        "export": "asa_format.interop_cli:export_command",  # format 1.1 interoperability
+        "import": "asa_format.interop_cli:import_command",
         "run": "asa_format.runtime.cli:run_command",
         "sign": "asa_format.signing_cli:sign_command",
         "verify": "asa_format.signing_cli:verify_command",

@@ -53,6 +53,8 @@ USAGE_CODES = frozenset({"USAGE", "SIGNATURE_KEY_INVALID", "EXTRA_MISSING"})
 EXTRAS: dict[str, tuple[str, ...]] = {
     "convert": ("sklearn", "skl2onnx"),
     "runtime": ("torch", "transformers"),
+    "interop": ("gguf",),
+    "hub": ("huggingface_hub",),
 }
 _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 # Format identity -----------------------------------------------------------
 FORMAT_NAME = "asa-bundle"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
-FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+FORMAT_MINOR = 1  # the newest minor version this implementation reads and writes
+FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"  # the specification's version
+FORMAT_VERSION_BASE = f"{FORMAT_MAJOR}.0"  # written when a bundle uses no 1.1 feature
+# Features a 1.1 manifest names in `requires`; a reader refuses a feature it lacks.
+FEATURE_INTERVENTIONS = "interventions"
+FEATURE_CARD = "card"
+FEATURES = (FEATURE_CARD, FEATURE_INTERVENTIONS)
 PRODUCER_NAME = "asa-format"
 
 # File names inside a bundle ---------------------------------------------------
@@ -16,6 +21,8 @@ SCALER_FILE = "scaler.onnx"
 ROUTER_FILE = "router.onnx"
 PROBE_FILE_TEMPLATE = "probe_{index}.onnx"  # index = position of the domain in `domains`
 SIGNATURE_FILE = "model.sig"  # OpenSSF model-signing default name; excluded from `files`
+INTERVENTIONS_FILE = "interventions.safetensors"  # 1.1: vectors of always/condition interventions
+CARD_FILE = "README.md"  # 1.1: the hub model card
 GLOBAL_VECTOR = "global"  # reserved tensor name of the global steering vector
 
 # Graph interface (names of inputs and outputs) --------------------------------
@@ -58,3 +65,17 @@ ONNX_PROFILE_VERSION = "1.0"
 ONNX_IR_VERSION_MIN = 7
 ONNX_IR_VERSION_MAX = 11
 ONNX_OPSET_RANGES = {"": (9, 23), "ai.onnx.ml": (1, 5)}
+
+# Interventions (format 1.1) ---------------------------------------------------------
+GATE_ALWAYS = "always"
+GATE_ASA = "asa"
+GATE_CONDITION = "condition"
+GATE_KINDS = (GATE_ALWAYS, GATE_ASA, GATE_CONDITION)
+COMPARATORS = ("greater_than", "less_than")
+AGGREGATES = ("mean", "last")
+DIRECTION_ROLE = "direction"
+CONDITION_ROLE = "condition"
+MAX_INTERVENTIONS = 64
+MAX_INTERVENTION_BLOCKS = 1024
+MAX_INTERVENTIONS_BYTES = 1 << 30  # 1 GiB, like vectors.safetensors
+MAX_CARD_BYTES = 1 << 20  # 1 MiB

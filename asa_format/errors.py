@@ -133,6 +133,16 @@ ErrorCode = Literal[
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
     "BLOCK_OUTPUT_LAYOUT",
+    "FORMAT_FEATURE_UNSUPPORTED",
+    "CARD_INVALID",
+    "NOT_AN_ASA_BUNDLE",
+    "BUNDLE_HAS_INTERVENTIONS",
+    "IMPORT_UNKNOWN_KIND",
+    "IMPORT_INVALID",
+    "IMPORT_BINDING",
+    "EXPORT_UNSUPPORTED",
+    "EXPORT_LOSSY",
+    "HUB_REFERENCE",
 ]
 
 
@@ -141,7 +151,7 @@ ErrorCode = Literal[
 CODES: dict[ErrorCode, str] = {
     # generic
     "USAGE": "command-line usage error",
-    "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert] or [runtime]) that is not installed",
+    "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
     # bundle layout and paths
@@ -239,6 +249,17 @@ CODES: dict[ErrorCode, str] = {
     "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
     "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
     "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
+    # format 1.1: interventions, import, export, hub
+    "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
+    "CARD_INVALID": "the bundle's model card (README.md) is not UTF-8 text",
+    "NOT_AN_ASA_BUNDLE": "the bundle has no asa intervention (router and probes) for this operation",
+    "BUNDLE_HAS_INTERVENTIONS": "the bundle has interventions that this operation would ignore",
+    "IMPORT_UNKNOWN_KIND": "the import source is not a recognised steering format",
+    "IMPORT_INVALID": "the import source is malformed (counts, dtypes, lengths, values)",
+    "IMPORT_BINDING": "the import source lacks the model binding and none was given",
+    "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
+    "EXPORT_LOSSY": "the export would lose information and --strict was given",
+    "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
 }
 
 
@@ -299,6 +320,12 @@ _BUNDLE_CODES = _codes(
     "HIDDEN_SIZE_MISMATCH",
     "DOMAIN_MISMATCH",
     "LAYER_OUT_OF_RANGE",
+    # format 1.1
+    "FORMAT_FEATURE_UNSUPPORTED",
+    "CARD_INVALID",
+    "NOT_AN_ASA_BUNDLE",
+    "BUNDLE_HAS_INTERVENTIONS",
+    "HUB_REFERENCE",
 )
 
 
@@ -416,9 +443,20 @@ class SignatureError(BundleError):
 
 
 class ConversionError(AsaError):
-    """Source objects cannot be turned into a bundle."""
+    """Source objects cannot be turned into a bundle (a legacy bundle, in-memory
+    estimators, an imported steering file), or a bundle into another format."""
 
-    codes = _codes("INPUT_SHAPE", "EXPORT_FAILED", "DOMAIN_MISMATCH", "HIDDEN_SIZE_MISMATCH")
+    codes = _codes(
+        "INPUT_SHAPE",
+        "EXPORT_FAILED",
+        "DOMAIN_MISMATCH",
+        "HIDDEN_SIZE_MISMATCH",
+        "IMPORT_UNKNOWN_KIND",
+        "IMPORT_INVALID",
+        "IMPORT_BINDING",
+        "EXPORT_UNSUPPORTED",
+        "EXPORT_LOSSY",
+    )
 
 
 class LegacyFormatError(ConversionError):

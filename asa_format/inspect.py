@@ -23,18 +23,27 @@ def describe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
     signed = (result.path / C.SIGNATURE_FILE).is_file()
     summary = {"path": str(path), "digest": digest, "signature_file": signed, "manifest": m.to_dict()}
 
-    s = m.steering
     lines = [
         f"bundle       {path}",
         f"digest       {digest}",
         f"format       {m.format} {m.format_version} (written by {m.producer.name} {m.producer.version})",
         f"model        {m.model.id or '(id unknown)'}  type={m.model.type or 'unknown'}  "
         f"hidden_size={m.model.hidden_size}  layers={m.model.num_layers if m.model.num_layers is not None else 'unknown'}",
-        f"layer        {m.layer.index} ({m.layer.tensor}: output of decoder block {m.layer.index}, 0-based)",
-        f"steering     alpha={s.alpha:g}  tau={s.tau:g}  beta={s.beta:g}  policy={s.policy}  "
-        f"no-probe p={s.no_probe_probability:g}",
-        f"domains      {len(m.domains)}",
     ]
+    if m.layer is not None and m.steering is not None:
+        s = m.steering
+        lines += [
+            f"layer        {m.layer.index} ({m.layer.tensor}: output of decoder block {m.layer.index}, 0-based)",
+            f"steering     alpha={s.alpha:g}  tau={s.tau:g}  beta={s.beta:g}  policy={s.policy}  "
+            f"no-probe p={s.no_probe_probability:g}",
+            f"domains      {len(m.domains)}",
+        ]
+    for iv in m.interventions:
+        where = f"blocks {list(iv.blocks)}  coefficient={iv.coefficient:g}  policy={iv.policy}" if iv.kind != C.GATE_ASA else "see layer/steering/domains"
+        lines.append(f"intervention {iv.name} ({iv.kind})  {where}")
+        if iv.condition is not None:
+            g = iv.condition
+            lines.append(f"  condition  blocks {list(g.blocks)}: {g.aggregate} similarity {g.comparator} {g.threshold:g}")
     for i, d in enumerate(m.domains):
         lines.append(f"  [{i}] {d.name:<24} probe: {d.probe or 'none (p = no-probe p)'}")
     lines.append(f"files        {len(m.files)} + manifest.json{'  + signature ' + C.SIGNATURE_FILE if signed else ''}")

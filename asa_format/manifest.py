@@ -21,6 +21,7 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, ErrorCode, Problem
+from asa_format.interventions import Intervention, intervention_problems
 from asa_format.jsonio import (
     DuplicateKeyError,
     JsonTextError,
@@ -31,6 +32,7 @@ from asa_format.jsonio import (
 from asa_format.schema_check import check_schema, iter_violations
 
 __all__ = [
+    "AsaManifest",
     "DomainEntry",
     "FileEntry",
     "LayerRef",
@@ -192,21 +194,31 @@ class Provenance:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
+    """Any 1.x manifest. ``layer``, ``steering`` and ``domains`` are the asa
+    intervention's members: absent (None, empty) in a bundle without one;
+    :class:`AsaManifest` is the type of a manifest that has them."""
+
     producer: Producer
     model: ModelBinding
-    layer: LayerRef
-    steering: Steering
-    domains: tuple[DomainEntry, ...]
     files: dict[str, FileEntry]
+    layer: LayerRef | None = None
+    steering: Steering | None = None
+    domains: tuple[DomainEntry, ...] = ()
     provenance: Provenance | None = None
+    requires: tuple[str, ...] = ()  # format 1.1: features a reader must implement
+    interventions: tuple[Intervention, ...] = ()  # format 1.1; empty: one implicit asa intervention
     format: str = C.FORMAT_NAME
-    format_version: str = C.FORMAT_VERSION
+    format_version: str = C.FORMAT_VERSION_BASE
 
     @property
     def domain_names(self) -> list[str]:
         return [d.name for d in self.domains]
+
+    @property
+    def has_asa(self) -> bool:
+        return self.layer is not None and self.steering is not None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -214,11 +226,16 @@ class Manifest:
             "format_version": self.format_version,
             "producer": self.producer.to_dict(),
             "model": self.model.to_dict(),
-            "layer": self.layer.to_dict(),
-            "steering": self.steering.to_dict(),
-            "domains": [d.to_dict() for d in self.domains],
             "files": {k: self.files[k].to_dict() for k in sorted(self.files)},
         }
+        if self.layer is not None and self.steering is not None:
+            out["layer"] = self.layer.to_dict()
+            out["steering"] = self.steering.to_dict()
+            out["domains"] = [d.to_dict() for d in self.domains]
+        if self.requires:
+            out["requires"] = sorted(self.requires)
+        if self.interventions:
+            out["interventions"] = [iv.to_dict() for iv in self.interventions]
         if self.provenance is not None:
             out["provenance"] = self.provenance.to_dict()
         return out
@@ -230,17 +247,32 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         prov = d.get("provenance")
-        return cls(
+        common: dict[str, Any] = dict(
             format=d["format"],
             format_version=d["format_version"],
             producer=Producer.from_dict(d["producer"]),
             model=ModelBinding.from_dict(d["model"]),
+            files={k: FileEntry.from_dict(v) for k, v in d["files"].items()},
+            provenance=Provenance.from_dict(prov) if prov is not None else None,
+            requires=tuple(d.get("requires", ())),
+            interventions=tuple(Intervention.from_dict(x) for x in d.get("interventions", ())),
+        )
+        if "layer" not in d:
+            return Manifest(**common)
+        return AsaManifest(
             layer=LayerRef.from_dict(d["layer"]),
             steering=Steering.from_dict(d["steering"]),
             domains=tuple(DomainEntry.from_dict(x) for x in d["domains"]),
-            files={k: FileEntry.from_dict(v) for k, v in d["files"].items()},
-            provenance=Provenance.from_dict(prov) if prov is not None else None,
+            **common,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsaManifest(Manifest):
+    """A manifest with an asa intervention (every 1.0 manifest is one)."""
+
+    layer: LayerRef
+    steering: Steering
 
 
 # --------------------------------------------------------------------------
@@ -302,6 +334,13 @@ def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
     def bad(message: str, hint: str, code: ErrorCode = "MANIFEST_SEMANTIC") -> None:
         problems.append(Problem(code=code, file=C.MANIFEST_FILE, message=message, hint=hint))
 
+    problems.extend(intervention_problems(doc))
+    if "layer" not in doc or "steering" not in doc or "domains" not in doc:
+        if "interventions" not in doc:  # an incomplete asa intervention: reported above, nothing more
+            return problems
+        for name in sorted(set(doc["files"]) - {C.INTERVENTIONS_FILE, C.CARD_FILE}):
+            bad(f"$.files lists {name!r}, which no part of the manifest uses", "a bundle without an asa intervention has no graphs or domain vectors")
+        return problems  # no asa intervention (reported above when that is wrong)
     names = [d["name"] for d in doc["domains"]]
     seen: set[str] = set()
     for name in names:
@@ -309,6 +348,7 @@ def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
             bad(f"domain {name!r} is listed twice in $.domains", "domain names must be unique")
         seen.add(name)
     expected_files = {C.VECTORS_FILE, C.SCALER_FILE, C.ROUTER_FILE}
+    expected_files |= {n for n in (C.INTERVENTIONS_FILE, C.CARD_FILE) if n in doc["files"]}  # checked above
     for i, entry in enumerate(doc["domains"]):
         probe = entry.get("probe")
         if probe is None:
@@ -386,6 +426,15 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
             f"format version {version} is not supported (this reader supports {C.FORMAT_MAJOR}.x)",
             "upgrade asa-format, or convert the bundle to a supported major version",
         )
+    requires = doc.get("requires")
+    if isinstance(requires, list):
+        unknown = sorted({str(f) for f in requires if isinstance(f, str)} - set(C.FEATURES))
+        if unknown:
+            return fail(
+                "FORMAT_FEATURE_UNSUPPORTED",
+                f"$.requires names {unknown}, which this reader does not implement (it implements {list(C.FEATURES)})",
+                "upgrade asa-format to a version that implements these features",
+            )
     files = doc.get("files")
     if isinstance(files, dict):
         unsafe = [name for name in files if _unsafe_path(name)]

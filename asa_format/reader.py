@@ -29,6 +29,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
+from asa_format.interventions import tensor_problems, zero_condition_problems
 from asa_format.manifest import Manifest, parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
@@ -43,6 +44,8 @@ class ReadResult:
     manifest_bytes: bytes | None = None
     file_sha256: dict[str, str] = field(default_factory=dict)  # every file read, manifest included
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    intervention_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # format 1.1
+    card: str | None = None  # format 1.1: README.md
     sessions: dict[str, Any] = field(default_factory=dict)  # file name -> InferenceSession
     graph_bytes: dict[str, bytes] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)  # file name -> checked onnx.ModelProto
@@ -142,7 +145,13 @@ def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Proble
 
 def size_cap(name: str) -> int:
     """The size cap of a bundle file by its name (section 2.4); graphs and unknown names: MAX_ONNX_BYTES."""
-    caps = {C.MANIFEST_FILE: C.MAX_MANIFEST_BYTES, C.VECTORS_FILE: C.MAX_VECTORS_BYTES, C.SIGNATURE_FILE: C.MAX_SIGNATURE_BYTES}
+    caps = {
+        C.MANIFEST_FILE: C.MAX_MANIFEST_BYTES,
+        C.VECTORS_FILE: C.MAX_VECTORS_BYTES,
+        C.INTERVENTIONS_FILE: C.MAX_INTERVENTIONS_BYTES,
+        C.CARD_FILE: C.MAX_CARD_BYTES,
+        C.SIGNATURE_FILE: C.MAX_SIGNATURE_BYTES,
+    }
     return caps.get(name, C.MAX_ONNX_BYTES)
 
 
@@ -294,6 +303,19 @@ def read_bundle_dir(
         vectors, vproblems = parse_vectors(contents[C.VECTORS_FILE], hidden_size=hidden, names=names)
         problems.extend(vproblems)
         result.vectors = vectors
+    if C.INTERVENTIONS_FILE in contents:  # format 1.1
+        ivectors, vproblems = parse_vectors(contents[C.INTERVENTIONS_FILE], hidden_size=hidden, names=None, file=C.INTERVENTIONS_FILE, unit_norm=False)
+        problems.extend(vproblems)
+        if not vproblems:
+            vproblems = tensor_problems(manifest.interventions, list(ivectors))
+            vproblems += zero_condition_problems(manifest.interventions, ivectors)
+            problems.extend(vproblems)
+        result.intervention_vectors = ivectors if not vproblems else {}
+    if C.CARD_FILE in contents:  # format 1.1: informative text, but it must be text
+        try:
+            result.card = contents[C.CARD_FILE].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(_p("CARD_INVALID", f"is not valid UTF-8 at byte {exc.start}", "write the model card as UTF-8 Markdown", C.CARD_FILE))
 
     # 6. graphs ------------------------------------------------------------------------
     graph_files = [C.SCALER_FILE, C.ROUTER_FILE] + [d.probe for d in manifest.domains if d.probe]

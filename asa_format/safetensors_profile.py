@@ -82,16 +82,20 @@ def parse_vectors(
     *,
     hidden_size: int | None,
     names: Sequence[str] | None,
+    file: str = C.VECTORS_FILE,
+    unit_norm: bool = True,
 ) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """Parse and check ``vectors.safetensors`` bytes against the profile.
 
     ``hidden_size`` / ``names`` come from the manifest (``None`` skips that
     check). Returns the vectors (float32 copies) and the problems found.
+    ``file``/``unit_norm``: format 1.1's ``interventions.safetensors`` has the
+    same profile except that its directions carry their magnitude.
     """
     problems: list[Problem] = []
 
     def bad(code: ErrorCode, message: str, hint: str) -> None:
-        problems.append(Problem(code=code, file=C.VECTORS_FILE, message=message, hint=hint))
+        problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) < 8:
         bad("SAFETENSORS_HEADER", f"file is {len(data)} bytes, too short for a header length", "rewrite the file")
@@ -209,7 +213,7 @@ def parse_vectors(
             bad("SAFETENSORS_NONFINITE", f"vector {name!r} contains NaN or Infinity", "store finite values")
             continue
         norm = float(np.linalg.norm(arr.astype(np.float64)))
-        if abs(norm - 1.0) > C.UNIT_NORM_TOLERANCE:
+        if unit_norm and abs(norm - 1.0) > C.UNIT_NORM_TOLERANCE:
             bad(
                 "VECTOR_NOT_UNIT",
                 f"vector {name!r} has L2 norm {norm:.6g}, "

@@ -51,7 +51,8 @@ def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> Valid
     if m is not None:
         report.summary = {
             "model": m.model.to_dict(),
-            "layer": m.layer.index,
+            "layer": m.layer.index if m.layer is not None else None,
+            "interventions": [iv.name for iv in m.interventions],
             "domains": m.domain_names,
             "files": len(m.files) + 1,
             "signature": (result.path / C.SIGNATURE_FILE).is_file(),

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from asa_format import constants as C
 from asa_format.destination import Staging, check_replaceable, commit, recover
 from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.manifest import (
+    AsaManifest,
     DomainEntry,
     FileEntry,
     LayerRef,
@@ -38,6 +40,9 @@ from asa_format.manifest import (
 )
 from asa_format.reader import read_bundle_dir
 from asa_format.safetensors_profile import serialize_vectors
+
+if TYPE_CHECKING:
+    from asa_format.intervention_bundle import InterventionContents
 
 __all__ = ["BundleContents", "bundle_files", "check_destination", "contents_of", "save_bundle"]
 
@@ -79,6 +84,23 @@ def contents_of(
             file=C.MANIFEST_FILE,
             hint="upgrade asa-format to edit this bundle",
         )
+    if manifest.requires or manifest.interventions or not isinstance(manifest, AsaManifest):
+        # format 1.1 features that BundleContents cannot hold
+        raise UsageError(
+            f"the bundle uses format {manifest.format_version} features "
+            f"({', '.join(sorted(manifest.requires)) or 'interventions'}) that BundleContents "
+            "cannot hold; saving it would drop them",
+            file=C.MANIFEST_FILE,
+            hint="use asa_format.load_interventions(path).to_contents(), an InterventionContents",
+        )
+    return asa_contents_of(manifest, vectors, graphs)
+
+
+def asa_contents_of(
+    manifest: AsaManifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
+) -> BundleContents:
+    """The asa intervention of a checked 1.x manifest as :class:`BundleContents`
+    (the 1.1 writer puts it back beside the other interventions)."""
     probes = {d.name: graphs[d.probe] for d in manifest.domains if d.probe is not None}
     return BundleContents(
         model=manifest.model,
@@ -176,7 +198,7 @@ def check_destination(destination: str | os.PathLike[str], *, force: bool = Fals
 
 
 def save_bundle(
-    contents: BundleContents,
+    contents: BundleContents | InterventionContents,
     destination: str | os.PathLike[str],
     *,
     force: bool = False,
@@ -195,7 +217,12 @@ def save_bundle(
     """
     dest = Path(destination)
     check_destination(dest, force=force)
-    _, files = bundle_files(contents)
+    if isinstance(contents, BundleContents):
+        _, files = bundle_files(contents)
+    else:  # format 1.1: several interventions, model card
+        from asa_format.intervention_bundle import intervention_files
+
+        _, files = intervention_files(contents)
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         same_model_id,
     )
     from asa_format.runtime.handle import SteeringHandle, attach
+    from asa_format.runtime.interventions import InterventionHandle, attach_interventions
     from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
     from asa_format.runtime.records import GenerationRecord
     from asa_format.runtime.steering import SteeringSkippedWarning
@@ -37,10 +38,12 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "KNOWN_LAYER_PATHS": "layers",
     "GenerationRecord": "records",
+    "InterventionHandle": "interventions",
     "ResolvedLayers": "layers",
     "SteeringHandle": "handle",
     "SteeringSkippedWarning": "steering",
     "attach": "handle",
+    "attach_interventions": "interventions",  # format 1.1
     "check_compatibility": "compat",
     "model_hidden_size": "compat",
     "model_id": "compat",
@@ -52,10 +55,12 @@ _EXPORTS = {
 __all__ = [
     "KNOWN_LAYER_PATHS",
     "GenerationRecord",
+    "InterventionHandle",
     "ResolvedLayers",
     "SteeringHandle",
     "SteeringSkippedWarning",
     "attach",
+    "attach_interventions",
     "check_compatibility",
     "model_hidden_size",
     "model_id",

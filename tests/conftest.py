@@ -7,12 +7,14 @@ Markers (registered in pyproject.toml):
   ``python -m pytest -m "not runtime"`` runs on a core install.
 * ``convert``: needs scikit-learn and skl2onnx (the ``convert`` extra).
 * ``interop``: runs a reference implementation from the ``test`` extra
-  (``safetensors``, OpenSSF ``model_signing``).
+  (``safetensors``, OpenSSF ``model_signing``, ``steering_vectors``) or needs
+  the ``interop`` / ``hub`` extras (``gguf``, ``huggingface_hub``).
 * ``typecheck``: runs mypy (``test`` extra).
 
 A module's markers are its ``pytestmark`` plus those its top-level imports
 imply (torch, transformers, tiny_models or asa_format.runtime: ``runtime``;
-sklearn or skl2onnx: ``convert``). A module whose markers the ``-m`` expression deselects is not
+sklearn or skl2onnx: ``convert``; gguf, huggingface_hub or steering_vectors:
+``interop``). A module whose markers the ``-m`` expression deselects is not
 imported at all, so a core install never sees its imports.
 """
 
@@ -40,6 +42,10 @@ IMPORT_MARKS = {
     "tiny_models": "runtime",
     "sklearn": "convert",
     "skl2onnx": "convert",
+    # the interop and hub extras and the test extra's steering libraries
+    "gguf": "interop",
+    "huggingface_hub": "interop",
+    "steering_vectors": "interop",
 }
 IMPLIES_RUNTIME = frozenset({"convert", "interop", "typecheck"})
 

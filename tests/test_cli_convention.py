@@ -90,6 +90,7 @@ def _envelope_shape(doc: dict[str, Any], command: str) -> None:
             assert set(problem) == {"code", "file", "message", "hint"}
 
 
+@pytest.mark.convert  # asa-convert is one of the commands
 def test_one_envelope_for_validate_inspect_verify_and_convert(tmp_path: Path, signed: Path, keys: tuple[Path, Path]) -> None:
     missing = str(tmp_path / "missing")
     runs = {

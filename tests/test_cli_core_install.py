@@ -1,7 +1,7 @@
 """The commands on a core install (``pip install asa-format``, no extras).
 
 Every command runs in a subprocess whose interpreter cannot import torch,
-transformers, scikit-learn or skl2onnx: a ``sitecustomize`` module on
+transformers, scikit-learn, skl2onnx, gguf or huggingface_hub: a ``sitecustomize`` module on
 PYTHONPATH puts an import blocker first on ``sys.meta_path``, as if those
 packages were not installed.
 """
@@ -9,6 +9,7 @@ packages were not installed.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,7 @@ BLOCKER = textwrap.dedent(
     """
     import importlib.abc, sys
 
-    BLOCKED = {"torch", "transformers", "sklearn", "skl2onnx"}
+    BLOCKED = {"torch", "transformers", "sklearn", "skl2onnx", "gguf", "huggingface_hub"}
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -70,6 +71,8 @@ CONVERT = ("-m", "asa_format.converters.cli")
         (*ASA, "inspect", "--help"),
         (*ASA, "sign", "--help"),
         (*ASA, "verify", "--help"),
+        (*ASA, "import", "--help"),
+        (*ASA, "export", "--help"),
         (*CONVERT, "--help"),
         (*CONVERT, "-h"),
         (*CONVERT, "--version"),
@@ -108,6 +111,27 @@ def test_run_without_its_extra_names_it(core_env: dict[str, str], tmp_path: Path
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert 'pip install "asa-format[runtime]"' in lines[0] and "torch" in lines[0]
+
+
+def test_export_without_its_extra_names_it_before_reading_input(core_env: dict[str, str], tmp_path: Path) -> None:
+    result = run(core_env, *ASA, "export", str(VALID), str(tmp_path / "out.gguf"), "--to", "gguf")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert 'pip install "asa-format[interop]"' in lines[0] and "gguf" in lines[0]
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_of_a_gguf_file_without_its_extra_names_it(core_env: dict[str, str], tmp_path: Path) -> None:
+    source = tmp_path / "cv.gguf"
+    source.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(64))
+    result = run(core_env, *ASA, "import", str(source), str(tmp_path / "out"), "--num-layers", "4")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert 'pip install "asa-format[interop]"' in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_python_runtime_import_names_the_extra(core_env: dict[str, str]) -> None:

@@ -22,6 +22,9 @@ from asa_format import destination
 from asa_format.converters.convert import convert_legacy
 from asa_format.destination import OWNER_SUFFIX, recover
 
+# asa-convert runs in every test here: the convert extra.
+pytestmark = pytest.mark.convert
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "examples" / "asa_assets"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.runtime  # the serving benchmark runs torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -220,6 +220,7 @@ def valid_cases() -> list[Case]:
         Case("model_bound", "model id, type and num_layers set; layer is the last block", base_files(model_id="org/tiny-model", model_type="qwen2", num_layers=4, layer=3)),
         Case("unicode_domain_names", "non-ASCII domain names", base_files(domains=("数学", "búsqueda", "код 🔧"))),
         Case("hidden_size_16", "hidden size 16, layer 0, negative alpha", base_files(hidden_size=16, layer=0, alpha=-2.5)),
+        *interventions_cases()[0],  # format 1.1
         Case(
             "newer_minor_version",
             "format 1.7 with members unknown to a 1.0 reader: valid, with warnings",
@@ -640,16 +641,138 @@ ALSO_REPORTED: dict[str, tuple[str, ...]] = {
     "safetensors_shape_hidden_mismatch": ("SAFETENSORS_OFFSETS",),
     "safetensors_shape_rank2": ("SAFETENSORS_OFFSETS",),
     "safetensors_unknown_entry_key": ("SAFETENSORS_OFFSETS",),
+    "iv_wrong_length": ("SAFETENSORS_OFFSETS",),
 }
 
 
 def invalid_cases() -> list[Case]:
     cases = _manifest_cases() + _file_cases() + _link_cases() + _vector_cases() + _onnx_cases()
+    cases += interventions_cases()[1]  # format 1.1
     cases = [replace_case(c, also=ALSO_REPORTED.get(c.name, ())) for c in cases]
     names = [c.name for c in cases]
     if len(names) != len(set(names)):  # pragma: no cover - programming error
         raise ValueError("duplicate case names")
     return cases
+
+
+# --------------------------------------------------------------------------
+# format 1.1: interventions and the model card (one function, one section)
+
+
+def interventions_cases() -> tuple[list[Case], list[Case]]:
+    """The 1.1 cases: ``(valid, invalid)``."""
+    from asa_format.intervention_bundle import (
+        InterventionContents,
+        InterventionData,
+        intervention_files,
+    )
+    from asa_format.interventions import ConditionGate
+    from asa_format.manifest import ModelBinding
+
+    model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
+
+    def vec(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(HIDDEN).astype(np.float32)
+
+    honesty = InterventionData("honesty", {1: vec(1), 2: vec(2)}, coefficient=1.5)
+    refuse = InterventionData(
+        "refuse",
+        {3: vec(3)},
+        coefficient=-2.0,
+        condition=ConditionGate((2,), "greater_than", 0.25, "mean"),
+        conditions={2: vec(4)},
+    )
+
+    def files_of(contents: InterventionContents) -> dict[str, bytes]:
+        _, files = intervention_files(contents)
+        doc = json.loads(files[C.MANIFEST_FILE])
+        doc["producer"] = dict(PRODUCER)
+        files[C.MANIFEST_FILE] = dumps_canonical(doc)
+        return files
+
+    always = files_of(InterventionContents(model=model, interventions=[honesty], card=False))
+    both = files_of(InterventionContents(model=model, interventions=[honesty, refuse]))
+    asa = make_test_contents(hidden_size=HIDDEN, domains=DOMAINS, layer=1, seed=7, model_id="org/tiny-model", model_type="llama", num_layers=4)
+    mixed = files_of(InterventionContents(model=asa.model, interventions=[honesty, refuse], asa=asa))
+
+    def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
+        return edit_manifest(files, fn)
+
+    def iv_vectors(files: dict[str, bytes], edit: Callable[[dict[str, np.ndarray]], object], dtype: str = "F32") -> dict[str, bytes]:
+        vecs = vectors_of({C.VECTORS_FILE: files[C.INTERVENTIONS_FILE]})
+        edit(vecs)
+        header, body = tiled(vecs, dtype=dtype, metadata={"format": "asa-bundle"})
+        return replace(files, C.INTERVENTIONS_FILE, raw_safetensors(header, body))
+
+    def drop(doc: dict[str, Any], key: str) -> None:
+        del doc[key]
+
+    valid = [
+        Case("interventions_always", "format 1.1: one always intervention on blocks 1 and 2, no card", always),
+        Case("interventions_always_condition_card", "format 1.1: an always and a condition intervention, with the model card", both),
+        Case("interventions_asa_always_condition", "format 1.1: the asa intervention with an always and a condition one", mixed),
+    ]
+    invalid = [
+        Case("iv_requires_unknown_feature", "requires names a feature no reader implements", e(always, lambda d: d["requires"].append("telepathy")), "FORMAT_FEATURE_UNSUPPORTED"),
+        Case("iv_requires_missing", "interventions without requires", e(always, lambda d: drop(d, "requires")), "MANIFEST_SEMANTIC"),
+        Case("iv_version_1_0", "interventions in a manifest that says format 1.0", e(always, lambda d: d.__setitem__("format_version", "1.0")), "MANIFEST_SEMANTIC"),
+        Case("iv_duplicate_name", "two interventions share a name", e(both, lambda d: d["interventions"][1].__setitem__("name", "honesty")), "MANIFEST_SEMANTIC"),
+        Case("iv_block_out_of_range", "a steered block is not below num_layers", e(always, lambda d: d["interventions"][0].__setitem__("blocks", [1, 4])), "LAYER_OUT_OF_RANGE"),
+        Case("iv_blocks_unsorted", "blocks are not strictly increasing", e(always, lambda d: d["interventions"][0].__setitem__("blocks", [2, 1])), "MANIFEST_SEMANTIC"),
+        Case("iv_steers_before_condition", "a condition intervention steers a block before its condition block", e(both, lambda d: d["interventions"][1].__setitem__("blocks", [1])), "MANIFEST_SEMANTIC"),
+        Case("iv_comparator_unknown", "the comparator is not one of the two explicit names", e(both, lambda d: d["interventions"][1]["gate"].__setitem__("comparator", "larger")), "MANIFEST_SCHEMA"),
+        Case("iv_threshold_out_of_range", "a cosine threshold outside [-1, 1]", e(both, lambda d: d["interventions"][1]["gate"].__setitem__("threshold", 1.5)), "MANIFEST_SCHEMA"),
+        Case("iv_asa_extra_members", "an asa intervention entry with a coefficient", e(mixed, lambda d: d["interventions"][0].__setitem__("coefficient", 1.0)), "MANIFEST_SCHEMA"),
+        Case("iv_asa_members_without_entry", "layer/steering/domains without an asa intervention", e(mixed, lambda d: d["interventions"].pop(0)), "MANIFEST_SEMANTIC"),
+        Case("iv_no_asa_no_interventions", "neither interventions nor the asa members", e(always, lambda d: [drop(d, "interventions"), drop(d, "requires"), d.__setitem__("format_version", "1.0")]), "MANIFEST_SCHEMA"),
+        Case("iv_missing_tensor", "a direction tensor is missing", iv_vectors(always, lambda v: v.pop("honesty/2/direction")), "SAFETENSORS_KEYS"),
+        Case("iv_extra_tensor", "an unknown tensor", iv_vectors(always, lambda v: v.__setitem__("honesty/3/direction", vec(9))), "SAFETENSORS_KEYS"),
+        Case("iv_nan_direction", "a direction holds NaN", iv_vectors(always, lambda v: v["honesty/1/direction"].__setitem__(0, np.nan)), "SAFETENSORS_NONFINITE"),
+        Case("iv_zero_condition", "a condition vector is zero", iv_vectors(both, lambda v: v.__setitem__("refuse/2/condition", np.zeros(HIDDEN, np.float32))), "MANIFEST_SEMANTIC"),
+        Case("iv_wrong_length", "a direction of the wrong length", iv_vectors(always, lambda v: v.__setitem__("honesty/1/direction", np.ones(HIDDEN + 1, np.float32))), "SAFETENSORS_SHAPE"),
+        Case("iv_unused_graph", "a bundle without asa intervention lists scaler.onnx", rehash({**e(always, lambda d: d["files"].__setitem__(C.SCALER_FILE, {"sha256": "0" * 64, "size": 0})), C.SCALER_FILE: asa.scaler}), "MANIFEST_SEMANTIC"),
+        Case("card_not_utf8", "README.md is not UTF-8", replace(both, C.CARD_FILE, b"---\nlibrary_name: asa-format\n---\n\xff\xfe"), "CARD_INVALID"),
+        Case("card_not_required", "README.md listed but requires does not name card", e(both, lambda d: d["requires"].remove("card")), "MANIFEST_SEMANTIC"),
+    ]
+    return valid, invalid
+
+
+def condition_decision_vectors() -> dict[str, Any]:
+    """Decision test vectors for the condition gate (spec section 14.4)."""
+    from asa_format.interventions import (
+        ConditionGate,
+        aggregate_rows,
+        condition_fires,
+        condition_similarity,
+    )
+
+    rng = np.random.default_rng(1411)
+    cases = []
+    for i in range(12):
+        seq = 1 + i % 4
+        hidden = rng.standard_normal((1, seq, 4)).round(3)
+        real = np.ones((1, seq), dtype=bool)
+        if seq > 1 and i % 3 == 0:
+            real[0, 0] = False  # left padding
+        cond = rng.standard_normal(4).round(3)
+        gate = ConditionGate((2,), ("greater_than", "less_than")[i % 2], float(round(rng.uniform(-0.5, 0.5), 3)), ("mean", "last")[(i // 2) % 2])
+        h = aggregate_rows(hidden, real, gate.aggregate)[0]
+        s = condition_similarity(h, cond)
+        cases.append(
+            {
+                "hidden": hidden[0].tolist(),
+                "real": real[0].tolist(),
+                "condition": cond.tolist(),
+                "aggregate": gate.aggregate,
+                "comparator": gate.comparator,
+                "threshold": gate.threshold,
+                "similarity": s,
+                "fires": condition_fires([s], gate),
+            }
+        )
+    zero = {"hidden": [[0.0, 0.0, 0.0, 0.0]], "real": [True], "condition": [1.0, 0.0, 0.0, 0.0], "aggregate": "last", "comparator": "less_than", "threshold": 0.1, "similarity": 0.0, "fires": True}
+    cases.append(zero)
+    return {"description": "condition gate decisions (SPEC section 14.4): one condition block, one row", "cases": cases}
 
 
 # --------------------------------------------------------------------------
@@ -681,8 +804,10 @@ def write_case(case: Case, kind_dir: Path) -> Path:
     (case_dir / "expected.json").write_bytes(dumps_canonical(case.expected()))
     if case.code is None and case.bundle_link is None:
         files = {k: v for k, v in case.bundle.items() if isinstance(v, bytes)}
-        doc = decision_vectors(case.name, json.loads(files[C.MANIFEST_FILE]), files)
-        (case_dir / DECISIONS_FILE).write_bytes(dumps_canonical(doc))
+        manifest = json.loads(files[C.MANIFEST_FILE])
+        if "steering" in manifest:  # format 1.1: only a bundle with an asa intervention decides
+            doc = decision_vectors(case.name, manifest, files)
+            (case_dir / DECISIONS_FILE).write_bytes(dumps_canonical(doc))
     return bundle
 
 
@@ -695,6 +820,7 @@ def generate(out: Path) -> None:
         target.mkdir(parents=True)
         for case in cases:
             write_case(case, target)
+    (out / "condition_decisions.json").write_bytes(dumps_canonical(condition_decision_vectors()))  # format 1.1
 
 
 # --------------------------------------------------------------------------
