@@ -45,7 +45,8 @@ def _values(graph: Any) -> list[str]:
 def _array(rng: random.Random, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     n = int(np.prod(shape)) if shape else 1
     base = np.array([rng.choice((*FLOATS, rng.uniform(-3, 3))) for _ in range(min(n, 8))] or [0.0])
-    return np.resize(base, shape).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN / Inf cast to an integer type: any value will do
+        return np.resize(base, shape).astype(dtype)
 
 
 def _shape(rng: random.Random, hidden: int) -> tuple[int, ...]:
