@@ -25,6 +25,7 @@ from asa_format import constants as C
 from asa_format.cli_support import fail, require_extra
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 from asa_format.hints import for_cli
+from asa_format.jsonio import loads_strict
 from asa_format.runtime.notes import BindingNote
 
 __all__ = ["run_command"]
@@ -90,7 +91,7 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
 def _read_messages(path: str) -> tuple[list[dict[str, Any]], list[Any] | None]:
     """(messages, tools) from a chat-messages JSON file."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = loads_strict(Path(path).read_text(encoding="utf-8"))  # depth, digits, text checked
     except OSError as exc:
         raise UsageError(f"cannot read --messages file {path!r}: {exc.strerror}", file=path,
                          hint="pass a JSON file of chat messages") from exc
