@@ -27,6 +27,7 @@ from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 from asa_format.hints import for_cli
 from asa_format.jsonio import loads_strict
 from asa_format.runtime.notes import BindingNote
+from asa_format.textsafe import safe_text
 
 __all__ = ["run_command"]
 
@@ -223,14 +224,14 @@ def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -
     except AsaError as exc:
         fail(exc)
     except Exception as exc:  # last resort: a message, never a traceback
-        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"error: {type(exc).__name__}: {safe_text(str(exc))}", err=True)
         sys.exit(1)
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
         kind = "note" if issubclass(w.category, BindingNote) else "warning"
-        click.echo(f"{kind}: {for_cli(str(w.message))}", err=True)
+        click.echo(f"{kind}: {safe_text(for_cli(str(w.message)))}", err=True)
 
 
 def _run(
@@ -309,11 +310,11 @@ def _run(
         }
         if baseline is not None:
             payload["baseline"] = baseline
-        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+        click.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=True))
         return
     gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]
     click.echo(
-        f"decision: domain={decision['domain']} p={decision['probability']:.4f} "
+        f"decision: domain={safe_text(decision['domain'])} p={decision['probability']:.4f} "
         f"gate={gate}  (layer {handle.layer_path}, policy {record.policy}, "
         f"alpha {record.alpha:g})"
     )
