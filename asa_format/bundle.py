@@ -25,7 +25,14 @@ from asa_format.manifest import AsaManifest
 from asa_format.reader import read_bundle_dir
 from asa_format.writer import BundleContents, contents_of
 
-__all__ = ["GENERIC_MARGIN", "Bundle", "Decision", "DecisionBatch", "load_bundle", "read_bundle_contents"]
+__all__ = [
+    "GENERIC_MARGIN",
+    "Bundle",
+    "Decision",
+    "DecisionBatch",
+    "load_bundle",
+    "read_bundle_contents",
+]
 
 # Margin (on probabilities) within which a row of an onnxruntime batch is decided again
 # alone, for graphs whose rounding error has no proven bound (not a linear classifier).
@@ -93,7 +100,9 @@ class Bundle:
         self._mixed: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._plan: FastPlan | None = None  # the NumPy evaluator, when used
-        self._structure: FastPlan | None = None  # the proven linear structure (error bounds), if any
+        self._structure: FastPlan | None = (
+            None  # the proven linear structure (error bounds), if any
+        )
         self._domains_tuple = tuple(self.domains)
         if models is not None:
             plan = build_plan(models, self._probe_files, self.hidden_size)
@@ -114,7 +123,9 @@ class Bundle:
         tau = self.manifest.steering.tau
         no_probe = self.manifest.steering.no_probe_probability
         try:
-            scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[0]
+            scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[
+                0
+            ]
             _, ref_index, ref_prob = self._decide_ort(probe)
             scores, fast_prob, has_probe, near = plan.decide(probe, tau)
             fast_scaled = plan.scale(probe)
@@ -126,7 +137,9 @@ class Bundle:
         fast_index = np.argmax(scores, axis=1)
         fast_prob = np.where(has_probe, fast_prob, no_probe)
         ok = ~near
-        if not np.array_equal(fast_index[ok], ref_index[ok]) or not np.allclose(fast_prob[ok], ref_prob[ok], rtol=0.0, atol=1e-9):
+        if not np.array_equal(fast_index[ok], ref_index[ok]) or not np.allclose(
+            fast_prob[ok], ref_prob[ok], rtol=0.0, atol=1e-9
+        ):
             return False
         for i, one in enumerate(ones):
             if one is not None:
@@ -174,7 +187,9 @@ class Bundle:
                 hint="pass the last-token hidden states of the bundle's layer, one row per prompt",
             )
         if arr.dtype.kind not in "fiu":
-            raise DecisionError(f"decide() needs a numeric array, got dtype {arr.dtype}", code="DECISION_INPUT")
+            raise DecisionError(
+                f"decide() needs a numeric array, got dtype {arr.dtype}", code="DECISION_INPUT"
+            )
         h = np.ascontiguousarray(arr, dtype=np.float32)
         if finite:
             self._check_finite(h)
@@ -201,7 +216,12 @@ class Bundle:
         n = h.shape[0]
         steering = self.manifest.steering
         if n == 0:
-            return DecisionBatch(self._domains_tuple, np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int8))
+            return DecisionBatch(
+                self._domains_tuple,
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float64),
+                np.zeros(0, np.int8),
+            )
         try:
             if plan is not None and n == 1:
                 one = plan.decide_one(h, steering.tau)
@@ -210,7 +230,10 @@ class Bundle:
                     pv = steering.no_probe_probability if p is None else p
                     g = 0 if has_nan else gate_of(pv, steering.tau)
                     return DecisionBatch(
-                        self._domains_tuple, np.array([d], dtype=np.int64), np.array([pv], dtype=np.float64), np.array([g], dtype=np.int8)
+                        self._domains_tuple,
+                        np.array([d], dtype=np.int64),
+                        np.array([pv], dtype=np.float64),
+                        np.array([g], dtype=np.int8),
                     )
                 self._check_finite(h)
                 index, prob, gate = self._decide_alone(h, np.array([0]))
@@ -222,7 +245,9 @@ class Bundle:
                 prob = np.where(has_probe, prob, steering.no_probe_probability)
             else:
                 scores, index, prob, x64 = self._decide_ort_scaled(h)
-                near = self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
+                near = (
+                    self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
+                )
             gate = gates(prob, steering.tau)
             gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
             rows = np.flatnonzero(near)
@@ -231,10 +256,14 @@ class Bundle:
         except DecisionError:
             raise
         except Exception as exc:
-            raise DecisionError(f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED") from exc
+            raise DecisionError(
+                f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED"
+            ) from exc
         return DecisionBatch(self._domains_tuple, index, prob, gate)
 
-    def _decide_alone(self, h: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decide_alone(
+        self, h: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The reference decision of each row in ``rows``: onnxruntime on that row alone."""
         tau = self.manifest.steering.tau
         index = np.zeros(rows.size, dtype=np.int64)
@@ -246,7 +275,9 @@ class Bundle:
             gate[k] = 0 if np.isnan(scores).any() else gate_of(float(p[0]), tau)
         return index, prob, gate
 
-    def _near_ort(self, scores: np.ndarray, index: np.ndarray, prob: np.ndarray, x64: np.ndarray) -> np.ndarray:
+    def _near_ort(
+        self, scores: np.ndarray, index: np.ndarray, prob: np.ndarray, x64: np.ndarray
+    ) -> np.ndarray:
         """Rows of an onnxruntime batch within the margin of a boundary (decided again alone)."""
         tau = self.manifest.steering.tau
         s = self._structure
@@ -255,14 +286,22 @@ class Bundle:
             near = ~np.isfinite(scores).all(axis=1) | ~np.isfinite(xnorm)
             if scores.shape[1] > 1:
                 top2 = np.sort(scores, axis=1)[:, -2:]
-                margin = 2.0 * s.router.error(xnorm, self.hidden_size) if s is not None else GENERIC_MARGIN
+                margin = (
+                    2.0 * s.router.error(xnorm, self.hidden_size)
+                    if s is not None
+                    else GENERIC_MARGIN
+                )
                 near |= ~(top2[:, 1] - top2[:, 0] > margin)
             for d in np.unique(index):
                 if self._probe_files[int(d)] is None:
                     continue
                 rows = np.flatnonzero(index == d)
                 head = s.probes[int(d)] if s is not None else None
-                m = 2.0 * head.error(xnorm[rows], self.hidden_size) if head is not None else GENERIC_MARGIN
+                m = (
+                    2.0 * head.error(xnorm[rows], self.hidden_size)
+                    if head is not None
+                    else GENERIC_MARGIN
+                )
                 p = prob[rows]
                 near[rows] |= ~((np.abs(p - tau) > m) & (np.abs(p - (1.0 - tau)) > m))
         return np.asarray(near, dtype=bool)
@@ -272,11 +311,15 @@ class Bundle:
         scores, index, prob, _ = self._decide_ort_scaled(h)
         return scores, index, prob
 
-    def _decide_ort_scaled(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _decide_ort_scaled(
+        self, h: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = h.shape[0]
         x = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: h})[0]
         x64 = np.ascontiguousarray(x, dtype=np.float64)
-        scores = self._sessions[C.ROUTER_FILE].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64})[0]
+        scores = self._sessions[C.ROUTER_FILE].run(
+            [C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64}
+        )[0]
         index = np.argmax(scores, axis=1).astype(np.int64)
         prob = np.full(n, self.manifest.steering.no_probe_probability, dtype=np.float64)
         for d in np.unique(index):
@@ -284,7 +327,9 @@ class Bundle:
             if probe is None:
                 continue
             rows = np.flatnonzero(index == d)
-            out = self._sessions[probe].run([C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]})[0]
+            out = self._sessions[probe].run(
+                [C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64[rows]}
+            )[0]
             prob[rows] = out[:, 1]
         return scores, index, prob, x64
 
@@ -292,12 +337,18 @@ class Bundle:
     def domain_index(self, domain: str | int) -> int:
         if isinstance(domain, (int, np.integer)):
             if not 0 <= int(domain) < len(self.domains):
-                raise DecisionError(f"domain index {domain} is out of range 0..{len(self.domains) - 1}", code="DECISION_INPUT")
+                raise DecisionError(
+                    f"domain index {domain} is out of range 0..{len(self.domains) - 1}",
+                    code="DECISION_INPUT",
+                )
             return int(domain)
         try:
             return self.domains.index(domain)
         except ValueError:
-            raise DecisionError(f"unknown domain {domain!r}; the bundle's domains are {self.domains}", code="DECISION_INPUT") from None
+            raise DecisionError(
+                f"unknown domain {domain!r}; the bundle's domains are {self.domains}",
+                code="DECISION_INPUT",
+            ) from None
 
     def steering_vector(self, domain: str | int) -> np.ndarray:
         """``v = (1-beta) vec[d] + beta vec[global]``, then ``v / (||v|| + 1e-8)``; float32."""
@@ -305,7 +356,11 @@ class Bundle:
         with self._lock:
             cached = self._mixed.get(i)
             if cached is None:
-                cached = mix_vectors(self.vectors[self.domains[i]], self.vectors[C.GLOBAL_VECTOR], self.manifest.steering.beta)
+                cached = mix_vectors(
+                    self.vectors[self.domains[i]],
+                    self.vectors[C.GLOBAL_VECTOR],
+                    self.manifest.steering.beta,
+                )
                 cached.setflags(write=False)
                 self._mixed[i] = cached
         return cached
@@ -326,7 +381,9 @@ def gates(probability: np.ndarray, tau: float) -> np.ndarray:
 
 def mix_vectors(domain_vec: np.ndarray, global_vec: np.ndarray, beta: float) -> np.ndarray:
     """The spec's mixing rule, in float32 arithmetic."""
-    v = np.float32(1.0 - beta) * domain_vec.astype(np.float32) + np.float32(beta) * global_vec.astype(np.float32)
+    v = np.float32(1.0 - beta) * domain_vec.astype(np.float32) + np.float32(
+        beta
+    ) * global_vec.astype(np.float32)
     norm = np.float32(np.sqrt(np.dot(v.astype(np.float64), v.astype(np.float64))))
     return (v / (norm + np.float32(C.NORM_EPS))).astype(np.float32)
 
@@ -354,10 +411,18 @@ def load_bundle(
     """
     from asa_format.hub import is_hub_reference, load_from_hub
 
-    if is_hub_reference(path):  # org/name@revision: downloaded, copied, then loaded with every check
+    if is_hub_reference(
+        path
+    ):  # org/name@revision: downloaded, copied, then loaded with every check
         return load_from_hub(
-            str(path), load_bundle, verify=verify, expected_digest=expected_digest,
-            trusted_keys=trusted_keys, signature_path=signature_path, fast=fast, asa_only=asa_only,
+            str(path),
+            load_bundle,
+            verify=verify,
+            expected_digest=expected_digest,
+            trusted_keys=trusted_keys,
+            signature_path=signature_path,
+            fast=fast,
+            asa_only=asa_only,
         )
     # the parsed graphs are always kept: the structural match also bounds the rounding error
     # of the onnxruntime path (rows near a boundary), not only the fast path
@@ -380,7 +445,10 @@ def load_bundle(
         # parsed (the reader refused unlisted files), never a second read
         try:
             verify_bundle_signature(
-                Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256
+                Path(path),
+                list(trusted_keys),
+                signature_path=signature_path,
+                file_digests=result.file_sha256,
             )
         except AsaError as exc:  # hints name keywords here (trusted_keys=), not the CLI's flags
             python_error(exc)
@@ -402,7 +470,9 @@ def load_bundle(
             file=C.MANIFEST_FILE,
             hint="use asa_format.load_interventions / asa_format.runtime.attach_interventions, or pass asa_only=True",
         )
-    _create_sessions(result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains))
+    _create_sessions(
+        result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains)
+    )
     if result.problems:
         raise BundleError.from_problems(result.problems)
     return Bundle(

@@ -29,7 +29,12 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
 
 
-def render_card(model: ModelBinding, entries: Sequence[Intervention], asa: Mapping[str, Any], files: Mapping[str, bytes]) -> str:
+def render_card(
+    model: ModelBinding,
+    entries: Sequence[Intervention],
+    asa: Mapping[str, Any],
+    files: Mapping[str, bytes],
+) -> str:
     kinds = sorted({e.kind for e in entries})
     tags = list(TAGS) + [f"steering-gate-{k}" for k in kinds]
     front = ["---", "library_name: asa-format"]
@@ -49,7 +54,9 @@ def render_card(model: ModelBinding, entries: Sequence[Intervention], asa: Mappi
     body.append(f"- model id: {model.id or 'unknown'}")
     body.append(f"- model type: {model.type or 'unknown'}")
     body.append(f"- hidden size: {model.hidden_size}")
-    body.append(f"- decoder blocks: {model.num_layers if model.num_layers is not None else 'unknown'}")
+    body.append(
+        f"- decoder blocks: {model.num_layers if model.num_layers is not None else 'unknown'}"
+    )
     body += ["", "## Interventions", ""]
     for e in entries:
         if e.kind == C.GATE_ASA:

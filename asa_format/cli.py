@@ -69,7 +69,12 @@ def _validation_result(path: str) -> Result:
 
 @cli.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout (format in the README).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON report on stdout (format in the README).",
+)
 def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Check bundles: schema, sizes, hashes, file profiles and consistency.
 
@@ -82,7 +87,9 @@ def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command("inspect")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the manifests and digests as one JSON report.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the manifests and digests as one JSON report."
+)
 def inspect_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Print a readable summary of bundles (and their root digests).
 

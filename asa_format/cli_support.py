@@ -149,10 +149,15 @@ def run_main(command: click.Command, argv: Sequence[str] | None, prog_name: str)
         code = EXIT_TERMINATED
     except AsaError as exc:
         fail(exc)
-    except ModuleNotFoundError as exc:  # an extra's module vanished between the check and the import
+    except (
+        ModuleNotFoundError
+    ) as exc:  # an extra's module vanished between the check and the import
         for extra, modules in EXTRAS.items():
             if exc.name and exc.name.split(".")[0] in modules:
-                click.echo(f"error: {extra_error(extra, prog_name, [exc.name.split('.')[0]]).message}", err=True)
+                click.echo(
+                    f"error: {extra_error(extra, prog_name, [exc.name.split('.')[0]]).message}",
+                    err=True,
+                )
                 raise SystemExit(EXIT_USAGE) from None
         raise
     raise SystemExit(code)

@@ -57,6 +57,7 @@ _after_step: Any = None
 
 # --------------------------------------------------------------------------- renameat2
 
+
 def _load_renameat2() -> Any:
     if not hasattr(os, "uname") or os.uname().sysname != "Linux":
         return None
@@ -93,6 +94,7 @@ def exchange_supported() -> bool:
 
 # --------------------------------------------------------------------------- checks
 
+
 def _error(message: str, code: ErrorCode, hint: str, path: Path) -> UsageError:
     return UsageError(message, code=code, file=str(path), hint=hint)
 
@@ -103,11 +105,17 @@ def check_replaceable(dest: Path) -> None:
     if dest.is_symlink() or not dest.is_dir():
         raise _error(
             f"destination {str(dest)!r} exists and is not a directory; --force only replaces an asa bundle",
-            "DESTINATION_NOT_BUNDLE", hint, dest,
+            "DESTINATION_NOT_BUNDLE",
+            hint,
+            dest,
         )
     manifest_path = dest / C.MANIFEST_FILE
     try:
-        data = manifest_path.read_bytes() if manifest_path.is_file() and not manifest_path.is_symlink() else None
+        data = (
+            manifest_path.read_bytes()
+            if manifest_path.is_file() and not manifest_path.is_symlink()
+            else None
+        )
     except OSError:
         data = None
     manifest = parse_manifest(data)[0] if data is not None else None
@@ -115,23 +123,30 @@ def check_replaceable(dest: Path) -> None:
         raise _error(
             f"destination {str(dest)!r} is not an asa bundle (no {C.MANIFEST_FILE} that parses); "
             "--force only replaces an asa bundle and never deletes other directories",
-            "DESTINATION_NOT_BUNDLE", hint, dest,
+            "DESTINATION_NOT_BUNDLE",
+            hint,
+            dest,
         )
     known = {C.MANIFEST_FILE, C.SIGNATURE_FILE, *manifest.files}
     try:
         extra = sorted(p.name for p in dest.iterdir() if p.name not in known)
     except OSError as exc:
-        raise _error(f"cannot list {str(dest)!r}: {exc.strerror}", "IO_ERROR", "check permissions", dest) from exc
+        raise _error(
+            f"cannot list {str(dest)!r}: {exc.strerror}", "IO_ERROR", "check permissions", dest
+        ) from exc
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise _error(
             f"destination {str(dest)!r} is an asa bundle but also holds files it does not list ({shown}); "
             "--force would delete them",
-            "DESTINATION_NOT_BUNDLE", "move those files out of the bundle, or choose another destination", dest,
+            "DESTINATION_NOT_BUNDLE",
+            "move those files out of the bundle, or choose another destination",
+            dest,
         )
 
 
 # --------------------------------------------------------------------------- owner files
+
 
 def _start_time(pid: int) -> str | None:
     """The process start time (Linux: /proc/PID/stat field 22), to tell a reused pid."""
@@ -241,7 +256,9 @@ def commit(staging: Staging, *, replace: bool) -> None:
             staging.discard()
             return
         if dest.exists() or dest.is_symlink():
-            raise OSError(errno.EEXIST, "the destination appeared while the bundle was written", str(dest))
+            raise OSError(
+                errno.EEXIST, "the destination appeared while the bundle was written", str(dest)
+            )
         os.rename(tmp, dest)
         staging.discard()
         return
@@ -260,9 +277,12 @@ def commit(staging: Staging, *, replace: bool) -> None:
 
 # --------------------------------------------------------------------------- recovery
 
+
 def _ours(parent: Path, name: str, dest_name: str, tag: str) -> Path | None:
     """The sibling ``name`` if it is a directory of the form we create, else None."""
-    if not isinstance(name, str) or not re.fullmatch(re.escape(f".{dest_name}{tag}") + r"[0-9a-f]{12}", name):
+    if not isinstance(name, str) or not re.fullmatch(
+        re.escape(f".{dest_name}{tag}") + r"[0-9a-f]{12}", name
+    ):
         return None
     path = parent / name
     return path if path.is_dir() and not path.is_symlink() else None
@@ -274,7 +294,11 @@ def recover(dest: Path) -> list[str]:
     prefix = f".{dest.name}{TMP_TAG}"
     notes: list[str] = []
     try:
-        owners = sorted(p for p in parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(OWNER_SUFFIX))
+        owners = sorted(
+            p
+            for p in parent.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(OWNER_SUFFIX)
+        )
     except OSError:
         return notes
     host = socket.gethostname()
@@ -298,7 +322,9 @@ def recover(dest: Path) -> list[str]:
         if phase == "swap" and old is not None and not (dest.exists() or dest.is_symlink()):
             if tmp is not None:  # killed between the two renames: the new bundle is whole
                 os.rename(tmp, dest)
-                notes.append(f"completed the replacement of {str(dest)!r} that process {pid} started")
+                notes.append(
+                    f"completed the replacement of {str(dest)!r} that process {pid} started"
+                )
             else:  # pragma: no cover - cannot happen with the rename order used
                 os.rename(old, dest)
                 notes.append(f"restored {str(dest)!r} from the replacement process {pid} started")

@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 _UNIT_ROUNDOFF = 2.0**-53
-OVERFLOW_WINDOW = 700.0  # |score| above this: exp() is near float64 overflow, decided by onnxruntime
+OVERFLOW_WINDOW = (
+    700.0  # |score| above this: exp() is near float64 overflow, decided by onnxruntime
+)
 PROBABILITY_SLACK = 1e-12  # added to every margin: transcendental functions differ by a few ulps
 _FLOAT, _DOUBLE = 1, 11
 _NP = {_FLOAT: np.float32, _DOUBLE: np.float64}
@@ -74,7 +76,9 @@ class _Graph:
         self.inits = {t.name: t for t in graph.initializer}
         self.producers = {o: n for n in graph.node for o in n.output if o}
         self._array = numpy_helper.to_array
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
+        )
 
     def const(self, name: str) -> np.ndarray | None:
         t = self.inits.get(name)
@@ -132,7 +136,11 @@ def match_scaler(model: Any, hidden_size: int) -> ScalerChain | None:
         else:
             return None
         assert const is not None
-        if const.dtype not in (np.float32, np.float64) or const.size not in (1, hidden_size) or const.ndim > 2:
+        if (
+            const.dtype not in (np.float32, np.float64)
+            or const.size not in (1, hidden_size)
+            or const.ndim > 2
+        ):
             return None
         steps.append((_BINARY[node.op_type], const.reshape(1, -1)))
         name = dynamic
@@ -197,8 +205,12 @@ class LinearHead:
         n = (hidden_size + 2) * _UNIT_ROUNDOFF
         gamma = n / (1.0 - n)
         dot = xnorm * self.column_norm
-        logit = 2.0 * (1.01 * gamma * dot + 2.0 * _UNIT_ROUNDOFF * (self.bias_max + dot))  # both evaluators
-        return 3.0 * logit + PROBABILITY_SLACK  # softmax / sigmoid move by at most 2x (1/4x) the logits
+        logit = 2.0 * (
+            1.01 * gamma * dot + 2.0 * _UNIT_ROUNDOFF * (self.bias_max + dot)
+        )  # both evaluators
+        return (
+            3.0 * logit + PROBABILITY_SLACK
+        )  # softmax / sigmoid move by at most 2x (1/4x) the logits
 
 
 def _axes_are_one(node: Any, g: _Graph) -> bool:
@@ -206,7 +218,11 @@ def _axes_are_one(node: Any, g: _Graph) -> bool:
     if len(node.input) > 1 and node.input[1]:
         c = g.const(node.input[1])
         axes = None if c is None else c.reshape(-1).tolist()
-    return axes is not None and [int(a) for a in axes] in ([1], [-1]) and int(_attr(node, "keepdims", 1)) == 1
+    return (
+        axes is not None
+        and [int(a) for a in axes] in ([1], [-1])
+        and int(_attr(node, "keepdims", 1)) == 1
+    )
 
 
 def _sigmoid_of(name: str, g: _Graph) -> str | None:
@@ -239,12 +255,22 @@ def match_classifier(model: Any, hidden_size: int, n_classes: int) -> LinearHead
     if matmul is None or matmul.input[0] != g.input or matmul.input[1] not in g.inits:
         return None
     weight = g.const(matmul.input[1])
-    if weight is None or weight.dtype != np.float64 or weight.ndim != 2 or weight.shape[0] != hidden_size:
+    if (
+        weight is None
+        or weight.dtype != np.float64
+        or weight.ndim != 2
+        or weight.shape[0] != hidden_size
+    ):
         return None
     k = weight.shape[1]
     if bias is None:
         bias = np.zeros(k)
-    if bias.dtype != np.float64 or bias.size != k or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+    if (
+        bias.dtype != np.float64
+        or bias.size != k
+        or bias.ndim > 2
+        or (bias.ndim == 2 and bias.shape[0] != 1)
+    ):
         return None
     if (post == "sigmoid_pair") != (k == 1) or (k if post != "sigmoid_pair" else 2) != n_classes:
         return None
@@ -260,7 +286,9 @@ def _match_post(name: str, g: _Graph) -> tuple[str | None, str | None]:
     if div is not None:
         t, n = div.input
         total = g.node(n, "ReduceSum")
-        absolute = g.node(total.input[0], "Abs") if total is not None and _axes_are_one(total, g) else None
+        absolute = (
+            g.node(total.input[0], "Abs") if total is not None and _axes_are_one(total, g) else None
+        )
         if absolute is not None and absolute.input[0] == t:
             s = _sigmoid_of(t, g)
             return ("sigmoid_norm", s) if s is not None else (None, None)
@@ -270,7 +298,13 @@ def _match_post(name: str, g: _Graph) -> tuple[str | None, str | None]:
         q, t = concat.input
         sub = g.node(q, "Sub")
         one = g.const(sub.input[0]) if sub is not None else None
-        if sub is not None and sub.input[1] == t and one is not None and one.size == 1 and float(one.reshape(-1)[0]) == 1.0:
+        if (
+            sub is not None
+            and sub.input[1] == t
+            and one is not None
+            and one.size == 1
+            and float(one.reshape(-1)[0]) == 1.0
+        ):
             s = _sigmoid_of(t, g)
             return ("sigmoid_pair", s) if s is not None else (None, None)
     return None, None
@@ -357,7 +391,9 @@ class FastPlan:
             return None
         return best, p, False
 
-    def decide(self, h32: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def decide(
+        self, h32: np.ndarray, tau: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Rows ``[N, H]``: ``(router probabilities [N, D], probe probability [N] (NaN: no
         probe), has-probe mask [N], near mask [N])``; rows in the near mask must be
         decided by onnxruntime, one at a time."""
@@ -371,7 +407,9 @@ class FastPlan:
             near = ~np.isfinite(xnorm) | ~(np.abs(rs) < OVERFLOW_WINDOW).all(axis=1)
             if scores.shape[1] > 1:
                 top2 = np.sort(scores, axis=1)[:, -2:]
-                near |= ~(top2[:, 1] - top2[:, 0] > 2.0 * self.router.error(xnorm, self.hidden_size))
+                near |= ~(
+                    top2[:, 1] - top2[:, 0] > 2.0 * self.router.error(xnorm, self.hidden_size)
+                )
             index = np.argmax(scores, axis=1)
             prob = np.full(x.shape[0], np.nan)
             has_probe = np.zeros(x.shape[0], dtype=bool)
@@ -391,7 +429,9 @@ class FastPlan:
         return scores, prob, has_probe, near
 
 
-def build_plan(models: dict[str, Any], probe_files: list[str | None], hidden_size: int) -> FastPlan | None:
+def build_plan(
+    models: dict[str, Any], probe_files: list[str | None], hidden_size: int
+) -> FastPlan | None:
     """The fast path for these checked graphs, or None if any graph has another form."""
     try:
         scaler = match_scaler(models[C.SCALER_FILE], hidden_size)
@@ -399,7 +439,11 @@ def build_plan(models: dict[str, Any], probe_files: list[str | None], hidden_siz
         probes = [match_classifier(models[f], hidden_size, 2) if f else None for f in probe_files]
     except (KeyError, IndexError, ValueError, TypeError):
         return None
-    if scaler is None or router is None or any(p is None for p, f in zip(probes, probe_files, strict=True) if f):
+    if (
+        scaler is None
+        or router is None
+        or any(p is None for p, f in zip(probes, probe_files, strict=True) if f)
+    ):
         return None
     return FastPlan(scaler, router, probes, hidden_size)
 

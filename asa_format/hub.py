@@ -24,11 +24,21 @@ from typing import Any, TypeVar
 from asa_format import constants as C
 from asa_format.errors import BundleError, UsageError
 
-__all__ = ["HUB_REFERENCE", "download_bundle", "is_hub_reference", "load_from_hub", "parse_hub_reference"]
+__all__ = [
+    "HUB_REFERENCE",
+    "download_bundle",
+    "is_hub_reference",
+    "load_from_hub",
+    "parse_hub_reference",
+]
 
-HUB_REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})$")
+HUB_REFERENCE = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})$"
+)
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_NAMES = re.compile(r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)$")
+_NAMES = re.compile(
+    r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)$"
+)
 _MAX_COPY = C.MAX_VECTORS_BYTES
 T = TypeVar("T")
 
@@ -41,13 +51,20 @@ def is_hub_reference(value: Any) -> bool:
     """True for ``org/name@revision`` strings that are not an existing local path."""
     if isinstance(value, os.PathLike):  # attach() passes Path(reference)
         value = os.fspath(value)
-    return isinstance(value, str) and HUB_REFERENCE.match(value) is not None and not os.path.exists(value)
+    return (
+        isinstance(value, str)
+        and HUB_REFERENCE.match(value) is not None
+        and not os.path.exists(value)
+    )
 
 
 def parse_hub_reference(ref: str) -> tuple[str, str]:
     m = HUB_REFERENCE.match(ref)
     if m is None or ".." in ref:
-        raise _bad(f"{ref!r} is not a hub reference", "write org/name@revision, e.g. org/bundle@<40-hex commit>")
+        raise _bad(
+            f"{ref!r} is not a hub reference",
+            "write org/name@revision, e.g. org/bundle@<40-hex commit>",
+        )
     return m.group("repo"), m.group("rev")
 
 
@@ -69,7 +86,10 @@ def download_bundle(
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise UsageError('hub references need huggingface_hub, which is not installed: pip install "asa-format[hub]"', code="EXTRA_MISSING") from exc
+        raise UsageError(
+            'hub references need huggingface_hub, which is not installed: pip install "asa-format[hub]"',
+            code="EXTRA_MISSING",
+        ) from exc
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
@@ -79,11 +99,20 @@ def download_bundle(
                 revision=revision,
                 cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                 local_files_only=local_files_only,
-                allow_patterns=["manifest.json", "*.safetensors", "*.onnx", "README.md", "model.sig"],
+                allow_patterns=[
+                    "manifest.json",
+                    "*.safetensors",
+                    "*.onnx",
+                    "README.md",
+                    "model.sig",
+                ],
             )
         )
     except Exception as exc:  # huggingface_hub raises many types (offline, not found, HTTP)
-        raise _bad(f"cannot resolve {ref!r}: {type(exc).__name__}: {str(exc)[:200]}", "check the repository, the revision and the network (or the local cache)") from None
+        raise _bad(
+            f"cannot resolve {ref!r}: {type(exc).__name__}: {str(exc)[:200]}",
+            "check the repository, the revision and the network (or the local cache)",
+        ) from None
     dest = Path(destination)
     dest.mkdir(mode=0o700)
     store = snapshot.parent.parent  # the cache's repository folder (snapshots/, blobs/)
@@ -91,10 +120,21 @@ def download_bundle(
         if not _NAMES.match(entry.name):
             continue  # other repository files are not part of the bundle
         real = Path(os.path.realpath(entry.path))
-        if not (real.is_relative_to(store.resolve()) or real.is_relative_to(snapshot.resolve())) or not real.is_file():
-            raise _bad(f"{entry.name} in the hub snapshot points outside the cache ({real})", "clear the hub cache and download again")
+        if (
+            not (real.is_relative_to(store.resolve()) or real.is_relative_to(snapshot.resolve()))
+            or not real.is_file()
+        ):
+            raise _bad(
+                f"{entry.name} in the hub snapshot points outside the cache ({real})",
+                "clear the hub cache and download again",
+            )
         if real.stat().st_size > _MAX_COPY:
-            raise BundleError(f"{entry.name} is over {_MAX_COPY} bytes", code="FILE_TOO_LARGE", file=entry.name, hint="see the spec's size caps")
+            raise BundleError(
+                f"{entry.name} is over {_MAX_COPY} bytes",
+                code="FILE_TOO_LARGE",
+                file=entry.name,
+                hint="see the spec's size caps",
+            )
         shutil.copyfile(real, dest / entry.name, follow_symlinks=True)
     return dest
 
@@ -104,7 +144,13 @@ def load_from_hub(ref: str, loader: Callable[..., T], **kwargs: Any) -> T:
     cache_dir = kwargs.pop("cache_dir", None)
     local_files_only = kwargs.pop("local_files_only", None)
     with tempfile.TemporaryDirectory(prefix="asa-hub-") as tmp:
-        path = download_bundle(ref, Path(tmp) / "bundle", expected_digest=kwargs.get("expected_digest"), cache_dir=cache_dir, local_files_only=local_files_only)
+        path = download_bundle(
+            ref,
+            Path(tmp) / "bundle",
+            expected_digest=kwargs.get("expected_digest"),
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         result = loader(path, **kwargs)
     if hasattr(result, "path"):
         result.path = None  # the copy is gone; the bundle lives in memory

@@ -21,7 +21,12 @@ def describe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
     m = result.manifest
     digest = root_digest(result.manifest_bytes)
     signed = (result.path / C.SIGNATURE_FILE).is_file()
-    summary = {"path": str(path), "digest": digest, "signature_file": signed, "manifest": m.to_dict()}
+    summary = {
+        "path": str(path),
+        "digest": digest,
+        "signature_file": signed,
+        "manifest": m.to_dict(),
+    }
 
     lines = [
         f"bundle       {path}",
@@ -39,20 +44,31 @@ def describe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
             f"domains      {len(m.domains)}",
         ]
     for iv in m.interventions:
-        where = f"blocks {list(iv.blocks)}  coefficient={iv.coefficient:g}  policy={iv.policy}" if iv.kind != C.GATE_ASA else "see layer/steering/domains"
+        where = (
+            f"blocks {list(iv.blocks)}  coefficient={iv.coefficient:g}  policy={iv.policy}"
+            if iv.kind != C.GATE_ASA
+            else "see layer/steering/domains"
+        )
         lines.append(f"intervention {iv.name} ({iv.kind})  {where}")
         if iv.condition is not None:
             g = iv.condition
-            lines.append(f"  condition  blocks {list(g.blocks)}: {g.aggregate} similarity {g.comparator} {g.threshold:g}")
+            lines.append(
+                f"  condition  blocks {list(g.blocks)}: {g.aggregate} similarity {g.comparator} {g.threshold:g}"
+            )
     for i, d in enumerate(m.domains):
         lines.append(f"  [{i}] {d.name:<24} probe: {d.probe or 'none (p = no-probe p)'}")
-    lines.append(f"files        {len(m.files)} + manifest.json{'  + signature ' + C.SIGNATURE_FILE if signed else ''}")
+    lines.append(
+        f"files        {len(m.files)} + manifest.json{'  + signature ' + C.SIGNATURE_FILE if signed else ''}"
+    )
     for name in sorted(m.files):
         f = m.files[name]
         lines.append(f"  {name:<22} {f.size:>10} bytes  sha256:{f.sha256[:16]}...")
     if m.provenance is not None:
         p = m.provenance
-        lines.append(f"provenance   source={p.source}" + (f"  tool={p.tool.name} {p.tool.version}" if p.tool else ""))
+        lines.append(
+            f"provenance   source={p.source}"
+            + (f"  tool={p.tool.name} {p.tool.version}" if p.tool else "")
+        )
         for name, f in sorted(p.inputs.items()):
             lines.append(f"  from {name:<20} {f.size:>10} bytes  sha256:{f.sha256[:16]}...")
         for lib, ver in sorted(p.library_versions.items()):

@@ -23,18 +23,50 @@ __all__ = ["export_command", "import_command"]
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.argument("destination", type=click.Path())
 @click.option("--name", help="Intervention name (default: from the file name).")
-@click.option("--coefficient", type=float, default=1.0, show_default=True, help="Strength the vectors are added with.")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), help="Model directory: its config.json gives the binding (nothing else is read).")
+@click.option(
+    "--coefficient",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Strength the vectors are added with.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Model directory: its config.json gives the binding (nothing else is read).",
+)
 @click.option("--model-type", help="The transformers model_type the vectors belong to.")
 @click.option("--model-id", help="The model id, e.g. a hub id.")
 @click.option("--num-layers", type=click.IntRange(min=1), help="The model's decoder block count.")
-@click.option("--hidden-size", type=click.IntRange(min=1), help="The model's hidden size (checked against the vectors).")
-@click.option("--force", is_flag=True, help="Replace DESTINATION if it is an asa bundle (never another directory).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (the shape asa validate uses).")
+@click.option(
+    "--hidden-size",
+    type=click.IntRange(min=1),
+    help="The model's hidden size (checked against the vectors).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace DESTINATION if it is an asa bundle (never another directory).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as JSON (the shape asa validate uses).",
+)
 def import_command(
-    source: str, destination: str, name: str | None, coefficient: float, model_dir: str | None,
-    model_type: str | None, model_id: str | None, num_layers: int | None, hidden_size: int | None,
-    force: bool, as_json: bool,
+    source: str,
+    destination: str,
+    name: str | None,
+    coefficient: float,
+    model_dir: str | None,
+    model_type: str | None,
+    model_id: str | None,
+    num_layers: int | None,
+    hidden_size: int | None,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Import a llama.cpp control vector (GGUF) or an activation-steering .svec file.
 
@@ -47,17 +79,27 @@ def import_command(
     from asa_format.interop import ImportBinding, import_file
     from asa_format.writer import check_destination
 
-    binding = ImportBinding(model_type=model_type, num_layers=num_layers, hidden_size=hidden_size, model_id=model_id, model_dir=model_dir)
+    binding = ImportBinding(
+        model_type=model_type,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        model_id=model_id,
+        model_dir=model_dir,
+    )
     try:
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)
-        path = import_file(source, destination, binding, name=name, coefficient=coefficient, force=force)
+        path = import_file(
+            source, destination, binding, name=name, coefficient=coefficient, force=force
+        )
     except AsaError as exc:
         if exit_code_for(exc) != 1:
             fail(exc)
         result = failed_result(source, exc, destination=destination)
     else:
-        result = Result(path=source, fields={"destination": str(path)}, text=f"imported {source} -> {path}\n")
+        result = Result(
+            path=source, fields={"destination": str(path)}, text=f"imported {source} -> {path}\n"
+        )
     raise SystemExit(write_report("import", [result], as_json, sys.stdout))
 
 
@@ -73,16 +115,38 @@ def _sign(value: str | None) -> int | None:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.argument("destination", type=click.Path())
 @click.option("--to", "target", type=click.Choice(["gguf"]), required=True, help="Target format.")
-@click.option("--intervention", "interventions", multiple=True, help="Export only these interventions (repeatable).")
+@click.option(
+    "--intervention",
+    "interventions",
+    multiple=True,
+    help="Export only these interventions (repeatable).",
+)
 @click.option("--domain", help="For an asa bundle: the domain whose vector is exported.")
 @click.option("--sign", help="For an asa bundle: +1 (encourage) or -1 (discourage).")
-@click.option("--model-hint", help="controlvector.model_hint when the bundle's model type is unknown.")
+@click.option(
+    "--model-hint", help="controlvector.model_hint when the bundle's model type is unknown."
+)
 @click.option("--strict", is_flag=True, help="Refuse if anything about the steering would be lost.")
-@click.option("--force", is_flag=True, help="Replace an existing destination file (never a directory).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (the shape asa validate uses).")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing destination file (never a directory)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as JSON (the shape asa validate uses).",
+)
 def export_command(
-    bundle: str, destination: str, target: str, interventions: tuple[str, ...], domain: str | None,
-    sign: str | None, model_hint: str | None, strict: bool, force: bool, as_json: bool,
+    bundle: str,
+    destination: str,
+    target: str,
+    interventions: tuple[str, ...],
+    domain: str | None,
+    sign: str | None,
+    model_hint: str | None,
+    strict: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Export a bundle as a llama.cpp control vector; report what is lost.
 
@@ -96,8 +160,15 @@ def export_command(
     try:
         loaded = load_interventions(bundle)
         report = export_gguf(
-            bundle, destination, interventions=list(interventions) or None, domain=domain, sign=_sign(sign),
-            model_hint=model_hint, strict=strict, force=force, bundle=loaded,
+            bundle,
+            destination,
+            interventions=list(interventions) or None,
+            domain=domain,
+            sign=_sign(sign),
+            model_hint=model_hint,
+            strict=strict,
+            force=force,
+            bundle=loaded,
         )
     except AsaError as exc:
         if exit_code_for(exc) != 1:

@@ -60,7 +60,10 @@ class InterventionData:
         )
 
     def tensors(self) -> dict[str, np.ndarray]:
-        out = {tensor_name(self.name, int(b)): np.asarray(v, dtype=np.float32) for b, v in self.directions.items()}
+        out = {
+            tensor_name(self.name, int(b)): np.asarray(v, dtype=np.float32)
+            for b, v in self.directions.items()
+        }
         for b, v in self.conditions.items():
             out[tensor_name(self.name, int(b), C.CONDITION_ROLE)] = np.asarray(v, dtype=np.float32)
         return out
@@ -81,14 +84,28 @@ class InterventionContents:
 
 def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[str, bytes]]:
     """Return the manifest and the bytes of every file of a 1.1 bundle."""
-    names = [iv.name for iv in contents.interventions] + ([contents.asa_name] if contents.asa is not None else [])
+    names = [iv.name for iv in contents.interventions] + (
+        [contents.asa_name] if contents.asa is not None else []
+    )
     bad = [n for n in names if not NAME_PATTERN.match(n)]
     if bad:
-        raise BundleError(f"intervention name {bad[0]!r} is not allowed", code="MANIFEST_SCHEMA", hint="use 1-64 characters: letters, digits, '_', '.', '-'")
+        raise BundleError(
+            f"intervention name {bad[0]!r} is not allowed",
+            code="MANIFEST_SCHEMA",
+            hint="use 1-64 characters: letters, digits, '_', '.', '-'",
+        )
     if len(set(names)) != len(names):
-        raise BundleError("intervention names are not unique", code="MANIFEST_SEMANTIC", hint="give every intervention its own name")
+        raise BundleError(
+            "intervention names are not unique",
+            code="MANIFEST_SEMANTIC",
+            hint="give every intervention its own name",
+        )
     if not names:
-        raise BundleError("a bundle needs at least one intervention", code="MANIFEST_SEMANTIC", hint="add an intervention")
+        raise BundleError(
+            "a bundle needs at least one intervention",
+            code="MANIFEST_SEMANTIC",
+            hint="add an intervention",
+        )
     for iv in contents.interventions:
         for b, v in list(iv.directions.items()) + list(iv.conditions.items()):
             arr = np.asarray(v)
@@ -105,11 +122,19 @@ def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[s
         from asa_format.writer import bundle_files
 
         if contents.asa.model != contents.model:
-            raise BundleError("the asa part is bound to another model", code="MANIFEST_SEMANTIC", hint="use one model binding")
+            raise BundleError(
+                "the asa part is bound to another model",
+                code="MANIFEST_SEMANTIC",
+                hint="use one model binding",
+            )
         asa_manifest, asa_files = bundle_files(contents.asa)
         asa_files.pop(C.MANIFEST_FILE)
         files.update(asa_files)
-        asa_parts = {"layer": asa_manifest.layer, "steering": asa_manifest.steering, "domains": asa_manifest.domains}
+        asa_parts = {
+            "layer": asa_manifest.layer,
+            "steering": asa_manifest.steering,
+            "domains": asa_manifest.domains,
+        }
         entries.append(Intervention(name=contents.asa_name, kind=C.GATE_ASA))
     tensors: dict[str, np.ndarray] = {}
     for iv in contents.interventions:
@@ -122,14 +147,21 @@ def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[s
     if contents.card:
         from asa_format.card import render_card
 
-        text = contents.card if isinstance(contents.card, str) else render_card(contents.model, entries, asa_parts, files)
+        text = (
+            contents.card
+            if isinstance(contents.card, str)
+            else render_card(contents.model, entries, asa_parts, files)
+        )
         files[C.CARD_FILE] = text.encode("utf-8")
         requires.append(C.FEATURE_CARD)
     manifest = Manifest(
         format_version=C.FORMAT_VERSION,
         producer=contents.producer or Producer(C.PRODUCER_NAME, __version__),
         model=contents.model,
-        files={n: FileEntry(size=len(d), sha256=hashlib.sha256(d).hexdigest()) for n, d in sorted(files.items())},
+        files={
+            n: FileEntry(size=len(d), sha256=hashlib.sha256(d).hexdigest())
+            for n, d in sorted(files.items())
+        },
         provenance=contents.provenance,
         requires=tuple(sorted(requires)),
         interventions=tuple(entries),
@@ -212,13 +244,22 @@ class InterventionBundle:
                 continue
             data.append(
                 InterventionData(
-                    iv.name, dict(iv.directions), coefficient=iv.spec.coefficient, policy=iv.spec.policy,
-                    condition=iv.spec.condition, conditions=dict(iv.conditions),
+                    iv.name,
+                    dict(iv.directions),
+                    coefficient=iv.spec.coefficient,
+                    policy=iv.spec.policy,
+                    condition=iv.spec.condition,
+                    conditions=dict(iv.conditions),
                 )
             )
         contents = InterventionContents(
-            model=m.model, interventions=data, asa=asa, asa_name=asa_name, provenance=m.provenance,
-            card=C.CARD_FILE in m.files, producer=m.producer,
+            model=m.model,
+            interventions=data,
+            asa=asa,
+            asa_name=asa_name,
+            provenance=m.provenance,
+            card=C.CARD_FILE in m.files,
+            producer=m.producer,
         )
         if contents.card and self.card is not None:
             _, files = intervention_files(contents)
@@ -244,7 +285,14 @@ def load_interventions(
     from asa_format.reader import read_bundle_dir
 
     if is_hub_reference(path):  # org/name@revision
-        return load_from_hub(str(path), load_interventions, verify=verify, expected_digest=expected_digest, trusted_keys=trusted_keys, signature_path=signature_path)
+        return load_from_hub(
+            str(path),
+            load_interventions,
+            verify=verify,
+            expected_digest=expected_digest,
+            trusted_keys=trusted_keys,
+            signature_path=signature_path,
+        )
     result = read_bundle_dir(path, verify=verify, create_sessions=False)
     if result.manifest_bytes is not None and expected_digest is not None:
         actual = root_digest(result.manifest_bytes)
@@ -260,13 +308,20 @@ def load_interventions(
     if trusted_keys is not None:
         from asa_format.signing import verify_bundle_signature
 
-        verify_bundle_signature(Path(path), list(trusted_keys), signature_path=signature_path, file_digests=result.file_sha256)
+        verify_bundle_signature(
+            Path(path),
+            list(trusted_keys),
+            signature_path=signature_path,
+            file_digests=result.file_sha256,
+        )
     m = result.manifest
     asa = None
     if m.has_asa:
         from asa_format.bundle import load_bundle
 
-        asa = load_bundle(path, verify=verify, expected_digest=root_digest(result.manifest_bytes), asa_only=True)
+        asa = load_bundle(
+            path, verify=verify, expected_digest=root_digest(result.manifest_bytes), asa_only=True
+        )
     specs = list(m.interventions) or [Intervention(name="asa", kind=C.GATE_ASA)]
     loaded = []
     vec = result.intervention_vectors
@@ -274,13 +329,17 @@ def load_interventions(
         directions = {b: _frozen(vec[tensor_name(spec.name, b)]) for b in spec.blocks}
         conditions = {}
         if spec.condition is not None:
-            conditions = {b: _frozen(vec[tensor_name(spec.name, b, C.CONDITION_ROLE)]) for b in spec.condition.blocks}
+            conditions = {
+                b: _frozen(vec[tensor_name(spec.name, b, C.CONDITION_ROLE)])
+                for b in spec.condition.blocks
+            }
         loaded.append(LoadedIntervention(spec, directions, conditions))
-    return InterventionBundle(m, result.manifest_bytes, loaded, asa=asa, card=result.card, path=Path(path))
+    return InterventionBundle(
+        m, result.manifest_bytes, loaded, asa=asa, card=result.card, path=Path(path)
+    )
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
     out = np.array(a, dtype=np.float32, copy=True)
     out.setflags(write=False)
     return out
-

@@ -88,7 +88,9 @@ class Intervention:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == C.GATE_ASA:
             return {"name": self.name, "gate": {"kind": C.GATE_ASA}}
-        gate: dict[str, Any] = {"kind": C.GATE_ALWAYS} if self.condition is None else self.condition.to_dict()
+        gate: dict[str, Any] = (
+            {"kind": C.GATE_ALWAYS} if self.condition is None else self.condition.to_dict()
+        )
         return {
             "name": self.name,
             "gate": gate,
@@ -147,7 +149,10 @@ def intervention_problems(doc: Mapping[str, Any]) -> list[Problem]:
     listed = set(doc.get("files", {}))
     version = str(doc.get("format_version", ""))
     if (requires or entries is not None) and version == C.FORMAT_VERSION_BASE:
-        bad("$.requires and $.interventions are format 1.1 members, but $.format_version is '1.0'", "write format_version '1.1'")
+        bad(
+            "$.requires and $.interventions are format 1.1 members, but $.format_version is '1.0'",
+            "write format_version '1.1'",
+        )
     if entries is None:
         if len(has_asa_members) != 3:
             missing = sorted({"layer", "steering", "domains"} - set(has_asa_members))
@@ -160,10 +165,16 @@ def intervention_problems(doc: Mapping[str, Any]) -> list[Problem]:
                 )
             )
         if C.FEATURE_INTERVENTIONS in requires:
-            bad("$.requires names 'interventions' but the manifest has no $.interventions", "drop it from requires")
+            bad(
+                "$.requires names 'interventions' but the manifest has no $.interventions",
+                "drop it from requires",
+            )
     else:
         if C.FEATURE_INTERVENTIONS not in requires:
-            bad("$.interventions is present but $.requires does not name 'interventions'", "add 'interventions' to $.requires")
+            bad(
+                "$.interventions is present but $.requires does not name 'interventions'",
+                "add 'interventions' to $.requires",
+            )
         _check_entries(doc, entries, has_asa_members, bad)
     card_listed = C.CARD_FILE in listed
     if card_listed != (C.FEATURE_CARD in requires):
@@ -175,38 +186,68 @@ def intervention_problems(doc: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
-def _check_entries(doc: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], asa_members: list[str], bad: Any) -> None:
+def _check_entries(
+    doc: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], asa_members: list[str], bad: Any
+) -> None:
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
-        bad("$.interventions: intervention names are not unique", "give every intervention its own name")
+        bad(
+            "$.interventions: intervention names are not unique",
+            "give every intervention its own name",
+        )
     asa = [i for i, e in enumerate(entries) if e["gate"]["kind"] == C.GATE_ASA]
     if len(asa) > 1:
-        bad("$.interventions has more than one asa intervention", "a bundle holds at most one asa intervention")
+        bad(
+            "$.interventions has more than one asa intervention",
+            "a bundle holds at most one asa intervention",
+        )
     if asa and len(asa_members) != 3:
-        bad("$.interventions has an asa intervention but $.layer, $.steering or $.domains is missing", "give the asa intervention its 1.0 members")
+        bad(
+            "$.interventions has an asa intervention but $.layer, $.steering or $.domains is missing",
+            "give the asa intervention its 1.0 members",
+        )
     if not asa and asa_members:
-        bad(f"$.{asa_members[0]} is present but no intervention has gate kind 'asa'", "add the asa intervention or drop its members")
+        bad(
+            f"$.{asa_members[0]} is present but no intervention has gate kind 'asa'",
+            "add the asa intervention or drop its members",
+        )
     num_layers = doc["model"].get("num_layers")
     listed = set(doc.get("files", {}))
     needs_file = any(e["gate"]["kind"] != C.GATE_ASA for e in entries)
     if needs_file and C.INTERVENTIONS_FILE not in listed:
-        bad(f"$.files does not list {C.INTERVENTIONS_FILE!r}", "list the vectors of the always/condition interventions")
+        bad(
+            f"$.files does not list {C.INTERVENTIONS_FILE!r}",
+            "list the vectors of the always/condition interventions",
+        )
     if not needs_file and C.INTERVENTIONS_FILE in listed:
-        bad(f"$.files lists {C.INTERVENTIONS_FILE!r}, which no intervention uses", "remove the entry")
+        bad(
+            f"$.files lists {C.INTERVENTIONS_FILE!r}, which no intervention uses",
+            "remove the entry",
+        )
     for i, entry in enumerate(entries):
         kind = entry["gate"]["kind"]
         if kind == C.GATE_ASA:
             continue
         blocks = list(entry["blocks"])
         if blocks != sorted(set(blocks)):
-            bad(f"$.interventions[{i}].blocks is not strictly increasing", "list each block once, in increasing order")
+            bad(
+                f"$.interventions[{i}].blocks is not strictly increasing",
+                "list each block once, in increasing order",
+            )
         cond_blocks = list(entry["gate"].get("blocks", []))
         if cond_blocks != sorted(set(cond_blocks)):
-            bad(f"$.interventions[{i}].gate.blocks is not strictly increasing", "list each block once, in increasing order")
+            bad(
+                f"$.interventions[{i}].gate.blocks is not strictly increasing",
+                "list each block once, in increasing order",
+            )
         if num_layers is not None:
             for b in blocks + cond_blocks:
                 if b >= num_layers:
-                    bad(f"$.interventions[{i}] names block {b} but $.model.num_layers is {num_layers}", "blocks are 0-based", code="LAYER_OUT_OF_RANGE")
+                    bad(
+                        f"$.interventions[{i}] names block {b} but $.model.num_layers is {num_layers}",
+                        "blocks are 0-based",
+                        code="LAYER_OUT_OF_RANGE",
+                    )
         if cond_blocks and blocks and min(blocks) < max(cond_blocks):
             bad(
                 f"$.interventions[{i}] steers block {min(blocks)} before its condition is known (condition block {max(cond_blocks)})",
@@ -221,13 +262,29 @@ def tensor_problems(entries: Sequence[Intervention], present: Sequence[str]) -> 
     out = []
     missing, unknown = sorted(expected - got), sorted(got - expected)
     if missing:
-        out.append(Problem("SAFETENSORS_KEYS", f"missing tensors {missing[:8]}", C.INTERVENTIONS_FILE, "store one vector per intervention block (and condition block)"))
+        out.append(
+            Problem(
+                "SAFETENSORS_KEYS",
+                f"missing tensors {missing[:8]}",
+                C.INTERVENTIONS_FILE,
+                "store one vector per intervention block (and condition block)",
+            )
+        )
     if unknown:
-        out.append(Problem("SAFETENSORS_KEYS", f"unknown tensors {unknown[:8]}", C.INTERVENTIONS_FILE, "store only the tensors the manifest's interventions name"))
+        out.append(
+            Problem(
+                "SAFETENSORS_KEYS",
+                f"unknown tensors {unknown[:8]}",
+                C.INTERVENTIONS_FILE,
+                "store only the tensors the manifest's interventions name",
+            )
+        )
     return out
 
 
-def zero_condition_problems(entries: Sequence[Intervention], vectors: Mapping[str, np.ndarray]) -> list[Problem]:
+def zero_condition_problems(
+    entries: Sequence[Intervention], vectors: Mapping[str, np.ndarray]
+) -> list[Problem]:
     """A condition vector must have a non-zero norm (the similarity divides by it)."""
     out = []
     for iv in entries:
@@ -237,7 +294,14 @@ def zero_condition_problems(entries: Sequence[Intervention], vectors: Mapping[st
             name = tensor_name(iv.name, b, C.CONDITION_ROLE)
             vec = vectors.get(name)
             if vec is not None and not float(np.linalg.norm(vec.astype(np.float64))) > 0.0:
-                out.append(Problem("MANIFEST_SEMANTIC", f"condition vector {name!r} is zero", C.INTERVENTIONS_FILE, "a condition vector needs a direction"))
+                out.append(
+                    Problem(
+                        "MANIFEST_SEMANTIC",
+                        f"condition vector {name!r} is zero",
+                        C.INTERVENTIONS_FILE,
+                        "a condition vector needs a direction",
+                    )
+                )
     return out
 
 
@@ -259,7 +323,9 @@ def condition_similarity(hidden: np.ndarray, condition: np.ndarray) -> float:
 def condition_fires(similarities: Sequence[float], gate: ConditionGate) -> bool:
     """True when the comparison holds at every condition block (NaN never fires)."""
     if len(similarities) != len(gate.blocks):
-        raise ValueError(f"{len(similarities)} similarities for {len(gate.blocks)} condition blocks")
+        raise ValueError(
+            f"{len(similarities)} similarities for {len(gate.blocks)} condition blocks"
+        )
     for s in similarities:
         if not math.isfinite(s):
             return False

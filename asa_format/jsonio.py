@@ -77,7 +77,8 @@ class JsonTextError(JsonLimitError):
 
 
 _NONCHARS = "\ufdd0-\ufdef" + "".join(
-    re.escape(chr(plane * 0x10000 + 0xFFFE)) + re.escape(chr(plane * 0x10000 + 0xFFFF)) for plane in range(17)
+    re.escape(chr(plane * 0x10000 + 0xFFFE)) + re.escape(chr(plane * 0x10000 + 0xFFFF))
+    for plane in range(17)
 )
 _BAD_TEXT = re.compile(f"[\ud800-\udfff{_NONCHARS}]")
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -120,7 +121,9 @@ def _reject_constant(literal: str) -> Any:
 
 def _finite_float(literal: str) -> float:
     if len(literal) > MAX_JSON_NUMBER_CHARS:
-        raise JsonLimitError(f"a number literal has {len(literal)} characters, over the limit of {MAX_JSON_NUMBER_CHARS}")
+        raise JsonLimitError(
+            f"a number literal has {len(literal)} characters, over the limit of {MAX_JSON_NUMBER_CHARS}"
+        )
     value = float(literal)
     if not math.isfinite(value):  # e.g. 1e400 overflows to inf
         raise NonFiniteError(literal)
@@ -129,14 +132,18 @@ def _finite_float(literal: str) -> float:
 
 def _any_float(literal: str) -> float:
     if len(literal) > MAX_JSON_NUMBER_CHARS:
-        raise JsonLimitError(f"a number literal has {len(literal)} characters, over the limit of {MAX_JSON_NUMBER_CHARS}")
+        raise JsonLimitError(
+            f"a number literal has {len(literal)} characters, over the limit of {MAX_JSON_NUMBER_CHARS}"
+        )
     return float(literal)
 
 
 def _bounded_int(literal: str) -> int:
     digits = len(literal) - literal.startswith("-")
     if digits > MAX_JSON_INT_DIGITS:
-        raise JsonLimitError(f"an integer literal has {digits} digits, over the limit of {MAX_JSON_INT_DIGITS}")
+        raise JsonLimitError(
+            f"an integer literal has {digits} digits, over the limit of {MAX_JSON_INT_DIGITS}"
+        )
     return int(literal)
 
 
@@ -174,7 +181,9 @@ def loads_strict(text: str, *, nonfinite: bool = False) -> Any:
         raise JsonTextError(f"the text holds {where}")
     depth = _max_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise JsonLimitError(f"the document nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}")
+        raise JsonLimitError(
+            f"the document nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}"
+        )
     try:
         doc = json.loads(
             text,

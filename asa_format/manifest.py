@@ -301,10 +301,14 @@ def _json_path(path: Any) -> str:
     return out
 
 
-def _schema_problems(doc: dict[str, Any], tolerate_unknown: bool) -> tuple[list[Problem], list[Problem]]:
+def _schema_problems(
+    doc: dict[str, Any], tolerate_unknown: bool
+) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
     warnings: list[Problem] = []
-    violations = sorted(iter_violations(doc, _checked_schema()), key=lambda v: (list(map(str, v.path)), v.message))
+    violations = sorted(
+        iter_violations(doc, _checked_schema()), key=lambda v: (list(map(str, v.path)), v.message)
+    )
     for v in violations:
         where = _json_path(v.path)
         message = v.message if len(v.message) <= 300 else v.message[:300] + "..."
@@ -336,10 +340,15 @@ def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
 
     problems.extend(intervention_problems(doc))
     if "layer" not in doc or "steering" not in doc or "domains" not in doc:
-        if "interventions" not in doc:  # an incomplete asa intervention: reported above, nothing more
+        if (
+            "interventions" not in doc
+        ):  # an incomplete asa intervention: reported above, nothing more
             return problems
         for name in sorted(set(doc["files"]) - {C.INTERVENTIONS_FILE, C.CARD_FILE}):
-            bad(f"$.files lists {name!r}, which no part of the manifest uses", "a bundle without an asa intervention has no graphs or domain vectors")
+            bad(
+                f"$.files lists {name!r}, which no part of the manifest uses",
+                "a bundle without an asa intervention has no graphs or domain vectors",
+            )
         return problems  # no asa intervention (reported above when that is wrong)
     names = [d["name"] for d in doc["domains"]]
     seen: set[str] = set()
@@ -348,7 +357,9 @@ def _semantic_problems(doc: dict[str, Any]) -> list[Problem]:
             bad(f"domain {name!r} is listed twice in $.domains", "domain names must be unique")
         seen.add(name)
     expected_files = {C.VECTORS_FILE, C.SCALER_FILE, C.ROUTER_FILE}
-    expected_files |= {n for n in (C.INTERVENTIONS_FILE, C.CARD_FILE) if n in doc["files"]}  # checked above
+    expected_files |= {
+        n for n in (C.INTERVENTIONS_FILE, C.CARD_FILE) if n in doc["files"]
+    }  # checked above
     for i, entry in enumerate(doc["domains"]):
         probe = entry.get("probe")
         if probe is None:
@@ -393,19 +404,37 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem], list[Pr
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return fail("MANIFEST_ENCODING", f"not valid UTF-8 at byte {exc.start}", "write the manifest as UTF-8")
+        return fail(
+            "MANIFEST_ENCODING",
+            f"not valid UTF-8 at byte {exc.start}",
+            "write the manifest as UTF-8",
+        )
     try:
         doc = loads_strict(text)
     except DuplicateKeyError as exc:
-        return fail("MANIFEST_DUPLICATE_KEY", f"key {exc.key!r} appears twice in one object", "remove the duplicate key")
+        return fail(
+            "MANIFEST_DUPLICATE_KEY",
+            f"key {exc.key!r} appears twice in one object",
+            "remove the duplicate key",
+        )
     except NonFiniteError as exc:
-        return fail("MANIFEST_NONFINITE", f"the literal {exc.literal} is not JSON", "use finite numbers")
+        return fail(
+            "MANIFEST_NONFINITE", f"the literal {exc.literal} is not JSON", "use finite numbers"
+        )
     except JsonTextError as exc:
-        return fail("MANIFEST_ENCODING", f"{exc}", "text in the manifest must be valid Unicode without non-characters")
+        return fail(
+            "MANIFEST_ENCODING",
+            f"{exc}",
+            "text in the manifest must be valid Unicode without non-characters",
+        )
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, integer digit limit
         return fail("MANIFEST_JSON", f"invalid JSON: {exc}", "fix the JSON syntax")
     if not isinstance(doc, dict):
-        return fail("MANIFEST_SCHEMA", "$: the manifest must be a JSON object", "see spec/manifest.schema.json")
+        return fail(
+            "MANIFEST_SCHEMA",
+            "$: the manifest must be a JSON object",
+            "see spec/manifest.schema.json",
+        )
     if doc.get("format") != C.FORMAT_NAME:
         return fail(
             "FORMAT_UNKNOWN",

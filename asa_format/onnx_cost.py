@@ -73,6 +73,7 @@ def budget_for(hidden_size: int, n_classes: int) -> Budget:
         fixed_elements=4 * unit + C.ONNX_COST_ALLOWANCE,
     )
 
+
 class _Walker:
     def __init__(self, model: Any, input_name: str, hidden_size: int, opset: int) -> None:
         self.model = model
@@ -123,20 +124,26 @@ class _Walker:
                     ins.append(None)
                     continue
                 if name not in self.env:
-                    raise shape_error(f"node {label} reads {name!r}, which nothing computed before it")
+                    raise shape_error(
+                        f"node {label} reads {name!r}, which nothing computed before it"
+                    )
                 ins.append(self.env[name])
             handler = HANDLERS.get(node.op_type)
             if handler is None:
                 raise shape_error(f"node {label}: no static shape rule for {node.op_type}")
             if node.op_type == "Div" and ins and ins[0] is not None and ins[0].integer:
-                raise shape_error(f"node {label}: integer division can fail at run time (a zero divisor)")
+                raise shape_error(
+                    f"node {label}: integer division can fail at run time (a zero divisor)"
+                )
             outs, flops = handler(self, node, ins, label)
             first = next((v for v in ins if v is not None), None)
             for k, out in enumerate(outs):
                 if node.op_type == "Cast":
                     out.integer = int(attr(node, "to", 0)) not in FLOAT_TYPES
                     out.bound = first.bound if first is not None and out.integer else None
-                elif node.op_type in ("ArgMax", "Shape") or (node.op_type in CLASSIFIERS and k == 0):
+                elif node.op_type in ("ArgMax", "Shape") or (
+                    node.op_type in CLASSIFIERS and k == 0
+                ):
                     out.integer = True
                 elif node.op_type in CLASSIFIERS or node.op_type == "Constant":
                     pass  # set by the handler
@@ -153,7 +160,9 @@ class _Walker:
                 out.local = local and (not out.data or batch_first(out.shape))
             present = [o for o in node.output if o]
             if len(outs) < len(present):
-                raise shape_error(f"node {label} has {len(present)} outputs, {node.op_type} makes {len(outs)}")
+                raise shape_error(
+                    f"node {label} has {len(present)} outputs, {node.op_type} makes {len(outs)}"
+                )
             for name, value in zip(node.output, outs, strict=False):
                 if not name:
                     continue
@@ -199,13 +208,21 @@ def check_cost(
         ("elements of batch-independent values", walker.fixed_elements, budget.fixed_elements),
     ):
         if got > cap:
-            raise CostError("ONNX_COST", f"the graph needs {got} {what}, over the budget of {cap} for its hidden size and classes")
+            raise CostError(
+                "ONNX_COST",
+                f"the graph needs {got} {what}, over the budget of {cap} for its hidden size and classes",
+            )
     for name, shape in outputs.items():
         value = walker.env.get(name)
         if value is None:
             raise shape_error(f"no node computes the output {name!r}")
         if value.shape != shape:
             same_rows = len(value.shape) == len(shape) >= 2 and value.shape[:-1] == shape[:-1]
-            raise CostError(width_code if same_rows else "ONNX_IO", f"output {name!r} has shape {show(value.shape)} for an input [N, {hidden_size}], expected {show(shape)}")
+            raise CostError(
+                width_code if same_rows else "ONNX_IO",
+                f"output {name!r} has shape {show(value.shape)} for an input [N, {hidden_size}], expected {show(shape)}",
+            )
         if name in row_local and not value.local:
-            raise shape_error(f"output {name!r} combines values of different input rows (a decision must depend on its row alone)")
+            raise shape_error(
+                f"output {name!r} combines values of different input rows (a decision must depend on its row alone)"
+            )

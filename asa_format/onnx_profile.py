@@ -25,17 +25,50 @@ __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
 ALLOWED_OPS: dict[str, frozenset[str]] = {
     "": frozenset(
         {
-            "Abs", "Add", "ArgMax", "Cast", "Clip", "Concat", "Constant", "Div", "Exp",
-            "Flatten", "Gather", "Gemm", "Identity", "Log", "MatMul", "Max", "Min", "Mul",
-            "Neg", "Reciprocal", "ReduceLogSumExp", "ReduceMax", "ReduceSum", "Reshape",
-            "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Sum",
-            "Transpose", "Unsqueeze",
+            "Abs",
+            "Add",
+            "ArgMax",
+            "Cast",
+            "Clip",
+            "Concat",
+            "Constant",
+            "Div",
+            "Exp",
+            "Flatten",
+            "Gather",
+            "Gemm",
+            "Identity",
+            "Log",
+            "MatMul",
+            "Max",
+            "Min",
+            "Mul",
+            "Neg",
+            "Reciprocal",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceSum",
+            "Reshape",
+            "Shape",
+            "Sigmoid",
+            "Slice",
+            "Softmax",
+            "Sqrt",
+            "Squeeze",
+            "Sub",
+            "Sum",
+            "Transpose",
+            "Unsqueeze",
         }
     ),
     "ai.onnx.ml": frozenset(
         {
-            "ArrayFeatureExtractor", "Binarizer", "LinearClassifier", "Normalizer",
-            "Scaler", "TreeEnsembleClassifier",
+            "ArrayFeatureExtractor",
+            "Binarizer",
+            "LinearClassifier",
+            "Normalizer",
+            "Scaler",
+            "TreeEnsembleClassifier",
         }
     ),
 }
@@ -121,7 +154,11 @@ def check_onnx(
         problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) > C.MAX_ONNX_BYTES:
-        bad("ONNX_TOO_LARGE", f"graph is {len(data)} bytes, over the cap of {C.MAX_ONNX_BYTES}", "a linear graph is far smaller")
+        bad(
+            "ONNX_TOO_LARGE",
+            f"graph is {len(data)} bytes, over the cap of {C.MAX_ONNX_BYTES}",
+            "a linear graph is far smaller",
+        )
         return None, problems
     model = onnx.ModelProto()
     try:
@@ -141,16 +178,28 @@ def check_onnx(
         )
     # functions first: their domain import is a consequence, not the cause
     if len(model.functions):
-        bad("ONNX_FUNCTION", f"the model defines {len(model.functions)} local function(s)", "inline functions when exporting")
+        bad(
+            "ONNX_FUNCTION",
+            f"the model defines {len(model.functions)} local function(s)",
+            "inline functions when exporting",
+        )
     seen_domains: dict[str, int] = {}
     for imp in model.opset_import:
         domain = "" if imp.domain == "ai.onnx" else imp.domain
         if domain in seen_domains:
-            bad("ONNX_OPSET", f"domain {domain or 'ai.onnx'!r} is imported twice", "import each domain once")
+            bad(
+                "ONNX_OPSET",
+                f"domain {domain or 'ai.onnx'!r} is imported twice",
+                "import each domain once",
+            )
             continue
         seen_domains[domain] = imp.version
         if domain not in C.ONNX_OPSET_RANGES:
-            bad("ONNX_OPSET", f"opset domain {imp.domain!r} is not allowed", "use only the '' (ai.onnx) and ai.onnx.ml domains")
+            bad(
+                "ONNX_OPSET",
+                f"opset domain {imp.domain!r} is not allowed",
+                "use only the '' (ai.onnx) and ai.onnx.ml domains",
+            )
             continue
         low, high = C.ONNX_OPSET_RANGES[domain]
         if not (low <= imp.version <= high):
@@ -160,7 +209,9 @@ def check_onnx(
                 "export with a target opset in range",
             )
     if "" not in seen_domains:
-        bad("ONNX_OPSET", "the default domain (ai.onnx) is not imported", "import the default opset")
+        bad(
+            "ONNX_OPSET", "the default domain (ai.onnx) is not imported", "import the default opset"
+        )
     if len(model.training_info):
         bad("ONNX_TRAINING", "the model carries training info", "export an inference-only graph")
     for prop in model.metadata_props:
@@ -176,10 +227,18 @@ def check_onnx(
     if len(graph.sparse_initializer):
         bad("ONNX_SPARSE", "the graph has sparse initializers", "store dense initializers")
     if len(graph.node) > C.MAX_ONNX_NODES:
-        bad("ONNX_TOO_LARGE", f"the graph has {len(graph.node)} nodes, over the cap of {C.MAX_ONNX_NODES}", "linear graphs need a handful of nodes")
+        bad(
+            "ONNX_TOO_LARGE",
+            f"the graph has {len(graph.node)} nodes, over the cap of {C.MAX_ONNX_NODES}",
+            "linear graphs need a handful of nodes",
+        )
     for where, tensor in _tensors_with_location(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):  # type: ignore[attr-defined]
-            bad("ONNX_EXTERNAL_DATA", f"{where} references external data", "embed all tensor data in the .onnx file")
+            bad(
+                "ONNX_EXTERNAL_DATA",
+                f"{where} references external data",
+                "embed all tensor data in the .onnx file",
+            )
     for node in graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         label = node.name or node.op_type
@@ -191,20 +250,56 @@ def check_onnx(
             )
         # attributes first: a control-flow op (If, Loop) is refused for its subgraph
         for attr in node.attribute:
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or attr.HasField("g") or len(attr.graphs):
-                bad("ONNX_SUBGRAPH", f"node {label!r} has graph-valued attribute {attr.name!r}", "subgraphs are not allowed")
-            if attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS) or attr.HasField("sparse_tensor") or len(attr.sparse_tensors):
-                bad("ONNX_SPARSE", f"node {label!r} has sparse-tensor attribute {attr.name!r}", "use dense tensors")
+            if (
+                attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                or attr.HasField("g")
+                or len(attr.graphs)
+            ):
+                bad(
+                    "ONNX_SUBGRAPH",
+                    f"node {label!r} has graph-valued attribute {attr.name!r}",
+                    "subgraphs are not allowed",
+                )
+            if (
+                attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS)
+                or attr.HasField("sparse_tensor")
+                or len(attr.sparse_tensors)
+            ):
+                bad(
+                    "ONNX_SPARSE",
+                    f"node {label!r} has sparse-tensor attribute {attr.name!r}",
+                    "use dense tensors",
+                )
             if attr.ref_attr_name:
-                bad("ONNX_FUNCTION", f"node {label!r} has a reference attribute {attr.name!r}", "reference attributes belong to functions")
+                bad(
+                    "ONNX_FUNCTION",
+                    f"node {label!r} has a reference attribute {attr.name!r}",
+                    "reference attributes belong to functions",
+                )
         if node.op_type == "ZipMap":
-            bad("ONNX_OP", f"node {label!r} is ZipMap (sequence of maps output)", "export classifiers with zipmap=False")
+            bad(
+                "ONNX_OP",
+                f"node {label!r} is ZipMap (sequence of maps output)",
+                "export classifiers with zipmap=False",
+            )
         elif domain not in ALLOWED_OPS:
-            bad("ONNX_OP", f"node {label!r} uses operator {node.op_type!r} of domain {node.domain!r}", "use only ai.onnx and ai.onnx.ml operators")
+            bad(
+                "ONNX_OP",
+                f"node {label!r} uses operator {node.op_type!r} of domain {node.domain!r}",
+                "use only ai.onnx and ai.onnx.ml operators",
+            )
         elif node.op_type not in ALLOWED_OPS[domain]:
-            bad("ONNX_OP", f"node {label!r} uses operator {domain or 'ai.onnx'}::{node.op_type}, not on the allowlist", "see the spec's operator allowlist")
+            bad(
+                "ONNX_OP",
+                f"node {label!r} uses operator {domain or 'ai.onnx'}::{node.op_type}, not on the allowlist",
+                "see the spec's operator allowlist",
+            )
         elif domain not in seen_domains:
-            bad("ONNX_OPSET", f"node {label!r} uses domain {node.domain!r}, which is not imported", "import the domain once")
+            bad(
+                "ONNX_OPSET",
+                f"node {label!r} uses domain {node.domain!r}, which is not imported",
+                "import the domain once",
+            )
     role = role_for_file(file)
     _check_io(graph, role, hidden_size, n_classes, bad)
     if problems:
@@ -212,12 +307,18 @@ def check_onnx(
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises ValidationError and others
-        bad("ONNX_PARSE", f"fails the ONNX checker: {str(exc).splitlines()[0][:300]}", "re-export the graph")
+        bad(
+            "ONNX_PARSE",
+            f"fails the ONNX checker: {str(exc).splitlines()[0][:300]}",
+            "re-export the graph",
+        )
         return None, problems
     if hidden_size is not None and n_classes is not None:
         # bounded work before any work: static shapes and cost, before any session exists
         shapes = {
-            name: ((-1, hidden_size) if role.name == "scaler" else (-1, n_classes)) if rank == 2 else (-1,)
+            name: ((-1, hidden_size) if role.name == "scaler" else (-1, n_classes))
+            if rank == 2
+            else (-1,)
             for name, _, rank in role.outputs
         }
         try:
@@ -225,7 +326,9 @@ def check_onnx(
                 model,
                 input_name=role.inputs[0][0],
                 outputs=shapes,
-                row_local=(C.SCALER_OUTPUT,) if role.name == "scaler" else (C.CLASSIFIER_PROBABILITIES,),
+                row_local=(C.SCALER_OUTPUT,)
+                if role.name == "scaler"
+                else (C.CLASSIFIER_PROBABILITIES,),
                 hidden_size=hidden_size,
                 n_classes=n_classes,
                 width_code="HIDDEN_SIZE_MISMATCH" if role.name == "scaler" else "DOMAIN_MISMATCH",
@@ -236,7 +339,9 @@ def check_onnx(
     return model, problems
 
 
-def _check_io(graph: object, role: GraphRole, hidden_size: int | None, n_classes: int | None, report: Report) -> None:
+def _check_io(
+    graph: object, role: GraphRole, hidden_size: int | None, n_classes: int | None, report: Report
+) -> None:
     initializer_names = {t.name for t in graph.initializer}  # type: ignore[attr-defined]
     inputs = [vi for vi in graph.input if vi.name not in initializer_names]  # type: ignore[attr-defined]
     outputs = list(graph.output)  # type: ignore[attr-defined]
@@ -245,10 +350,18 @@ def _check_io(graph: object, role: GraphRole, hidden_size: int | None, n_classes
     got_in = [vi.name for vi in inputs]
     got_out = [vi.name for vi in outputs]
     if got_in != want_in:
-        report("ONNX_IO", f"{role.name} graph inputs are {got_in}, expected {want_in}", "rename the graph inputs")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph inputs are {got_in}, expected {want_in}",
+            "rename the graph inputs",
+        )
         return
     if got_out != want_out:
-        report("ONNX_IO", f"{role.name} graph outputs are {got_out}, expected {want_out}", "rename the outputs and drop extra ones")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph outputs are {got_out}, expected {want_out}",
+            "rename the outputs and drop extra ones",
+        )
         return
     for vi, (name, elem) in zip(inputs, role.inputs, strict=True):
         _check_value(vi, name, elem, 2, hidden_size, "hidden size", role, report)
@@ -263,24 +376,53 @@ def _check_io(graph: object, role: GraphRole, hidden_size: int | None, n_classes
         _check_value(vi, name, elem, rank, expected_last if rank == 2 else None, what, role, report)
 
 
-def _check_value(vi: object, name: str, elem: int, rank: int, last: int | None, what: str, role: GraphRole, report: Report) -> None:
+def _check_value(
+    vi: object,
+    name: str,
+    elem: int,
+    rank: int,
+    last: int | None,
+    what: str,
+    role: GraphRole,
+    report: Report,
+) -> None:
     kind = vi.type.WhichOneof("value")  # type: ignore[attr-defined]
     if kind != "tensor_type":
-        report("ONNX_IO", f"{role.name} graph value {name!r} is a {kind}, expected a tensor", "sequence and map values are not allowed (zipmap=False)")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph value {name!r} is a {kind}, expected a tensor",
+            "sequence and map values are not allowed (zipmap=False)",
+        )
         return
     tt = vi.type.tensor_type  # type: ignore[attr-defined]
     if tt.elem_type != elem:
-        report("ONNX_IO", f"{role.name} graph value {name!r} has element type {tt.elem_type}, expected {_TYPE_NAMES[elem]}", "see the spec's graph interface table")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph value {name!r} has element type {tt.elem_type}, expected {_TYPE_NAMES[elem]}",
+            "see the spec's graph interface table",
+        )
         return
     if not tt.HasField("shape"):
-        report("ONNX_IO", f"{role.name} graph value {name!r} has no shape", f"declare a rank-{rank} shape")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph value {name!r} has no shape",
+            f"declare a rank-{rank} shape",
+        )
         return
     dims = _dims(vi)
     if len(dims) != rank:
-        report("ONNX_IO", f"{role.name} graph value {name!r} has rank {len(dims)}, expected {rank}", "see the spec's graph interface table")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph value {name!r} has rank {len(dims)}, expected {rank}",
+            "see the spec's graph interface table",
+        )
         return
     if dims[0] not in (None,):
-        report("ONNX_IO", f"{role.name} graph value {name!r} has a fixed batch dimension {dims[0]}", "leave the first dimension symbolic")
+        report(
+            "ONNX_IO",
+            f"{role.name} graph value {name!r} has a fixed batch dimension {dims[0]}",
+            "leave the first dimension symbolic",
+        )
     if rank == 2 and last is not None and dims[1] != last:
         report(
             "HIDDEN_SIZE_MISMATCH" if what == "hidden size" else "DOMAIN_MISMATCH",

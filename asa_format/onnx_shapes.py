@@ -23,7 +23,17 @@ __all__ = [
     "INT_TYPES",
     "KEEPS_VALUES",
     "MAX_KNOWN_VALUES",
-    "CostError", "Shape", "Value", "Walk", "attr", "batch_first", "elements", "mixes_rows", "shape_error", "show"]
+    "CostError",
+    "Shape",
+    "Value",
+    "Walk",
+    "attr",
+    "batch_first",
+    "elements",
+    "mixes_rows",
+    "shape_error",
+    "show",
+]
 
 Dim = int  # >= 0: a static size; < 0: -k means k * N (N = batch rows)
 Shape = tuple[Dim, ...]
@@ -42,6 +52,7 @@ class CostError(Exception):
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
+
 
 @dataclass
 class _Value:
@@ -125,7 +136,9 @@ def _broadcast(shapes: Sequence[Shape], label: str) -> Shape:
         elif len(dims) == 1:
             out.append(dims.pop())
         else:
-            raise _shape_error(f"node {label}: shapes {', '.join(_show(s) for s in shapes)} do not broadcast statically")
+            raise _shape_error(
+                f"node {label}: shapes {', '.join(_show(s) for s in shapes)} do not broadcast statically"
+            )
     return tuple(out)
 
 
@@ -139,7 +152,6 @@ def _known(v: _Value, label: str, what: str) -> list[int]:
     if v.values is None:
         raise _shape_error(f"node {label}: its {what} is not a constant")
     return v.values
-
 
 
 class Walk(Protocol):
@@ -173,9 +185,13 @@ def _same(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[lis
 
 
 def _clip(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
-    for bound in ins[1:3]:  # min and max must be one-element values (onnxruntime checks it at run time)
+    for bound in ins[
+        1:3
+    ]:  # min and max must be one-element values (onnxruntime checks it at run time)
         if bound is not None and _elements(bound.shape) != (0, 1):
-            raise _shape_error(f"node {label}: Clip bounds must be single values, got {_show(bound.shape)}")
+            raise _shape_error(
+                f"node {label}: Clip bounds must be single values, got {_show(bound.shape)}"
+            )
     return _same(w, node, ins, label)
 
 
@@ -187,7 +203,9 @@ def _nary(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[lis
     return [_Value(shape)], _row_ops(shape, len(args))
 
 
-def _reduce_axes(w: Walk, node: Any, ins: list[_Value | None], label: str, rank: int) -> list[int] | None:
+def _reduce_axes(
+    w: Walk, node: Any, ins: list[_Value | None], label: str, rank: int
+) -> list[int] | None:
     if node.op_type == "ArgMax":
         return [_axis(int(_attr(node, "axis", 0)), rank, label)]
     axes = _attr(node, "axes", None)
@@ -220,7 +238,9 @@ def _matmul(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[l
     a, b = _first(ins, label, 2)
     sa, sb = a.shape, b.shape
     if len(sa) < 2 or len(sb) < 2:
-        raise _shape_error(f"node {label}: MatMul of rank-{len(sa)} and rank-{len(sb)} values is outside the profile")
+        raise _shape_error(
+            f"node {label}: MatMul of rank-{len(sa)} and rank-{len(sb)} values is outside the profile"
+        )
     k = sa[-1]
     if k < 0 or sb[-2] != k:
         raise _shape_error(f"node {label}: MatMul contracts {_show(sa)} with {_show(sb)}")
@@ -362,7 +382,9 @@ def _reshape(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[
             ok = free == 1 and rest > 0 and row % rest == 0
             fill = -(row // rest) if ok else 0
     else:
-        ok = not batch and ((free == 0 and rest == fixed) or (free == 1 and rest > 0 and fixed % rest == 0))
+        ok = not batch and (
+            (free == 0 and rest == fixed) or (free == 1 and rest > 0 and fixed % rest == 0)
+        )
         fill = fixed // rest if ok and free else 0
     if not ok:
         raise _shape_error(f"node {label}: Reshape of {_show(x.shape)} to {target}")
@@ -389,8 +411,16 @@ def _slice(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[li
         if len(ins) < 3 or ins[1] is None or ins[2] is None:
             raise _shape_error(f"node {label}: Slice lacks starts or ends")
         starts, ends = _known(ins[1], label, "starts"), _known(ins[2], label, "ends")
-        axes = _known(ins[3], label, "axes") if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
-        steps = _known(ins[4], label, "steps") if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        axes = (
+            _known(ins[3], label, "axes")
+            if len(ins) > 3 and ins[3] is not None
+            else list(range(len(starts)))
+        )
+        steps = (
+            _known(ins[4], label, "steps")
+            if len(ins) > 4 and ins[4] is not None
+            else [1] * len(starts)
+        )
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise _shape_error(f"node {label}: Slice parameters differ in length")
     out = list(x.shape)
@@ -419,14 +449,22 @@ def _squeeze(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[
     axes = _axes_of(node, ins, label)
     rank = len(x.shape)
     if axes is None and any(d < 0 for d in x.shape):  # would also drop the batch when N = 1
-        raise _shape_error(f"node {label}: Squeeze without axes of a value that depends on the batch")
-    drop = {i for i, d in enumerate(x.shape) if d == 1} if axes is None else {_axis(a, rank, label) for a in axes}
+        raise _shape_error(
+            f"node {label}: Squeeze without axes of a value that depends on the batch"
+        )
+    drop = (
+        {i for i, d in enumerate(x.shape) if d == 1}
+        if axes is None
+        else {_axis(a, rank, label) for a in axes}
+    )
     if any(x.shape[i] != 1 for i in drop):
         raise _shape_error(f"node {label}: Squeeze of a dimension that is not 1")
     return [_Value(tuple(d for i, d in enumerate(x.shape) if i not in drop), x.values)], 0
 
 
-def _unsqueeze(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+def _unsqueeze(
+    w: Walk, node: Any, ins: list[_Value | None], label: str
+) -> tuple[list[_Value], int]:
     x = _first(ins, label)[0]
     axes = _axes_of(node, ins, label)
     if axes is None:
@@ -439,7 +477,9 @@ def _unsqueeze(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tupl
     return [_Value(tuple(1 if i in where else next(it) for i in range(rank)), x.values)], 0
 
 
-def _transpose(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+def _transpose(
+    w: Walk, node: Any, ins: list[_Value | None], label: str
+) -> tuple[list[_Value], int]:
     x = _first(ins, label)[0]
     rank = len(x.shape)
     perm = [int(p) for p in _attr(node, "perm", list(range(rank))[::-1])]
@@ -448,7 +488,9 @@ def _transpose(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tupl
     return [_Value(tuple(x.shape[p] for p in perm))], _row_ops(x.shape)
 
 
-def _feature_extractor(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+def _feature_extractor(
+    w: Walk, node: Any, ins: list[_Value | None], label: str
+) -> tuple[list[_Value], int]:
     x, idx = _first(ins, label, 2)
     if not x.shape:
         raise _shape_error(f"node {label}: ArrayFeatureExtractor of a scalar")
@@ -468,11 +510,15 @@ def _classes(node: Any, label: str) -> int:
 
 def _rows(x: _Value, label: str) -> tuple[int, int]:
     if len(x.shape) != 2 or x.shape[1] < 0:
-        raise _shape_error(f"node {label}: classifier input must be [rows, features], got {_show(x.shape)}")
+        raise _shape_error(
+            f"node {label}: classifier input must be [rows, features], got {_show(x.shape)}"
+        )
     return x.shape[0], x.shape[1]
 
 
-def _linear_classifier(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+def _linear_classifier(
+    w: Walk, node: Any, ins: list[_Value | None], label: str
+) -> tuple[list[_Value], int]:
     x = _first(ins, label)[0]
     rows, features = _rows(x, label)
     k = _classes(node, label)
@@ -483,7 +529,9 @@ def _linear_classifier(w: Walk, node: Any, ins: list[_Value | None], label: str)
     return [_Value((rows,)), _Value((rows, width))], _row_ops((rows, width), max(features, 1))
 
 
-def _tree_classifier(w: Walk, node: Any, ins: list[_Value | None], label: str) -> tuple[list[_Value], int]:
+def _tree_classifier(
+    w: Walk, node: Any, ins: list[_Value | None], label: str
+) -> tuple[list[_Value], int]:
     x = _first(ins, label)[0]
     rows, features = _rows(x, label)
     k = _classes(node, label)
@@ -494,10 +542,24 @@ def _tree_classifier(w: Walk, node: Any, ins: list[_Value | None], label: str) -
 
 
 _HANDLERS: dict[str, Handler] = {
-    **{op: _same for op in (
-        "Abs", "Cast", "Exp", "Identity", "Log", "Neg", "Reciprocal", "Sigmoid", "Softmax", "Sqrt",
-        "Binarizer", "Normalizer", "Scaler",
-    )},
+    **{
+        op: _same
+        for op in (
+            "Abs",
+            "Cast",
+            "Exp",
+            "Identity",
+            "Log",
+            "Neg",
+            "Reciprocal",
+            "Sigmoid",
+            "Softmax",
+            "Sqrt",
+            "Binarizer",
+            "Normalizer",
+            "Scaler",
+        )
+    },
     **{op: _nary for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum")},
     **{op: _reduce for op in ("ArgMax", "ReduceLogSumExp", "ReduceMax", "ReduceSum")},
     "Clip": _clip,

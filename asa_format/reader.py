@@ -34,7 +34,14 @@ from asa_format.manifest import Manifest, parse_manifest
 from asa_format.onnx_profile import check_onnx
 from asa_format.safetensors_profile import parse_vectors
 
-__all__ = ["ReadResult", "check_regular", "open_regular", "read_bundle_dir", "session_options", "size_cap"]
+__all__ = [
+    "ReadResult",
+    "check_regular",
+    "open_regular",
+    "read_bundle_dir",
+    "session_options",
+    "size_cap",
+]
 
 
 @dataclass
@@ -97,7 +104,10 @@ def open_regular(path: Path, name: str) -> tuple[int, os.stat_result] | Problem:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return _p(
-            "PATH_NOT_REGULAR", "is not a regular file", "bundle entries must be regular files", name
+            "PATH_NOT_REGULAR",
+            "is not a regular file",
+            "bundle entries must be regular files",
+            name,
         )
     return fd, st
 
@@ -134,11 +144,16 @@ def _read_regular(path: Path, name: str, cap: int) -> tuple[bytes | None, Proble
         data = b"".join(chunks)
         if len(data) > cap:
             return None, _p(
-                "FILE_TOO_LARGE", f"is over the cap of {cap} bytes", "see the spec's size caps", name
+                "FILE_TOO_LARGE",
+                f"is over the cap of {cap} bytes",
+                "see the spec's size caps",
+                name,
             )
         return data, None
     except OSError as exc:
-        return None, _p("IO_ERROR", f"cannot be read: {exc.strerror}", "check the file system", name)
+        return None, _p(
+            "IO_ERROR", f"cannot be read: {exc.strerror}", "check the file system", name
+        )
     finally:
         os.close(fd)
 
@@ -166,9 +181,19 @@ def check_regular(path: Path, name: str, cap: int) -> Problem | None:
     fd, st = opened
     os.close(fd)
     if st.st_nlink > 1:
-        return _p("PATH_HARDLINK", f"has {st.st_nlink} hard links", "copy the file instead of hard-linking it", name)
+        return _p(
+            "PATH_HARDLINK",
+            f"has {st.st_nlink} hard links",
+            "copy the file instead of hard-linking it",
+            name,
+        )
     if st.st_size > cap:
-        return _p("FILE_TOO_LARGE", f"is {st.st_size} bytes, over the cap of {cap}", "see the spec's size caps", name)
+        return _p(
+            "FILE_TOO_LARGE",
+            f"is {st.st_size} bytes, over the cap of {cap}",
+            "see the spec's size caps",
+            name,
+        )
     return None
 
 
@@ -204,11 +229,21 @@ def read_bundle_dir(
     problems = result.problems
 
     if root.is_symlink():
-        problems.append(_p("PATH_SYMLINK", f"bundle directory {str(root)!r} is a symbolic link", "pass the real directory"))
+        problems.append(
+            _p(
+                "PATH_SYMLINK",
+                f"bundle directory {str(root)!r} is a symbolic link",
+                "pass the real directory",
+            )
+        )
         return result
     if not root.is_dir():
         problems.append(
-            _p("BUNDLE_NOT_FOUND", f"{str(root)!r} is not a directory", "pass the path of a bundle directory (it holds manifest.json)")
+            _p(
+                "BUNDLE_NOT_FOUND",
+                f"{str(root)!r} is not a directory",
+                "pass the path of a bundle directory (it holds manifest.json)",
+            )
         )
         return result
 
@@ -230,18 +265,32 @@ def read_bundle_dir(
                     return result
         entries.sort(key=lambda e: e.name)
     except OSError as exc:
-        problems.append(_p("IO_ERROR", f"cannot list {str(root)!r}: {exc.strerror}", "check permissions"))
+        problems.append(
+            _p("IO_ERROR", f"cannot list {str(root)!r}: {exc.strerror}", "check permissions")
+        )
         return result
     present: dict[str, os.DirEntry[str]] = {e.name: e for e in entries}
 
     # 3. manifest ----------------------------------------------------------------
     if C.MANIFEST_FILE not in present:
-        problems.append(_p("MANIFEST_MISSING", "the bundle has no manifest.json", "a bundle directory holds manifest.json and the files it lists", C.MANIFEST_FILE))
+        problems.append(
+            _p(
+                "MANIFEST_MISSING",
+                "the bundle has no manifest.json",
+                "a bundle directory holds manifest.json and the files it lists",
+                C.MANIFEST_FILE,
+            )
+        )
         return result
     data, problem = _read_regular(root / C.MANIFEST_FILE, C.MANIFEST_FILE, C.MAX_MANIFEST_BYTES)
     if problem is not None:
         if problem.code == "FILE_TOO_LARGE":
-            problem = _p("MANIFEST_TOO_LARGE", problem.message, "a valid manifest is a few kilobytes", C.MANIFEST_FILE)
+            problem = _p(
+                "MANIFEST_TOO_LARGE",
+                problem.message,
+                "a valid manifest is a few kilobytes",
+                C.MANIFEST_FILE,
+            )
         problems.append(problem)
         return result
     assert data is not None
@@ -256,15 +305,38 @@ def read_bundle_dir(
         if name == C.MANIFEST_FILE:
             continue
         if entry.is_symlink():
-            problems.append(_p("PATH_SYMLINK", "is a symbolic link", "replace the link by the file itself", name))
+            problems.append(
+                _p(
+                    "PATH_SYMLINK",
+                    "is a symbolic link",
+                    "replace the link by the file itself",
+                    name,
+                )
+            )
         elif entry.is_dir(follow_symlinks=False):
-            problems.append(_p("PATH_NOT_REGULAR", "is a directory", "bundles are flat: remove the directory", name))
-        elif name == signature_name:  # not read here, but held to the same entry rules (section 2.3)
+            problems.append(
+                _p(
+                    "PATH_NOT_REGULAR",
+                    "is a directory",
+                    "bundles are flat: remove the directory",
+                    name,
+                )
+            )
+        elif (
+            name == signature_name
+        ):  # not read here, but held to the same entry rules (section 2.3)
             sig_problem = check_regular(root / name, name, C.MAX_SIGNATURE_BYTES)
             if sig_problem is not None:
                 problems.append(sig_problem)
         elif manifest is not None and name not in listed:
-            problems.append(_p("FILE_UNLISTED", "is not listed in the manifest", "remove the file, or list it in manifest.json", name))
+            problems.append(
+                _p(
+                    "FILE_UNLISTED",
+                    "is not listed in the manifest",
+                    "remove the file, or list it in manifest.json",
+                    name,
+                )
+            )
     if manifest is None:
         return result
     result.manifest = manifest
@@ -273,7 +345,9 @@ def read_bundle_dir(
     contents: dict[str, bytes] = {}
     for name in sorted(listed):
         expected = manifest.files[name]
-        if name in present and (present[name].is_symlink() or present[name].is_dir(follow_symlinks=False)):
+        if name in present and (
+            present[name].is_symlink() or present[name].is_dir(follow_symlinks=False)
+        ):
             continue  # reported above
         data, problem = _read_regular(root / name, name, _cap_for(name))
         if problem is not None:
@@ -285,12 +359,22 @@ def read_bundle_dir(
         if verify:
             if len(data) != expected.size:
                 problems.append(
-                    _p("FILE_SIZE_MISMATCH", f"is {len(data)} bytes, the manifest says {expected.size}", "the file was modified or truncated; restore it or rebuild the bundle", name)
+                    _p(
+                        "FILE_SIZE_MISMATCH",
+                        f"is {len(data)} bytes, the manifest says {expected.size}",
+                        "the file was modified or truncated; restore it or rebuild the bundle",
+                        name,
+                    )
                 )
                 continue
             if digest != expected.sha256:
                 problems.append(
-                    _p("FILE_HASH_MISMATCH", f"has sha256 {digest}, the manifest says {expected.sha256}", "the file was modified; restore it or rebuild the bundle", name)
+                    _p(
+                        "FILE_HASH_MISMATCH",
+                        f"has sha256 {digest}, the manifest says {expected.sha256}",
+                        "the file was modified; restore it or rebuild the bundle",
+                        name,
+                    )
                 )
                 continue
         contents[name] = data
@@ -300,11 +384,19 @@ def read_bundle_dir(
 
     # 5. vectors ---------------------------------------------------------------------
     if C.VECTORS_FILE in contents:
-        vectors, vproblems = parse_vectors(contents[C.VECTORS_FILE], hidden_size=hidden, names=names)
+        vectors, vproblems = parse_vectors(
+            contents[C.VECTORS_FILE], hidden_size=hidden, names=names
+        )
         problems.extend(vproblems)
         result.vectors = vectors
     if C.INTERVENTIONS_FILE in contents:  # format 1.1
-        ivectors, vproblems = parse_vectors(contents[C.INTERVENTIONS_FILE], hidden_size=hidden, names=None, file=C.INTERVENTIONS_FILE, unit_norm=False)
+        ivectors, vproblems = parse_vectors(
+            contents[C.INTERVENTIONS_FILE],
+            hidden_size=hidden,
+            names=None,
+            file=C.INTERVENTIONS_FILE,
+            unit_norm=False,
+        )
         problems.extend(vproblems)
         if not vproblems:
             vproblems = tensor_problems(manifest.interventions, list(ivectors))
@@ -315,7 +407,14 @@ def read_bundle_dir(
         try:
             result.card = contents[C.CARD_FILE].decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(_p("CARD_INVALID", f"is not valid UTF-8 at byte {exc.start}", "write the model card as UTF-8 Markdown", C.CARD_FILE))
+            problems.append(
+                _p(
+                    "CARD_INVALID",
+                    f"is not valid UTF-8 at byte {exc.start}",
+                    "write the model card as UTF-8 Markdown",
+                    C.CARD_FILE,
+                )
+            )
 
     # 6. graphs ------------------------------------------------------------------------
     graph_files = [C.SCALER_FILE, C.ROUTER_FILE] + [d.probe for d in manifest.domains if d.probe]
@@ -324,7 +423,9 @@ def read_bundle_dir(
         if name not in contents:
             continue
         n_classes = len(names) if name == C.ROUTER_FILE else 2
-        model, gproblems = check_onnx(contents[name], file=name, hidden_size=hidden, n_classes=n_classes)
+        model, gproblems = check_onnx(
+            contents[name], file=name, hidden_size=hidden, n_classes=n_classes
+        )
         problems.extend(gproblems)
         if model is not None and not gproblems:
             checked[name] = contents[name]
@@ -339,21 +440,32 @@ def read_bundle_dir(
     return result
 
 
-def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, n_domains: int, *, keep: bool = True) -> None:
+def _create_sessions(
+    result: ReadResult, graphs: dict[str, bytes], hidden: int, n_domains: int, *, keep: bool = True
+) -> None:
     import onnxruntime as ort
 
     options = session_options()
     probe_in = np.zeros((2, hidden), dtype=np.float32)
     for name, data in graphs.items():
         try:
-            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                data, sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             result.problems.append(
-                _p("ONNX_SESSION", f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}", "re-export the graph", name)
+                _p(
+                    "ONNX_SESSION",
+                    f"onnxruntime cannot load the graph: {str(exc).splitlines()[0][:300]}",
+                    "re-export the graph",
+                    name,
+                )
             )
             continue
         feed: dict[str, np.ndarray] = (
-            {C.SCALER_INPUT: probe_in} if name == C.SCALER_FILE else {C.CLASSIFIER_INPUT: probe_in.astype(np.float64)}
+            {C.SCALER_INPUT: probe_in}
+            if name == C.SCALER_FILE
+            else {C.CLASSIFIER_INPUT: probe_in.astype(np.float64)}
         )
         try:
             outputs = session.run(None, feed)
@@ -368,12 +480,14 @@ def _create_sessions(result: ReadResult, graphs: dict[str, bytes], hidden: int, 
                 )
             )
             continue
-        expected = [(2, hidden)] if name == C.SCALER_FILE else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
+        expected = (
+            [(2, hidden)]
+            if name == C.SCALER_FILE
+            else [(2,), (2, n_domains if name == C.ROUTER_FILE else 2)]
+        )
         shapes = [tuple(o.shape) for o in outputs]
         if shapes != expected:
-            code: ErrorCode = (
-                "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
-            )
+            code: ErrorCode = "HIDDEN_SIZE_MISMATCH" if name == C.SCALER_FILE else "DOMAIN_MISMATCH"
             result.problems.append(
                 _p(
                     code,

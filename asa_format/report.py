@@ -89,7 +89,9 @@ def _problem_lines(problems: Sequence[Problem], out: TextIO) -> None:
             out.write(f"  {'':<28} fix: {safe_text(p.hint)}\n")
 
 
-def text_report(results: Sequence[Result], out: TextIO, noun: str = "bundles", verdict: str = "valid") -> None:
+def text_report(
+    results: Sequence[Result], out: TextIO, noun: str = "bundles", verdict: str = "valid"
+) -> None:
     for r in results:
         if r.ok:
             out.write(safe_lines(r.text) if r.text is not None else f"ok    {safe_text(r.path)}\n")
@@ -106,7 +108,9 @@ def text_report(results: Sequence[Result], out: TextIO, noun: str = "bundles", v
         out.write(f"{good} of {len(results)} {noun} {verdict}\n")
 
 
-def write_report(command: str, results: Sequence[Result], as_json: bool, out: TextIO, **text_options: str) -> int:
+def write_report(
+    command: str, results: Sequence[Result], as_json: bool, out: TextIO, **text_options: str
+) -> int:
     """Print the report; return the exit status (0 every result ok, 1 otherwise).
 
     Strings from bundles and file names are escaped (:mod:`asa_format.textsafe`)

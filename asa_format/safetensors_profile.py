@@ -69,10 +69,16 @@ def serialize_vectors(vectors: Mapping[str, np.ndarray]) -> bytes:
                 hint="pass one float32 array of shape [hidden_size] per domain and 'global'",
             )
         blob = arr.tobytes()
-        header[name] = {"dtype": "F32", "shape": [int(arr.shape[0])], "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": [int(arr.shape[0])],
+            "data_offsets": [offset, offset + len(blob)],
+        }
         offset += len(blob)
         blobs.append(blob)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
@@ -98,7 +104,11 @@ def parse_vectors(
         problems.append(Problem(code=code, file=file, message=message, hint=hint))
 
     if len(data) < 8:
-        bad("SAFETENSORS_HEADER", f"file is {len(data)} bytes, too short for a header length", "rewrite the file")
+        bad(
+            "SAFETENSORS_HEADER",
+            f"file is {len(data)} bytes, too short for a header length",
+            "rewrite the file",
+        )
         return {}, problems
     (n,) = struct.unpack("<Q", data[:8])
     if n > C.MAX_SAFETENSORS_HEADER_BYTES:
@@ -109,17 +119,29 @@ def parse_vectors(
         )
         return {}, problems
     if 8 + n > len(data):
-        bad("SAFETENSORS_HEADER", f"header length {n} runs past the end of the {len(data)}-byte file", "the file is truncated or corrupt")
+        bad(
+            "SAFETENSORS_HEADER",
+            f"header length {n} runs past the end of the {len(data)}-byte file",
+            "the file is truncated or corrupt",
+        )
         return {}, problems
     raw = data[8 : 8 + n]
     try:
         text = raw.decode("utf-8")
         header = loads_strict(text.rstrip(" "))
     except DuplicateKeyError as exc:
-        bad("SAFETENSORS_KEYS", f"header repeats the key {exc.key!r}", "each tensor name must appear once")
+        bad(
+            "SAFETENSORS_KEYS",
+            f"header repeats the key {exc.key!r}",
+            "each tensor name must appear once",
+        )
         return {}, problems
     except (ValueError, RecursionError) as exc:  # bad UTF-8, JSON, NaN, huge integers
-        bad("SAFETENSORS_HEADER", f"header is not valid UTF-8 JSON: {exc}", "rewrite the file with asa-format")
+        bad(
+            "SAFETENSORS_HEADER",
+            f"header is not valid UTF-8 JSON: {exc}",
+            "rewrite the file with asa-format",
+        )
         return {}, problems
     if not isinstance(header, dict):
         bad("SAFETENSORS_HEADER", "header is not a JSON object", "rewrite the file with asa-format")
@@ -137,7 +159,11 @@ def parse_vectors(
     entries: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         if not isinstance(entry, dict):
-            bad("SAFETENSORS_KEYS", f"entry {name!r} is not an object", "each tensor entry is {dtype, shape, data_offsets}")
+            bad(
+                "SAFETENSORS_KEYS",
+                f"entry {name!r} is not an object",
+                "each tensor entry is {dtype, shape, data_offsets}",
+            )
             continue
         keys = set(entry)
         if keys != _ENTRY_KEYS:
@@ -150,11 +176,21 @@ def parse_vectors(
             )
             continue
         if entry["dtype"] != "F32":
-            bad("SAFETENSORS_DTYPE", f"tensor {name!r} has dtype {entry['dtype']!r}", "steering vectors are F32")
+            bad(
+                "SAFETENSORS_DTYPE",
+                f"tensor {name!r} has dtype {entry['dtype']!r}",
+                "steering vectors are F32",
+            )
             continue
         shape = entry["shape"]
-        if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0):
-            bad("SAFETENSORS_SHAPE", f"tensor {name!r} has shape {shape!r}, expected [hidden_size]", "store 1-D vectors")
+        if not (
+            isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0
+        ):
+            bad(
+                "SAFETENSORS_SHAPE",
+                f"tensor {name!r} has shape {shape!r}, expected [hidden_size]",
+                "store 1-D vectors",
+            )
             continue
         if hidden_size is not None and shape[0] != hidden_size:
             bad(
@@ -165,8 +201,16 @@ def parse_vectors(
             )
             continue
         offsets = entry["data_offsets"]
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
-            bad("SAFETENSORS_OFFSETS", f"tensor {name!r} has data_offsets {offsets!r}", "use [begin, end] byte offsets")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int and o >= 0 for o in offsets)
+        ):
+            bad(
+                "SAFETENSORS_OFFSETS",
+                f"tensor {name!r} has data_offsets {offsets!r}",
+                "use [begin, end] byte offsets",
+            )
             continue
         begin, end = offsets
         if end - begin != 4 * shape[0]:
@@ -182,16 +226,36 @@ def parse_vectors(
     position = 0
     for begin, end, name in entries:
         if begin != position:
-            kind = "overlaps the previous tensor" if begin < position else f"leaves a gap of {begin - position} bytes"
-            bad("SAFETENSORS_OFFSETS", f"tensor {name!r} starts at {begin}: it {kind}", "tensors must be contiguous")
+            kind = (
+                "overlaps the previous tensor"
+                if begin < position
+                else f"leaves a gap of {begin - position} bytes"
+            )
+            bad(
+                "SAFETENSORS_OFFSETS",
+                f"tensor {name!r} starts at {begin}: it {kind}",
+                "tensors must be contiguous",
+            )
         position = max(position, end)
     if entries and position != data_len:
         if position > data_len:
-            bad("SAFETENSORS_OFFSETS", f"tensor data runs to byte {position}, past the {data_len}-byte data section", "the file is truncated")
+            bad(
+                "SAFETENSORS_OFFSETS",
+                f"tensor data runs to byte {position}, past the {data_len}-byte data section",
+                "the file is truncated",
+            )
         else:
-            bad("SAFETENSORS_OFFSETS", f"{data_len - position} trailing bytes after the last tensor", "remove the trailing bytes")
+            bad(
+                "SAFETENSORS_OFFSETS",
+                f"{data_len - position} trailing bytes after the last tensor",
+                "remove the trailing bytes",
+            )
     if not entries and data_len:
-        bad("SAFETENSORS_OFFSETS", f"{data_len} data bytes but no tensors", "remove the trailing bytes")
+        bad(
+            "SAFETENSORS_OFFSETS",
+            f"{data_len} data bytes but no tensors",
+            "remove the trailing bytes",
+        )
 
     if names is not None:
         expected = set(names) | {C.GLOBAL_VECTOR}
@@ -199,9 +263,17 @@ def parse_vectors(
         missing_names = sorted(expected - present)
         unknown_names = sorted(present - expected)
         if missing_names:
-            bad("SAFETENSORS_KEYS", f"missing vectors for {missing_names}", "store one vector per domain plus 'global'")
+            bad(
+                "SAFETENSORS_KEYS",
+                f"missing vectors for {missing_names}",
+                "store one vector per domain plus 'global'",
+            )
         if unknown_names:
-            bad("SAFETENSORS_KEYS", f"unknown tensors {unknown_names}", "store only the domains' vectors and 'global'")
+            bad(
+                "SAFETENSORS_KEYS",
+                f"unknown tensors {unknown_names}",
+                "store only the domains' vectors and 'global'",
+            )
     if problems:
         return {}, problems
 
@@ -210,7 +282,11 @@ def parse_vectors(
     for begin, end, name in entries:
         arr = np.frombuffer(body[begin:end], dtype="<f4").astype(np.float32)
         if not np.isfinite(arr).all():
-            bad("SAFETENSORS_NONFINITE", f"vector {name!r} contains NaN or Infinity", "store finite values")
+            bad(
+                "SAFETENSORS_NONFINITE",
+                f"vector {name!r} contains NaN or Infinity",
+                "store finite values",
+            )
             continue
         norm = float(np.linalg.norm(arr.astype(np.float64)))
         if unit_norm and abs(norm - 1.0) > C.UNIT_NORM_TOLERANCE:

@@ -17,15 +17,41 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["SUPPORTED_KEYWORDS", "SchemaError", "SchemaViolation", "check_schema", "iter_violations"]
+__all__ = [
+    "SUPPORTED_KEYWORDS",
+    "SchemaError",
+    "SchemaViolation",
+    "check_schema",
+    "iter_violations",
+]
 
 SUPPORTED_KEYWORDS = frozenset(
     {
-        "$schema", "$id", "$defs", "$ref", "title", "description",
-        "type", "const", "enum", "not", "oneOf",
-        "minimum", "maximum", "minLength", "maxLength", "pattern",
-        "properties", "required", "additionalProperties", "propertyNames",
-        "minProperties", "maxProperties", "items", "minItems", "maxItems",
+        "$schema",
+        "$id",
+        "$defs",
+        "$ref",
+        "title",
+        "description",
+        "type",
+        "const",
+        "enum",
+        "not",
+        "oneOf",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "properties",
+        "required",
+        "additionalProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "items",
+        "minItems",
+        "maxItems",
     }
 )
 
@@ -100,7 +126,9 @@ def _json_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def iter_violations(instance: Any, schema: Any, root: Any | None = None, path: tuple[str | int, ...] = ()) -> Iterator[SchemaViolation]:
+def iter_violations(
+    instance: Any, schema: Any, root: Any | None = None, path: tuple[str | int, ...] = ()
+) -> Iterator[SchemaViolation]:
     """Yield every violation of ``schema`` by ``instance`` (like jsonschema's iter_errors)."""
     root = schema if root is None else root
     if schema is True:
@@ -118,30 +146,54 @@ def iter_violations(instance: Any, schema: Any, root: Any | None = None, path: t
         yield SchemaViolation(path, "const", f"{schema['const']!r} was expected")
     if "enum" in schema and not any(_json_equal(instance, e) for e in schema["enum"]):
         yield SchemaViolation(path, "enum", f"{_short(instance)} is not one of {schema['enum']!r}")
-    if "not" in schema and not any(True for _ in iter_violations(instance, schema["not"], root, path)):
-        yield SchemaViolation(path, "not", f"{_short(instance)} should not be valid under {schema['not']!r}")
+    if "not" in schema and not any(
+        True for _ in iter_violations(instance, schema["not"], root, path)
+    ):
+        yield SchemaViolation(
+            path, "not", f"{_short(instance)} should not be valid under {schema['not']!r}"
+        )
     if "oneOf" in schema:
-        matches = sum(1 for sub in schema["oneOf"] if not any(True for _ in iter_violations(instance, sub, root, path)))
+        matches = sum(
+            1
+            for sub in schema["oneOf"]
+            if not any(True for _ in iter_violations(instance, sub, root, path))
+        )
         if matches != 1:
-            what = "is not valid under any of the given schemas" if matches == 0 else "is valid under each of several given schemas"
+            what = (
+                "is not valid under any of the given schemas"
+                if matches == 0
+                else "is valid under each of several given schemas"
+            )
             yield SchemaViolation(path, "oneOf", f"{_short(instance)} {what}")
     if isinstance(instance, (int, float)) and not isinstance(instance, bool):
         if "minimum" in schema and instance < schema["minimum"]:
-            yield SchemaViolation(path, "minimum", f"{instance!r} is less than the minimum of {schema['minimum']!r}")
+            yield SchemaViolation(
+                path, "minimum", f"{instance!r} is less than the minimum of {schema['minimum']!r}"
+            )
         if "maximum" in schema and instance > schema["maximum"]:
-            yield SchemaViolation(path, "maximum", f"{instance!r} is greater than the maximum of {schema['maximum']!r}")
+            yield SchemaViolation(
+                path,
+                "maximum",
+                f"{instance!r} is greater than the maximum of {schema['maximum']!r}",
+            )
     if isinstance(instance, str):
         if "minLength" in schema and len(instance) < schema["minLength"]:
             yield SchemaViolation(path, "minLength", f"{_short(instance)} is too short")
         if "maxLength" in schema and len(instance) > schema["maxLength"]:
             yield SchemaViolation(path, "maxLength", f"{_short(instance)} is too long")
         if "pattern" in schema and _regex(schema["pattern"]).search(instance) is None:
-            yield SchemaViolation(path, "pattern", f"{_short(instance)} does not match {schema['pattern']!r}")
+            yield SchemaViolation(
+                path, "pattern", f"{_short(instance)} does not match {schema['pattern']!r}"
+            )
     if isinstance(instance, list):
         if "minItems" in schema and len(instance) < schema["minItems"]:
-            yield SchemaViolation(path, "minItems", f"should have at least {schema['minItems']} items")
+            yield SchemaViolation(
+                path, "minItems", f"should have at least {schema['minItems']} items"
+            )
         if "maxItems" in schema and len(instance) > schema["maxItems"]:
-            yield SchemaViolation(path, "maxItems", f"should have at most {schema['maxItems']} items")
+            yield SchemaViolation(
+                path, "maxItems", f"should have at most {schema['maxItems']} items"
+            )
         if "items" in schema:
             for i, item in enumerate(instance):
                 yield from iter_violations(item, schema["items"], root, (*path, i))
@@ -149,14 +201,20 @@ def iter_violations(instance: Any, schema: Any, root: Any | None = None, path: t
         yield from _object_violations(instance, schema, root, path)
 
 
-def _object_violations(instance: dict[str, Any], schema: dict[str, Any], root: Any, path: tuple[str | int, ...]) -> Iterator[SchemaViolation]:
+def _object_violations(
+    instance: dict[str, Any], schema: dict[str, Any], root: Any, path: tuple[str | int, ...]
+) -> Iterator[SchemaViolation]:
     for name in schema.get("required", []):
         if name not in instance:
             yield SchemaViolation(path, "required", f"{name!r} is a required property")
     if "minProperties" in schema and len(instance) < schema["minProperties"]:
-        yield SchemaViolation(path, "minProperties", f"should have at least {schema['minProperties']} properties")
+        yield SchemaViolation(
+            path, "minProperties", f"should have at least {schema['minProperties']} properties"
+        )
     if "maxProperties" in schema and len(instance) > schema["maxProperties"]:
-        yield SchemaViolation(path, "maxProperties", f"should have at most {schema['maxProperties']} properties")
+        yield SchemaViolation(
+            path, "maxProperties", f"should have at most {schema['maxProperties']} properties"
+        )
     if "propertyNames" in schema:
         for key in instance:
             for v in iter_violations(key, schema["propertyNames"], root, path):
@@ -171,7 +229,11 @@ def _object_violations(instance: dict[str, Any], schema: dict[str, Any], root: A
     additional = schema.get("additionalProperties", True)
     if extra and additional is False:
         names = ", ".join(repr(k) for k in extra)
-        yield SchemaViolation(path, "additionalProperties", f"additional properties are not allowed ({names} {'was' if len(extra) == 1 else 'were'} unexpected)")
+        yield SchemaViolation(
+            path,
+            "additionalProperties",
+            f"additional properties are not allowed ({names} {'was' if len(extra) == 1 else 'were'} unexpected)",
+        )
     elif extra and isinstance(additional, dict):
         for key in extra:
             yield from iter_violations(instance[key], additional, root, (*path, key))

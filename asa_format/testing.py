@@ -52,11 +52,17 @@ def scaler_graph(mean: np.ndarray, scale: np.ndarray) -> bytes:
 
     h = int(mean.shape[0])
     graph = helper.make_graph(
-        [helper.make_node("Sub", [C.SCALER_INPUT, "mean"], ["centered"]), helper.make_node("Div", ["centered", "scale"], [C.SCALER_OUTPUT])],
+        [
+            helper.make_node("Sub", [C.SCALER_INPUT, "mean"], ["centered"]),
+            helper.make_node("Div", ["centered", "scale"], [C.SCALER_OUTPUT]),
+        ],
         "scaler",
         [helper.make_tensor_value_info(C.SCALER_INPUT, TensorProto.FLOAT, ["N", h])],
         [helper.make_tensor_value_info(C.SCALER_OUTPUT, TensorProto.FLOAT, ["N", h])],
-        [numpy_helper.from_array(mean.astype(np.float32), "mean"), numpy_helper.from_array(scale.astype(np.float32), "scale")],
+        [
+            numpy_helper.from_array(mean.astype(np.float32), "mean"),
+            numpy_helper.from_array(scale.astype(np.float32), "scale"),
+        ],
     )
     return _model_bytes(graph)
 
@@ -79,7 +85,10 @@ def linear_router_graph(weights: np.ndarray, bias: np.ndarray) -> bytes:
             helper.make_tensor_value_info(C.CLASSIFIER_LABEL, TensorProto.INT64, ["N"]),
             helper.make_tensor_value_info(C.CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, ["N", d]),
         ],
-        [numpy_helper.from_array(weights.astype(np.float64), "W"), numpy_helper.from_array(bias.astype(np.float64), "b")],
+        [
+            numpy_helper.from_array(weights.astype(np.float64), "W"),
+            numpy_helper.from_array(bias.astype(np.float64), "b"),
+        ],
     )
     return _model_bytes(graph)
 
@@ -96,7 +105,9 @@ def linear_probe_graph(weights: np.ndarray, bias: float) -> bytes:
             helper.make_node("Sigmoid", ["score"], ["p"]),
             helper.make_node("Sub", ["one", "p"], ["q"]),
             helper.make_node("Concat", ["q", "p"], [C.CLASSIFIER_PROBABILITIES], axis=1),
-            helper.make_node("ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0),
+            helper.make_node(
+                "ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0
+            ),
         ],
         "probe",
         [helper.make_tensor_value_info(C.CLASSIFIER_INPUT, TensorProto.DOUBLE, ["N", h])],
@@ -165,13 +176,21 @@ def make_test_contents(
     return BundleContents(
         model=ModelBinding(hidden_size=h, id=model_id, type=model_type, num_layers=num_layers),
         layer=layer,
-        steering=Steering(alpha=alpha, tau=tau, beta=beta, policy=policy, no_probe_probability=no_probe_probability),
+        steering=Steering(
+            alpha=alpha,
+            tau=tau,
+            beta=beta,
+            policy=policy,
+            no_probe_probability=no_probe_probability,
+        ),
         domains=names,
         vectors=vectors,
         scaler=scaler_graph(mean, scale),
         router=linear_router_graph(weights, bias),
         probes=probes,
-        provenance=Provenance(source="other", metadata={"generator": "asa_format.testing", "seed": seed}),
+        provenance=Provenance(
+            source="other", metadata={"generator": "asa_format.testing", "seed": seed}
+        ),
     )
 
 

@@ -27,7 +27,9 @@ _UNSAFE = (
     "\ufdd0-\ufdef\ufffe\uffff"  # non-characters of the basic plane
 )
 _PATTERN = re.compile(f"[{_UNSAFE}]")
-_PATTERN_KEEP_NL = re.compile(f"[{_UNSAFE.replace(chr(0) + '-' + chr(0x1F), chr(0) + '-' + chr(9) + chr(11) + '-' + chr(0x1F))}]")
+_PATTERN_KEEP_NL = re.compile(
+    f"[{_UNSAFE.replace(chr(0) + '-' + chr(0x1F), chr(0) + '-' + chr(9) + chr(11) + '-' + chr(0x1F))}]"
+)
 
 
 def _escape(m: re.Match[str]) -> str:

@@ -44,7 +44,9 @@ def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> Valid
     bundle that validates also loads.
     """
     result = read_bundle_dir(path, verify=True, create_sessions=deep)
-    report = ValidationReport(path=str(path), problems=list(result.problems), warnings=list(result.warnings))
+    report = ValidationReport(
+        path=str(path), problems=list(result.problems), warnings=list(result.warnings)
+    )
     if result.manifest_bytes is not None:
         report.digest = root_digest(result.manifest_bytes)
     m = result.manifest

@@ -230,7 +230,8 @@ def save_bundle(
     except OSError as exc:
         raise AsaError(
             f"cannot create a directory in {str(parent)!r}: {exc.strerror}",
-            code="IO_ERROR", hint="check permissions and free space",
+            code="IO_ERROR",
+            hint="check permissions and free space",
         ) from exc
     tmp = staging.tmp
     try:

@@ -94,7 +94,9 @@ def _build(model_type: str, max_params: int) -> tuple[Any, dict[str, Any]]:
         return None, rec
     rec["params"] = int(n_params)
     if n_params > max_params:
-        rec.update(built=False, reason=f"not tiny: {n_params / 1e6:.1f}M parameters after shrinking")
+        rec.update(
+            built=False, reason=f"not tiny: {n_params / 1e6:.1f}M parameters after shrinking"
+        )
         return None, rec
     try:
         torch.manual_seed(SEED)
@@ -116,14 +118,19 @@ def _forward(model: Any, vocab: int) -> Any:
         return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
-def _attach(model: Any, path: str, n_layers: int, hidden: int, work: Path) -> tuple[bool, str | None]:
+def _attach(
+    model: Any, path: str, n_layers: int, hidden: int, work: Path
+) -> tuple[bool, str | None]:
     from asa_format.runtime import attach
     from asa_format.testing import make_test_bundle
 
     layer = min(1, n_layers - 1)
     bundle = make_test_bundle(
-        work / f"bundle-{hidden}-{n_layers}", hidden_size=hidden, layer=layer,
-        model_type=str(getattr(model.config, "model_type", "unknown")), num_layers=n_layers,
+        work / f"bundle-{hidden}-{n_layers}",
+        hidden_size=hidden,
+        layer=layer,
+        model_type=str(getattr(model.config, "model_type", "unknown")),
+        num_layers=n_layers,
     )
     try:
         handle = attach(model, bundle, layers_path=path, strict_model_match=False)
@@ -168,10 +175,14 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
     shapes: dict[int, list[int]] = {}
     handles = []
     for i, block in enumerate(resolved.layers):
+
         def hook(module: Any, args: Any, output: Any, i: int = i) -> None:
-            first = output if not isinstance(output, (tuple, list)) else (output[0] if output else None)
+            first = (
+                output if not isinstance(output, (tuple, list)) else (output[0] if output else None)
+            )
             shape = getattr(first, "shape", None)
             shapes.setdefault(i, list(shape) if shape is not None else [])
+
         handles.append(block.register_forward_hook(hook))
     try:
         vocab = int(model.get_input_embeddings().weight.shape[0])
@@ -184,8 +195,10 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
             h.remove()
     rec["block_shapes"] = sorted({tuple(s) for s in shapes.values()})
     rec["blocks_seen"] = len(shapes)
-    rec["shape_ok"] = bool(shapes) and len(shapes) == len(resolved) and all(
-        s == [BATCH, SEQ, hidden] for s in shapes.values()
+    rec["shape_ok"] = (
+        bool(shapes)
+        and len(shapes) == len(resolved)
+        and all(s == [BATCH, SEQ, hidden] for s in shapes.values())
     )
     index = min(1, len(resolved) - 1)
     try:
@@ -209,7 +222,11 @@ def probe_type(model_type: str, max_params: int = DEFAULT_MAX_PARAMS) -> dict[st
 
     if rec["attach_ok"]:
         rec["category"] = "attachable"
-    elif not rec.get("probe_ok") and rec.get("probe_code") == "BLOCK_OUTPUT_LAYOUT" and rec.get("forward_ok"):
+    elif (
+        not rec.get("probe_ok")
+        and rec.get("probe_code") == "BLOCK_OUTPUT_LAYOUT"
+        and rec.get("forward_ok")
+    ):
         rec["category"] = "refused"
     elif not rec.get("forward_ok"):
         rec["category"] = "forward_failed"
@@ -230,8 +247,13 @@ def _worker(conn: Any, max_params: int) -> None:
         try:
             rec = probe_type(model_type, max_params)
         except BaseException as exc:  # report, never kill the sweep
-            rec = {"model_type": model_type, "category": "not_built", "built": False,
-                   "reason": f"crash: {_error(exc)}", "traceback": traceback.format_exc()[-2000:]}
+            rec = {
+                "model_type": model_type,
+                "category": "not_built",
+                "built": False,
+                "reason": f"crash: {_error(exc)}",
+                "traceback": traceback.format_exc()[-2000:],
+            }
         conn.send(rec)
 
 
@@ -324,8 +346,12 @@ def markdown(doc: dict[str, Any]) -> str:
         length = f"{r.get('length')} / {r.get('text_layers')}" if r.get("resolved") else ""
         shapes = ", ".join(str(list(x)) for x in r.get("block_shapes", []))
         note = (
-            r.get("reason") or r.get("resolve_error") or r.get("probe_error")
-            or r.get("forward_error") or r.get("attach_error") or ""
+            r.get("reason")
+            or r.get("resolve_error")
+            or r.get("probe_error")
+            or r.get("forward_error")
+            or r.get("attach_error")
+            or ""
         )
         lines.append(
             f"| {r['model_type']} | {r['category']} | {params} | {path} | {length} | {shapes} "
@@ -343,10 +369,24 @@ def _write(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.causal_lm_coverage", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per type (default: %(default)s)")
-    p.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS, help="largest tiny model (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.causal_lm_coverage", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds per type (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-params",
+        type=int,
+        default=DEFAULT_MAX_PARAMS,
+        help="largest tiny model (default: %(default)s)",
+    )
     p.add_argument("--only", action="append", help="run only these types (repeatable)")
     args = p.parse_args(argv)
     _quiet()
@@ -368,16 +408,24 @@ def main(argv: list[str] | None = None) -> int:
         for n, model_type in enumerate(types, 1):
             rec = pool.run(model_type, args.timeout)
             results.append(rec)
-            print(f"[coverage] {n}/{len(types)} {model_type}: {rec['category']}"
-                  f" {rec.get('path') or rec.get('reason') or rec.get('resolve_error') or ''}"[:200],
-                  file=sys.stderr, flush=True)
+            print(
+                f"[coverage] {n}/{len(types)} {model_type}: {rec['category']}"
+                f" {rec.get('path') or rec.get('reason') or rec.get('resolve_error') or ''}"[:200],
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         pool.stop()
     doc = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "settings": {"batch": BATCH, "sequence": SEQ, "seed": SEED, "timeout_s": args.timeout,
-                     "max_params": args.max_params},
+        "settings": {
+            "batch": BATCH,
+            "sequence": SEQ,
+            "seed": SEED,
+            "timeout_s": args.timeout,
+            "max_params": args.max_params,
+        },
         "elapsed_s": round(time.perf_counter() - start, 1),
         "summary": summarize(results),
         "results": results,

@@ -28,10 +28,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark asa-format against the legacy pickle path. "
         "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone.",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for results.json and results.md (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=None, help="repeats of whole-run measurements (generations, loads, processes)")
-    p.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder for results.json and results.md (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="repeats of whole-run measurements (generations, loads, processes)",
+    )
+    p.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)"
+    )
     return p
 
 
@@ -51,8 +65,12 @@ def run_all(settings: Settings, work: Path, only: list[str] | None = None) -> di
     start = time.perf_counter()
     doc: dict[str, Any] = {"machine": machine_info(), "settings": settings.to_dict(), "errors": {}}
     wanted = list(only or SECTIONS)
-    _log(f"fitting the pipeline (hidden {settings.hidden}, {settings.domains} domains) and writing the bundles")
-    pipe = fit_pipeline(settings.hidden, settings.domains, settings.train_per_domain, settings.pool_rows)
+    _log(
+        f"fitting the pipeline (hidden {settings.hidden}, {settings.domains} domains) and writing the bundles"
+    )
+    pipe = fit_pipeline(
+        settings.hidden, settings.domains, settings.train_per_domain, settings.pool_rows
+    )
     legacy_dir = write_legacy(pipe, work / "legacy", settings.layer)
     bundle = write_bundle(pipe, work / "bundle", settings.layer, settings.gen_layers)
     doc["fixture_s"] = time.perf_counter() - start
@@ -98,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         doc = run_all(settings, Path(tmp), args.only)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (out / "results.md").write_text(markdown(doc), encoding="utf-8")
     _log(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['elapsed_s']:.0f} s")
     for t in doc["targets"]:

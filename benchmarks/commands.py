@@ -67,7 +67,16 @@ def run_commands(settings: Settings, bundle: Path, legacy_dir: Path, work: Path)
     baseline = _timed([sys.executable, "-c", "import asa_format.cli"], settings.repeats)
     py = [sys.executable, "-X", "importtime"]
     v_imp = run_process([*py, "-m", "asa_format.cli", "validate", str(bundle)])
-    c_imp = run_process([*py, "-m", "asa_format.converters.cli", str(legacy_dir), str(work / "converted-it"), "--force"])
+    c_imp = run_process(
+        [
+            *py,
+            "-m",
+            "asa_format.converters.cli",
+            str(legacy_dir),
+            str(work / "converted-it"),
+            "--force",
+        ]
+    )
     return {
         "validate": {
             "command": "asa validate BUNDLE",

@@ -66,13 +66,19 @@ class LegacyHook:
 class Floor:
     """Scale, router scores and probe score by hand, with precomputed arrays."""
 
-    def __init__(self, scaler: Any, router: Any, probes: dict[str, Any], domains: list[str], tau: float) -> None:
+    def __init__(
+        self, scaler: Any, router: Any, probes: dict[str, Any], domains: list[str], tau: float
+    ) -> None:
         self.mean = np.asarray(scaler.mean_, dtype=np.float32)
         self.scale = np.asarray(scaler.scale_, dtype=np.float32)
         order = [int(c) for c in router.classes_]
-        self.w_router = np.ascontiguousarray(np.asarray(router.coef_, dtype=np.float64)[np.argsort(order)].T)
+        self.w_router = np.ascontiguousarray(
+            np.asarray(router.coef_, dtype=np.float64)[np.argsort(order)].T
+        )
         self.b_router = np.asarray(router.intercept_, dtype=np.float64)[np.argsort(order)]
-        self.w_probe = np.ascontiguousarray(np.stack([np.asarray(probes[d].coef_, dtype=np.float64)[0] for d in domains], axis=1))
+        self.w_probe = np.ascontiguousarray(
+            np.stack([np.asarray(probes[d].coef_, dtype=np.float64)[0] for d in domains], axis=1)
+        )
         self.b_probe = np.array([float(probes[d].intercept_[0]) for d in domains])
         self.w_probe_rows = [np.ascontiguousarray(self.w_probe[:, i]) for i in range(len(domains))]
         self.tau = tau
@@ -93,7 +99,9 @@ class Floor:
         return d, p, gate
 
 
-def _time_rounds(methods: dict[str, Decider], inputs: list[np.ndarray], calls: int, per_round: int) -> dict[str, list[float]]:
+def _time_rounds(
+    methods: dict[str, Decider], inputs: list[np.ndarray], calls: int, per_round: int
+) -> dict[str, list[float]]:
     """Per-call seconds of every method, in alternating rounds over the same inputs."""
     times: dict[str, list[float]] = {name: [] for name in methods}
     for fn in methods.values():  # warm up
@@ -120,18 +128,24 @@ def _time_rounds(methods: dict[str, Decider], inputs: list[np.ndarray], calls: i
     return times
 
 
-def _one_blas_thread(methods: dict[str, Decider], inputs: list[np.ndarray], settings: Settings) -> tuple[list[Any], dict[str, list[float]]]:
+def _one_blas_thread(
+    methods: dict[str, Decider], inputs: list[np.ndarray], settings: Settings
+) -> tuple[list[Any], dict[str, list[float]]]:
     """The batch timing again with one BLAS thread (if threadpoolctl is installed)."""
     try:
         from threadpoolctl import threadpool_info, threadpool_limits
     except ImportError:
         return [], {}
-    info = [{"api": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()]
+    info = [
+        {"api": i.get("internal_api"), "threads": i.get("num_threads")} for i in threadpool_info()
+    ]
     with threadpool_limits(limits=1, user_api="blas"):
         return info, _time_rounds(methods, inputs, settings.batch_calls, settings.batch_round)
 
 
-def _agreement(pool: np.ndarray, bundle: Any, bundle_ort: Any, legacy: LegacyHook, floor: Floor) -> dict[str, Any]:
+def _agreement(
+    pool: np.ndarray, bundle: Any, bundle_ort: Any, legacy: LegacyHook, floor: Floor
+) -> dict[str, Any]:
     ours = bundle.decide(pool)
     ort = bundle_ort.decide(pool)
     leg = legacy.batch(pool)
@@ -154,7 +168,9 @@ def _agreement(pool: np.ndarray, bundle: Any, bundle_ort: Any, legacy: LegacyHoo
     }
 
 
-def run_decision(settings: Settings, pipe: Any, bundle_path: Path, legacy_dir: Path) -> dict[str, Any]:
+def run_decision(
+    settings: Settings, pipe: Any, bundle_path: Path, legacy_dir: Path
+) -> dict[str, Any]:
     from asa_format import load_bundle
 
     from .fixtures import TAU

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Pipeline", "bundle_size", "fit_pipeline", "write_bundle", "write_legacy", "write_scale_bundle"]
+__all__ = [
+    "Pipeline",
+    "bundle_size",
+    "fit_pipeline",
+    "write_bundle",
+    "write_legacy",
+    "write_scale_bundle",
+]
 
 TAU = 0.6
 ALPHA = 4.0
@@ -42,12 +49,20 @@ class Pipeline:
         return int(self.held_out.shape[1])
 
 
-def fit_pipeline(hidden: int, n_domains: int, per_domain: int, pool_rows: int, seed: int = 7) -> Pipeline:
+def fit_pipeline(
+    hidden: int, n_domains: int, per_domain: int, pool_rows: int, seed: int = 7
+) -> Pipeline:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng(seed)
-    domains = ["web_search", "calculator", "calendar", "translate", *[f"domain_{i}" for i in range(4, n_domains)]][:n_domains]
+    domains = [
+        "web_search",
+        "calculator",
+        "calendar",
+        "translate",
+        *[f"domain_{i}" for i in range(4, n_domains)],
+    ][:n_domains]
     offset = rng.normal(0.0, 4.0, size=hidden)
     spread = np.exp(rng.uniform(np.log(0.3), np.log(30.0), size=hidden))
     centers = rng.normal(0.0, 1.2, size=(n_domains, hidden))
@@ -57,7 +72,11 @@ def fit_pipeline(hidden: int, n_domains: int, per_domain: int, pool_rows: int, s
     rows, doms, tools = [], [], []
     for d in range(n_domains):
         tool = (rng.uniform(size=n_rows) < 0.5).astype(np.int64)
-        z = centers[d] + rng.normal(0.0, 1.0, size=(n_rows, hidden)) + np.outer(2.0 * tool - 1.0, tool_dirs[d]) * 3.0
+        z = (
+            centers[d]
+            + rng.normal(0.0, 1.0, size=(n_rows, hidden))
+            + np.outer(2.0 * tool - 1.0, tool_dirs[d]) * 3.0
+        )
         rows.append(offset + spread * z)
         doms.append(np.full(n_rows, d, dtype=np.int64))
         tools.append(tool)
@@ -74,14 +93,18 @@ def fit_pipeline(hidden: int, n_domains: int, per_domain: int, pool_rows: int, s
         warnings.simplefilter("ignore")
         router = LogisticRegression(C=0.5, max_iter=300).fit(x, dom[train])
         probes = {
-            name: LogisticRegression(C=0.5, max_iter=300).fit(x[dom[train] == d], tool_all[train][dom[train] == d])
+            name: LogisticRegression(C=0.5, max_iter=300).fit(
+                x[dom[train] == d], tool_all[train][dom[train] == d]
+            )
             for d, name in enumerate(domains)
         }
     vectors: dict[str, np.ndarray] = {}
     h64 = h.astype(np.float64)
     for d, name in enumerate(domains):
         sel = dom == d
-        vectors[name] = _unit(h64[sel & (tool_all == 1)].mean(axis=0) - h64[sel & (tool_all == 0)].mean(axis=0))
+        vectors[name] = _unit(
+            h64[sel & (tool_all == 1)].mean(axis=0) - h64[sel & (tool_all == 0)].mean(axis=0)
+        )
     vectors["global"] = _unit(h64[tool_all == 1].mean(axis=0) - h64[tool_all == 0].mean(axis=0))
     return Pipeline(domains, scaler, router, probes, vectors, np.ascontiguousarray(h[test]))
 
@@ -94,11 +117,22 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def write_legacy(pipe: Pipeline, dest: Path, layer: int) -> Path:
     """The legacy ``asa_assets/`` layout (pickles + npz + config.json)."""
     dest.mkdir(parents=True, exist_ok=True)
-    config = {"L_star": layer, "alpha": ALPHA, "tau": TAU, "beta": BETA, "domains": pipe.domains, "model": "LiquidAI/LFM2.5-1.2B-Instruct"}
+    config = {
+        "L_star": layer,
+        "alpha": ALPHA,
+        "tau": TAU,
+        "beta": BETA,
+        "domains": pipe.domains,
+        "model": "LiquidAI/LFM2.5-1.2B-Instruct",
+    }
     (dest / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     savez: Any = np.savez
     savez(dest / "steering_vectors.npz", **pipe.vectors)
-    for name, obj in (("scaler.pkl", pipe.scaler), ("router.pkl", pipe.router), ("probes.pkl", pipe.probes)):
+    for name, obj in (
+        ("scaler.pkl", pipe.scaler),
+        ("router.pkl", pipe.router),
+        ("probes.pkl", pipe.probes),
+    ):
         with open(dest / name, "wb") as f:
             pickle.dump(obj, f, protocol=4)
     return dest
@@ -136,7 +170,11 @@ def write_scale_bundle(dest: Path, hidden: int, n_domains: int) -> Path:
     from asa_format.writer import save_bundle
 
     names = [f"domain_{i:03d}" for i in range(n_domains)]
-    return save_bundle(make_test_contents(hidden_size=hidden, domains=names, model_type="lfm2", seed=hidden), dest, force=True)
+    return save_bundle(
+        make_test_contents(hidden_size=hidden, domains=names, model_type="lfm2", seed=hidden),
+        dest,
+        force=True,
+    )
 
 
 def bundle_size(path: Path) -> int:

@@ -145,7 +145,6 @@ def run_generation(settings: Settings, bundle_path: Path) -> dict[str, Any]:
     }
 
 
-
 def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> dict[str, Any]:
     """Time spent inside the runtime's hooks, as a share of the steered generation.
 
@@ -156,7 +155,10 @@ def _hook_time_share(model: Any, bundle: Any, generate: Any, repeats: int) -> di
     from asa_format.runtime import steering as steering_module
 
     spent: list[float] = []
-    original = {name: getattr(steering_module.Steerer, name) for name in ("pre_forward", "post_forward", "on_block")}
+    original = {
+        name: getattr(steering_module.Steerer, name)
+        for name in ("pre_forward", "post_forward", "on_block")
+    }
 
     def timed(fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -151,7 +151,12 @@ def run_case(name: str, timeout: float) -> dict[str, object]:
     lines = [line for line in text.splitlines() if line.strip()]
     timed_out = seconds >= timeout
     outcome = "timeout" if timed_out else (lines[-1] if lines else f"exit {status}")
-    return {"case": name, "outcome": outcome[:120], "seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "case": name,
+        "outcome": outcome[:120],
+        "seconds": round(seconds, 2),
+        "peak_mib": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(CASES):
         row = run_case(name, args.timeout)
         rows.append(row)
-        print(f"{name:<36} {row['outcome']:<34} {row['seconds']:>8} s  {row['peak_mib']} MiB", flush=True)
+        print(
+            f"{name:<36} {row['outcome']:<34} {row['seconds']:>8} s  {row['peak_mib']} MiB",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     return 0

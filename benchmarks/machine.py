@@ -12,7 +12,16 @@ from typing import Any
 
 __all__ = ["cpu_model", "machine_info"]
 
-_PACKAGES = ("numpy", "onnxruntime", "onnx", "torch", "transformers", "scikit-learn", "skl2onnx", "asa-format")
+_PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "onnx",
+    "torch",
+    "transformers",
+    "scikit-learn",
+    "skl2onnx",
+    "asa-format",
+)
 
 
 def cpu_model() -> str:
@@ -36,7 +45,12 @@ def _version(name: str) -> str | None:
 def _git_commit(root: Path) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -66,5 +80,9 @@ def machine_info() -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "load_average_start": list(os.getloadavg()),
         "git_commit": _git_commit(Path(__file__).resolve().parent.parent),
-        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "thread_env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            if k in os.environ
+        },
     }

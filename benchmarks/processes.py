@@ -31,7 +31,13 @@ def run_process(cmd: Sequence[str], env: dict[str, str] | None = None) -> Proces
         result = Path(tmp) / "result.json"
         out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            subprocess.run([sys.executable, "-S", str(_MEASURE), str(result), *cmd], stdout=out, stderr=err, env=env, check=False)
+            subprocess.run(
+                [sys.executable, "-S", str(_MEASURE), str(result), *cmd],
+                stdout=out,
+                stderr=err,
+                env=env,
+                check=False,
+            )
         stdout = out_path.read_text(encoding="utf-8", errors="replace")
         stderr = err_path.read_text(encoding="utf-8", errors="replace")
         try:
@@ -39,7 +45,9 @@ def run_process(cmd: Sequence[str], env: dict[str, str] | None = None) -> Proces
         except (OSError, ValueError) as exc:
             raise RuntimeError(f"measuring {list(cmd)} failed: {stderr[-2000:]}") from exc
     # Linux reports ru_maxrss in KiB
-    return ProcessRun(int(data["exit"]), float(data["wall_s"]), data["maxrss_kib"] / 1024.0, stdout, stderr)
+    return ProcessRun(
+        int(data["exit"]), float(data["wall_s"]), data["maxrss_kib"] / 1024.0, stdout, stderr
+    )
 
 
 def cli_command(name: str) -> list[str]:

@@ -38,9 +38,14 @@ def _loads(values: Any) -> str:
 
 
 def _targets(doc: dict[str, Any]) -> list[str]:
-    lines = ["| section | measurement | value | target | status |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| section | measurement | value | target | status |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for t in doc["targets"]:
-        lines.append(f"| {t['section']} | {t['name']} | {t['display']} | {t['target']} | {_status(t['met'])} |")
+        lines.append(
+            f"| {t['section']} | {t['name']} | {t['display']} | {t['target']} | {_status(t['met'])} |"
+        )
     return lines
 
 
@@ -65,12 +70,23 @@ def _decision(d: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | {m1} | {s1} | {d['batch1_us'][key]['min']:.1f} | {mb} | {sb} |")
     blas1 = d.get("batch_rows_per_s_blas1") or {}
     if blas1:
-        threads = ", ".join(f"{t['api']} {t['threads']} threads" for t in d.get("blas_threads", [])) or "unknown"
+        threads = (
+            ", ".join(f"{t['api']} {t['threads']} threads" for t in d.get("blas_threads", []))
+            or "unknown"
+        )
         lines += [
             "",
             f"Batch {d['batch']} with the BLAS pool limited to one thread (default here: {threads}): rows/s "
-            + ", ".join(f"{k} {blas1[k]['median']:,.0f}" for k in ("ours", "ours_ort", "legacy", "floor") if k in blas1)
-            + (f"; ours / legacy {blas1['ours']['median'] / blas1['legacy']['median']:.0f}x." if "ours" in blas1 and "legacy" in blas1 else "."),
+            + ", ".join(
+                f"{k} {blas1[k]['median']:,.0f}"
+                for k in ("ours", "ours_ort", "legacy", "floor")
+                if k in blas1
+            )
+            + (
+                f"; ours / legacy {blas1['ours']['median'] / blas1['legacy']['median']:.0f}x."
+                if "ours" in blas1 and "legacy" in blas1
+                else "."
+            ),
         ]
     r = d["ratios"]
     a = d["agreement"]
@@ -151,17 +167,27 @@ def _load(d: dict[str, Any]) -> list[str]:
 
 
 def _cli(c: dict[str, Any]) -> list[str]:
-    lines = ["| process | median wall (s) | p10 .. p90 (s) | peak RSS (MB) |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| process | median wall (s) | p10 .. p90 (s) | peak RSS (MB) |",
+        "| --- | --- | --- | --- |",
+    ]
     for key in ("validate", "convert", "import_asa_format_cli"):
         e = c[key]
         med, sp = _spread(e["wall_s"], "{:.2f}")
         lines.append(f"| `{e['command']}` | {med} | {sp} | {e['peak_rss_mb']['median']:.0f} |")
     vi = c["validate_imports"]
-    lines += ["", f"`asa validate` imported (of torch, transformers, sklearn, skl2onnx, onnxruntime, onnx, scipy): {', '.join(vi['imported']) or 'none'}."]
+    lines += [
+        "",
+        f"`asa validate` imported (of torch, transformers, sklearn, skl2onnx, onnxruntime, onnx, scipy): {', '.join(vi['imported']) or 'none'}.",
+    ]
     for key in ("validate", "convert"):
         top = c["importtime_top"][key][:5]
         if top:
-            lines.append(f"Slowest top-level imports of `{key}` (`-X importtime`, cumulative): " + ", ".join(f"{t['module']} {t['cumulative_ms']:.0f} ms" for t in top) + ".")
+            lines.append(
+                f"Slowest top-level imports of `{key}` (`-X importtime`, cumulative): "
+                + ", ".join(f"{t['module']} {t['cumulative_ms']:.0f} ms" for t in top)
+                + "."
+            )
     return lines
 
 
@@ -185,7 +211,10 @@ def _scale(s: dict[str, Any]) -> list[str]:
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
-    lines += ["", f"Log-log slope over hidden {', '.join(map(str, s['growth_points']))} (1.00 = linear): in-process time {fmt(te)}, peak RSS above baseline {fmt(re_)}."]
+    lines += [
+        "",
+        f"Log-log slope over hidden {', '.join(map(str, s['growth_points']))} (1.00 = linear): in-process time {fmt(te)}, peak RSS above baseline {fmt(re_)}.",
+    ]
     fit = s.get("rss_fit")
     if fit:
         lines.append(
@@ -198,10 +227,16 @@ def _scale(s: dict[str, Any]) -> list[str]:
 def markdown(doc: dict[str, Any]) -> str:
     lines = ["# asa-format benchmarks", "", *_machine(doc), ""]
     if doc["settings"]["quick"]:
-        lines += ["> Quick run: tiny sizes for a smoke test; the numbers say nothing about the targets.", ""]
+        lines += [
+            "> Quick run: tiny sizes for a smoke test; the numbers say nothing about the targets.",
+            "",
+        ]
     noisy = doc["machine"].get("load_average_start") or [0.0]
     if noisy[0] > (doc["machine"].get("cores_available") or 1) * 0.5:
-        lines += ["> The machine was busy with other processes during this run (see the load average): timings are noisy.", ""]
+        lines += [
+            "> The machine was busy with other processes during this run (see the load average): timings are noisy.",
+            "",
+        ]
     lines += ["## Targets", "", *_targets(doc), ""]
     sections = [
         ("decision", "1. Decision latency and throughput", _decision),

@@ -37,7 +37,9 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
 
 def growth_exponent(sizes: list[float], values: list[float]) -> float | None:
     """Least-squares slope of log(value) on log(size) (1.0 = linear); None if undefined."""
-    pts = [(math.log(s), math.log(v)) for s, v in zip(sizes, values, strict=True) if s > 0 and v > 0]
+    pts = [
+        (math.log(s), math.log(v)) for s, v in zip(sizes, values, strict=True) if s > 0 and v > 0
+    ]
     if len(pts) < 2:
         return None
     mx = sum(p[0] for p in pts) / len(pts)
@@ -107,7 +109,11 @@ def run_scale(settings: Settings, work: Path) -> dict[str, Any]:
         # memory used per byte of bundle, the intercept what does not grow with hidden size
         "rss_fit": None if fit is None else {"mb_per_bundle_mb": fit[0], "intercept_mb": fit[1]},
         "domains": settings.scale_domains,
-        "baseline": {"bundle": "hidden 16, 3 domains", "bundle_mb": bundle_size(tiny) / 1e6, **base},
+        "baseline": {
+            "bundle": "hidden 16, 3 domains",
+            "bundle_mb": bundle_size(tiny) / 1e6,
+            **base,
+        },
         "points": points,
         "growth_points": [p["hidden"] for p in top],
         "time_growth_exponent": growth_exponent(sizes, [p["in_process_s"]["median"] for p in top]),

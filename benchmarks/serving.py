@@ -42,7 +42,9 @@ __all__ = ["main", "run_serving"]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 64, 256)
 NOT_MEASURED_GPU = "not measured (no GPU lent)"
-PER_ROW_GROWTH_MAX = 1.10  # per-row cost at a batch may exceed the previous batch's by this factor (noise)
+PER_ROW_GROWTH_MAX = (
+    1.10  # per-row cost at a batch may exceed the previous batch's by this factor (noise)
+)
 
 
 def _time(fn: Callable[[], Any], pre: Callable[[], Any], calls: int) -> list[float]:
@@ -65,7 +67,9 @@ def _us(ts: list[float], rows: int = 1) -> dict[str, Any]:
     return summarize([t * 1e6 / rows for t in ts], "us")
 
 
-def _in_hook(bundle: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool) -> dict[str, Any]:
+def _in_hook(
+    bundle: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool
+) -> dict[str, Any]:
     import torch
 
     a = torch.randn(64, pool.shape[1])
@@ -78,6 +82,7 @@ def _in_hook(bundle: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quic
     for n in BATCHES:
         rows = torch.from_numpy(np.ascontiguousarray(np.resize(pool, (n, pool.shape[1]))))
         calls = (20 if quick else 300) if n <= 64 else (10 if quick else 120)
+
         def numpy_path(rows: Any = rows) -> Any:
             return bundle.decide(rows.to(torch.float32).cpu().numpy())  # the runtime's host copy
 
@@ -153,14 +158,20 @@ def _mixed(work: Path, hidden: int, quick: bool) -> dict[str, Any]:
     bundles = []
     for k in range(4):
         contents = make_test_contents(
-            hidden_size=hidden, domains=("a", "b", "c", "d"), policy=C.POLICY_GENERATED_TOKENS, probe_scale=2.0, seed=k
+            hidden_size=hidden,
+            domains=("a", "b", "c", "d"),
+            policy=C.POLICY_GENERATED_TOKENS,
+            probe_scale=2.0,
+            seed=k,
         )
         bundles.append(asa_format.load_bundle(asa_format.save_bundle(contents, work / f"mixed{k}")))
     registry = {b.root_digest: b for b in bundles}
     digests = list(registry)
     seqs, chunk = 64, 8
     rng = np.random.default_rng(3)
-    prefill = torch.from_numpy(rng.standard_normal((seqs * chunk, hidden)).astype(np.float32)).to(torch.bfloat16)
+    prefill = torch.from_numpy(rng.standard_normal((seqs * chunk, hidden)).astype(np.float32)).to(
+        torch.bfloat16
+    )
     decode = prefill[:seqs].clone()
     ids = [f"r{i}" for i in range(seqs)]
     calls = 5 if quick else 60
@@ -170,13 +181,33 @@ def _mixed(work: Path, hidden: int, quick: bool) -> dict[str, Any]:
 
         def run_prefill(selections: list[str] = selections) -> dict[str, Any]:
             state: dict[str, Any] = {}
-            steer_flat(prefill, np.arange(seqs + 1) * chunk, [24] * seqs, [32] * seqs, selections, registry, None, state, ids)
+            steer_flat(
+                prefill,
+                np.arange(seqs + 1) * chunk,
+                [24] * seqs,
+                [32] * seqs,
+                selections,
+                registry,
+                None,
+                state,
+                ids,
+            )
             return state
 
         state = run_prefill()
 
         def run_decode(selections: list[str] = selections, state: dict[str, Any] = state) -> None:
-            steer_flat(decode, np.arange(seqs + 1), [40] * seqs, [32] * seqs, selections, registry, None, state, ids)
+            steer_flat(
+                decode,
+                np.arange(seqs + 1),
+                [40] * seqs,
+                [32] * seqs,
+                selections,
+                registry,
+                None,
+                state,
+                ids,
+            )
 
         run_decode()
         runs[k] = (run_prefill, run_decode)
@@ -191,7 +222,14 @@ def _mixed(work: Path, hidden: int, quick: bool) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     out = {str(k): {"prefill_us": _us(p), "decode_us": _us(d)} for k, (p, d) in times.items()}
-    return {"sequences": seqs, "chunk": chunk, "hidden": hidden, "dtype": "bfloat16", "torch_threads": 1, "bundles": out}
+    return {
+        "sequences": seqs,
+        "chunk": chunk,
+        "hidden": hidden,
+        "dtype": "bfloat16",
+        "torch_threads": 1,
+        "bundles": out,
+    }
 
 
 def run_serving(quick: bool, work: Path) -> dict[str, Any]:
@@ -235,7 +273,15 @@ def _targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for cond in ("after_numpy_blas", "after_torch"):
         ratio = doc["busy"][cond]["legacy_over_ours"]
-        out.append({"name": f"batch 64, {cond}: legacy / ours", "value": ratio, "display": f"{ratio:.0f}x", "target": ">= 50x", "met": ratio >= 50.0})
+        out.append(
+            {
+                "name": f"batch 64, {cond}: legacy / ours",
+                "value": ratio,
+                "display": f"{ratio:.0f}x",
+                "target": ">= 50x",
+                "met": ratio >= 50.0,
+            }
+        )
     for path in ("numpy", "torch"):
         per_row = [doc["in_hook"][str(n)][path]["per_row_us"]["median"] for n in BATCHES]
         growth = max(b / a for a, b in itertools.pairwise(per_row))
@@ -243,7 +289,8 @@ def _targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": f"in-hook per-row cost ({path}) does not grow with batch size",
                 "value": growth,
-                "display": " / ".join(f"{v:.1f}" for v in per_row) + f" us (largest step x{growth:.2f})",
+                "display": " / ".join(f"{v:.1f}" for v in per_row)
+                + f" us (largest step x{growth:.2f})",
                 "target": f"each step <= x{PER_ROW_GROWTH_MAX:.2f}",
                 "met": growth <= PER_ROW_GROWTH_MAX,
             }
@@ -267,7 +314,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     for t in doc["targets"]:
-        lines.append(f"| {t['name']} | {t['display']} | {t['target']} | {'met' if t['met'] else '**missed**'} |")
+        lines.append(
+            f"| {t['name']} | {t['display']} | {t['target']} | {'met' if t['met'] else '**missed**'} |"
+        )
     lines += [
         "",
         "## In-hook decision cost (after a 2-thread torch matmul), CPU",
@@ -279,7 +328,10 @@ def markdown(doc: dict[str, Any]) -> str:
         r = doc["in_hook"][str(n)]
         lines.append(
             f"| {n} | "
-            + " | ".join(f"{r[k]['call_us']['median']:.0f} | {r[k]['per_row_us']['median']:.1f}" for k in ("numpy", "torch", "torch_ops"))
+            + " | ".join(
+                f"{r[k]['call_us']['median']:.0f} | {r[k]['per_row_us']['median']:.1f}"
+                for k in ("numpy", "torch", "torch_ops")
+            )
             + " |"
         )
     lines += [
@@ -297,7 +349,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "| condition | `Bundle.decide` | same, one multi-threaded product | legacy scikit-learn | legacy / ours |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for cond, label in (("alone", "alone"), ("after_numpy_blas", "after NumPy's 2-thread BLAS product"), ("after_torch", "after a 2-thread torch product")):
+    for cond, label in (
+        ("alone", "alone"),
+        ("after_numpy_blas", "after NumPy's 2-thread BLAS product"),
+        ("after_torch", "after a 2-thread torch product"),
+    ):
         r = doc["busy"][cond]
         lines.append(
             f"| {label} | {r['ours']['median']:.0f} | {r['ours_unblocked']['median']:.0f} | {r['legacy']['median']:.0f} | {r['legacy_over_ours']:.0f}x |"
@@ -317,17 +373,33 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks serving", description="Decision costs as a server sees them.")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few calls (smoke test); numbers are meaningless")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for serving.json and serving.md (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks serving", description="Decision costs as a server sees them."
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few calls (smoke test); numbers are meaningless",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder for serving.json and serving.md (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="asa-bench-serving-") as tmp:
         doc = run_serving(args.quick, Path(tmp))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serving.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "serving.json").write_text(
+        json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (out / "serving.md").write_text(markdown(doc), encoding="utf-8")
     print(f"[benchmarks] wrote {out / 'serving.json'} and {out / 'serving.md'}", file=sys.stderr)
     for t in doc["targets"]:
-        print(f"[benchmarks]   [{'met' if t['met'] else 'MISSED':6}] {t['name']}: {t['display']} (target {t['target']})", file=sys.stderr)
+        print(
+            f"[benchmarks]   [{'met' if t['met'] else 'MISSED':6}] {t['name']}: {t['display']} (target {t['target']})",
+            file=sys.stderr,
+        )
     return 0

@@ -11,7 +11,9 @@ __all__ = ["Settings", "full_settings", "quick_settings"]
 @dataclass(frozen=True)
 class Settings:
     quick: bool
-    repeats: int  # whole-run repeats: CLI processes and scale points (generation pairs: 2x, loads: 3x)
+    repeats: (
+        int  # whole-run repeats: CLI processes and scale points (generation pairs: 2x, loads: 3x)
+    )
     # 1. decision latency
     hidden: int = 2048
     domains: int = 4
@@ -49,7 +51,13 @@ class Settings:
 
 def full_settings(repeats: int | None = None) -> Settings:
     r = 10 if repeats is None else repeats
-    return Settings(quick=False, repeats=r, gen_pairs=2 * r, load_repeats=max(3 * r, 5), convert_repeats=max(r // 2, 1))
+    return Settings(
+        quick=False,
+        repeats=r,
+        gen_pairs=2 * r,
+        load_repeats=max(3 * r, 5),
+        convert_repeats=max(r // 2, 1),
+    )
 
 
 def quick_settings(repeats: int | None = None) -> Settings:

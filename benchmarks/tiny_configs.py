@@ -16,7 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "HIDDEN", "LAYERS", "OVERRIDES", "POST_BUILD", "VOCAB", "prepare_model", "shrink_dict",
+    "HIDDEN",
+    "LAYERS",
+    "OVERRIDES",
+    "POST_BUILD",
+    "VOCAB",
+    "prepare_model",
+    "shrink_dict",
     "tiny_config",
 ]
 
@@ -35,17 +41,35 @@ MAX_POSITIONS = 512
 _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     (re.compile(p), cap)
     for p, cap in (
-        (r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)$", KV_HEADS),
+        (
+            r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)$",
+            KV_HEADS,
+        ),
         (r"(^|_)(num_attention_heads|n_heads?|num_heads|attention_heads|heads)$", HEADS),
         (r"^rotary_dim$", HEAD_DIM),
         (r"head_dim$|headdim$|d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
-        (r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim|adapter_input_size)$", HIDDEN),
-        (r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim", INTERMEDIATE),
-        (r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|num_layers_per_stack)$", LAYERS),
-        (r"experts_per_tok$|experts_per_token$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$", 2),
+        (
+            r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim|adapter_input_size)$",
+            HIDDEN,
+        ),
+        (
+            r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim",
+            INTERMEDIATE,
+        ),
+        (
+            r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|num_layers_per_stack)$",
+            LAYERS,
+        ),
+        (
+            r"experts_per_tok$|experts_per_token$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$",
+            2,
+        ),
         (r"shared_experts$", 1),
         (r"experts$", EXPERTS),
-        (r"^(n_group|topk_group|num_expert_groups?|num_groups_topk|n_groups|mamba_ngroups|mamba_n_groups)$", 1),
+        (
+            r"^(n_group|topk_group|num_expert_groups?|num_groups_topk|n_groups|mamba_ngroups|mamba_n_groups)$",
+            1,
+        ),
         (r"^(mamba_)?expand$", 1),
         (r"lora_rank$|^time_step_rank$", RANK),
         (r"^(d_state|state_size|ssm_state_size|mamba_d_state)$", RANK),
@@ -54,10 +78,17 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     )
 )
 _TOKEN_ID = re.compile(r"(token_id|token_index|token_ids)$")
-_SKIP_KEYS = frozenset({"id2label", "label2id", "rope_parameters", "rope_scaling", "task_specific_params"})
+_SKIP_KEYS = frozenset(
+    {"id2label", "label2id", "rope_parameters", "rope_scaling", "task_specific_params"}
+)
 _KV_KEYS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_head_kv")
 _LAYER_KEYS = (
-    "num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "num_decoder_layers",
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
+    "decoder_layers",
+    "num_decoder_layers",
 )
 
 
@@ -124,9 +155,12 @@ def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
             cap = _cap(key)
             if cap is not None and value > cap:
                 d[key] = cap
-        elif isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ) and not _TOKEN_ID.search(key):
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and not _TOKEN_ID.search(key)
+        ):
             cap = _cap(key)  # per-layer sizes (gemma3n's intermediate_size list)
             if cap is not None:
                 d[key] = [min(v, cap) for v in value]
@@ -139,7 +173,8 @@ def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
         # Per-layer lists (layer_types, mlp_layer_types, ...) and layer-indexed dicts follow
         # the layer count; every kind of layer keeps at least one representative.
         per_layer = [
-            k for k, v in d.items()
+            k
+            for k, v in d.items()
             if isinstance(v, list) and len(v) == old_layers and k not in _LAYER_KEYS
         ]
         keep = _keep_indices([d[k] for k in per_layer], old_layers, new_layers)
@@ -149,9 +184,13 @@ def shrink_dict(d: dict[str, Any]) -> dict[str, Any]:
         for k, v in list(d.items()):
             if _index_dict(v, old_layers):
                 d[k] = {
-                    (f"{position[int(key)]:0{len(key)}d}" if isinstance(key, str)
-                     else position[int(key)]): item
-                    for key, item in v.items() if int(key) in position
+                    (
+                        f"{position[int(key)]:0{len(key)}d}"
+                        if isinstance(key, str)
+                        else position[int(key)]
+                    ): item
+                    for key, item in v.items()
+                    if int(key) in position
                 }
         if len(keep) != new_layers:
             for k in _LAYER_KEYS:
@@ -180,12 +219,19 @@ def remap_token_ids(d: dict[str, Any], vocab: int) -> None:
     found: list[tuple[dict[str, Any], str]] = []
     _token_ids(d, found)
     big = sorted(
-        {v for owner, key in found for v in (owner[key] if isinstance(owner[key], list) else [owner[key]]) if v >= vocab}
+        {
+            v
+            for owner, key in found
+            for v in (owner[key] if isinstance(owner[key], list) else [owner[key]])
+            if v >= vocab
+        }
     )
     new = {v: vocab - 1 - i for i, v in enumerate(big)}
     for owner, key in found:
         value = owner[key]
-        owner[key] = [new.get(v, v) for v in value] if isinstance(value, list) else new.get(value, value)
+        owner[key] = (
+            [new.get(v, v) for v in value] if isinstance(value, list) else new.get(value, value)
+        )
 
 
 def _min_vocab(d: dict[str, Any]) -> int:
@@ -212,8 +258,11 @@ def _set(**values: Any) -> Fix:
 
 def _zamba2(d: dict[str, Any]) -> None:
     d.update(
-        num_hidden_layers=2, layers_block_type=["linear_attention", "hybrid"], hybrid_layer_ids=[1],
-        attention_hidden_size=2 * HIDDEN, attention_head_dim=2 * HIDDEN // HEADS,
+        num_hidden_layers=2,
+        layers_block_type=["linear_attention", "hybrid"],
+        hybrid_layer_ids=[1],
+        attention_hidden_size=2 * HIDDEN,
+        attention_head_dim=2 * HIDDEN // HEADS,
     )
 
 
@@ -233,9 +282,12 @@ OVERRIDES: dict[str, Fix] = {
     "qwen4_exp": lambda d: d["text_config"].update(layer_types=["linear_attention"] * LAYERS),
     "qwen4_exp_text": _set(layer_types=["linear_attention"] * LAYERS),
     "zamba": _set(
-        num_hidden_layers=3, attn_layer_period=1, attn_layer_offset=1,
+        num_hidden_layers=3,
+        attn_layer_period=1,
+        attn_layer_offset=1,
         layers_block_type=["linear_attention", "hybrid", "hybrid"],
-        attention_hidden_size=2 * HIDDEN, attention_head_dim=2 * HIDDEN // HEADS,
+        attention_hidden_size=2 * HIDDEN,
+        attention_head_dim=2 * HIDDEN // HEADS,
     ),
     "zamba2": _zamba2,
 }

@@ -45,7 +45,9 @@ def _n_features(est: Any, what: str) -> int:
         coef = getattr(est, "coef_", None)
         n = None if coef is None else np.asarray(coef).shape[-1]
     if n is None:
-        raise _shape_error(f"{what} is not fitted (no n_features_in_)", "fit it before building a bundle")
+        raise _shape_error(
+            f"{what} is not fitted (no n_features_in_)", "fit it before building a bundle"
+        )
     return int(n)
 
 
@@ -56,18 +58,33 @@ def _domain_of_class(router: Any, domains: Sequence[str]) -> list[int]:
     for c in classes:
         if isinstance(c, str):
             if c not in domains:
-                raise _shape_error(f"router class {c!r} is not one of the domains {list(domains)}", "router labels must be domain names or indices")
+                raise _shape_error(
+                    f"router class {c!r} is not one of the domains {list(domains)}",
+                    "router labels must be domain names or indices",
+                )
             out.append(list(domains).index(c))
-        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < len(domains):
+        elif (
+            isinstance(c, (int, np.integer))
+            and not isinstance(c, bool)
+            and 0 <= int(c) < len(domains)
+        ):
             out.append(int(c))
         else:
-            raise _shape_error(f"router class {c!r} is neither a domain name nor an index below {len(domains)}", "fit the router on domain names or indices")
+            raise _shape_error(
+                f"router class {c!r} is neither a domain name nor an index below {len(domains)}",
+                "fit the router on domain names or indices",
+            )
     if sorted(out) != list(range(len(domains))):
-        raise _shape_error(f"router classes {classes} do not cover the domains {list(domains)} exactly once", "fit the router on every domain")
+        raise _shape_error(
+            f"router classes {classes} do not cover the domains {list(domains)} exactly once",
+            "fit the router on every domain",
+        )
     return out
 
 
-def _reference(scaler: Any, router: Any, probes: Mapping[str, Any], domains: Sequence[str], tau: float) -> Any:
+def _reference(
+    scaler: Any, router: Any, probes: Mapping[str, Any], domains: Sequence[str], tau: float
+) -> Any:
     class_to_domain = np.asarray(_domain_of_class(router, domains))
 
     def decide(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,16 +140,24 @@ def build_bundle(
 
     names = list(domains)
     hidden = _n_features(scaler, "the scaler")
-    for what, est in [("the router", router), *((f"the probe of {k!r}", v) for k, v in probes.items())]:
+    for what, est in [
+        ("the router", router),
+        *((f"the probe of {k!r}", v) for k, v in probes.items()),
+    ]:
         n = _n_features(est, what)
         if n != hidden:
-            raise _shape_error(f"{what} expects {n} features, the scaler {hidden}", "fit every estimator on the same hidden states")
+            raise _shape_error(
+                f"{what} expects {n} features, the scaler {hidden}",
+                "fit every estimator on the same hidden states",
+            )
     unknown = sorted(set(probes) - set(names))
     if unknown:
         raise _shape_error(f"probes for unknown domains {unknown}", f"domains are {names}")
     missing = sorted({*names, C.GLOBAL_VECTOR} - set(vectors))
     if missing:
-        raise _shape_error(f"no steering vector for {missing}", "give one vector per domain plus 'global'")
+        raise _shape_error(
+            f"no steering vector for {missing}", "give one vector per domain plus 'global'"
+        )
     extra = sorted(set(vectors) - {*names, C.GLOBAL_VECTOR})
     if extra:
         raise _shape_error(f"steering vectors for unknown names {extra}", f"domains are {names}")
@@ -140,14 +165,22 @@ def build_bundle(
     for key, value in vectors.items():
         v = np.asarray(value, dtype=np.float64).reshape(-1)
         if v.shape != (hidden,):
-            raise _shape_error(f"vector {key!r} has shape {list(np.shape(value))}, expected [{hidden}]", "vectors live in the hidden space")
+            raise _shape_error(
+                f"vector {key!r} has shape {list(np.shape(value))}, expected [{hidden}]",
+                "vectors live in the hidden space",
+            )
         norm = float(np.linalg.norm(v))
         if not np.isfinite(norm) or norm == 0.0:
-            raise _shape_error(f"vector {key!r} is zero or not finite", "give non-zero, finite vectors")
+            raise _shape_error(
+                f"vector {key!r} is zero or not finite", "give non-zero, finite vectors"
+            )
         unit[key] = (v / norm).astype(np.float32)
     for name, probe in probes.items():
         if sorted(np.asarray(probe.classes_).tolist()) != [0, 1]:
-            raise _shape_error(f"the probe of {name!r} has classes {np.asarray(probe.classes_).tolist()}, expected [0, 1]", "class 1 means 'tool call intended'")
+            raise _shape_error(
+                f"the probe of {name!r} has classes {np.asarray(probe.classes_).tolist()}, expected [0, 1]",
+                "class 1 means 'tool call intended'",
+            )
     class_order = _domain_of_class(router, names)
     router_classes = list(np.asarray(router.classes_).tolist())
     ordered = [router_classes[class_order.index(i)] for i in range(len(names))]
@@ -204,5 +237,7 @@ def _library_versions() -> dict[str, str]:
             module = __import__(name)
         except ImportError:  # pragma: no cover - all are dependencies of conversion
             continue
-        out["scikit-learn" if name == "sklearn" else name] = str(getattr(module, "__version__", "unknown"))
+        out["scikit-learn" if name == "sklearn" else name] = str(
+            getattr(module, "__version__", "unknown")
+        )
     return out

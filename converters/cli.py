@@ -25,15 +25,34 @@ __all__ = ["convert_command", "main"]
 @click.command("convert", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", type=click.Path())
 @click.argument("destination", type=click.Path())
-@click.option("--model-id", help="Hugging Face model id the assets were fitted on (overrides config.json's 'model').")
-@click.option("--model-type", help="transformers model_type of that model (e.g. lfm2, qwen2, llama).")
-@click.option("--num-layers", type=click.IntRange(min=1), help="Number of decoder layers of that model.")
 @click.option(
-    "--force", is_flag=True,
+    "--model-id",
+    help="Hugging Face model id the assets were fitted on (overrides config.json's 'model').",
+)
+@click.option(
+    "--model-type", help="transformers model_type of that model (e.g. lfm2, qwen2, llama)."
+)
+@click.option(
+    "--num-layers", type=click.IntRange(min=1), help="Number of decoder layers of that model."
+)
+@click.option(
+    "--force",
+    is_flag=True,
     help="Replace DESTINATION if it is an asa bundle (never another directory, nor the source or a folder holding it).",
 )
-@click.option("--samples", type=click.IntRange(min=16, max=1_000_000), default=4096, show_default=True, help="Hidden states compared in the parity self-check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the conversion report as JSON (the shape asa validate uses).")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=16, max=1_000_000),
+    default=4096,
+    show_default=True,
+    help="Hidden states compared in the parity self-check.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the conversion report as JSON (the shape asa validate uses).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="asa-convert")
 def convert_command(
     source: str,

@@ -37,7 +37,15 @@ from asa_format.errors import ParityError, UsageError
 from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
 from asa_format.writer import BundleContents, check_destination, save_bundle
 
-__all__ = ["PARITY_TOLERANCE", "ConversionReport", "Parity", "assets_to_contents", "check_not_source", "convert_legacy", "sample_hidden_states"]
+__all__ = [
+    "PARITY_TOLERANCE",
+    "ConversionReport",
+    "Parity",
+    "assets_to_contents",
+    "check_not_source",
+    "convert_legacy",
+    "sample_hidden_states",
+]
 
 
 @dataclass
@@ -80,7 +88,8 @@ class ConversionReport:
         ]
         if self.unknown:
             lines.append(
-                "not known    " + ", ".join(self.unknown)
+                "not known    "
+                + ", ".join(self.unknown)
                 + " (pass --model-id / --model-type / --num-layers to record them)"
             )
         return "\n".join(lines) + "\n"
@@ -99,7 +108,15 @@ def assets_to_contents(
 
     probes = {name: export_probe(probe) for name, probe in assets.probes.items()}
     versions = sorted(
-        {v for v in [assets.scaler.sklearn_version, assets.router.sklearn_version, *(p.sklearn_version for p in assets.probes.values())] if v}
+        {
+            v
+            for v in [
+                assets.scaler.sklearn_version,
+                assets.router.sklearn_version,
+                *(p.sklearn_version for p in assets.probes.values()),
+            ]
+            if v
+        }
     )
     library_versions = {"scikit-learn": ", ".join(versions)} if versions else {}
     metadata: dict[str, Any] = dict(assets.extra_config)
@@ -111,7 +128,13 @@ def assets_to_contents(
             num_layers=num_layers,
         ),
         layer=assets.layer,
-        steering=Steering(alpha=assets.alpha, tau=assets.tau, beta=assets.beta, policy=policy, no_probe_probability=0.5),
+        steering=Steering(
+            alpha=assets.alpha,
+            tau=assets.tau,
+            beta=assets.beta,
+            policy=policy,
+            no_probe_probability=0.5,
+        ),
         domains=list(assets.domains),
         vectors={k: np.asarray(v, dtype=np.float32) for k, v in assets.vectors.items()},
         scaler=export_scaler(assets.scaler),
@@ -132,7 +155,11 @@ def check_not_source(source: str | os.PathLike[str], destination: str | os.PathL
     src = Path(source).resolve()
     dst = Path(destination).resolve()
     if dst == src or dst in src.parents:
-        what = "is the source directory" if dst == src else f"contains the source directory {str(source)!r}"
+        what = (
+            "is the source directory"
+            if dst == src
+            else f"contains the source directory {str(source)!r}"
+        )
         raise UsageError(
             f"destination {str(destination)!r} {what}; writing there would replace the legacy inputs",
             code="DESTINATION_IS_SOURCE",
@@ -162,17 +189,24 @@ def convert_legacy(
     check_not_source(source, destination)
     check_destination(destination, force=force)  # before reading: refuse early, nothing read
     assets = read_legacy_bundle(source)
-    contents = assets_to_contents(assets, model_id=model_id, model_type=model_type, num_layers=num_layers)
-    hidden = sample_chunks(assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed)
+    contents = assets_to_contents(
+        assets, model_id=model_id, model_type=model_type, num_layers=num_layers
+    )
+    hidden = sample_chunks(
+        assets.scaler.mean, assets.scaler.scale, assets.hidden_size, samples, seed
+    )
     outcome: dict[str, Any] = {}
 
     def self_check(tmp: Path) -> None:
         bundle = load_bundle(tmp)
         f32 = estimators_use_float32(assets)
         parity = compare(
-            bundle, lambda h: legacy_decide(assets, h), hidden,
+            bundle,
+            lambda h: legacy_decide(assets, h),
+            hidden,
             FLOAT32_PARITY_TOLERANCE if f32 else PARITY_TOLERANCE,
-            tau=float(assets.tau), precision="float32" if f32 else "float64",
+            tau=float(assets.tau),
+            precision="float32" if f32 else "float64",
         )
         outcome["parity"] = parity
         outcome["digest"] = bundle.root_digest
@@ -188,7 +222,15 @@ def convert_legacy(
     dest = save_bundle(contents, destination, force=force, before_commit=self_check)
     files = {p.name: p.stat().st_size for p in sorted(dest.iterdir())}
     binding = contents.model
-    unknown = [name for name, value in (("model id", binding.id), ("model type", binding.type), ("layer count", binding.num_layers)) if value is None]
+    unknown = [
+        name
+        for name, value in (
+            ("model id", binding.id),
+            ("model type", binding.type),
+            ("layer count", binding.num_layers),
+        )
+        if value is None
+    ]
     return ConversionReport(
         destination=str(dest),
         files=files,

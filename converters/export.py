@@ -121,8 +121,12 @@ def _finite(name: str, arr: np.ndarray, file: str | None) -> None:
         )
 
 
-def _convert(est: Any, inputs: list[tuple[str, Any]], outputs: list[tuple[str, Any]],
-             options: dict[str, Any] | None) -> onnx.ModelProto:
+def _convert(
+    est: Any,
+    inputs: list[tuple[str, Any]],
+    outputs: list[tuple[str, Any]],
+    options: dict[str, Any] | None,
+) -> onnx.ModelProto:
     skl2onnx = _skl2onnx()
     try:
         with warnings.catch_warnings():
@@ -210,7 +214,9 @@ def _fresh_scaler(scaler: LegacyScaler) -> Any:
             _finite(name, arr, "scaler.pkl")
     if scale is not None and np.any(scale == 0):
         raise LegacyFormatError(
-            "scaler scale_ contains zeros", code="LEGACY_CONTENT", file="scaler.pkl",
+            "scaler scale_ contains zeros",
+            code="LEGACY_CONTENT",
+            file="scaler.pkl",
             hint="a fitted StandardScaler replaces zero scales by 1; the pickle is corrupt",
         )
     est.mean_ = mean if est.with_mean else None
@@ -250,28 +256,36 @@ def export_scaler(scaler: LegacyScaler) -> bytes:
     h = int(scaler.n_features_in)
     options = {"div": "div"}
     if scaler_uses_float32(scaler) or (est.mean_ is None and est.scale_ is None):
-        model = _convert(est, [(SCALER_INPUT, FloatTensorType([None, h]))],
-                         [(SCALER_OUTPUT, FloatTensorType([None, h]))], options)
+        model = _convert(
+            est,
+            [(SCALER_INPUT, FloatTensorType([None, h]))],
+            [(SCALER_OUTPUT, FloatTensorType([None, h]))],
+            options,
+        )
         return _finalize(model, "scaler")
     # float64 arithmetic rounded to float32 after each in-place step.
     inner_in, inner_out = f"{SCALER_INPUT}_f64", f"{SCALER_OUTPUT}_f64"
-    model = _convert(est, [(inner_in, DoubleTensorType([None, h]))],
-                     [(inner_out, DoubleTensorType([None, h]))], options)
+    model = _convert(
+        est,
+        [(inner_in, DoubleTensorType([None, h]))],
+        [(inner_out, DoubleTensorType([None, h]))],
+        options,
+    )
     _insert_after(model, "Sub", [TensorProto.FLOAT, TensorProto.DOUBLE], "round")
     graph = model.graph
-    cast_in = helper.make_node("Cast", [SCALER_INPUT], [inner_in], name="CastHiddenToDouble",
-                               to=TensorProto.DOUBLE)
-    cast_out = helper.make_node("Cast", [inner_out], [SCALER_OUTPUT], name="CastXToFloat",
-                                to=TensorProto.FLOAT)
+    cast_in = helper.make_node(
+        "Cast", [SCALER_INPUT], [inner_in], name="CastHiddenToDouble", to=TensorProto.DOUBLE
+    )
+    cast_out = helper.make_node(
+        "Cast", [inner_out], [SCALER_OUTPUT], name="CastXToFloat", to=TensorProto.FLOAT
+    )
     nodes = [cast_in, *graph.node, cast_out]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.input[:]
     graph.input.append(helper.make_tensor_value_info(SCALER_INPUT, TensorProto.FLOAT, [None, h]))
     del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info(SCALER_OUTPUT, TensorProto.FLOAT, [None, h])
-    )
+    graph.output.append(helper.make_tensor_value_info(SCALER_OUTPUT, TensorProto.FLOAT, [None, h]))
     return _finalize(model, "scaler")
 
 
@@ -284,7 +298,8 @@ def export_fitted_scaler(est: Any, sklearn_version: str | None = None) -> bytes:
 
     if not hasattr(est, "n_features_in_"):
         raise ConversionError(
-            f"{type(est).__name__} is not fitted", code="INPUT_SHAPE",
+            f"{type(est).__name__} is not fitted",
+            code="INPUT_SHAPE",
             hint="fit the scaler before exporting it",
         )
     legacy = LegacyScaler(
@@ -301,8 +316,7 @@ def export_fitted_scaler(est: Any, sklearn_version: str | None = None) -> bytes:
 # Logistic regressions -------------------------------------------------------------
 
 
-def _fresh_logreg(coef: np.ndarray, intercept: np.ndarray, n_classes: int,
-                  multi_class: str) -> Any:
+def _fresh_logreg(coef: np.ndarray, intercept: np.ndarray, n_classes: int, multi_class: str) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     est = LogisticRegression(solver="lbfgs")
@@ -332,8 +346,9 @@ def _logreg_arrays(lr: LegacyLogisticRegression, file: str) -> tuple[np.ndarray,
     return coef, intercept
 
 
-def _export_logreg(coef: np.ndarray, intercept: np.ndarray, n_classes: int,
-                   multi_class: str, kind: str) -> bytes:
+def _export_logreg(
+    coef: np.ndarray, intercept: np.ndarray, n_classes: int, multi_class: str, kind: str
+) -> bytes:
     from skl2onnx.common.data_types import DoubleTensorType, Int64TensorType
 
     est = _fresh_logreg(coef, intercept, n_classes, multi_class)
@@ -341,8 +356,10 @@ def _export_logreg(coef: np.ndarray, intercept: np.ndarray, n_classes: int,
     model = _convert(
         est,
         [(CLASSIFIER_INPUT, DoubleTensorType([None, h]))],
-        [(CLASSIFIER_LABEL, Int64TensorType([None])),
-         (CLASSIFIER_PROBABILITIES, DoubleTensorType([None, n_classes]))],
+        [
+            (CLASSIFIER_LABEL, Int64TensorType([None])),
+            (CLASSIFIER_PROBABILITIES, DoubleTensorType([None, n_classes])),
+        ],
         {"zipmap": False},
     )
     return _finalize(model, kind)
@@ -358,7 +375,8 @@ def export_router(router: LegacyLogisticRegression, domains: Sequence[str]) -> b
         if coef.shape[0] != 1:
             raise LegacyFormatError(
                 f"two-domain router has coef_ shape {coef.shape}, expected [1, hidden]",
-                code="LEGACY_CONTENT", file="router.pkl",
+                code="LEGACY_CONTENT",
+                file="router.pkl",
                 hint="a binary LogisticRegression stores one coefficient row",
             )
         if mapping[1] == 0:  # the positive class is domain 0: flip the score
@@ -367,7 +385,8 @@ def export_router(router: LegacyLogisticRegression, domains: Sequence[str]) -> b
     if coef.shape[0] != n:
         raise ConversionError(
             f"router coef_ has {coef.shape[0]} rows for {n} domains",
-            code="DOMAIN_MISMATCH", file="router.pkl",
+            code="DOMAIN_MISMATCH",
+            file="router.pkl",
             hint="the router must have one class per domain",
         )
     order = np.argsort(mapping)  # row for domain j is class order[j]
@@ -378,11 +397,13 @@ def export_probe(probe: LegacyLogisticRegression) -> bytes:
     """``probe_<i>.onnx``: column 1 = P(tool call intended), as the writing version computed it."""
     coef, intercept = _logreg_arrays(probe, "probes.pkl")
     classes = np.asarray(probe.classes).tolist()
-    if [int(c) if isinstance(c, (bool, np.bool_)) else c for c in classes] != [0, 1] \
-            or coef.shape[0] != 1:
+    if [int(c) if isinstance(c, (bool, np.bool_)) else c for c in classes] != [0, 1] or coef.shape[
+        0
+    ] != 1:
         raise LegacyFormatError(
             f"probe has classes {classes} and coef_ shape {coef.shape}",
-            code="LEGACY_CONTENT", file="probes.pkl",
+            code="LEGACY_CONTENT",
+            file="probes.pkl",
             hint="probes must be binary LogisticRegressions with classes [0, 1]",
         )
     multi_class = "multinomial" if probe_uses_softmax(probe) else "auto"
@@ -406,7 +427,8 @@ def export_fitted_classifier(est: Any, classes_order: Sequence[Any]) -> bytes:
 
     if not hasattr(est, "classes_"):
         raise ConversionError(
-            f"{type(est).__name__} is not fitted", code="INPUT_SHAPE",
+            f"{type(est).__name__} is not fitted",
+            code="INPUT_SHAPE",
             hint="fit the classifier before exporting it",
         )
     est_classes = _as_list(est.classes_)
@@ -415,16 +437,18 @@ def export_fitted_classifier(est: Any, classes_order: Sequence[Any]) -> bytes:
         set(map(str, order))
     ):
         raise ConversionError(
-            f"classes_order {order} is not a permutation of the classifier's classes "
-            f"{est_classes}",
+            f"classes_order {order} is not a permutation of the classifier's classes {est_classes}",
             code="DOMAIN_MISMATCH",
             hint="list every class of the classifier exactly once",
         )
     if isinstance(est, LogisticRegression):
         legacy = LegacyLogisticRegression(
-            coef=np.asarray(est.coef_), intercept=np.asarray(est.intercept_).reshape(-1),
-            classes=np.asarray(est.classes_), multi_class=getattr(est, "multi_class", None),
-            solver=getattr(est, "solver", None), sklearn_version=sklearn.__version__,
+            coef=np.asarray(est.coef_),
+            intercept=np.asarray(est.intercept_).reshape(-1),
+            classes=np.asarray(est.classes_),
+            multi_class=getattr(est, "multi_class", None),
+            solver=getattr(est, "solver", None),
+            sklearn_version=sklearn.__version__,
         )
         if order == [0, 1] and est_classes == [0, 1]:
             return export_probe(legacy)
@@ -440,16 +464,17 @@ def _export_generic(est: Any, est_classes: list[Any], order: list[Any]) -> bytes
     h = int(getattr(est, "n_features_in_", 0))
     if h <= 0:
         raise ConversionError(
-            f"{type(est).__name__} does not record n_features_in_", code="INPUT_SHAPE",
+            f"{type(est).__name__} does not record n_features_in_",
+            code="INPUT_SHAPE",
             hint="fit the classifier on a 2-D array",
         )
-    model = _convert(est, [(CLASSIFIER_INPUT, DoubleTensorType([None, h]))], [],
-                     {"zipmap": False})
+    model = _convert(est, [(CLASSIFIER_INPUT, DoubleTensorType([None, h]))], [], {"zipmap": False})
     graph = model.graph
     if len(graph.output) != 2:
         raise ConversionError(
             f"{type(est).__name__} exports {len(graph.output)} outputs, expected label and "
-            "probabilities", code="EXPORT_FAILED",
+            "probabilities",
+            code="EXPORT_FAILED",
             hint="use a classifier with predict_proba",
         )
     contract = (CLASSIFIER_LABEL, CLASSIFIER_PROBABILITIES)
@@ -468,19 +493,39 @@ def _export_generic(est: Any, est_classes: list[Any], order: list[Any]) -> bytes
     perm = np.array([[str(c) for c in est_classes].index(str(c)) for c in order], dtype=np.int64)
     graph.initializer.append(onnx.numpy_helper.from_array(perm, "class_permutation"))
     # Declared output types of some converters do not match what they compute: cast always.
-    nodes.append(helper.make_node("Cast", [prob_name], ["proba_double"], name="ProbaToDouble",
-                                  to=TensorProto.DOUBLE))
-    nodes.append(helper.make_node("Gather", ["proba_double", "class_permutation"],
-                                  [CLASSIFIER_PROBABILITIES], name="PermuteClasses", axis=1))
-    nodes.append(helper.make_node("ArgMax", [CLASSIFIER_PROBABILITIES], [CLASSIFIER_LABEL],
-                                  name="LabelArgMax", axis=1, keepdims=0))
+    nodes.append(
+        helper.make_node(
+            "Cast", [prob_name], ["proba_double"], name="ProbaToDouble", to=TensorProto.DOUBLE
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "Gather",
+            ["proba_double", "class_permutation"],
+            [CLASSIFIER_PROBABILITIES],
+            name="PermuteClasses",
+            axis=1,
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "ArgMax",
+            [CLASSIFIER_PROBABILITIES],
+            [CLASSIFIER_LABEL],
+            name="LabelArgMax",
+            axis=1,
+            keepdims=0,
+        )
+    )
     del graph.node[:]
     graph.node.extend(nodes)
     k = len(order)
     del graph.output[:]
-    graph.output.extend([
-        helper.make_tensor_value_info(CLASSIFIER_LABEL, TensorProto.INT64, [None]),
-        helper.make_tensor_value_info(CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, [None, k]),
-    ])
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(CLASSIFIER_LABEL, TensorProto.INT64, [None]),
+            helper.make_tensor_value_info(CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, [None, k]),
+        ]
+    )
     kind = "probe" if k == 2 else "router"
     return _finalize(model, kind)

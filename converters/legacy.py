@@ -73,7 +73,9 @@ LEGACY_FILES = (
 REQUIRED_CONFIG_KEYS = ("L_star", "alpha", "tau", "beta", "domains")
 MAX_CONFIG_BYTES = MAX_MANIFEST_BYTES
 MAX_NPY_HEADER_BYTES = 1 << 16
-MAX_NPY_MEMBER_BYTES = 12 + MAX_NPY_HEADER_BYTES + 4 * MAX_HIDDEN_SIZE  # one .npy vector at the hidden-size cap
+MAX_NPY_MEMBER_BYTES = (
+    12 + MAX_NPY_HEADER_BYTES + 4 * MAX_HIDDEN_SIZE
+)  # one .npy vector at the hidden-size cap
 _SIZE_CAPS = {
     LEGACY_CONFIG_FILE: MAX_CONFIG_BYTES,
     LEGACY_VECTORS_FILE: MAX_VECTORS_BYTES,
@@ -297,12 +299,23 @@ def parse_steering_npz(data: bytes, domains: list[str]) -> dict[str, np.ndarray]
                 "writes stored or deflated members only"
             )
         if info.file_size > member_cap:  # the declared size, before anything is inflated
-            raise _npz_error(f"member {member!r} declares {info.file_size} bytes, over the cap of {member_cap}")
+            raise _npz_error(
+                f"member {member!r} declares {info.file_size} bytes, over the cap of {member_cap}"
+            )
         try:
             with archive.open(info) as handle:
                 raw = handle.read(min(member_cap, budget) + 1)
-        except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError, zlib.error) as exc:
-            raise _npz_error(f"member {member!r} cannot be read, the archive is damaged ({exc})") from exc
+        except (
+            zipfile.BadZipFile,
+            NotImplementedError,
+            OSError,
+            ValueError,
+            EOFError,
+            zlib.error,
+        ) as exc:
+            raise _npz_error(
+                f"member {member!r} cannot be read, the archive is damaged ({exc})"
+            ) from exc
         if len(raw) > member_cap:
             raise _npz_error(f"member {member!r} inflates past the cap of {member_cap} bytes")
         budget -= len(raw)

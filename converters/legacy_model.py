@@ -102,7 +102,9 @@ class LegacyAssets:
     probes: dict[str, LegacyLogisticRegression]  # domains without a probe are absent
     model_id: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the whole parsed config.json
-    extra_config: dict[str, Any] = field(default_factory=dict)  # keys beyond the required five and `model`
+    extra_config: dict[str, Any] = field(
+        default_factory=dict
+    )  # keys beyond the required five and `model`
     sources: list[SourceFile] = field(default_factory=list)
 
     @property

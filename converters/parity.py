@@ -85,7 +85,9 @@ class Parity:
         }
 
 
-def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0) -> np.ndarray:
+def sample_hidden_states(
+    mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0
+) -> np.ndarray:
     """Float32 hidden states around the scaler's mean and scale (deterministic)."""
     rng = np.random.default_rng(seed)
     mu = np.zeros(hidden) if mean is None else mean
@@ -95,13 +97,17 @@ def sample_hidden_states(mean: np.ndarray | None, scale: np.ndarray | None, hidd
     return (mu.astype(np.float32) + z * sd.astype(np.float32)).astype(np.float32)
 
 
-def sample_chunks(mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0) -> Iterator[np.ndarray]:
+def sample_chunks(
+    mean: np.ndarray | None, scale: np.ndarray | None, hidden: int, n: int, seed: int = 0
+) -> Iterator[np.ndarray]:
     """:func:`sample_hidden_states` row block by row block (the same rows), each block at most
     ``PARITY_CHUNK_ELEMENTS`` elements: the parity check's memory does not grow with n x hidden."""
     rng = np.random.default_rng(seed)
     mu = (np.zeros(hidden) if mean is None else mean).astype(np.float32)
     sd = (np.ones(hidden) if scale is None else scale).astype(np.float32)
-    spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None].astype(np.float32)
+    spread = np.repeat(np.array([0.25, 0.5, 1.0, 2.0, 4.0]), -(-n // 5))[:n, None].astype(
+        np.float32
+    )
     step = max(1, PARITY_CHUNK_ELEMENTS // max(hidden, 1))
     for start in range(0, n, step):
         rows = min(step, n - start)
@@ -119,8 +125,13 @@ def _chunks(hidden: np.ndarray | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def compare(
-    bundle: Any, reference: Any, hidden: np.ndarray | Iterable[np.ndarray], tolerance: float = PARITY_TOLERANCE,
-    *, tau: float | None = None, precision: str = "float64",
+    bundle: Any,
+    reference: Any,
+    hidden: np.ndarray | Iterable[np.ndarray],
+    tolerance: float = PARITY_TOLERANCE,
+    *,
+    tau: float | None = None,
+    precision: str = "float64",
 ) -> Parity:
     """Compare ``bundle.decide`` with ``reference(rows) -> (index, prob, gate)``, block by block.
 

@@ -153,6 +153,5 @@ class GlobalRef:
         return f"{self.module}.{self.name}"
 
 
-
 # dtype specs numpy pickles for the arrays an estimator holds
 DTYPE_SPEC = re.compile(r"(f4|f8|i4|i8|b1|O8|O4|U[1-9][0-9]{0,4})")

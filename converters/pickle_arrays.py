@@ -49,7 +49,6 @@ class ArrayStandIn:
         self.value: np.ndarray | None = None
 
 
-
 class OpcodeErrors:
     """Errors located at the byte offset of the opcode being run."""
 
@@ -221,11 +220,15 @@ class ArrayBuilders(OpcodeErrors):
 
     def _check_code_points(self, raw: bytes, dtype: np.dtype[Any]) -> None:
         """UCS-4 data must hold Unicode scalar values (no surrogates, nothing >= 0x110000)."""
-        units = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.dtype("u4").newbyteorder(dtype.byteorder))
+        units = np.frombuffer(
+            raw[: len(raw) // 4 * 4], dtype=np.dtype("u4").newbyteorder(dtype.byteorder)
+        )
         bad = (units >= 0x110000) | ((units >= 0xD800) & (units <= 0xDFFF))
         if bad.any():
             cp = int(units[np.argmax(bad)])
-            raise self.malformed(f"numpy string {dtype.str} holds U+{cp:X}, not a Unicode scalar value")
+            raise self.malformed(
+                f"numpy string {dtype.str} holds U+{cp:X}, not a Unicode scalar value"
+            )
 
     def _make_object_array(self, raw: Any, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
         if type(raw) is not list:
@@ -246,7 +249,9 @@ class ArrayBuilders(OpcodeErrors):
                     "(only str is allowed)"
                 )
         longest = max((len(item) for item in raw), default=0)
-        if longest * len(raw) > MAX_OBJECT_CHARS:  # its fixed-width form (astype(str)) would be this large
+        if (
+            longest * len(raw) > MAX_OBJECT_CHARS
+        ):  # its fixed-width form (astype(str)) would be this large
             raise self.fail(
                 "PICKLE_TOO_LARGE",
                 f"object numpy array of {len(raw)} strings up to {longest} characters exceeds "
@@ -256,4 +261,3 @@ class ArrayBuilders(OpcodeErrors):
         array[:] = list(raw)
         # numpy lists object elements in logical (C) order whatever the layout
         return array.reshape(shape).copy()
-

@@ -76,7 +76,9 @@ def _opt_str(state: dict[str, Any], key: str, filename: str, what: str) -> str |
     if value is not None and type(value) is not str:
         raise _content_error(filename, what, f"{key} must be a string, found {_short(value)}")
     if key == "_sklearn_version" and value is not None and not _VERSION.fullmatch(value):
-        raise _content_error(filename, what, f"{key} {_short(value)} is not a scikit-learn version (like '1.6.1')")
+        raise _content_error(
+            filename, what, f"{key} {_short(value)} is not a scikit-learn version (like '1.6.1')"
+        )
     return value
 
 
@@ -101,7 +103,9 @@ def to_legacy_scaler(obj: Any, *, filename: str, what: str = "scaler") -> Legacy
     n_features = _int_value(state["n_features_in_"], filename, what, "n_features_in_")
     if not 1 <= n_features <= C.MAX_HIDDEN_SIZE:
         raise _content_error(
-            filename, what, f"n_features_in_ is {n_features}; the hidden size must be 1..{C.MAX_HIDDEN_SIZE}"
+            filename,
+            what,
+            f"n_features_in_ is {n_features}; the hidden size must be 1..{C.MAX_HIDDEN_SIZE}",
         )
     if with_mean and mean is None:
         raise _content_error(filename, what, "with_mean is true but mean_ is None")

@@ -295,7 +295,8 @@ class _Reader(ArrayBuilders):
             raise self.malformed(f"{opname} with an odd number of items")
         if len(target) + len(items) // 2 > MAX_DICT_ITEMS:  # checked before any insertion
             raise self.fail(
-                "PICKLE_TOO_LARGE", f"{opname} grows a dict past the cap of {MAX_DICT_ITEMS} entries"
+                "PICKLE_TOO_LARGE",
+                f"{opname} grows a dict past the cap of {MAX_DICT_ITEMS} entries",
             )
         for i in range(0, len(items), 2):
             key = items[i]
@@ -527,4 +528,3 @@ def safe_load_pickle(data: bytes, *, filename: str) -> Any:
             offset=0,
         )
     return _Reader(bytes(data), filename).run()
-

@@ -37,22 +37,44 @@ def make_tiny_model(directory: Path, *, dtype: str = "float32", seed: int = 1) -
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<system>", "<user>", "<assistant>", "<tool>", "<tools>", "</tools>"]
+    specials = [
+        "<pad>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "<system>",
+        "<user>",
+        "<assistant>",
+        "<tool>",
+        "<tools>",
+        "</tools>",
+    ]
     vocab = {token: i for i, token in enumerate(specials)}
     for word in WORDS:
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     config = transformers.Lfm2Config(
-        vocab_size=len(vocab), hidden_size=HIDDEN_SIZE, intermediate_size=96,
-        num_hidden_layers=NUM_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, block_auto_adjust_ff_dim=False,
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=96,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        block_auto_adjust_ff_dim=False,
         layer_types=["conv", "full_attention"] * (NUM_LAYERS // 2),
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
@@ -69,7 +91,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
     path = make_tiny_model(args.directory, dtype=args.dtype)
-    print(f"wrote a tiny lfm2 model (hidden {HIDDEN_SIZE}, {NUM_LAYERS} layers, {args.dtype}) and tokenizer to {path}")
+    print(
+        f"wrote a tiny lfm2 model (hidden {HIDDEN_SIZE}, {NUM_LAYERS} layers, {args.dtype}) and tokenizer to {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ def first_tensor(output: Any) -> tuple[torch.Tensor, Rebuild] | None:
         key = next(iter(output))
         first = output[key]
         if isinstance(first, torch.Tensor):
+
             def rebuild(h: torch.Tensor) -> Any:
                 new: Any = copy.copy(output)  # same type (ModelOutput, OrderedDict, dict)
                 new[key] = h
@@ -137,8 +138,11 @@ def classify_layout(
 
 def _streams(shape: tuple[int, ...], batch: int | None, sequence: int | None) -> tuple[int, str]:
     """Stream count and order of a multi-stream shape."""
-    if batch is not None and sequence is not None and (shape[1], shape[2]) == (batch, sequence) and (
-        (shape[0], shape[1]) != (batch, sequence)
+    if (
+        batch is not None
+        and sequence is not None
+        and (shape[1], shape[2]) == (batch, sequence)
+        and ((shape[0], shape[1]) != (batch, sequence))
     ):
         return shape[0], "[streams, batch, sequence, hidden]"
     return shape[2], "[batch, sequence, streams, hidden]"
@@ -324,7 +328,11 @@ def check_block_output(
     shape = probe_block_output(model, layers, index)
     _, path = _block_list(layers)
     check_layout(
-        shape, hidden_size=hidden_size, batch=PROBE_BATCH, sequence=PROBE_SEQUENCE,
-        layers_path=path, index=index,
+        shape,
+        hidden_size=hidden_size,
+        batch=PROBE_BATCH,
+        sequence=PROBE_SEQUENCE,
+        layers_path=path,
+        index=index,
     )
     return shape

@@ -116,12 +116,17 @@ def classify(ev: CallEvidence, *, batch: int, query: int, known_cache: bool) -> 
                 )
             candidates = keep - 1
         return PassInfo(
-            PassKind.PREFILL, past=0, query=query, candidates=candidates,
+            PassKind.PREFILL,
+            past=0,
+            query=query,
+            candidates=candidates,
             cacheless=ev.cache is None,
         )
     if not known_cache:
         return PassInfo(
-            PassKind.SKIP, past=past, query=query,
+            PassKind.SKIP,
+            past=past,
+            query=query,
             reason=f"a decode step ({past} tokens already in the cache) of a generation whose "
             "prefill this handle did not see (a cache filled before attach, or by another handle)",
         )

@@ -36,8 +36,10 @@ _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 def _looks_like_path(model: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else names a local path.
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (
-        os.sep != "/" and os.sep in model
+    return (
+        model.startswith((".", "/", "~"))
+        or model.count("/") > 1
+        or (os.sep != "/" and os.sep in model)
     )
 
 
@@ -94,22 +96,38 @@ def _read_messages(path: str) -> tuple[list[dict[str, Any]], list[Any] | None]:
     try:
         doc = loads_strict(Path(path).read_text(encoding="utf-8"))  # depth, digits, text checked
     except OSError as exc:
-        raise UsageError(f"cannot read --messages file {path!r}: {exc.strerror}", file=path,
-                         hint="pass a JSON file of chat messages") from exc
+        raise UsageError(
+            f"cannot read --messages file {path!r}: {exc.strerror}",
+            file=path,
+            hint="pass a JSON file of chat messages",
+        ) from exc
     except ValueError as exc:
-        raise UsageError(f"--messages file {path!r} is not valid JSON: {exc}", file=path,
-                         hint="pass a JSON file of chat messages") from exc
+        raise UsageError(
+            f"--messages file {path!r} is not valid JSON: {exc}",
+            file=path,
+            hint="pass a JSON file of chat messages",
+        ) from exc
     tools: list[Any] | None = None
     if isinstance(doc, dict):
         tools = doc.get("tools")
         doc = doc.get("messages")
-    shape_hint = 'a list of {"role": ..., "content": ...} objects, or {"messages": [...], "tools": [...]}'
+    shape_hint = (
+        'a list of {"role": ..., "content": ...} objects, or {"messages": [...], "tools": [...]}'
+    )
     if not isinstance(doc, list) or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) for m in doc
     ):
-        raise UsageError(f"--messages file {path!r} holds no list of chat messages", file=path, hint=shape_hint)
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise UsageError(f'"tools" in --messages file {path!r} is not a list of objects', file=path, hint=shape_hint)
+        raise UsageError(
+            f"--messages file {path!r} holds no list of chat messages", file=path, hint=shape_hint
+        )
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise UsageError(
+            f'"tools" in --messages file {path!r} is not a list of objects',
+            file=path,
+            hint=shape_hint,
+        )
     return list(doc), tools
 
 
@@ -119,14 +137,18 @@ def _conversation(
     messages, tools = _read_messages(messages_file) if messages_file else ([], None)
     if system is not None:
         if any(m.get("role") == "system" for m in messages):
-            raise UsageError("--system was given but the --messages file already has a system message",
-                             hint="pass the system prompt once")
+            raise UsageError(
+                "--system was given but the --messages file already has a system message",
+                hint="pass the system prompt once",
+            )
         messages.insert(0, {"role": "system", "content": system})
     if prompt is not None:
         messages.append({"role": "user", "content": prompt})
     if not any(m.get("role") == "user" for m in messages):
-        raise UsageError("nothing to answer: no --prompt and no user message in --messages",
-                         hint="pass --prompt TEXT, or a --messages file with a user message")
+        raise UsageError(
+            "nothing to answer: no --prompt and no user message in --messages",
+            hint="pass --prompt TEXT, or a --messages file with a user message",
+        )
     return messages, tools
 
 
@@ -171,9 +193,13 @@ def _device(name: str) -> Any:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}", hint="use cpu, cuda, cuda:0, mps, ...") from exc
+        raise UsageError(
+            f"unknown device {name!r}", hint="use cpu, cuda, cuda:0, mps, ..."
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was given but CUDA is not available", hint="use --device cpu")
+        raise UsageError(
+            "--device cuda was given but CUDA is not available", hint="use --device cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was given but MPS is not available", hint="use --device cpu")
     return device
@@ -181,28 +207,67 @@ def _device(name: str) -> Any:
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", required=False, type=click.Path())
-@click.option("--bundle", "bundle_option", default=None, type=click.Path(), help="Bundle directory (same as the BUNDLE argument).")
-@click.option("--model", "model_path", required=True, help="Local model directory (never downloaded).")
-@click.option("--prompt", default=None, help="User message (the chat template is applied if the tokenizer has one).")
+@click.option(
+    "--bundle",
+    "bundle_option",
+    default=None,
+    type=click.Path(),
+    help="Bundle directory (same as the BUNDLE argument).",
+)
+@click.option(
+    "--model", "model_path", required=True, help="Local model directory (never downloaded)."
+)
+@click.option(
+    "--prompt",
+    default=None,
+    help="User message (the chat template is applied if the tokenizer has one).",
+)
 @click.option("--system", default=None, help="System prompt, placed before the other messages.")
 @click.option(
-    "--messages", "messages_file", default=None, type=click.Path(dir_okay=False),
+    "--messages",
+    "messages_file",
+    default=None,
+    type=click.Path(dir_okay=False),
     help='Chat-messages JSON: a list of {"role", "content"} or {"messages": [...], "tools": [...]}.',
 )
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps, ...")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(_DTYPES), help="auto: the dtype the model was saved in.")
-@click.option("--policy", default=None, type=click.Choice(C.POLICIES), help="Override the bundle's injection policy.")
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    type=click.Choice(_DTYPES),
+    help="auto: the dtype the model was saved in.",
+)
+@click.option(
+    "--policy",
+    default=None,
+    type=click.Choice(C.POLICIES),
+    help="Override the bundle's injection policy.",
+)
 @click.option("--alpha", default=None, type=float, help="Override the bundle's steering strength.")
-@click.option("--layers-path", default=None, help="Dotted path of the decoder block list, e.g. model.layers.")
-@click.option("--expected-digest", default=None, help="Refuse the bundle unless its root digest is this.")
-@click.option("--no-strict", is_flag=True, help="Only warn when the model type or id differs from the bundle's.")
+@click.option(
+    "--layers-path", default=None, help="Dotted path of the decoder block list, e.g. model.layers."
+)
+@click.option(
+    "--expected-digest", default=None, help="Refuse the bundle unless its root digest is this."
+)
+@click.option(
+    "--no-strict",
+    is_flag=True,
+    help="Only warn when the model type or id differs from the bundle's.",
+)
 @click.option("--self-test", is_flag=True, help="Check the hooks on the model before generating.")
 @click.option(
-    "--on-unclassified", default="warn", show_default=True, type=click.Choice(["warn", "raise"]),
+    "--on-unclassified",
+    default="warn",
+    show_default=True,
+    type=click.Choice(["warn", "raise"]),
     help="A forward pass that cannot be classified is never steered: warn, or fail.",
 )
-@click.option("--raw", is_flag=True, help="Do not apply the tokenizer's chat template (--prompt only).")
+@click.option(
+    "--raw", is_flag=True, help="Do not apply the tokenizer's chat template (--prompt only)."
+)
 @click.option("--compare", is_flag=True, help="Also generate without steering and show both.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -> None:
@@ -274,12 +339,19 @@ def _run(
         warnings.simplefilter("always")
         try:
             handle_cm = attach(
-                model, bundle, policy=policy, alpha=alpha, layers_path=layers_path,
-                strict_model_match=not no_strict, self_test=self_test,
+                model,
+                bundle,
+                policy=policy,
+                alpha=alpha,
+                layers_path=layers_path,
+                strict_model_match=not no_strict,
+                self_test=self_test,
                 on_unclassified=on_unclassified,
             )
         finally:
-            _report_warnings([w for w in caught if issubclass(w.category, (RuntimeWarning, BindingNote))])
+            _report_warnings(
+                [w for w in caught if issubclass(w.category, (RuntimeWarning, BindingNote))]
+            )
     with handle_cm as handle, warnings.catch_warnings(record=True) as during:
         warnings.simplefilter("always")
         try:

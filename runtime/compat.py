@@ -150,9 +150,7 @@ def check_compatibility(
 
     types = model_types(model)
     if not binding.type or not types:
-        logger.debug(
-            "model type not compared (bundle: %r, model: %r)", binding.type, types or None
-        )
+        logger.debug("model type not compared (bundle: %r, model: %r)", binding.type, types or None)
     elif binding.type not in types:
         _mismatch(
             f"the bundle is bound to model type {binding.type!r} but the model is "
@@ -165,8 +163,10 @@ def check_compatibility(
 
     mid = model_id(model)
     config_matches = (
-        bool(binding.type) and binding.type in types
-        and binding.num_layers is not None and int(binding.num_layers) == n_layers
+        bool(binding.type)
+        and binding.type in types
+        and binding.num_layers is not None
+        and int(binding.num_layers) == n_layers
         and hidden is not None
     )
     if not binding.id or not mid:
@@ -188,7 +188,8 @@ def check_compatibility(
             + (
                 "; a local copy is recognised by its config when the bundle records the model "
                 "type and layer count (asa-convert --model-type ... --num-layers ...)"
-                if unrecorded else ""
+                if unrecorded
+                else ""
             ),
             strict_model_match,
         )

@@ -286,8 +286,7 @@ class Lineage:
             }
             if len(kinds) > 1:
                 return (
-                    f"row {i} re-reads a sequence shared by earlier rows with different "
-                    "decisions"
+                    f"row {i} re-reads a sequence shared by earlier rows with different decisions"
                 )
             rows.append(matches[0])
         if rows == list(range(seen.state.batch)):

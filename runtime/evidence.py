@@ -156,8 +156,7 @@ def gather(
         ev.past_from_cache = cache_length(ev.cache)
         if ev.past_from_cache is None:
             ev.unreadable.append(
-                f"the cache passed as {name!r} ({type(ev.cache).__name__}) cannot report "
-                "its length"
+                f"the cache passed as {name!r} ({type(ev.cache).__name__}) cannot report its length"
             )
     for name, value in call.items():
         lowered = name.lower()

@@ -54,7 +54,13 @@ class RequestSteering:
     delta: torch.Tensor | None  # [H] in the hidden dtype; None when the gate is 0
 
 
-def delta_of(bundle: Any, decision: Decision, dtype: torch.dtype, device: torch.device, alpha: float | None = None) -> torch.Tensor | None:
+def delta_of(
+    bundle: Any,
+    decision: Decision,
+    dtype: torch.dtype,
+    device: torch.device,
+    alpha: float | None = None,
+) -> torch.Tensor | None:
     """``float32(gate * alpha) * v[domain]`` in float32, cast to ``dtype`` (spec 4.6); None for gate 0."""
     if decision.gate == 0:
         return None
@@ -77,7 +83,9 @@ def _ints(values: Any, name: str) -> list[int]:
     try:
         return [int(v) for v in values]
     except (TypeError, ValueError):
-        raise DecisionError(f"{name} must be a sequence of integers", code="DECISION_INPUT") from None
+        raise DecisionError(
+            f"{name} must be a sequence of integers", code="DECISION_INPUT"
+        ) from None
 
 
 @dataclass
@@ -107,7 +115,9 @@ def _schedule(
     request_ids: Sequence[str],
 ) -> list[_Seq]:
     if hidden.dim() != 2:
-        raise DecisionError(f"hidden must be [num_tokens, H], got {list(hidden.shape)}", code="DECISION_INPUT")
+        raise DecisionError(
+            f"hidden must be [num_tokens, H], got {list(hidden.shape)}", code="DECISION_INPUT"
+        )
     qsl = _ints(query_start_loc, "query_start_loc")
     computed = _ints(num_computed_tokens, "num_computed_tokens")
     prompts = _ints(prompt_lens, "prompt_lens")
@@ -117,10 +127,17 @@ def _schedule(
             "query_start_loc must have one more entry than num_computed_tokens, prompt_lens, selections and request_ids",
             code="DECISION_INPUT",
         )
-    if qsl and (qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > hidden.shape[0]):
-        raise DecisionError(f"query_start_loc {qsl} does not describe rows of a [{hidden.shape[0]}, H] batch", code="DECISION_INPUT")
+    if qsl and (
+        qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > hidden.shape[0]
+    ):
+        raise DecisionError(
+            f"query_start_loc {qsl} does not describe rows of a [{hidden.shape[0]}, H] batch",
+            code="DECISION_INPUT",
+        )
     if policy is not None and policy not in POLICIES:
-        raise DecisionError(f"unknown policy {policy!r}; expected one of {list(POLICIES)}", code="DECISION_INPUT")
+        raise DecisionError(
+            f"unknown policy {policy!r}; expected one of {list(POLICIES)}", code="DECISION_INPUT"
+        )
     out: list[_Seq] = []
     for s in range(s_count):
         digest = selections[s]
@@ -134,19 +151,42 @@ def _schedule(
                 hint="requests name a bundle by the root digest of one loaded and verified at startup",
             )
         if int(bundle.hidden_size) != int(hidden.shape[1]):
-            raise DecisionError(f"bundle {digest} has hidden size {bundle.hidden_size}, the batch {hidden.shape[1]}", code="DECISION_INPUT")
-        seq = _Seq(s, request_ids[s], digest, policy or bundle.manifest.steering.policy, qsl[s], computed[s], qsl[s + 1] - qsl[s], prompts[s])
+            raise DecisionError(
+                f"bundle {digest} has hidden size {bundle.hidden_size}, the batch {hidden.shape[1]}",
+                code="DECISION_INPUT",
+            )
+        seq = _Seq(
+            s,
+            request_ids[s],
+            digest,
+            policy or bundle.manifest.steering.policy,
+            qsl[s],
+            computed[s],
+            qsl[s + 1] - qsl[s],
+            prompts[s],
+        )
         if seq.prompt_len < 1 or seq.computed < 0:
-            raise DecisionError(f"request {seq.request_id!r}: prompt length {seq.prompt_len}, computed {seq.computed}", code="DECISION_INPUT")
+            raise DecisionError(
+                f"request {seq.request_id!r}: prompt length {seq.prompt_len}, computed {seq.computed}",
+                code="DECISION_INPUT",
+            )
         known = state.get(seq.request_id)
-        if known is not None and (known.digest, known.policy, known.prompt_len) != (seq.digest, seq.policy, seq.prompt_len):
+        if known is not None and (known.digest, known.policy, known.prompt_len) != (
+            seq.digest,
+            seq.policy,
+            seq.prompt_len,
+        ):
             raise DecisionError(
                 f"request {seq.request_id!r} changed its bundle, policy or prompt length between steps",
                 code="DECISION_FAILED",
                 hint="a request keeps the bundle it was admitted with; call finish() for ended requests",
             )
         decides_here = seq.holds(seq.prompt_len - 1)
-        if seq.policy == C.POLICY_ALL_TOKENS and seq.computed < seq.prompt_len and (seq.computed != 0 or not decides_here):
+        if (
+            seq.policy == C.POLICY_ALL_TOKENS
+            and seq.computed < seq.prompt_len
+            and (seq.computed != 0 or not decides_here)
+        ):
             raise DecisionError(
                 f"request {seq.request_id!r}: policy all_tokens steers every prompt token, so the whole prompt must be in one chunk "
                 f"(this chunk covers positions {seq.computed}..{seq.computed + seq.length - 1} of a {seq.prompt_len}-token prompt)",
@@ -188,7 +228,17 @@ def steer_flat(
     ``Bundle.decide``. Raises ``DecisionError`` (nothing modified) on bad
     input, a non-finite decision row, or a state that cannot be classified.
     """
-    seqs = _schedule(hidden, query_start_loc, num_computed_tokens, prompt_lens, selections, registry, policy, state, request_ids)
+    seqs = _schedule(
+        hidden,
+        query_start_loc,
+        num_computed_tokens,
+        prompt_lens,
+        selections,
+        registry,
+        policy,
+        state,
+        request_ids,
+    )
     decided = _decide(hidden, seqs, registry, deciders or {})
     rows: list[int] = []
     deltas: list[torch.Tensor] = []
@@ -214,17 +264,25 @@ def _steers(policy: str, position: int, prompt_len: int) -> bool:
     return policy != C.POLICY_PREFILL_LAST_TOKEN  # a generated token
 
 
-def _decide(hidden: torch.Tensor, seqs: list[_Seq], registry: Mapping[str, Any], deciders: Mapping[str, Any]) -> dict[str, RequestSteering]:
+def _decide(
+    hidden: torch.Tensor, seqs: list[_Seq], registry: Mapping[str, Any], deciders: Mapping[str, Any]
+) -> dict[str, RequestSteering]:
     """One decision call per bundle, on the rows of the prompts' last tokens in this step."""
     groups: dict[str, list[_Seq]] = {}
     for seq in seqs:
         if seq.holds(seq.prompt_len - 1):
             groups.setdefault(seq.digest, []).append(seq)
     out: dict[str, RequestSteering] = {}
-    cache: dict[tuple[str, int, int], torch.Tensor | None] = {}  # one delta per (bundle, domain, gate)
+    cache: dict[
+        tuple[str, int, int], torch.Tensor | None
+    ] = {}  # one delta per (bundle, domain, gate)
     for digest, members in groups.items():
         bundle = registry[digest]
-        index = torch.tensor([m.start + m.prompt_len - 1 - m.computed for m in members], dtype=torch.long, device=hidden.device)
+        index = torch.tensor(
+            [m.start + m.prompt_len - 1 - m.computed for m in members],
+            dtype=torch.long,
+            device=hidden.device,
+        )
         rows = hidden.index_select(0, index).to(torch.float32)
         decider = deciders.get(digest)
         if decider is not None:
@@ -243,7 +301,14 @@ def _apply(hidden: torch.Tensor, rows: list[int], deltas: list[torch.Tensor]) ->
     """``where(slot > 0, hidden + table[slot], hidden)``: slot i+1 holds the i-th delta, slot 0 nothing."""
     if not rows:
         return hidden.clone()
-    table = torch.cat([torch.full((1, hidden.shape[1]), -0.0, dtype=hidden.dtype, device=hidden.device), torch.stack(deltas)])
+    table = torch.cat(
+        [
+            torch.full((1, hidden.shape[1]), -0.0, dtype=hidden.dtype, device=hidden.device),
+            torch.stack(deltas),
+        ]
+    )
     slot = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
-    slot[torch.tensor(rows, dtype=torch.long, device=hidden.device)] = torch.arange(1, len(rows) + 1, device=hidden.device)
+    slot[torch.tensor(rows, dtype=torch.long, device=hidden.device)] = torch.arange(
+        1, len(rows) + 1, device=hidden.device
+    )
     return torch.where((slot > 0).unsqueeze(1), hidden + table[slot], hidden)

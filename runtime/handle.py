@@ -194,7 +194,9 @@ def _load(bundle_or_path: Any, expected_digest: str | None, trusted_keys: Any) -
         from asa_format import load_bundle
 
         return load_bundle(
-            Path(bundle_or_path), verify=True, expected_digest=expected_digest,
+            Path(bundle_or_path),
+            verify=True,
+            expected_digest=expected_digest,
             trusted_keys=trusted_keys,
         )
     if trusted_keys is not None:
@@ -307,9 +309,7 @@ def attach(
     else:
         sources = {_DEFAULT: bundle_or_path}
         chosen_default = _DEFAULT
-    loaded = {
-        str(name): _load(src, expected_digest, trusted_keys) for name, src in sources.items()
-    }
+    loaded = {str(name): _load(src, expected_digest, trusted_keys) for name, src in sources.items()}
 
     layers = resolve_layers(model, layers_path)
     entries: dict[str, Entry] = {}
@@ -363,7 +363,8 @@ def attach(
         if _mark_active(layers.layers[index], +1) > 1:
             logger.warning(
                 "%s.%d is already steered by another active handle: the deltas will add up",
-                layers.path, index,
+                layers.path,
+                index,
             )
     handle = SteeringHandle(model, layers, steerer, hooks, int(max_records))
     logger.info("steering attached to %s (%s)", type(model).__name__, handle)

@@ -161,7 +161,9 @@ class _BlockHook:
     def __init__(self, block: int, state: _State) -> None:
         self.block = block
         self.state = state
-        self.adds: list[tuple[LoadedIntervention, np.ndarray]] = []  # float32 coefficient x direction
+        self.adds: list[
+            tuple[LoadedIntervention, np.ndarray]
+        ] = []  # float32 coefficient x direction
         self.conditions: list[tuple[LoadedIntervention, np.ndarray]] = []
         self._cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -176,7 +178,10 @@ class _BlockHook:
     def __call__(self, _module: Any, _inputs: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
-            raise DecisionError(f"block {self.block} returned {type(hidden).__name__}, expected a [batch, seq, hidden] tensor", code="DECISION_FAILED")
+            raise DecisionError(
+                f"block {self.block} returned {type(hidden).__name__}, expected a [batch, seq, hidden] tensor",
+                code="DECISION_FAILED",
+            )
         state = self.state
         info = state.classify(hidden)
         if info.kind is PassKind.SKIP:
@@ -192,12 +197,18 @@ class _BlockHook:
             where = self._positions(iv, real, hidden, prefill)
             if where is None:
                 continue
-            out = out + where.unsqueeze(-1).to(out.dtype) * self._delta(i, out) if not bool(where.all()) else out + self._delta(i, out)
+            out = (
+                out + where.unsqueeze(-1).to(out.dtype) * self._delta(i, out)
+                if not bool(where.all())
+                else out + self._delta(i, out)
+            )
         if out is hidden:
             return output
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
-    def _condition(self, iv: LoadedIntervention, cond: np.ndarray, hidden: torch.Tensor, real: torch.Tensor) -> None:
+    def _condition(
+        self, iv: LoadedIntervention, cond: np.ndarray, hidden: torch.Tensor, real: torch.Tensor
+    ) -> None:
         gate = iv.spec.condition
         assert gate is not None
         h = hidden.detach().to(torch.float64)
@@ -224,7 +235,11 @@ class _BlockHook:
         if iv.spec.condition is not None:
             fires = state.fires.get(iv.name)
             if fires is None:
-                raise DecisionError(f"intervention {iv.name!r}: no condition decision for this generation", code="DECISION_FAILED", hint="start with a prefill pass")
+                raise DecisionError(
+                    f"intervention {iv.name!r}: no condition decision for this generation",
+                    code="DECISION_FAILED",
+                    hint="start with a prefill pass",
+                )
             if fires.shape[0] != hidden.shape[0]:
                 raise DecisionError(
                     f"intervention {iv.name!r}: the batch has {hidden.shape[0]} rows, the prefill had {fires.shape[0]}",
@@ -248,7 +263,13 @@ class _BlockHook:
 class InterventionHandle:
     """Hooks of one attached bundle; ``remove()`` (or leaving the ``with``) detaches them."""
 
-    def __init__(self, bundle: InterventionBundle, hooks: list[RemovableHandle], asa_handle: Any, state: _State) -> None:
+    def __init__(
+        self,
+        bundle: InterventionBundle,
+        hooks: list[RemovableHandle],
+        asa_handle: Any,
+        state: _State,
+    ) -> None:
         self.bundle = bundle
         self._hooks = hooks
         self.asa = asa_handle
@@ -270,7 +291,12 @@ class InterventionHandle:
     def __enter__(self) -> InterventionHandle:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.remove()
 
 
@@ -284,12 +310,18 @@ def attach_interventions(
     trusted_keys: Sequence[Any] | None = None,
 ) -> InterventionHandle:
     """Attach every intervention of a bundle; every check runs before any hook exists."""
-    bundle = bundle_or_path if isinstance(bundle_or_path, InterventionBundle) else load_interventions(
-        bundle_or_path, expected_digest=expected_digest, trusted_keys=trusted_keys
+    bundle = (
+        bundle_or_path
+        if isinstance(bundle_or_path, InterventionBundle)
+        else load_interventions(
+            bundle_or_path, expected_digest=expected_digest, trusted_keys=trusted_keys
+        )
     )
     layers = resolve_layers(model, layers_path)
     steered = [iv for iv in bundle.interventions if iv.kind != C.GATE_ASA]
-    blocks = sorted({b for iv in steered for b in iv.directions} | {b for iv in steered for b in iv.conditions})
+    blocks = sorted(
+        {b for iv in steered for b in iv.directions} | {b for iv in steered for b in iv.conditions}
+    )
     if blocks:
         view = _BundleView(_Binding(bundle.manifest.model, _Layer(blocks[-1])))
         check_compatibility(model, view, layers, strict_model_match=strict_model_match)  # type: ignore[arg-type]
@@ -304,7 +336,9 @@ def attach_interventions(
             per_block.setdefault(b, _BlockHook(b, state)).conditions.append((iv, vec))
         coef = np.float32(iv.spec.coefficient)
         for b, vec in sorted(iv.directions.items()):
-            per_block.setdefault(b, _BlockHook(b, state)).adds.append((iv, (vec * coef).astype(np.float32)))
+            per_block.setdefault(b, _BlockHook(b, state)).adds.append(
+                (iv, (vec * coef).astype(np.float32))
+            )
     hooks: list[RemovableHandle] = []
     asa_handle = None
     try:
@@ -316,12 +350,21 @@ def attach_interventions(
         if bundle.asa is not None:
             from asa_format.runtime.handle import attach
 
-            asa_handle = attach(model, bundle.asa, layers_path=layers_path, strict_model_match=strict_model_match)
+            asa_handle = attach(
+                model, bundle.asa, layers_path=layers_path, strict_model_match=strict_model_match
+            )
     except BaseException:
         for h in hooks:
             h.remove()
         raise
-    if not per_block and bundle.asa is None:  # pragma: no cover - a valid bundle has an intervention
+    if (
+        not per_block and bundle.asa is None
+    ):  # pragma: no cover - a valid bundle has an intervention
         raise RuntimeCompatError("the bundle has no intervention", code="LAYER_MISSING")
-    logger.info("attached %d intervention(s) on blocks %s of %s", len(bundle.interventions), sorted(per_block), layers.path)
+    logger.info(
+        "attached %d intervention(s) on blocks %s of %s",
+        len(bundle.interventions),
+        sorted(per_block),
+        layers.path,
+    )
     return InterventionHandle(bundle, hooks, asa_handle, state)

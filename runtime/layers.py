@@ -61,15 +61,30 @@ KNOWN_LAYER_PATHS: tuple[str, ...] = (
 
 # Path components that mark a non-text tower; never chosen by the structural search.
 _NON_TEXT_MARKERS = (
-    "vision", "visual", "image", "audio", "speech", "video", "patch", "vit", "mm_projector",
-    "multi_modal_projector", "perceiver", "resampler", "sound", "mel",
+    "vision",
+    "visual",
+    "image",
+    "audio",
+    "speech",
+    "video",
+    "patch",
+    "vit",
+    "mm_projector",
+    "multi_modal_projector",
+    "perceiver",
+    "resampler",
+    "sound",
+    "mel",
 )
 
 # Config attributes holding the layer count, in order of precedence. A config that holds
 # both an encoder and a decoder (BART, ...) and builds a causal LM from the decoder states
 # its decoder's count in ``decoder_layers``.
 LAYER_COUNT_KEYS: tuple[str, ...] = (
-    "num_hidden_layers", "n_layer", "num_layers", "n_layers",
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "n_layers",
 )
 _DECODER_COUNT_KEYS: tuple[str, ...] = ("decoder_layers", "num_decoder_layers")
 
@@ -188,9 +203,7 @@ def _is_composite(layers: nn.ModuleList) -> bool:
 
 
 def _outermost(lists: list[tuple[str, nn.ModuleList]]) -> list[tuple[str, nn.ModuleList]]:
-    return [
-        (n, m) for n, m in lists if not any(n != o and n.startswith(o + ".") for o, _ in lists)
-    ]
+    return [(n, m) for n, m in lists if not any(n != o and n.startswith(o + ".") for o, _ in lists)]
 
 
 @dataclass(frozen=True)
@@ -210,7 +223,8 @@ def _search(model: nn.Module, counts: tuple[int, ...]) -> _Search:
     every = [(n, m) for n, m in model.named_modules() if n and _is_block_list(m)]
     seen = tuple((n, len(m)) for n, m in every)
     lists = [
-        (n, m) for n, m in every
+        (n, m)
+        for n, m in every
         if not (head_name and (n == head_name or n.startswith(head_name + ".")))
     ]
     expected = counts[0] if counts else None
@@ -300,7 +314,9 @@ def resolve_layers(model: nn.Module, layers_path: str | None = None) -> Resolved
             mismatched.append((path, len(obj)))
             logger.debug(
                 "known path %r holds %d modules, not the text config's %s layers",
-                path, len(obj), " or ".join(map(str, counts)),
+                path,
+                len(obj),
+                " or ".join(map(str, counts)),
             )
             continue
         logger.debug("decoder blocks found at known path %r", path)
@@ -313,7 +329,8 @@ def resolve_layers(model: nn.Module, layers_path: str | None = None) -> Resolved
 
     name = type(model).__name__
     count = (
-        f"the text config's {' or '.join(map(str, counts))} layers" if counts
+        f"the text config's {' or '.join(map(str, counts))} layers"
+        if counts
         else "a layer count (the model has no config stating one)"
     )
     if search.candidates:
@@ -323,8 +340,10 @@ def resolve_layers(model: nn.Module, layers_path: str | None = None) -> Resolved
             code="LAYERS_NOT_FOUND",
             hint=_HINT,
         )
-    detail = f"; its nn.ModuleLists: {_listing(search.lists)}" if search.lists else (
-        "; it has no non-empty nn.ModuleList"
+    detail = (
+        f"; its nn.ModuleLists: {_listing(search.lists)}"
+        if search.lists
+        else ("; it has no non-empty nn.ModuleList")
     )
     if mismatched:
         detail += "; known paths of another length: " + _listing(tuple(mismatched))

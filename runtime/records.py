@@ -63,8 +63,10 @@ class GenerationRecord:
                     "position": int(p),
                 }
                 for r, p, b in zip(
-                    self.rows, self.positions,
-                    self.bundles or [None] * len(self.rows), strict=True,
+                    self.rows,
+                    self.positions,
+                    self.bundles or [None] * len(self.rows),
+                    strict=True,
                 )
             ],
         }

@@ -112,9 +112,14 @@ def run_self_test(handle: SteeringHandle) -> list[SelfTestReport]:
         try:
             with handle.select(name), torch.no_grad():
                 model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                    min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=pad,
-                    num_beams=1, use_cache=True,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    num_beams=1,
+                    use_cache=True,
                 )
             trace = [t for t in steerer.trace if t["block"] == entry.block]
         finally:
@@ -127,16 +132,23 @@ def run_self_test(handle: SteeringHandle) -> list[SelfTestReport]:
 
 
 def _check(
-    handle: SteeringHandle, name: str, trace: list[dict[str, Any]], raw: list[torch.Tensor],
-    steered: list[torch.Tensor], before: int, mask: torch.Tensor,
+    handle: SteeringHandle,
+    name: str,
+    trace: list[dict[str, Any]],
+    raw: list[torch.Tensor],
+    steered: list[torch.Tensor],
+    before: int,
+    mask: torch.Tensor,
 ) -> SelfTestReport:
     entry = handle._steerer.entries[name]
     kinds = [t["kind"] for t in trace]
     wanted = ["prefill"] + ["decode"] * (NEW_TOKENS - 1)
     if kinds != wanted:
         reasons = "; ".join(sorted({t["reason"] for t in trace if t["reason"]}))
-        raise _fail(f"the passes were classified {kinds}, expected {wanted}"
-                    + (f" ({reasons})" if reasons else ""))
+        raise _fail(
+            f"the passes were classified {kinds}, expected {wanted}"
+            + (f" ({reasons})" if reasons else "")
+        )
     if len(raw) != len(trace) or len(steered) != len(trace):
         raise _fail(f"the block ran {len(raw)} times for {len(trace)} classified passes")
     records = handle._steerer.log.snapshot()[before:]
@@ -179,8 +191,9 @@ def _check(
             delta = (vector * float(np.float32(gate * entry.alpha))).to(s.dtype).to(torch.float32)
             tol = 1e-5 if s.dtype == torch.float32 else 2e-2
             scale = tol * (1.0 + float(r[row].abs().max()))
-            if not torch.allclose(diff[want], delta.expand(int(want.sum()), -1), rtol=0,
-                                  atol=scale):
+            if not torch.allclose(
+                diff[want], delta.expand(int(want.sum()), -1), rtol=0, atol=scale
+            ):
                 raise _fail(f"pass {step}, row {row}: the change is not gate*alpha*v")
             if torch.count_nonzero(diff[~want]) != 0:
                 raise _fail(f"pass {step}, row {row}: positions outside the policy changed")

@@ -222,14 +222,22 @@ class Steerer:
         self.log.append(record)
         logger.info(
             "generation %d (layer %d, policy %s): gates=%s domains=%s",
-            record.generation, record.layer, record.policy, record.gates, record.domains,
+            record.generation,
+            record.layer,
+            record.policy,
+            record.gates,
+            record.domains,
         )
         if logger.isEnabledFor(logging.DEBUG):
             for i, row in enumerate(record.rows):
                 if row is not None:
                     logger.debug(
                         "generation %d row %d: domain=%s p=%.6f gate=%+d position=%d",
-                        record.generation, i, row.domain, float(row.probability), int(row.gate),
+                        record.generation,
+                        i,
+                        row.domain,
+                        float(row.probability),
+                        int(row.gate),
                         record.positions[i],
                     )
         if self.on_decision is not None:
@@ -258,7 +266,8 @@ class Steerer:
                 return PassInfo(PassKind.REREAD, past=0, query=query, cacheless=True)
         if info.kind is PassKind.DECODE and ctx.state is not None and ctx.state.batch != batch:
             return PassInfo(
-                PassKind.SKIP, query=query,
+                PassKind.SKIP,
+                query=query,
                 reason=f"a decode step has {batch} rows but its prefill had {ctx.state.batch}",
             )
         return info
@@ -320,8 +329,9 @@ class Steerer:
         batch, query, _ = hidden.shape
         ctx = self.calls.current()
         if ctx is None:
-            self._skip("the steered block was called outside the forward of the model attach() "
-                       "was given")
+            self._skip(
+                "the steered block was called outside the forward of the model attach() was given"
+            )
             return None
         if ctx.info is None:
             ctx.info = self._classify(ctx, batch, query)
@@ -347,7 +357,11 @@ class Steerer:
         return rebuild(torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden))
 
     def _prefill_state(
-        self, ctx: CallContext, index: int, hidden: torch.Tensor, info: PassInfo,
+        self,
+        ctx: CallContext,
+        index: int,
+        hidden: torch.Tensor,
+        info: PassInfo,
         entries: list[Entry],
     ) -> GenerationState:
         batch, query, _ = hidden.shape
@@ -359,8 +373,11 @@ class Steerer:
             real = real_token_mask(mask, batch, query, hidden.device, info.past)
             last = last_real_positions(real[:, :prompt_len])
             state = GenerationState(
-                record_id=0, batch=batch, prompt_len=prompt_len,
-                positions=[int(p) for p in last.tolist()], entries=rows,
+                record_id=0,
+                batch=batch,
+                prompt_len=prompt_len,
+                positions=[int(p) for p in last.tolist()],
+                entries=rows,
                 policies=[None if r is None else self.entries[r].policy for r in rows],
                 gates=[0] * batch,
             )
@@ -376,8 +393,9 @@ class Steerer:
             rows_t = hidden.detach()[index_t, pos]
             delta = state.deltas.get(index)
             if delta is None:
-                delta = torch.zeros((batch, entry.hidden_size), dtype=torch.float32,
-                                    device=hidden.device)
+                delta = torch.zeros(
+                    (batch, entry.hidden_size), dtype=torch.float32, device=hidden.device
+                )
                 state.deltas[index] = delta
             if state.gate_t is None or state.gate_t.device != hidden.device:
                 state.gate_t = torch.zeros(batch, dtype=torch.int8, device=hidden.device)
@@ -398,8 +416,14 @@ class Steerer:
         return state
 
     def _decide_on_device(
-        self, ctx: CallContext, entry: Entry, idx: list[int], index_t: torch.Tensor,
-        rows_t: torch.Tensor, delta: torch.Tensor, state: GenerationState,
+        self,
+        ctx: CallContext,
+        entry: Entry,
+        idx: list[int],
+        index_t: torch.Tensor,
+        rows_t: torch.Tensor,
+        delta: torch.Tensor,
+        state: GenerationState,
     ) -> None:
         """Decide with the bundle's torch evaluation where the hidden states live.
 
@@ -428,7 +452,12 @@ class Steerer:
         ctx.pending_device.append((entry, idx, got, inverse))
 
     def _where(
-        self, ctx: CallContext, state: GenerationState, info: PassInfo, batch: int, query: int,
+        self,
+        ctx: CallContext,
+        state: GenerationState,
+        info: PassInfo,
+        batch: int,
+        query: int,
         device: torch.device,
     ) -> torch.Tensor:
         """Bool ``[batch, query]``: where the rows' deltas are added in this pass."""
@@ -447,22 +476,29 @@ class Steerer:
             tail = torch.arange(query, device=device) >= state.prompt_len
             where |= pol_gen[:, None] & tail[None, :] & real
             where |= pol_all[:, None] & real
-        steered = torch.tensor(
-            [p is not None for p in policies], dtype=torch.bool, device=device
-        )
+        steered = torch.tensor([p is not None for p in policies], dtype=torch.bool, device=device)
         return where & steered[:, None]
 
     def _record(
-        self, ctx: CallContext, index: int, info: PassInfo, where: torch.Tensor | None,
+        self,
+        ctx: CallContext,
+        index: int,
+        info: PassInfo,
+        where: torch.Tensor | None,
         state: GenerationState | None,
     ) -> None:
         if self.trace is None:
             return
-        self.trace.append({
-            "block": index, "kind": info.kind.value, "query": info.query, "reason": info.reason,
-            "where": None if where is None else where.detach().cpu().clone(),
-            "gates": None if state is None or state.gate_t is None else state.gate_t.tolist(),
-        })
+        self.trace.append(
+            {
+                "block": index,
+                "kind": info.kind.value,
+                "query": info.query,
+                "reason": info.reason,
+                "where": None if where is None else where.detach().cpu().clone(),
+                "gates": None if state is None or state.gate_t is None else state.gate_t.tolist(),
+            }
+        )
 
     def make_record(self, ctx: CallContext) -> GenerationRecord:
         state = ctx.new_state

@@ -229,7 +229,9 @@ class TorchDecider:
 
     # -- construction and proof -------------------------------------------------------
     @classmethod
-    def for_bundle(cls, bundle: Any, device: torch.device | str | None = None, *, host_numpy: bool = True) -> TorchDecider | None:
+    def for_bundle(
+        cls, bundle: Any, device: torch.device | str | None = None, *, host_numpy: bool = True
+    ) -> TorchDecider | None:
         """A decider proven on ``device`` (default CPU), or None (reason logged at debug level).
 
         ``host_numpy=False`` evaluates CPU rows with the torch operations too (as on
@@ -238,7 +240,10 @@ class TorchDecider:
         """
         plan = getattr(bundle, "_plan", None)
         if not isinstance(plan, FastPlan):
-            log.debug("no torch decision for %r: the bundle has no checked NumPy plan (onnxruntime backend)", bundle)
+            log.debug(
+                "no torch decision for %r: the bundle has no checked NumPy plan (onnxruntime backend)",
+                bundle,
+            )
             return None
         decider = cls(bundle, plan, host_numpy=host_numpy)
         reason = decider.prepare(torch.device("cpu") if device is None else torch.device(device))
@@ -259,7 +264,9 @@ class TorchDecider:
                 state = _DeviceState(self.plan, dev)
                 reason = self._prove(state)
             except (_Unsupported, RuntimeError, TypeError, ValueError) as exc:
-                reason = f"the plan cannot be evaluated in torch on {dev}: {type(exc).__name__}: {exc}"
+                reason = (
+                    f"the plan cannot be evaluated in torch on {dev}: {type(exc).__name__}: {exc}"
+                )
             if reason is None:
                 self._states[dev] = state
             else:
@@ -278,18 +285,28 @@ class TorchDecider:
         ref_gate[np.isnan(ref_scores).any(axis=1)] = 0
         h = torch.from_numpy(probe).to(state.device)
         scaled = state.scaler.run(h).cpu().numpy()
-        if scaled.shape != ref_scaled.shape or scaled.dtype != ref_scaled.dtype or not np.array_equal(scaled, ref_scaled):
+        if (
+            scaled.shape != ref_scaled.shape
+            or scaled.dtype != ref_scaled.dtype
+            or not np.array_equal(scaled, ref_scaled)
+        ):
             return "its scaler output differs from onnxruntime's (not bit-identical)"
         index_t, prob_t, gate_t, _, near_t = self._device_raw(state, h)
         ok = ~near_t.cpu().numpy()
-        index, prob, gate = index_t.cpu().numpy()[ok], prob_t.cpu().numpy()[ok], gate_t.cpu().numpy()[ok]
+        index, prob, gate = (
+            index_t.cpu().numpy()[ok],
+            prob_t.cpu().numpy()[ok],
+            gate_t.cpu().numpy()[ok],
+        )
         ref_index, ref_prob, ref_gate = ref_index[ok], ref_prob[ok], ref_gate[ok]
         if not np.array_equal(index, ref_index):
             return f"it routes {int(np.sum(index != ref_index))} check rows to another domain than onnxruntime"
         if not np.allclose(prob, ref_prob, rtol=0.0, atol=PROBABILITY_TOLERANCE, equal_nan=True):
             return f"its probabilities differ from onnxruntime's by up to {float(np.nanmax(np.abs(prob - ref_prob))):.3g}"
         if not np.array_equal(gate, ref_gate):
-            return f"it gates {int(np.sum(gate != ref_gate))} check rows differently from onnxruntime"
+            return (
+                f"it gates {int(np.sum(gate != ref_gate))} check rows differently from onnxruntime"
+            )
         return None
 
     # -- evaluation -----------------------------------------------------------------------
@@ -310,7 +327,9 @@ class TorchDecider:
                 hint="pass the hidden states of the bundle's layer at the decision positions, one row per prompt",
             )
         if h.is_complex() or h.dtype == torch.bool:
-            raise DecisionError(f"decide() needs a real tensor, got dtype {h.dtype}", code="DECISION_INPUT")
+            raise DecisionError(
+                f"decide() needs a real tensor, got dtype {h.dtype}", code="DECISION_INPUT"
+            )
         dev = _canonical(h.device)
         state = self._states.get(dev)
         if state is None:
@@ -356,11 +375,15 @@ class TorchDecider:
         nan = torch.isnan(scores)
         nan_row = nan.any(dim=1)
         # NumPy's argmax: the first maximum; the first NaN when the row has one
-        index = torch.where(nan_row, nan.to(torch.int8).argmax(dim=1), scores.argmax(dim=1)).to(torch.int64)
+        index = torch.where(nan_row, nan.to(torch.int8).argmax(dim=1), scores.argmax(dim=1)).to(
+            torch.int64
+        )
         columns, near_columns = [], []
         for d, probe in enumerate(state.probes):
             if probe is None:
-                columns.append(torch.full((n,), self.no_probe, dtype=torch.float64, device=h.device))
+                columns.append(
+                    torch.full((n,), self.no_probe, dtype=torch.float64, device=h.device)
+                )
                 near_columns.append(torch.zeros(n, dtype=torch.bool, device=h.device))
                 continue
             ps = state.scores(heads, 1 + d)
@@ -373,7 +396,9 @@ class TorchDecider:
             )
         prob = torch.stack(columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         near = near | torch.stack(near_columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
-        gate = torch.where(prob >= self.tau, 1, torch.where(prob <= 1.0 - self.tau, -1, 0)).to(torch.int8)
+        gate = torch.where(prob >= self.tau, 1, torch.where(prob <= 1.0 - self.tau, -1, 0)).to(
+            torch.int8
+        )
         # A NaN or infinite input makes its scaled row, hence every fused head, non-finite (IEEE
         # products and sums propagate them): checking the [N, W] heads is exact and much cheaper
         # than a pass over [N, H]. (Only an input whose scaling overflows float32 is also flagged.)
@@ -397,7 +422,12 @@ class TorchDecider:
         redo = np.flatnonzero(near & finite)
         if redo.size:
             index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
-        return TorchDecisions(torch.from_numpy(index), torch.from_numpy(prob), torch.from_numpy(gate), torch.from_numpy(finite))
+        return TorchDecisions(
+            torch.from_numpy(index),
+            torch.from_numpy(prob),
+            torch.from_numpy(gate),
+            torch.from_numpy(finite),
+        )
 
     @staticmethod
     def _features(state: _DeviceState, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -432,19 +462,28 @@ class TorchDecider:
         with self._lock:
             cached = self._vectors.get(key)
             if cached is None:
-                v = np.stack([np.asarray(self.bundle.steering_vector(i), dtype=np.float32) for i in range(len(self.domains))])
+                v = np.stack(
+                    [
+                        np.asarray(self.bundle.steering_vector(i), dtype=np.float32)
+                        for i in range(len(self.domains))
+                    ]
+                )
                 cached = torch.from_numpy(v).to(device=dev, dtype=dtype)
                 self._vectors[key] = cached
         return cached
 
-    def delta_table(self, dtype: torch.dtype, device: torch.device | str, alpha: float | None = None) -> torch.Tensor:
+    def delta_table(
+        self, dtype: torch.dtype, device: torch.device | str, alpha: float | None = None
+    ) -> torch.Tensor:
         """``[n_domains, 3, H]``: ``float32(g*alpha) * v[d]`` in float32, cast to ``dtype``, for g = -1, 0, +1.
 
         ``table[domain_index, gate + 1]`` is a row's delta (spec 4.6): a gather, with static shapes.
         """
         a = self.alpha if alpha is None else float(alpha)
         v = self.mixed_vectors(torch.float32, device)
-        scale = torch.tensor([float(np.float32(g * a)) for g in (-1, 0, 1)], dtype=torch.float32, device=v.device)
+        scale = torch.tensor(
+            [float(np.float32(g * a)) for g in (-1, 0, 1)], dtype=torch.float32, device=v.device
+        )
         return (scale.view(1, 3, 1) * v.unsqueeze(1)).to(dtype)
 
 

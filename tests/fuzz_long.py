@@ -72,14 +72,22 @@ __all__ = [
 ]
 
 Files = dict[str, bytes]
-SEEDS = ("domain_without_probe", "minimal_two_domains", "unicode_domain_names", "newer_minor_version")
+SEEDS = (
+    "domain_without_probe",
+    "minimal_two_domains",
+    "unicode_domain_names",
+    "newer_minor_version",
+)
 DELETE = object()  # manifest_edit value: remove the member
 
 
 def seed_bundles() -> dict[str, Files]:
     """The valid corpus bundles the mutations start from."""
     corpus = ROOT / "spec" / "conformance" / "valid"
-    return {name: {p.name: p.read_bytes() for p in sorted((corpus / name / "bundle").iterdir())} for name in SEEDS}
+    return {
+        name: {p.name: p.read_bytes() for p in sorted((corpus / name / "bundle").iterdir())}
+        for name in SEEDS
+    }
 
 
 # --------------------------------------------------------------------------
@@ -193,11 +201,39 @@ def manifest_token(files: Files, occurrence: int, literal: str) -> Files:
     if not matches:
         return files
     m = matches[occurrence % len(matches)]
-    return {**files, C.MANIFEST_FILE: data[: m.start()] + literal.encode("utf-8", "surrogatepass") + data[m.end() :]}
+    return {
+        **files,
+        C.MANIFEST_FILE: data[: m.start()]
+        + literal.encode("utf-8", "surrogatepass")
+        + data[m.end() :],
+    }
 
 
-ONNX_EDITS = ("op_type", "dim", "init_dims", "attr_int", "elem_type", "drop_node", "swap_inputs", "opset", "ir_version")
-OPS = ("Add", "Sub", "MatMul", "Softmax", "ArgMax", "Identity", "Reshape", "Concat", "Gemm", "Cast", "Sigmoid", "Flatten")
+ONNX_EDITS = (
+    "op_type",
+    "dim",
+    "init_dims",
+    "attr_int",
+    "elem_type",
+    "drop_node",
+    "swap_inputs",
+    "opset",
+    "ir_version",
+)
+OPS = (
+    "Add",
+    "Sub",
+    "MatMul",
+    "Softmax",
+    "ArgMax",
+    "Identity",
+    "Reshape",
+    "Concat",
+    "Gemm",
+    "Cast",
+    "Sigmoid",
+    "Flatten",
+)
 
 
 def onnx_edit(files: Files, name: str, kind: str, index: int, value: int) -> Files:
@@ -268,7 +304,18 @@ def random_mutation(rng: random.Random, files: Files) -> tuple[Files, str]:
     name = rng.choice(names) if names else C.MANIFEST_FILE
     size = len(files.get(name, b""))
     op = rng.choices(
-        ["flip", "truncate", "insert", "delete", "duplicate", "st_edit", "st_len", "manifest", "token", "onnx"],
+        [
+            "flip",
+            "truncate",
+            "insert",
+            "delete",
+            "duplicate",
+            "st_edit",
+            "st_len",
+            "manifest",
+            "token",
+            "onnx",
+        ],
         weights=[25, 6, 6, 3, 3, 14, 4, 16, 6, 17],
     )[0]
     if not names:
@@ -294,7 +341,9 @@ def random_mutation(rng: random.Random, files: Files) -> tuple[Files, str]:
         value = rng.choice([*JSON_VALUES, DELETE])
         return st_header_edit(files, tensor, key, value), f"st_edit({tensor},{key},{value!r})"
     if op == "st_len":
-        length = rng.choice([0, 1, 7, 8, 64, 2**20, 2**20 + 1, 2**63, 2**64 - 1, rng.randrange(1 << 12)])
+        length = rng.choice(
+            [0, 1, 7, 8, 64, 2**20, 2**20 + 1, 2**63, 2**64 - 1, rng.randrange(1 << 12)]
+        )
         return st_header_length(files, length), f"st_len({length})"
     if op == "manifest":
         path = list(rng.choice(MANIFEST_PATHS))
@@ -307,7 +356,10 @@ def random_mutation(rng: random.Random, files: Files) -> tuple[Files, str]:
     if not graphs:
         return files, "noop"
     gname, kind = rng.choice(graphs), rng.choice(ONNX_EDITS)
-    index, value = rng.randrange(64), rng.choice([0, 1, 2, 3, 7, 9, 16, 17, 100, 2**31, rng.randrange(64)])
+    index, value = (
+        rng.randrange(64),
+        rng.choice([0, 1, 2, 3, 7, 9, 16, 17, 100, 2**31, rng.randrange(64)]),
+    )
     return onnx_edit(files, gname, kind, index, value), f"onnx({gname},{kind},{index},{value})"
 
 
@@ -346,7 +398,9 @@ def exercise(bundle: Path) -> str:
         loaded = load_bundle(bundle)
     except AsaError as exc:
         assert not report.ok, f"validate says ok, load refuses with {exc.code}"
-        assert report.problems[0].code == exc.code, f"validate {report.problems[0].code} != load {exc.code}"
+        assert report.problems[0].code == exc.code, (
+            f"validate {report.problems[0].code} != load {exc.code}"
+        )
         return f"refused:{exc.code}"
     assert report.ok, f"load succeeds, validate reports {[p.code for p in report.problems]}"
     try:
@@ -367,7 +421,9 @@ def _iteration_rng(seed: int, i: int) -> random.Random:
     return random.Random(seed * 1_000_003 + i)
 
 
-def run_iteration(seeds: Any, seed: int, i: int, work: Path, target: str = "bundle") -> tuple[str, list[str], str | None]:
+def run_iteration(
+    seeds: Any, seed: int, i: int, work: Path, target: str = "bundle"
+) -> tuple[str, list[str], str | None]:
     rng = _iteration_rng(seed, i)
     if target != "bundle":  # the structure-aware targets of tests/fuzz_targets.py
         import fuzz_targets as ft
@@ -405,7 +461,15 @@ def target_seeds(target: str) -> Any:
     return seed_bundles()
 
 
-def worker(seed: int, start: int, count: int, work: Path, progress: Path, result: Path, target: str = "bundle") -> None:
+def worker(
+    seed: int,
+    start: int,
+    count: int,
+    work: Path,
+    progress: Path,
+    result: Path,
+    target: str = "bundle",
+) -> None:
     seeds = target_seeds(target)
     outcomes: dict[str, int] = {}
     findings: list[dict[str, Any]] = []
@@ -418,7 +482,9 @@ def worker(seed: int, start: int, count: int, work: Path, progress: Path, result
     result.write_text(json.dumps({"outcomes": outcomes, "findings": findings}))
 
 
-def _run_chunk(args: argparse.Namespace, start: int, count: int, wid: int, findings_dir: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def _run_chunk(
+    args: argparse.Namespace, start: int, count: int, wid: int, findings_dir: Path
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     work = findings_dir / f".work{wid}"
     work.mkdir(parents=True, exist_ok=True)
     progress, result = work / "progress", work / "result.json"
@@ -440,7 +506,13 @@ def _run_chunk(args: argparse.Namespace, start: int, count: int, wid: int, findi
         keep = findings_dir / f"crash-{args.seed}-{crashed_at}"
         if (work / "bundle").exists():
             shutil.copytree(work / "bundle", keep, dirs_exist_ok=True)
-        findings.append({"iteration": crashed_at, "steps": ["native crash"], "traceback": f"worker exit {proc.returncode}\n{proc.stderr[-2000:]}"})
+        findings.append(
+            {
+                "iteration": crashed_at,
+                "steps": ["native crash"],
+                "traceback": f"worker exit {proc.returncode}\n{proc.stderr[-2000:]}",
+            }
+        )
         outcomes["native-crash"] = outcomes.get("native-crash", 0) + 1
         start = crashed_at + 1
     return outcomes, findings
@@ -453,9 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=2_500)
     parser.add_argument("--findings", type=Path, default=ROOT / "out" / "fuzz")
-    parser.add_argument("--target", choices=("bundle", "onnx", "pickle"), default="bundle",
-                        help="bundle: byte/field mutations of bundles; onnx: graph mutations; pickle: opcode mutations")
-    parser.add_argument("--replay", type=int, help="run one iteration and print its steps and outcome")
+    parser.add_argument(
+        "--target",
+        choices=("bundle", "onnx", "pickle"),
+        default="bundle",
+        help="bundle: byte/field mutations of bundles; onnx: graph mutations; pickle: opcode mutations",
+    )
+    parser.add_argument(
+        "--replay", type=int, help="run one iteration and print its steps and outcome"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -463,11 +541,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
-        worker(args.seed, args.start, args.count, args.work, args.work / "progress", args.work / "result.json", args.target)
+        worker(
+            args.seed,
+            args.start,
+            args.count,
+            args.work,
+            args.work / "progress",
+            args.work / "result.json",
+            args.target,
+        )
         return 0
     if args.replay is not None:
         work = args.findings / "replay"
-        outcome, steps, tb = run_iteration(target_seeds(args.target), args.seed, args.replay, work, args.target)
+        outcome, steps, tb = run_iteration(
+            target_seeds(args.target), args.seed, args.replay, work, args.target
+        )
         print(f"iteration {args.replay}: {' -> '.join(steps)}\noutcome: {outcome}\nbundle: {work}")
         if tb:
             print(tb)
@@ -476,24 +564,33 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     args.findings.mkdir(parents=True, exist_ok=True)
-    chunks = [(s, min(args.chunk, args.iterations - s)) for s in range(0, args.iterations, args.chunk)]
+    chunks = [
+        (s, min(args.chunk, args.iterations - s)) for s in range(0, args.iterations, args.chunk)
+    ]
     outcomes: dict[str, int] = {}
     findings: list[dict[str, Any]] = []
     done = 0
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(_run_chunk, args, s, n, k, args.findings) for k, (s, n) in enumerate(chunks)]
+        futures = [
+            pool.submit(_run_chunk, args, s, n, k, args.findings) for k, (s, n) in enumerate(chunks)
+        ]
         for fut, (_, n) in zip(futures, chunks, strict=True):
             chunk_outcomes, chunk_findings = fut.result()
             for outcome, count in chunk_outcomes.items():
                 outcomes[outcome] = outcomes.get(outcome, 0) + count
             findings.extend(chunk_findings)
             done += n
-            print(f"[{time.monotonic() - t0:7.1f}s] {done}/{args.iterations} iterations, {len(findings)} findings", flush=True)
+            print(
+                f"[{time.monotonic() - t0:7.1f}s] {done}/{args.iterations} iterations, {len(findings)} findings",
+                flush=True,
+            )
     for k in range(len(chunks)):
         shutil.rmtree(args.findings / f".work{k}", ignore_errors=True)
     (args.findings / "findings.json").write_text(json.dumps(findings, indent=2))
-    print(f"target: {args.target}  iterations: {done}  seed: {args.seed}  time: {time.monotonic() - t0:.1f}s")
+    print(
+        f"target: {args.target}  iterations: {done}  seed: {args.seed}  time: {time.monotonic() - t0:.1f}s"
+    )
     for outcome in sorted(outcomes, key=lambda o: (-outcomes[o], o)):
         print(f"  {outcomes[outcome]:>8}  {outcome}")
     print(f"findings: {len(findings)} (details in {args.findings / 'findings.json'})")

@@ -30,11 +30,44 @@ OPS_DEFAULT = (
     "ReduceSum", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub", "Sum",
     "Transpose", "Unsqueeze",
 )  # fmt: skip
-OPS_ML = ("ArrayFeatureExtractor", "Binarizer", "LinearClassifier", "Normalizer", "Scaler", "TreeEnsembleClassifier")
+OPS_ML = (
+    "ArrayFeatureExtractor",
+    "Binarizer",
+    "LinearClassifier",
+    "Normalizer",
+    "Scaler",
+    "TreeEnsembleClassifier",
+)
 MAX_MUTANT_BYTES = 1 << 22  # pickles the mutator may produce (the reader's cap is tested elsewhere)
 INTS = (-(2**63), -(2**31), -2, -1, 0, 1, 2, 3, 7, 11, 16, 255, 2**31 - 1, 2**40, 2**63 - 1)
-FLOATS = (0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, 1e300, 709.7, 710.0, -745.2, float("inf"), float("-inf"), float("nan"))
-ATTRS = ("axis", "keepdims", "to", "perm", "axes", "allowzero", "transA", "transB", "alpha", "beta", "noop_with_empty_axes")
+FLOATS = (
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1e-300,
+    1e300,
+    709.7,
+    710.0,
+    -745.2,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+)
+ATTRS = (
+    "axis",
+    "keepdims",
+    "to",
+    "perm",
+    "axes",
+    "allowzero",
+    "transA",
+    "transB",
+    "alpha",
+    "beta",
+    "noop_with_empty_axes",
+)
 
 
 def _values(graph: Any) -> list[str]:
@@ -45,7 +78,9 @@ def _values(graph: Any) -> list[str]:
 def _array(rng: random.Random, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     n = int(np.prod(shape)) if shape else 1
     base = np.array([rng.choice((*FLOATS, rng.uniform(-3, 3))) for _ in range(min(n, 8))] or [0.0])
-    with np.errstate(over="ignore", invalid="ignore"):  # NaN / Inf cast to an integer type: any value will do
+    with np.errstate(
+        over="ignore", invalid="ignore"
+    ):  # NaN / Inf cast to an integer type: any value will do
         return np.resize(base, shape).astype(dtype)
 
 
@@ -88,7 +123,11 @@ def mutate_graph(rng: random.Random, model: Any, hidden: int) -> str:
         kept = [a for a in node.attribute if a.name != name]
         del node.attribute[:]
         node.attribute.extend(kept)
-        value: Any = [rng.choice((0, 1, -1, 2)) for _ in range(rng.randrange(1, 4))] if name in ("perm", "axes") else rng.choice(INTS[3:9])
+        value: Any = (
+            [rng.choice((0, 1, -1, 2)) for _ in range(rng.randrange(1, 4))]
+            if name in ("perm", "axes")
+            else rng.choice(INTS[3:9])
+        )
         node.attribute.append(helper.make_attribute(name, value))
         return f"new_attr({name}={value})"
     if kind in ("init_shape", "init_values", "init_dtype") and len(g.initializer):
@@ -114,12 +153,30 @@ def mutate_graph(rng: random.Random, model: Any, hidden: int) -> str:
         slot = rng.randrange(max(len(node.input), 1))
         if len(node.input):
             src = node.input[slot]
-            op = rng.choice(["Identity", "Neg", "Exp", "Abs", "Sigmoid", "Softmax", "Add", "Mul", "Concat", "Reshape", "Cast"])
+            op = rng.choice(
+                [
+                    "Identity",
+                    "Neg",
+                    "Exp",
+                    "Abs",
+                    "Sigmoid",
+                    "Softmax",
+                    "Add",
+                    "Mul",
+                    "Concat",
+                    "Reshape",
+                    "Cast",
+                ]
+            )
             out = f"fz{rng.randrange(1 << 30)}"
-            ins = [src] if op not in ("Add", "Mul", "Concat", "Reshape") else [src, rng.choice(names)]
+            ins = (
+                [src] if op not in ("Add", "Mul", "Concat", "Reshape") else [src, rng.choice(names)]
+            )
             node_attrs: dict[str, Any] = {"axis": rng.choice((0, 1, -1))} if op == "Concat" else {}
             if op == "Cast":
-                node_attrs["to"] = int(rng.choice((TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)))
+                node_attrs["to"] = int(
+                    rng.choice((TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64))
+                )
             new = helper.make_node(op, ins, [out], **node_attrs)
             node.input[slot] = out
             nodes.insert(pos, new)
@@ -157,7 +214,9 @@ def mutate_graph(rng: random.Random, model: Any, hidden: int) -> str:
     if kind == "chain" and len(nodes):
         # k chained [H, H] products on one weight
         w = f"fz_w{rng.randrange(1 << 30)}"
-        g.initializer.append(numpy_helper.from_array(np.eye(hidden, dtype=rng.choice([np.float32, np.float64])), w))
+        g.initializer.append(
+            numpy_helper.from_array(np.eye(hidden, dtype=rng.choice([np.float32, np.float64])), w)
+        )
         node = nodes[0]
         if not len(node.input):
             return "chain(noop)"
@@ -170,7 +229,9 @@ def mutate_graph(rng: random.Random, model: Any, hidden: int) -> str:
         node.input[0] = cur
         return f"chain({k})"
     if kind == "opset" and len(model.opset_import):
-        model.opset_import[rng.randrange(len(model.opset_import))].version = rng.choice((1, 9, 11, 13, 17, 18, 21, 23, 24))
+        model.opset_import[rng.randrange(len(model.opset_import))].version = rng.choice(
+            (1, 9, 11, 13, 17, 18, 21, 23, 24)
+        )
         return "opset"
     return "noop"
 
@@ -196,7 +257,9 @@ def pickle_ops(data: bytes) -> list[bytes]:
 def _edge_ops(rng: random.Random) -> bytes:
     big = rng.choice([0, 1, 255, 2**31 - 1, 2**32 - 1])
     u8 = rng.choice([0, 1, 255])
-    text = rng.choice(["x", "\udcff", "\ud800", "\uffff", "a" * 300, "é", ""]).encode("utf-8", "surrogatepass")
+    text = rng.choice(["x", "\udcff", "\ud800", "\uffff", "a" * 300, "é", ""]).encode(
+        "utf-8", "surrogatepass"
+    )
     glob = rng.choice([
         ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
         ("sklearn.linear_model._logistic", "LogisticRegression"), ("sklearn.preprocessing._data", "StandardScaler"),
@@ -212,14 +275,46 @@ def _edge_ops(rng: random.Random) -> bytes:
         b"X" + struct.pack("<I", min(big, len(text))) + text,  # BINUNICODE
         b"C" + bytes([u8]) + b"\x00" * u8,  # SHORT_BINBYTES
         b"B" + struct.pack("<I", big) + b"\x00" * 8,  # BINBYTES (length may lie)
-        b"}", b"]", b")", b"(", b"u", b"e", b"t", b"s", b"a", b"R", b"b", b"\x81", b"\x85", b"\x86", b"\x87",
-        b"\x94", b"0", b"2", b"N", b"\x88", b"\x89", b"\x8f", b"\x90", b"\x91", b"\x92",  # containers, memo, sets
-        b"q" + bytes([u8]), b"h" + bytes([u8]), b"r" + struct.pack("<I", big), b"j" + struct.pack("<I", big),
+        b"}",
+        b"]",
+        b")",
+        b"(",
+        b"u",
+        b"e",
+        b"t",
+        b"s",
+        b"a",
+        b"R",
+        b"b",
+        b"\x81",
+        b"\x85",
+        b"\x86",
+        b"\x87",
+        b"\x94",
+        b"0",
+        b"2",
+        b"N",
+        b"\x88",
+        b"\x89",
+        b"\x8f",
+        b"\x90",
+        b"\x91",
+        b"\x92",  # containers, memo, sets
+        b"q" + bytes([u8]),
+        b"h" + bytes([u8]),
+        b"r" + struct.pack("<I", big),
+        b"j" + struct.pack("<I", big),
         b"G" + struct.pack(">d", rng.choice(FLOATS)),  # BINFLOAT
         b"\x95" + struct.pack("<Q", rng.choice([0, 8, 2**40])),  # FRAME
         b"\x80" + bytes([rng.choice([0, 1, 2, 3, 4, 5, 6])]),  # PROTO
         b"c" + glob[0].encode() + b"\n" + glob[1].encode() + b"\n",  # GLOBAL
-        b"\x8c" + bytes([len(glob[0])]) + glob[0].encode() + b"\x8c" + bytes([len(glob[1])]) + glob[1].encode() + b"\x93",
+        b"\x8c"
+        + bytes([len(glob[0])])
+        + glob[0].encode()
+        + b"\x8c"
+        + bytes([len(glob[1])])
+        + glob[1].encode()
+        + b"\x93",
         b".",
     ]
     return rng.choice(choices)

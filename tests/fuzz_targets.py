@@ -79,7 +79,12 @@ def check_contract(path: Path, rows: np.ndarray) -> str:
             assert np.isnan(got.probability) == np.isnan(want.probability)
             if not np.isnan(want.probability):  # relative beyond 1: a graph may return any number
                 scale = max(1.0, abs(want.probability))
-                assert got.probability == want.probability or abs(got.probability - want.probability) <= 1e-6 * scale, f"row {i}: {name} probability {got.probability!r}, the batch {want.probability!r}"
+                assert (
+                    got.probability == want.probability
+                    or abs(got.probability - want.probability) <= 1e-6 * scale
+                ), (
+                    f"row {i}: {name} probability {got.probability!r}, the batch {want.probability!r}"
+                )
     return "ok"
 
 
@@ -134,7 +139,9 @@ def pickle_seeds() -> list[tuple[str, bytes]]:
     return out
 
 
-def pickle_iteration(rng: random.Random, seeds: list[tuple[str, bytes]], steps: list[str]) -> tuple[str, list[str]]:
+def pickle_iteration(
+    rng: random.Random, seeds: list[tuple[str, bytes]], steps: list[str]
+) -> tuple[str, list[str]]:
     from asa_format.converters.safe_pickle import (
         safe_load_pickle,
         to_legacy_logistic,

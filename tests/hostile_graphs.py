@@ -23,18 +23,24 @@ from asa_format.writer import save_bundle
 __all__ = ["classifier_model", "probe_pair", "router_softmax", "save_with", "sigmoid_norm"]
 
 
-def classifier_model(nodes: Sequence[Any], inits: dict[str, np.ndarray], hidden: int, classes: int, opset: int = 13) -> bytes:
+def classifier_model(
+    nodes: Sequence[Any], inits: dict[str, np.ndarray], hidden: int, classes: int, opset: int = 13
+) -> bytes:
     graph = helper.make_graph(
         list(nodes),
         "hostile",
         [helper.make_tensor_value_info(C.CLASSIFIER_INPUT, TensorProto.DOUBLE, ["N", hidden])],
         [
             helper.make_tensor_value_info(C.CLASSIFIER_LABEL, TensorProto.INT64, ["N"]),
-            helper.make_tensor_value_info(C.CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, ["N", classes]),
+            helper.make_tensor_value_info(
+                C.CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, ["N", classes]
+            ),
         ],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hostile")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hostile"
+    )
     model.ir_version = 8
     return bytes(model.SerializeToString(deterministic=True))
 
@@ -68,13 +74,18 @@ def sigmoid_norm(w: np.ndarray, b: np.ndarray) -> bytes:
         helper.make_node("Cast", ["p"], [C.CLASSIFIER_PROBABILITIES], to=TensorProto.DOUBLE),
         _label("p"),
     ]
-    return classifier_model(nodes, {"W": w, "b": b, "axis": np.array([1], dtype=np.int64)}, w.shape[0], 2)
+    return classifier_model(
+        nodes, {"W": w, "b": b, "axis": np.array([1], dtype=np.int64)}, w.shape[0], 2
+    )
 
 
 def probe_pair(w: np.ndarray, b: float, exp_trick: bool = False, shift: float = 0.0) -> bytes:
     """[1 - sigmoid(s), sigmoid(s)] with s = x.w + b; ``exp_trick`` uses ``s + shift + exp(s) * 0``
     instead (NaN once exp overflows, which an evaluator may do early)."""
-    nodes = [helper.make_node("MatMul", [C.CLASSIFIER_INPUT, "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["s0"])]
+    nodes = [
+        helper.make_node("MatMul", [C.CLASSIFIER_INPUT, "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["s0"]),
+    ]
     inits = {"w": w.reshape(-1, 1).astype(np.float64), "b": np.array([b]), "one": np.array([1.0])}
     if exp_trick:
         nodes += [

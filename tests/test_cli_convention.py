@@ -32,7 +32,14 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 
 
 def asa(*args: str, module: str = "asa_format.cli") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("keys")
     key = ec.generate_private_key(ec.SECP256R1())
     private, public = d / "key.pem", d / "pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return private, public
 
 
@@ -91,13 +108,20 @@ def _envelope_shape(doc: dict[str, Any], command: str) -> None:
 
 
 @pytest.mark.convert  # asa-convert is one of the commands
-def test_one_envelope_for_validate_inspect_verify_and_convert(tmp_path: Path, signed: Path, keys: tuple[Path, Path]) -> None:
+def test_one_envelope_for_validate_inspect_verify_and_convert(
+    tmp_path: Path, signed: Path, keys: tuple[Path, Path]
+) -> None:
     missing = str(tmp_path / "missing")
     runs = {
         "validate": asa("validate", "--json", str(GOOD), missing),
         "inspect": asa("inspect", "--json", str(GOOD), missing),
         "verify": asa("verify", "--json", missing, "--public-key", str(keys[1])),
-        "convert": asa(str(tmp_path / "no-assets"), str(tmp_path / "out"), "--json", module="asa_format.converters.cli"),
+        "convert": asa(
+            str(tmp_path / "no-assets"),
+            str(tmp_path / "out"),
+            "--json",
+            module="asa_format.converters.cli",
+        ),
     }
     for command, result in runs.items():
         assert result.returncode == 1, (command, result.stderr)
@@ -109,7 +133,14 @@ def test_one_envelope_for_validate_inspect_verify_and_convert(tmp_path: Path, si
     good = asa("verify", "--json", str(signed), "--public-key", str(keys[1]))
     assert good.returncode == 0
     _envelope_shape(json.loads(good.stdout), "verify")
-    converted = asa(str(ASSETS), str(tmp_path / "b"), "--json", "--samples", "64", module="asa_format.converters.cli")
+    converted = asa(
+        str(ASSETS),
+        str(tmp_path / "b"),
+        "--json",
+        "--samples",
+        "64",
+        module="asa_format.converters.cli",
+    )
     assert converted.returncode == 0
     _envelope_shape(json.loads(converted.stdout), "convert")
 
@@ -117,7 +148,9 @@ def test_one_envelope_for_validate_inspect_verify_and_convert(tmp_path: Path, si
 # ---------------------------------------------------------------- exit codes
 
 
-def test_the_same_fault_gives_the_same_exit_code_everywhere(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+def test_the_same_fault_gives_the_same_exit_code_everywhere(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a bundle")
     missing = str(tmp_path / "missing")
@@ -153,7 +186,14 @@ def test_sigint_exits_130_without_aborted() -> None:
         "from asa_format.cli import main\n"
         "main(['validate', sys.argv[1]])\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(GOOD)], capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(GOOD)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 130
     assert "Aborted!" not in result.stderr and "Traceback" not in result.stderr
     assert "interrupted" in result.stderr
@@ -162,7 +202,9 @@ def test_sigint_exits_130_without_aborted() -> None:
 # ---------------------------------------------------------------- sign
 
 
-def test_sign_keeps_an_existing_signature_without_force(signed: Path, keys: tuple[Path, Path]) -> None:
+def test_sign_keeps_an_existing_signature_without_force(
+    signed: Path, keys: tuple[Path, Path]
+) -> None:
     sig = signed / "model.sig"
     before = hashlib.sha256(sig.read_bytes()).hexdigest()
     sig.write_bytes(sig.read_bytes() + b" ")  # a signature someone else made
@@ -179,7 +221,9 @@ def test_sign_keeps_an_existing_signature_without_force(signed: Path, keys: tupl
 # ---------------------------------------------------------------- hints
 
 
-def test_python_hints_name_keywords_not_flags(signed: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_python_hints_name_keywords_not_flags(
+    signed: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     with pytest.raises(AsaError) as info:
         load_bundle(signed, trusted_keys=[])
     assert "--public-key" not in str(info.value) and "trusted_keys" in (info.value.hint or "")
@@ -187,7 +231,9 @@ def test_python_hints_name_keywords_not_flags(signed: Path, keys: tuple[Path, Pa
     with pytest.raises(AsaError) as info:
         load_bundle(signed, trusted_keys=[keys[1]])
     assert info.value.code == "SIGNATURE_MISSING"
-    assert "--signature" not in (info.value.hint or "") and "signature_path" in (info.value.hint or "")
+    assert "--signature" not in (info.value.hint or "") and "signature_path" in (
+        info.value.hint or ""
+    )
 
 
 def test_cli_hints_name_flags_not_keywords(tmp_path: Path, keys: tuple[Path, Path]) -> None:
@@ -206,7 +252,11 @@ def test_cli_hints_name_flags_not_keywords(tmp_path: Path, keys: tuple[Path, Pat
 def test_pre_commit_hook_runs_asa_validate(tmp_path: Path) -> None:
     text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert "- id: asa-validate" in text and "pass_filenames: false" in text
-    entry = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("entry:"))
+    entry = next(
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if line.strip().startswith("entry:")
+    )
     assert entry == "asa validate"
     # pre-commit runs `entry` followed by the hook's args: the bundle directories
     assert asa(*entry.split()[1:], str(GOOD)).returncode == 0

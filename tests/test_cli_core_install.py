@@ -45,8 +45,18 @@ def core_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 
 
-def run(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False)
+def run(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_the_blocker_works(core_env: dict[str, str]) -> None:
@@ -77,9 +87,15 @@ CONVERT = ("-m", "asa_format.converters.cli")
         (*CONVERT, "-h"),
         (*CONVERT, "--version"),
     ],
-    ids=lambda argv: " ".join(argv[1:]).replace("asa_format.converters.cli", "asa-convert").replace("asa_format.cli", "asa"),
+    ids=lambda argv: (
+        " ".join(argv[1:])
+        .replace("asa_format.converters.cli", "asa-convert")
+        .replace("asa_format.cli", "asa")
+    ),
 )
-def test_help_and_version_work_without_extras(core_env: dict[str, str], argv: tuple[str, ...]) -> None:
+def test_help_and_version_work_without_extras(
+    core_env: dict[str, str], argv: tuple[str, ...]
+) -> None:
     result = run(core_env, *argv)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and result.stderr == ""
@@ -88,14 +104,28 @@ def test_help_and_version_work_without_extras(core_env: dict[str, str], argv: tu
 
 def test_run_help_lists_its_options(core_env: dict[str, str]) -> None:
     out = run(core_env, *ASA, "run", "--help").stdout
-    for option in ("BUNDLE", "--bundle", "--model", "--prompt", "--system", "--messages", "--dtype", "--self-test", "--no-strict"):
+    for option in (
+        "BUNDLE",
+        "--bundle",
+        "--model",
+        "--prompt",
+        "--system",
+        "--messages",
+        "--dtype",
+        "--self-test",
+        "--no-strict",
+    ):
         assert option in out, option
 
 
-def test_convert_without_its_extra_names_it_before_reading_input(core_env: dict[str, str], tmp_path: Path) -> None:
+def test_convert_without_its_extra_names_it_before_reading_input(
+    core_env: dict[str, str], tmp_path: Path
+) -> None:
     # a source that does not exist: the extra is named first, nothing is read or written
-    for argv in ((*CONVERT, str(tmp_path / "nowhere"), str(tmp_path / "out")),
-                 (*ASA, "convert", str(ASSETS), str(tmp_path / "out"))):
+    for argv in (
+        (*CONVERT, str(tmp_path / "nowhere"), str(tmp_path / "out")),
+        (*ASA, "convert", str(ASSETS), str(tmp_path / "out")),
+    ):
         result = run(core_env, *argv)
         assert result.returncode == 2
         lines = result.stderr.splitlines()
@@ -106,14 +136,18 @@ def test_convert_without_its_extra_names_it_before_reading_input(core_env: dict[
 
 
 def test_run_without_its_extra_names_it(core_env: dict[str, str], tmp_path: Path) -> None:
-    result = run(core_env, *ASA, "run", str(tmp_path / "nowhere"), "--model", str(tmp_path), "--prompt", "hi")
+    result = run(
+        core_env, *ASA, "run", str(tmp_path / "nowhere"), "--model", str(tmp_path), "--prompt", "hi"
+    )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert 'pip install "asa-format[runtime]"' in lines[0] and "torch" in lines[0]
 
 
-def test_export_without_its_extra_names_it_before_reading_input(core_env: dict[str, str], tmp_path: Path) -> None:
+def test_export_without_its_extra_names_it_before_reading_input(
+    core_env: dict[str, str], tmp_path: Path
+) -> None:
     result = run(core_env, *ASA, "export", str(VALID), str(tmp_path / "out.gguf"), "--to", "gguf")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
@@ -123,7 +157,9 @@ def test_export_without_its_extra_names_it_before_reading_input(core_env: dict[s
     assert list(tmp_path.iterdir()) == []
 
 
-def test_import_of_a_gguf_file_without_its_extra_names_it(core_env: dict[str, str], tmp_path: Path) -> None:
+def test_import_of_a_gguf_file_without_its_extra_names_it(
+    core_env: dict[str, str], tmp_path: Path
+) -> None:
     source = tmp_path / "cv.gguf"
     source.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(64))
     result = run(core_env, *ASA, "import", str(source), str(tmp_path / "out"), "--num-layers", "4")
@@ -141,7 +177,11 @@ def test_python_runtime_import_names_the_extra(core_env: dict[str, str]) -> None
 
 
 def test_core_commands_work_without_extras(core_env: dict[str, str]) -> None:
-    for argv in ((*ASA, "validate", str(VALID)), (*ASA, "inspect", str(VALID)), (*ASA, "validate", "--json", str(VALID))):
+    for argv in (
+        (*ASA, "validate", str(VALID)),
+        (*ASA, "inspect", str(VALID)),
+        (*ASA, "validate", "--json", str(VALID)),
+    ):
         result = run(core_env, *argv)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""

@@ -33,7 +33,12 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 def convert(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "asa_format.converters.cli", *args, "--samples", "64"],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+        check=False,
     )
 
 
@@ -41,7 +46,8 @@ def tree(path: Path) -> dict[str, str]:
     """Every file under ``path`` with its sha256 (the state a user would see)."""
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*")) if p.is_file()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -88,7 +94,10 @@ def test_force_refuses_a_parent_of_the_source(tmp_path: Path) -> None:
     before = tree(proj)
     result = convert("assets", ".", "--force", cwd=proj)
     assert result.returncode == 1
-    assert "DESTINATION_IS_SOURCE" in result.stdout and "contains the source directory" in result.stdout
+    assert (
+        "DESTINATION_IS_SOURCE" in result.stdout
+        and "contains the source directory" in result.stdout
+    )
     assert tree(proj) == before
     result = convert(str(proj / "assets"), str(proj), "--force")
     assert result.returncode == 1 and tree(proj) == before
@@ -103,7 +112,9 @@ def test_force_refuses_a_bundle_that_holds_other_files(bundle: Path) -> None:
     assert tree(bundle) == before
 
 
-def test_force_replaces_a_bundle_in_one_atomic_exchange(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_force_replaces_a_bundle_in_one_atomic_exchange(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not destination.exchange_supported():
         pytest.skip("no renameat2 on this platform: the two-step swap is tested below")
     calls: list[int] = []
@@ -137,7 +148,11 @@ KILL_AT_STEP = (
 def test_a_swap_killed_midway_is_completed_by_the_next_run(bundle: Path, step: str) -> None:
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AT_STEP, str(ASSETS), str(bundle), step],
-        capture_output=True, text=True, env=ENV, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     leftovers = sorted(p.name for p in bundle.parent.iterdir() if p.name != "bundle")
@@ -154,7 +169,11 @@ def test_a_swap_killed_midway_is_completed_by_the_next_run(bundle: Path, step: s
 def test_the_next_cli_run_recovers_and_says_so(bundle: Path) -> None:
     subprocess.run(
         [sys.executable, "-c", KILL_AT_STEP, str(ASSETS), str(bundle), "moved-old"],
-        capture_output=True, text=True, env=ENV, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
     )
     result = convert(str(ASSETS), str(bundle), "--force")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -175,16 +194,38 @@ SIGNAL_AFTER_FIRST_FILE = (
 )
 
 
-@pytest.mark.parametrize(("name", "status", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
-def test_sigint_and_sigterm_clean_up(tmp_path: Path, bundle: Path, name: str, status: int, word: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "status", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_sigint_and_sigterm_clean_up(
+    tmp_path: Path, bundle: Path, name: str, status: int, word: str
+) -> None:
     before = tree(bundle)
     for dest in (tmp_path / "new", bundle):
         result = subprocess.run(
-            [sys.executable, "-c", SIGNAL_AFTER_FIRST_FILE, name, str(ASSETS), str(dest), "--force", "--samples", "64"],
-            capture_output=True, text=True, env=ENV, timeout=300, check=False,
+            [
+                sys.executable,
+                "-c",
+                SIGNAL_AFTER_FIRST_FILE,
+                name,
+                str(ASSETS),
+                str(dest),
+                "--force",
+                "--samples",
+                "64",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+            check=False,
         )
         assert result.returncode == status, result.stderr
-        assert word in result.stderr and "Traceback" not in result.stderr and "Aborted!" not in result.stderr
+        assert (
+            word in result.stderr
+            and "Traceback" not in result.stderr
+            and "Aborted!" not in result.stderr
+        )
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert tree(bundle) == before
 
@@ -198,7 +239,9 @@ def test_a_dead_runs_temporary_directory_is_removed_by_the_next_run(tmp_path: Pa
         "writer._after_file_written = lambda name: os.kill(os.getpid(), signal.SIGKILL)\n"
         "convert_legacy(sys.argv[1], sys.argv[2], samples=64)\n"
     )
-    killed = subprocess.run([sys.executable, "-c", script, str(ASSETS), str(out)], env=ENV, timeout=300, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(ASSETS), str(out)], env=ENV, timeout=300, check=False
+    )
     assert killed.returncode == -signal.SIGKILL
     stale = sorted(p.name for p in tmp_path.iterdir())
     assert len(stale) == 2 and any(n.endswith(OWNER_SUFFIX) for n in stale)

@@ -32,7 +32,11 @@ def _steps() -> list[tuple[str, str]]:
     steps: list[tuple[str, str]] = []
     for lang, body in BLOCK.findall(_section("## Quick start", "## Performance")):
         if lang == "bash":
-            steps += [("bash", line) for line in body.splitlines() if line.strip() and not line.startswith("#")]
+            steps += [
+                ("bash", line)
+                for line in body.splitlines()
+                if line.strip() and not line.startswith("#")
+            ]
         elif lang == "python":
             steps.append(("python", body))
     return steps
@@ -51,16 +55,25 @@ def _env(tmp: Path) -> dict[str, str]:
 def _run(lang: str, code: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     code = code.replace("/tmp/", f"{tmp}/")
     argv = ["bash", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_env(tmp), timeout=600, check=False)
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, env=_env(tmp), timeout=600, check=False
+    )
 
 
 def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     steps = _steps()
-    assert sum(lang == "bash" for lang, _ in steps) >= 10 and sum(lang == "python" for lang, _ in steps) >= 4
+    assert (
+        sum(lang == "bash" for lang, _ in steps) >= 10
+        and sum(lang == "python" for lang, _ in steps) >= 4
+    )
     for lang, code in steps:
         expected = re.search(r"# exit (\d+)", code) if lang == "bash" else None
         result = _run(lang, code, tmp_path)
-        assert result.returncode == (int(expected.group(1)) if expected else 0), (code, result.stdout[-2000:], result.stderr[-2000:])
+        assert result.returncode == (int(expected.group(1)) if expected else 0), (
+            code,
+            result.stdout[-2000:],
+            result.stderr[-2000:],
+        )
         assert "Traceback" not in result.stderr, (code, result.stderr[-2000:])
     assert (tmp_path / "asa-example" / "model.sig").is_file()
     assert (tmp_path / "precious" / "thesis.txt").read_text() == "draft\n"

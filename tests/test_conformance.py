@@ -135,7 +135,9 @@ def check_refused(
 
 def test_corpus_is_complete() -> None:
     assert len(VALID) >= 10 and len(INVALID) >= 90
-    generated = {c.name for c in make_cases.valid_cases()} | {c.name for c in make_cases.invalid_cases()}
+    generated = {c.name for c in make_cases.valid_cases()} | {
+        c.name for c in make_cases.invalid_cases()
+    }
     assert set(VALID) | set(INVALID) == generated
     for name in INVALID:
         exp = _expected("invalid", name)
@@ -166,7 +168,9 @@ def _tree(root: Path) -> dict[str, tuple[str, str]]:
 def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
     make_cases.generate(tmp_path)
     committed, regenerated = _tree(CORPUS), _tree(tmp_path)
-    differing = sorted(k for k in committed.keys() | regenerated.keys() if committed.get(k) != regenerated.get(k))
+    differing = sorted(
+        k for k in committed.keys() | regenerated.keys() if committed.get(k) != regenerated.get(k)
+    )
     assert not differing, f"run spec/conformance/make_cases.py; differing: {differing[:10]}"
 
 
@@ -193,7 +197,9 @@ def test_valid_case(name: str, sessions: list[Any]) -> None:
         assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
     loaded = load_bundle(bundle, asa_only=bool(others))
     assert loaded.decide(np.ones((3, loaded.hidden_size), np.float32)).gate.shape == (3,)
-    assert sessions, "the session recorder saw no session: the static-case assertion would be vacuous"
+    assert sessions, (
+        "the session recorder saw no session: the static-case assertion would be vacuous"
+    )
 
 
 @pytest.mark.parametrize("name", INVALID)
@@ -243,7 +249,9 @@ REPORT_SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "required": ["checked", "ok", "failed"],
-            "properties": {k: {"type": "integer", "minimum": 0} for k in ("checked", "ok", "failed")},
+            "properties": {
+                k: {"type": "integer", "minimum": 0} for k in ("checked", "ok", "failed")
+            },
         },
         "results": {
             "type": "array",
@@ -254,7 +262,12 @@ REPORT_SCHEMA = {
                 "properties": {
                     "path": {"type": "string"},
                     "ok": {"type": "boolean"},
-                    "digest": {"oneOf": [{"type": "null"}, {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}]},
+                    "digest": {
+                        "oneOf": [
+                            {"type": "null"},
+                            {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                        ]
+                    },
                     "problems": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
                     "warnings": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
                 },
@@ -293,7 +306,10 @@ def test_json_report_schema() -> None:
     assert doc["summary"] == {"checked": 4, "ok": 2, "failed": 2}
     assert [b["ok"] for b in doc["results"]] == [True, True, False, False]
     assert [b["path"] for b in doc["results"]] == list(map(str, paths))
-    assert doc["results"][0]["digest"] == "sha256:" + hashlib.sha256((paths[0] / C.MANIFEST_FILE).read_bytes()).hexdigest()
+    assert (
+        doc["results"][0]["digest"]
+        == "sha256:" + hashlib.sha256((paths[0] / C.MANIFEST_FILE).read_bytes()).hexdigest()
+    )
     assert doc["results"][3]["digest"] is None
     assert doc["results"][2]["problems"][0]["file"] == C.ROUTER_FILE
     assert doc["results"][1]["warnings"] and not doc["results"][1]["problems"]
@@ -326,7 +342,9 @@ def test_text_report_lines() -> None:
     assert warn.stdout.startswith(f"ok    {newer}  (")
     warning_lines = warn.stdout.splitlines()[1:]
     assert len(warning_lines) == 2
-    assert all(w.startswith("      warning: [MANIFEST_SCHEMA] manifest.json: $") for w in warning_lines)
+    assert all(
+        w.startswith("      warning: [MANIFEST_SCHEMA] manifest.json: $") for w in warning_lines
+    )
     assert any("x_future_member" in w for w in warning_lines)
 
     both = run_cli("validate", str(good), str(bad))
@@ -366,7 +384,11 @@ def _flip_positions(bundle: Path, total: int = 320) -> Iterator[tuple[str, int, 
     all_bytes = sum(sizes.values())
     for f in files:
         k = max(16, total * sizes[f] // all_bytes)
-        offsets = {0, sizes[f] - 1, *rng.choice(sizes[f], size=min(k, sizes[f]), replace=False).tolist()}
+        offsets = {
+            0,
+            sizes[f] - 1,
+            *rng.choice(sizes[f], size=min(k, sizes[f]), replace=False).tolist(),
+        }
         for off in sorted(offsets):
             yield f, int(off), int(rng.integers(1, 256))
 
@@ -424,7 +446,17 @@ def test_cli_exit_status_on_byte_flips(bundle_copy: Path) -> None:
     assert run_cli("validate", str(bundle_copy)).exit_code == 0
 
 
-@pytest.mark.parametrize("name", ["manifest.json", "vectors.safetensors", "scaler.onnx", "router.onnx", "probe_0.onnx", "probe_2.onnx"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "manifest.json",
+        "vectors.safetensors",
+        "scaler.onnx",
+        "router.onnx",
+        "probe_0.onnx",
+        "probe_2.onnx",
+    ],
+)
 def test_deleting_a_file_is_detected(bundle_copy: Path, name: str) -> None:
     (bundle_copy / name).unlink()
     code = "MANIFEST_MISSING" if name == C.MANIFEST_FILE else "FILE_MISSING"
@@ -435,7 +467,9 @@ def test_deleting_a_file_is_detected(bundle_copy: Path, name: str) -> None:
     assert info.value.code == code
 
 
-@pytest.mark.parametrize("extra", ["probe_1.onnx", "notes.txt", ".hidden", "vectors.safetensors.bak", "manifest.json~"])
+@pytest.mark.parametrize(
+    "extra", ["probe_1.onnx", "notes.txt", ".hidden", "vectors.safetensors.bak", "manifest.json~"]
+)
 def test_adding_a_file_is_detected(bundle_copy: Path, extra: str) -> None:
     shutil.copyfile(bundle_copy / C.ROUTER_FILE, bundle_copy / extra)
     result = run_cli("validate", "--json", str(bundle_copy))
@@ -453,26 +487,45 @@ def test_signature_file_is_the_one_unlisted_exception(bundle_copy: Path) -> None
 def _edit(path: Path, fn: Callable[[dict[str, Any]], object]) -> None:
     doc = json.loads((path / C.MANIFEST_FILE).read_text("utf-8"))
     fn(doc)
-    (path / C.MANIFEST_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
+    (path / C.MANIFEST_FILE).write_text(
+        json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8"
+    )
 
 
 MANIFEST_EDITS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "hidden_size": (lambda d: d["model"].__setitem__("hidden_size", 9), "SAFETENSORS_SHAPE"),
     "rename_domain": (lambda d: d["domains"][0].__setitem__("name", "algebra"), "SAFETENSORS_KEYS"),
-    "drop_last_domain": (lambda d: (d["domains"].pop(), d["files"].pop("probe_2.onnx")), "FILE_UNLISTED"),
-    "add_domain": (lambda d: d["domains"].append({"name": "new", "probe": None}), "SAFETENSORS_KEYS"),
+    "drop_last_domain": (
+        lambda d: (d["domains"].pop(), d["files"].pop("probe_2.onnx")),
+        "FILE_UNLISTED",
+    ),
+    "add_domain": (
+        lambda d: d["domains"].append({"name": "new", "probe": None}),
+        "SAFETENSORS_KEYS",
+    ),
     "file_size": (lambda d: d["files"]["router.onnx"].__setitem__("size", 1), "FILE_SIZE_MISMATCH"),
-    "file_sha256": (lambda d: d["files"]["scaler.onnx"].__setitem__("sha256", "0" * 64), "FILE_HASH_MISMATCH"),
+    "file_sha256": (
+        lambda d: d["files"]["scaler.onnx"].__setitem__("sha256", "0" * 64),
+        "FILE_HASH_MISMATCH",
+    ),
     "probe_removed": (lambda d: d["domains"][0].__setitem__("probe", None), "MANIFEST_SEMANTIC"),
     "unknown_member": (lambda d: d.__setitem__("comment", "hi"), "MANIFEST_SCHEMA"),
     "num_layers": (lambda d: d["model"].__setitem__("num_layers", 1), "LAYER_OUT_OF_RANGE"),
-    "format_version": (lambda d: d.__setitem__("format_version", "3.1"), "FORMAT_VERSION_UNSUPPORTED"),
-    "path": (lambda d: d["files"].__setitem__("../x.onnx", d["files"].pop("router.onnx")), "PATH_INVALID"),
+    "format_version": (
+        lambda d: d.__setitem__("format_version", "3.1"),
+        "FORMAT_VERSION_UNSUPPORTED",
+    ),
+    "path": (
+        lambda d: d["files"].__setitem__("../x.onnx", d["files"].pop("router.onnx")),
+        "PATH_INVALID",
+    ),
 }
 
 
 @pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
-def test_editing_the_manifest_is_detected(bundle_copy: Path, edit: str, sessions: list[Any]) -> None:
+def test_editing_the_manifest_is_detected(
+    bundle_copy: Path, edit: str, sessions: list[Any]
+) -> None:
     fn, code = MANIFEST_EDITS[edit]
     _edit(bundle_copy, fn)
     result = run_cli("validate", "--json", str(bundle_copy))

@@ -92,7 +92,17 @@ def test_validate_load_decide_agree(spec: dict[str, Any], extra: list[list[float
 def test_any_finite_rows_decide_like_each_row_alone(rows: np.ndarray) -> None:
     rng = np.random.default_rng(7)
     router = router_softmax(rng.standard_normal((8, 3)), np.zeros(3))
-    probes = {"a": probe_pair(rng.standard_normal(8), 0.0), "b": probe_pair(rng.standard_normal(8) * 1e3, 0.0, exp_trick=True)}
+    probes = {
+        "a": probe_pair(rng.standard_normal(8), 0.0),
+        "b": probe_pair(rng.standard_normal(8) * 1e3, 0.0, exp_trick=True),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_with(Path(tmp) / "b", hidden=8, domains=["a", "b", "c"], router=router, probes=probes, missing_probes=["c"])
+        path = save_with(
+            Path(tmp) / "b",
+            hidden=8,
+            domains=["a", "b", "c"],
+            router=router,
+            probes=probes,
+            missing_probes=["c"],
+        )
         assert check_contract(path, rows) == "ok"

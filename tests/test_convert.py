@@ -42,7 +42,12 @@ def _sha(path: Path) -> dict[str, str]:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "asa_format.converters.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "asa_format.converters.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 @pytest.mark.parametrize("case", LEGACY, ids=[p.name for p in LEGACY])
@@ -58,7 +63,11 @@ def test_fixture_converts_validates_and_matches(case: Path, tmp_path: Path) -> N
     assert report.parity.max_probability_difference < limit
     assert sum(report.parity.gate_counts.values()) == 2048
     # the validator accepts it
-    out = subprocess.run([sys.executable, "-m", "asa_format.cli", "validate", str(tmp_path / "bundle")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "asa_format.cli", "validate", str(tmp_path / "bundle")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     # the real scikit-learn decisions recorded when the fixture was written
     ref = np.load(case / "reference.npz", allow_pickle=False)
@@ -74,7 +83,10 @@ def test_fixture_converts_validates_and_matches(case: Path, tmp_path: Path) -> N
     assert m.model.hidden_size == assets.hidden_size and m.model.id == assets.model_id
     assert m.provenance is not None and m.provenance.source == "legacy-pickle"
     assert set(m.provenance.inputs) == set(LEGACY_FILES)
-    assert m.provenance.inputs["scaler.pkl"].sha256 == hashlib.sha256((case / "scaler.pkl").read_bytes()).hexdigest()
+    assert (
+        m.provenance.inputs["scaler.pkl"].sha256
+        == hashlib.sha256((case / "scaler.pkl").read_bytes()).hexdigest()
+    )
     assert m.provenance.metadata == assets.extra_config
     for i, name in enumerate(assets.domains):
         assert (m.domains[i].probe is None) == (name not in assets.probes)
@@ -94,8 +106,15 @@ def test_minimal_config_records_unknowns(tmp_path: Path) -> None:
     assert report.model["id"] is None and report.model["type"] is None
     assert report.unknown == ["model id", "model type", "layer count"]
     assert "not known" in report.text()
-    report2 = convert_legacy(case, tmp_path / "c", samples=64, model_id="org/m", model_type="qwen2", num_layers=24)
-    assert report2.unknown == [] and report2.model == {"id": "org/m", "type": "qwen2", "hidden_size": report.hidden_size, "num_layers": 24}
+    report2 = convert_legacy(
+        case, tmp_path / "c", samples=64, model_id="org/m", model_type="qwen2", num_layers=24
+    )
+    assert report2.unknown == [] and report2.model == {
+        "id": "org/m",
+        "type": "qwen2",
+        "hidden_size": report.hidden_size,
+        "num_layers": 24,
+    }
 
 
 def test_layer_beyond_layer_count_is_refused(tmp_path: Path) -> None:
@@ -112,14 +131,20 @@ def test_existing_destination_needs_force(tmp_path: Path) -> None:
     convert_legacy(case, tmp_path / "b", samples=64)
     before = _sha(tmp_path / "b")
     result = _cli(str(case), str(tmp_path / "b"))
-    assert result.returncode == 1 and "DESTINATION_EXISTS" in result.stdout and "--force" in result.stdout
+    assert (
+        result.returncode == 1
+        and "DESTINATION_EXISTS" in result.stdout
+        and "--force" in result.stdout
+    )
     assert _sha(tmp_path / "b") == before
     result = _cli(str(LEGACY[1]), str(tmp_path / "b"), "--force", "--samples", "64")
     assert result.returncode == 0, result.stderr
     assert _sha(tmp_path / "b") != before
 
 
-def test_fault_after_first_file_leaves_no_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fault_after_first_file_leaves_no_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     written: list[str] = []
 
     def crash(name: str) -> None:
@@ -141,7 +166,11 @@ def test_killed_converter_process_leaves_no_destination(tmp_path: Path) -> None:
         "writer._after_file_written = lambda name: os.kill(os.getpid(), signal.SIGKILL)\n"
         "convert_legacy(sys.argv[1], sys.argv[2], samples=64)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(LEGACY[0]), str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(LEGACY[0]), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == -9
     assert not (tmp_path / "out").exists()
     # only a hidden temporary directory can remain after SIGKILL; it is never the destination
@@ -173,10 +202,32 @@ def test_cli_report_and_json(tmp_path: Path) -> None:
     assert "digest       sha256:" in text.stdout and "files        " in text.stdout
     js = _cli(str(case), str(tmp_path / "b"), "--samples", "256", "--json")
     doc = json.loads(js.stdout)["results"][0]
-    assert doc["ok"] is True and doc["parity"]["ok"] is True and doc["parity"]["max_probability_difference"] < 1e-9
-    assert doc["files"].keys() >= {"manifest.json", "vectors.safetensors", "scaler.onnx", "router.onnx"}
+    assert (
+        doc["ok"] is True
+        and doc["parity"]["ok"] is True
+        and doc["parity"]["max_probability_difference"] < 1e-9
+    )
+    assert doc["files"].keys() >= {
+        "manifest.json",
+        "vectors.safetensors",
+        "scaler.onnx",
+        "router.onnx",
+    }
     # `asa convert` is the same command
-    same = subprocess.run([sys.executable, "-m", "asa_format.cli", "convert", str(case), str(tmp_path / "c"), "--samples", "256"], capture_output=True, text=True)
+    same = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asa_format.cli",
+            "convert",
+            str(case),
+            str(tmp_path / "c"),
+            "--samples",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert same.returncode == 0 and _sha(tmp_path / "a") == _sha(tmp_path / "c")
 
 
@@ -193,7 +244,17 @@ HOSTILE_CASES = sorted(p for p in HOSTILE.glob("*.pkl"))
 
 
 @pytest.mark.parametrize("target", ["probes.pkl", "router.pkl", "scaler.pkl"])
-@pytest.mark.parametrize("gadget", [p for p in HOSTILE_CASES if p.stem in {"builtins_eval", "inst_os_system", "posix_system", "subprocess_popen", "build_on_class"}] or HOSTILE_CASES[:3], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "gadget",
+    [
+        p
+        for p in HOSTILE_CASES
+        if p.stem
+        in {"builtins_eval", "inst_os_system", "posix_system", "subprocess_popen", "build_on_class"}
+    ]
+    or HOSTILE_CASES[:3],
+    ids=lambda p: p.stem,
+)
 def test_hostile_pickle_is_refused_by_the_cli(gadget: Path, target: str, tmp_path: Path) -> None:
     expected = json.loads((HOSTILE / "expected.json").read_text())[gadget.stem]
     src = _legacy_copy(LEGACY[0], tmp_path / "src")
@@ -202,7 +263,9 @@ def test_hostile_pickle_is_refused_by_the_cli(gadget: Path, target: str, tmp_pat
     work.mkdir()
     result = _cli(str(src), str(tmp_path / "out"), cwd=work)
     assert result.returncode == 1
-    assert expected["code"] in result.stdout and target in result.stdout and "offset" in result.stdout
+    assert (
+        expected["code"] in result.stdout and target in result.stdout and "offset" in result.stdout
+    )
     assert "Traceback" not in result.stderr
     assert list(work.iterdir()) == [], "a gadget ran"
     assert not (tmp_path / "out").exists()
@@ -220,7 +283,9 @@ def test_every_hostile_pickle_is_refused_in_the_probes_slot(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
-def test_converter_disk_full_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_converter_disk_full_is_a_clean_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 

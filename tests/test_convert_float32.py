@@ -47,11 +47,13 @@ def _legacy_float32(dest: Path) -> dict[str, object]:
     for name, obj in (("scaler", scaler), ("router", router), ("probes", probes)):
         (dest / f"{name}.pkl").write_bytes(pickle.dumps(obj, protocol=5))
     vectors = {d: rng.normal(size=HIDDEN).astype(np.float32) for d in [*DOMAINS, "global"]}
-    np.savez(dest / "steering_vectors.npz",
-             **{k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in vectors.items()})
-    (dest / "config.json").write_text(json.dumps(
-        {"L_star": 1, "alpha": 2.0, "tau": TAU, "beta": 0.2, "domains": DOMAINS}
-    ))
+    np.savez(
+        dest / "steering_vectors.npz",
+        **{k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in vectors.items()},
+    )
+    (dest / "config.json").write_text(
+        json.dumps({"L_star": 1, "alpha": 2.0, "tau": TAU, "beta": 0.2, "domains": DOMAINS})
+    )
     return {"scaler": scaler, "router": router, "probes": probes}
 
 
@@ -74,10 +76,12 @@ def test_parity_reports_the_float32_gap(tmp_path: Path) -> None:
     hidden = rng.normal(0, 3, size=(2048, HIDDEN)).astype(np.float32)
     xs = fitted["scaler"].transform(hidden)  # type: ignore[attr-defined]
     domain, prob, _ = legacy_decide(assets, hidden)
-    real = np.array([
-        fitted["probes"][DOMAINS[d]].predict_proba(xs[i : i + 1])[0, 1]  # type: ignore[index]
-        for i, d in enumerate(domain.tolist())
-    ])
+    real = np.array(
+        [
+            fitted["probes"][DOMAINS[d]].predict_proba(xs[i : i + 1])[0, 1]  # type: ignore[index]
+            for i, d in enumerate(domain.tolist())
+        ]
+    )
     # legacy_decide reproduces scikit-learn's float32 arithmetic (not a float64 re-implementation).
     # (Within two float32 ulps near 1: one row alone and rows in a batch sum in another order.)
     assert np.max(np.abs(prob - real)) <= 2.5e-7

@@ -83,7 +83,9 @@ def test_writer_interrupt_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_load_and_decide_matches_numpy_reference(tmp_path: Path) -> None:
-    contents = make_test_contents(hidden_size=24, domains=("a", "b", "c", "d"), missing_probes=("c",), seed=7)
+    contents = make_test_contents(
+        hidden_size=24, domains=("a", "b", "c", "d"), missing_probes=("c",), seed=7
+    )
     bundle = load_bundle(asa_format.save_bundle(contents, tmp_path / "b"))
     rng = np.random.default_rng(0)
     hidden = rng.standard_normal((300, 24)).astype(np.float32)
@@ -132,7 +134,10 @@ def test_steering_vector_mixing(tmp_path: Path) -> None:
     np.testing.assert_allclose(v, expected, atol=2e-7)
     assert v.dtype == np.float32 and not v.flags.writeable
     assert bundle.steering_vector(1) is v
-    np.testing.assert_array_equal(mix_vectors(bundle.vectors["math"], bundle.vectors["global"], 0.25), bundle.steering_vector("math"))
+    np.testing.assert_array_equal(
+        mix_vectors(bundle.vectors["math"], bundle.vectors["global"], 0.25),
+        bundle.steering_vector("math"),
+    )
     pure = mix_vectors(bundle.vectors["math"], bundle.vectors["global"], 0.0)
     np.testing.assert_allclose(pure, bundle.vectors["math"], atol=1e-7)
     with pytest.raises(DecisionError) as info:
@@ -142,7 +147,12 @@ def test_steering_vector_mixing(tmp_path: Path) -> None:
 
 def test_decide_rejects_bad_input(tmp_path: Path) -> None:
     bundle = load_bundle(make_test_bundle(tmp_path / "b", hidden_size=16))
-    for bad in (np.zeros((2, 15)), np.zeros((2, 2, 16)), np.full((1, 16), np.nan), np.array([["a"] * 16])):
+    for bad in (
+        np.zeros((2, 15)),
+        np.zeros((2, 2, 16)),
+        np.full((1, 16), np.nan),
+        np.array([["a"] * 16]),
+    ):
         with pytest.raises(DecisionError) as info:
             bundle.decide(bad)
         assert info.value.code == "DECISION_INPUT"
@@ -187,7 +197,14 @@ def test_safetensors_writer_is_readable_by_safetensors_library() -> None:
     from safetensors.numpy import load
 
     rng = np.random.default_rng(0)
-    vecs = {name: (v / np.linalg.norm(v)).astype(np.float32) for name, v in (("b", rng.standard_normal(8)), ("a", rng.standard_normal(8)), ("global", rng.standard_normal(8)))}
+    vecs = {
+        name: (v / np.linalg.norm(v)).astype(np.float32)
+        for name, v in (
+            ("b", rng.standard_normal(8)),
+            ("a", rng.standard_normal(8)),
+            ("global", rng.standard_normal(8)),
+        )
+    }
     data = serialize_vectors(vecs)
     loaded = load(data)
     assert set(loaded) == set(vecs)
@@ -216,7 +233,13 @@ def test_newer_minor_version_is_read_with_warning(tmp_path: Path) -> None:
 
 
 def test_fast_path_matches_onnxruntime(tmp_path: Path) -> None:
-    contents = make_test_contents(hidden_size=32, domains=("a", "b", "c", "d", "e"), missing_probes=("b",), probe_scale=4.0, seed=11)
+    contents = make_test_contents(
+        hidden_size=32,
+        domains=("a", "b", "c", "d", "e"),
+        missing_probes=("b",),
+        probe_scale=4.0,
+        seed=11,
+    )
     path = asa_format.save_bundle(contents, tmp_path / "b")
     fast = load_bundle(path)
     slow = load_bundle(path, fast=False)

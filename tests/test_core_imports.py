@@ -72,7 +72,9 @@ LOAD = PRELUDE + textwrap.dedent(
 )
 
 
-def _run(script: str, tmp_path: Path, *args: str) -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
+def _run(
+    script: str, tmp_path: Path, *args: str
+) -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, "-c", script, ",".join(HEAVY), str(out), *args],

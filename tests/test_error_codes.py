@@ -17,7 +17,11 @@ from asa_format.errors import CODES, ERROR_CLASSES, AsaError, ErrorCode
 ROOT = Path(__file__).resolve().parents[1]
 # asa_format/converters and asa_format/runtime are links to the top-level folders
 SOURCES = sorted(
-    [p for p in (ROOT / "asa_format").rglob("*.py") if p.parent.name not in ("converters", "runtime")]
+    [
+        p
+        for p in (ROOT / "asa_format").rglob("*.py")
+        if p.parent.name not in ("converters", "runtime")
+    ]
     + list((ROOT / "converters").rglob("*.py"))
     + list((ROOT / "runtime").rglob("*.py"))
 )
@@ -75,7 +79,9 @@ def test_every_raise_site_uses_a_code_of_its_class() -> None:
             if cls.default_code is None:
                 wrong.append(f"{file}:{line}: {name}(...) without a code")
         elif code not in cls.codes | {"IO_ERROR"}:
-            wrong.append(f"{file}:{line}: {name}(code={code!r}) (the class carries {sorted(cls.codes)})")
+            wrong.append(
+                f"{file}:{line}: {name}(code={code!r}) (the class carries {sorted(cls.codes)})"
+            )
     assert not wrong, "\n".join(wrong)
 
 

@@ -32,8 +32,18 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (("p", "q", "r", "s"), C.POLICY_ALL_TOKENS, 6.0, 3),
     ]
     for names, policy, alpha, seed in specs:
-        contents = make_test_contents(hidden_size=H, domains=names, policy=policy, alpha=alpha, probe_scale=1.0, tau=0.6, seed=seed)
-        bundle = load_bundle(asa_format.save_bundle(contents, tmp_path_factory.mktemp("b") / "bundle"))
+        contents = make_test_contents(
+            hidden_size=H,
+            domains=names,
+            policy=policy,
+            alpha=alpha,
+            probe_scale=1.0,
+            tau=0.6,
+            seed=seed,
+        )
+        bundle = load_bundle(
+            asa_format.save_bundle(contents, tmp_path_factory.mktemp("b") / "bundle")
+        )
         out[bundle.root_digest] = bundle
     return out
 
@@ -57,7 +67,9 @@ def _expected(req: Request, registry: dict[str, Any], policy: str | None) -> tor
     out = req.hidden.clone()
     if d.gate == 0:
         return out
-    delta = torch.from_numpy(np.float32(d.gate * bundle.manifest.steering.alpha) * bundle.steering_vector(d.domain)).to(req.hidden.dtype)
+    delta = torch.from_numpy(
+        np.float32(d.gate * bundle.manifest.steering.alpha) * bundle.steering_vector(d.domain)
+    ).to(req.hidden.dtype)
     if pol == C.POLICY_ALL_TOKENS:
         positions = range(out.shape[0])
     elif pol == C.POLICY_GENERATED_TOKENS:
@@ -69,13 +81,17 @@ def _expected(req: Request, registry: dict[str, Any], policy: str | None) -> tor
     return out
 
 
-def _requests(rng: np.random.Generator, registry: dict[str, Any], n: int, dtype: torch.dtype, tag: str) -> list[Request]:
+def _requests(
+    rng: np.random.Generator, registry: dict[str, Any], n: int, dtype: torch.dtype, tag: str
+) -> list[Request]:
     digests: list[str | None] = [*registry, None]
     out = []
     for i in range(n):
         p = int(rng.integers(1, 12))
         g = int(rng.integers(0, 6))
-        hidden = torch.from_numpy(rng.standard_normal((p + g, H)).astype(np.float32) * rng.uniform(0.5, 4.0)).to(dtype)
+        hidden = torch.from_numpy(
+            rng.standard_normal((p + g, H)).astype(np.float32) * rng.uniform(0.5, 4.0)
+        ).to(dtype)
         hidden[0, 0] = -0.0  # a negative zero must survive wherever nothing is added
         out.append(Request(f"{tag}-{i}", digests[int(rng.integers(0, len(digests)))], hidden, p))
     return out
@@ -93,7 +109,9 @@ def _run(
     done = [0] * len(requests)
     outputs = [torch.full_like(r.hidden, float("nan")) for r in requests]
     while any(done[i] < r.hidden.shape[0] for i, r in enumerate(requests)):
-        active = [i for i, r in enumerate(requests) if done[i] < r.hidden.shape[0] and rng.uniform() < 0.8]
+        active = [
+            i for i, r in enumerate(requests) if done[i] < r.hidden.shape[0] and rng.uniform() < 0.8
+        ]
         rng.shuffle(active)
         chunks = []
         for i in active:
@@ -103,14 +121,18 @@ def _run(
             if done[i] < r.prompt_len and pol == C.POLICY_ALL_TOKENS:
                 n = r.prompt_len  # this policy needs the prompt in one chunk
             elif done[i] < r.prompt_len:
-                n = int(rng.integers(1, r.prompt_len - done[i] + 1)) + int(rng.integers(0, 2))  # may run past the prompt
+                n = int(rng.integers(1, r.prompt_len - done[i] + 1)) + int(
+                    rng.integers(0, 2)
+                )  # may run past the prompt
             else:
                 n = int(rng.integers(1, 3))  # a decode step (two tokens: speculative decoding)
             chunks.append((i, min(n, left)))
         if not chunks:
             continue
         rows = [requests[i].hidden[done[i] : done[i] + n] for i, n in chunks]
-        pad = torch.from_numpy(rng.standard_normal((int(rng.integers(0, 3)), H)).astype(np.float32)).to(requests[0].hidden.dtype)
+        pad = torch.from_numpy(
+            rng.standard_normal((int(rng.integers(0, 3)), H)).astype(np.float32)
+        ).to(requests[0].hidden.dtype)
         flat = torch.cat([*rows, pad])
         qsl = np.cumsum([0, *[n for _, n in chunks]])
         before = flat.clone()
@@ -126,7 +148,10 @@ def _run(
             [requests[i].rid for i, _ in chunks],
             deciders=deciders,
         )
-        assert torch.equal(flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat, before.view(torch.int16) if flat.dtype == torch.bfloat16 else before)
+        assert torch.equal(
+            flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
+            before.view(torch.int16) if flat.dtype == torch.bfloat16 else before,
+        )
         if pad.shape[0]:
             assert torch.equal(out[qsl[-1] :], flat[qsl[-1] :])
         for (i, n), a in zip(chunks, qsl[:-1], strict=True):
@@ -137,24 +162,39 @@ def _run(
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t.view(torch.int32)
+    return (
+        t.view(torch.int16) if t.dtype in (torch.bfloat16, torch.float16) else t.view(torch.int32)
+    )
 
 
-def _check(requests: list[Request], outputs: list[torch.Tensor], registry: dict[str, Any], policy: str | None) -> None:
+def _check(
+    requests: list[Request],
+    outputs: list[torch.Tensor],
+    registry: dict[str, Any],
+    policy: str | None,
+) -> None:
     for r, got in zip(requests, outputs, strict=True):
         assert torch.equal(_bits(got), _bits(_expected(r, registry, policy))), r.rid
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("policy", [None, C.POLICY_PREFILL_LAST_TOKEN, C.POLICY_GENERATED_TOKENS, C.POLICY_ALL_TOKENS])
-def test_mixed_batches_equal_each_sequence_alone(registry: dict[str, Any], dtype: torch.dtype, policy: str | None) -> None:
+@pytest.mark.parametrize(
+    "policy", [None, C.POLICY_PREFILL_LAST_TOKEN, C.POLICY_GENERATED_TOKENS, C.POLICY_ALL_TOKENS]
+)
+def test_mixed_batches_equal_each_sequence_alone(
+    registry: dict[str, Any], dtype: torch.dtype, policy: str | None
+) -> None:
     rng = np.random.default_rng(zlib.crc32(f"{dtype}-{policy}".encode()))
     requests = _requests(rng, registry, 48, dtype, "r")
     state: dict[str, RequestSteering] = {}
     outputs = _run(requests, registry, policy, rng, state)
     _check(requests, outputs, registry, policy)
     assert state == {}
-    gates = {registry[r.digest].decide(r.hidden[r.prompt_len - 1].float().numpy())[0].gate for r in requests if r.digest}
+    gates = {
+        registry[r.digest].decide(r.hidden[r.prompt_len - 1].float().numpy())[0].gate
+        for r in requests
+        if r.digest
+    }
     assert gates == {-1, 0, 1}, "the requests exercise every gate"
 
 
@@ -187,8 +227,26 @@ def test_eight_threads_with_their_own_state(registry: dict[str, Any]) -> None:
     assert not errors, errors
 
 
-def _one(registry: dict[str, Any], digest: str, hidden: torch.Tensor, computed: int, prompt_len: int, state: dict[str, RequestSteering], rid: str = "r") -> torch.Tensor:
-    return steer_flat(hidden, [0, hidden.shape[0]], [computed], [prompt_len], [digest], registry, None, state, [rid])
+def _one(
+    registry: dict[str, Any],
+    digest: str,
+    hidden: torch.Tensor,
+    computed: int,
+    prompt_len: int,
+    state: dict[str, RequestSteering],
+    rid: str = "r",
+) -> torch.Tensor:
+    return steer_flat(
+        hidden,
+        [0, hidden.shape[0]],
+        [computed],
+        [prompt_len],
+        [digest],
+        registry,
+        None,
+        state,
+        [rid],
+    )
 
 
 def test_refusals_change_nothing(registry: dict[str, Any]) -> None:
@@ -220,14 +278,22 @@ def test_refusals_change_nothing(registry: dict[str, Any]) -> None:
         steer_flat(rows, [0, 6], [0], [6], [None], registry, "every_token", state, ["a"])
 
 
-def test_padding_and_unsteered_rows_are_bit_identical(registry: dict[str, Any], tmp_path: Path) -> None:
-    always = make_test_contents(hidden_size=H, probe_bias=20.0, probe_scale=0.0, policy=C.POLICY_ALL_TOKENS)
+def test_padding_and_unsteered_rows_are_bit_identical(
+    registry: dict[str, Any], tmp_path: Path
+) -> None:
+    always = make_test_contents(
+        hidden_size=H, probe_bias=20.0, probe_scale=0.0, policy=C.POLICY_ALL_TOKENS
+    )
     bundle = load_bundle(asa_format.save_bundle(always, tmp_path / "always"))
     reg = {**registry, bundle.root_digest: bundle}
     hidden = torch.randn(9, H, dtype=torch.bfloat16)
     hidden[0] = -0.0
     hidden[6:] = torch.tensor(float("nan"), dtype=torch.bfloat16)
     hidden[6:, 0] = -0.0
-    out = steer_flat(hidden, [0, 2, 6], [0, 0], [2, 4], [None, bundle.root_digest], reg, None, {}, ["u", "s"])
-    assert torch.equal(_bits(out[:2]), _bits(hidden[:2])) and torch.equal(_bits(out[6:]), _bits(hidden[6:]))
+    out = steer_flat(
+        hidden, [0, 2, 6], [0, 0], [2, 4], [None, bundle.root_digest], reg, None, {}, ["u", "s"]
+    )
+    assert torch.equal(_bits(out[:2]), _bits(hidden[:2])) and torch.equal(
+        _bits(out[6:]), _bits(hidden[6:])
+    )
     assert not torch.equal(out[2:6], hidden[2:6])

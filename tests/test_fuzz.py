@@ -36,8 +36,14 @@ FUZZ = settings(
 )
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -57,12 +63,26 @@ st_ops = st.tuples(
     st.one_of(json_values, st.just(fz.DELETE)),
     st.just(b""),
 )
-st_len_ops = st.tuples(st.just("st_len"), st.just(0), st.integers(0, (1 << 64) - 1), st.just(0), st.just(b""))
-manifest_ops = st.tuples(
-    st.just("manifest"), st.sampled_from(fz.MANIFEST_PATHS), st.one_of(json_values, st.just(fz.DELETE)), st.just(0), st.just(b"")
+st_len_ops = st.tuples(
+    st.just("st_len"), st.just(0), st.integers(0, (1 << 64) - 1), st.just(0), st.just(b"")
 )
-onnx_ops = st.tuples(st.just("onnx"), st.integers(0, 15), st.sampled_from(fz.ONNX_EDITS), st.integers(0, 63), st.integers(0, 1 << 32))
-steps = st.lists(st.one_of(byte_ops, st_ops, st_len_ops, manifest_ops, onnx_ops), min_size=1, max_size=3)
+manifest_ops = st.tuples(
+    st.just("manifest"),
+    st.sampled_from(fz.MANIFEST_PATHS),
+    st.one_of(json_values, st.just(fz.DELETE)),
+    st.just(0),
+    st.just(b""),
+)
+onnx_ops = st.tuples(
+    st.just("onnx"),
+    st.integers(0, 15),
+    st.sampled_from(fz.ONNX_EDITS),
+    st.integers(0, 63),
+    st.integers(0, 1 << 32),
+)
+steps = st.lists(
+    st.one_of(byte_ops, st_ops, st_len_ops, manifest_ops, onnx_ops), min_size=1, max_size=3
+)
 
 
 def apply(files: dict[str, bytes], step: tuple[Any, ...]) -> dict[str, bytes]:
@@ -81,7 +101,9 @@ def apply(files: dict[str, bytes], step: tuple[Any, ...]) -> dict[str, bytes]:
             return fz.insert(files, name, number, payload)
         if op == "delete":
             return fz.delete(files, name)
-        return fz.duplicate(files, name, ["probe_1.onnx", "probe_9.onnx", "extra.bin", C.SIGNATURE_FILE][mask % 4])
+        return fz.duplicate(
+            files, name, ["probe_1.onnx", "probe_9.onnx", "extra.bin", C.SIGNATURE_FILE][mask % 4]
+        )
     if op == "st_edit":
         _, tensor, key, value, _ = step
         return fz.st_header_edit(files, tensor, key, value)
@@ -112,7 +134,10 @@ def test_mutated_bundles_fail_cleanly(base: str, ops: list[tuple[Any, ...]], reh
 
 
 @FUZZ
-@given(base=st.sampled_from(fz.SEEDS), ops=st.lists(st.one_of(st_ops, st_len_ops), min_size=1, max_size=4))
+@given(
+    base=st.sampled_from(fz.SEEDS),
+    ops=st.lists(st.one_of(st_ops, st_len_ops), min_size=1, max_size=4),
+)
 def test_safetensors_header_edits(base: str, ops: list[tuple[Any, ...]]) -> None:
     files = SEEDS[base]
     for step in ops:
@@ -143,7 +168,10 @@ def test_onnx_field_edits(base: str, ops: list[tuple[Any, ...]]) -> None:
 @given(
     base=st.sampled_from(fz.SEEDS),
     edits=st.lists(
-        st.tuples(st.integers(0, 40), st.one_of(st.sampled_from(fz.TRICKY_LITERALS), json_values.map(json.dumps))),
+        st.tuples(
+            st.integers(0, 40),
+            st.one_of(st.sampled_from(fz.TRICKY_LITERALS), json_values.map(json.dumps)),
+        ),
         min_size=1,
         max_size=3,
     ),

@@ -19,9 +19,15 @@ from asa_format.testing import make_test_contents
 
 @pytest.mark.parametrize(
     ("err", "needle"),
-    [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system")],
+    [
+        (errno.ENOSPC, "No space left on device"),
+        (errno.EACCES, "Permission denied"),
+        (errno.EROFS, "Read-only file system"),
+    ],
 )
-def test_writer_io_errors_leave_nothing(err: int, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_io_errors_leave_nothing(
+    err: int, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_write = writer._write_file
     calls = {"n": 0}
 
@@ -39,7 +45,9 @@ def test_writer_io_errors_leave_nothing(err: int, needle: str, tmp_path: Path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_writer_cannot_create_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_cannot_create_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*args: Any, **kwargs: Any) -> str:
         raise PermissionError(errno.EACCES, "Permission denied")
 
@@ -50,7 +58,9 @@ def test_writer_cannot_create_temporary_directory(tmp_path: Path, monkeypatch: p
     assert list(tmp_path.iterdir()) == []  # nor its owner file
 
 
-def test_replacing_with_force_keeps_old_bundle_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replacing_with_force_keeps_old_bundle_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dest = save_bundle(make_test_contents(seed=1), tmp_path / "b")
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
 

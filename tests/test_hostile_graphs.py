@@ -52,7 +52,10 @@ def test_concat_doubling_chain_is_refused_by_the_row_memory_bound() -> None:
     for i in range(24):  # width H * 2**24 per row
         extra.append(helper.make_node("Concat", [cur, cur], [f"c{i}"], axis=1))
         cur = f"c{i}"
-    extra += [helper.make_node("ReduceSum", [cur, "ax"], ["r"], keepdims=1), helper.make_node("Add", ["s", "r"], ["s2"])]
+    extra += [
+        helper.make_node("ReduceSum", [cur, "ax"], ["r"], keepdims=1),
+        helper.make_node("Add", ["s", "r"], ["s2"]),
+    ]
     data = checked(router_softmax(w, b, extra, {"ax": np.array([1])}, scores="s2"))
     assert _static(data) == ["ONNX_COST"]
 
@@ -64,10 +67,15 @@ def test_250_chained_square_products_are_refused_by_the_work_bound(tmp_path: Pat
     for i in range(250):
         extra.append(helper.make_node("MatMul", [cur, "sq"], [f"m{i}"]))
         cur = f"m{i}"
-    extra += [helper.make_node("MatMul", [cur, "W"], ["xw2"]), helper.make_node("Add", ["xw2", "b"], ["s2"])]
+    extra += [
+        helper.make_node("MatMul", [cur, "W"], ["xw2"]),
+        helper.make_node("Add", ["xw2", "b"], ["s2"]),
+    ]
     data = checked(router_softmax(w, b, extra, {"sq": np.eye(h)}, scores="s2"))
     path = save_with(tmp_path / "b", hidden=h, router=data)
-    assert [p.code for p in validate_bundle(path).problems] == ["ONNX_COST"]  # no session, no evaluation
+    assert [p.code for p in validate_bundle(path).problems] == [
+        "ONNX_COST"
+    ]  # no session, no evaluation
 
 
 def test_outer_product_broadcast_is_refused_by_the_row_memory_bound() -> None:
@@ -82,7 +90,9 @@ def test_outer_product_broadcast_is_refused_by_the_row_memory_bound() -> None:
         helper.make_node("Add", ["s", "r1"], ["s2"]),
     ]
     inits = {"a1": np.array([1]), "a2": np.array([2]), "a12": np.array([1, 2])}
-    assert _static(checked(router_softmax(w, b, extra, inits, scores="s2")), hidden=h) == ["ONNX_COST"]
+    assert _static(checked(router_softmax(w, b, extra, inits, scores="s2")), hidden=h) == [
+        "ONNX_COST"
+    ]
 
 
 def test_weights_larger_than_hidden_size_and_classes_allow_are_refused() -> None:
@@ -100,12 +110,21 @@ def test_weights_larger_than_hidden_size_and_classes_allow_are_refused() -> None
 
 
 @pytest.mark.parametrize("shape", [(2, D), (3, D), (1, D)])
-def test_constant_output_of_a_fixed_shape_is_refused_statically(shape: tuple[int, int], tmp_path: Path) -> None:
+def test_constant_output_of_a_fixed_shape_is_refused_statically(
+    shape: tuple[int, int], tmp_path: Path
+) -> None:
     """A constant passes the [2, H] smoke run when its shape is [2, D], then fails on one row."""
     probs = np.full(shape, 1.0 / D)
     nodes = [
-        helper.make_node("Constant", [], [C.CLASSIFIER_PROBABILITIES], value=helper.make_tensor("c", 11, shape, probs.ravel())),
-        helper.make_node("ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0),
+        helper.make_node(
+            "Constant",
+            [],
+            [C.CLASSIFIER_PROBABILITIES],
+            value=helper.make_tensor("c", 11, shape, probs.ravel()),
+        ),
+        helper.make_node(
+            "ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0
+        ),
     ]
     data = checked(classifier_model(nodes, {}, H, D))
     path = save_with(tmp_path / "b", router=data)
@@ -119,9 +138,13 @@ def test_constant_output_of_a_fixed_shape_is_refused_statically(shape: tuple[int
 def test_gathered_constant_output_is_refused_statically() -> None:
     nodes = [
         helper.make_node("Gather", ["table", "idx"], [C.CLASSIFIER_PROBABILITIES], axis=0),
-        helper.make_node("ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0),
+        helper.make_node(
+            "ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0
+        ),
     ]
-    data = checked(classifier_model(nodes, {"table": np.full((4, D), 0.5), "idx": np.array([0, 1])}, H, D))
+    data = checked(
+        classifier_model(nodes, {"table": np.full((4, D), 0.5), "idx": np.array([0, 1])}, H, D)
+    )
     assert _static(data) == ["ONNX_IO"]
 
 
@@ -131,7 +154,9 @@ def test_label_of_the_wrong_shape_is_refused_statically() -> None:
         helper.make_node("MatMul", [C.CLASSIFIER_INPUT, "W"], ["xw"]),
         helper.make_node("Add", ["xw", "b"], ["s"]),
         helper.make_node("Softmax", ["s"], [C.CLASSIFIER_PROBABILITIES], axis=1),
-        helper.make_node("ArgMax", ["s"], [C.CLASSIFIER_LABEL], axis=1, keepdims=1),  # [N, 1], declared [N]
+        helper.make_node(
+            "ArgMax", ["s"], [C.CLASSIFIER_LABEL], axis=1, keepdims=1
+        ),  # [N, 1], declared [N]
     ]
     assert _static(checked(classifier_model(nodes, {"W": w, "b": b}, H, D))) == ["ONNX_IO"]
 
@@ -153,7 +178,9 @@ def test_probe_output_from_a_batch_mixing_reshape_is_refused() -> None:
         helper.make_node("Transpose", ["xw"], ["t"], perm=[1, 0]),
         helper.make_node("Reshape", ["t", "shape"], ["mixed"]),
         helper.make_node("Softmax", ["mixed"], [C.CLASSIFIER_PROBABILITIES], axis=1),
-        helper.make_node("ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0),
+        helper.make_node(
+            "ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0
+        ),
     ]
     data = checked(classifier_model(nodes, {"W": w, "shape": np.array([-1, 2])}, H, 2))
     assert _static(data, classes=2, file="probe_0.onnx") == ["ONNX_SHAPE"]
@@ -178,14 +205,22 @@ def test_exp_overflow_window_gives_one_decision_alone_and_in_a_batch(tmp_path: P
     e0 = np.eye(H, 1).ravel()
     probe = probe_pair(e0, 0.0, exp_trick=True, shift=-700.0)  # p = sigmoid(x0 - 700 + exp(x0) * 0)
     path = save_with(
-        tmp_path / "b", scaler=scaler_graph(np.zeros(H), np.ones(H)), probes={"a": probe, "b": probe}, route_to="a"
+        tmp_path / "b",
+        scaler=scaler_graph(np.zeros(H), np.ones(H)),
+        probes={"a": probe, "b": probe},
+        route_to="a",
     )
     bundle, reference = load_bundle(path), load_bundle(path, fast=False)
     row = np.zeros(H, dtype=np.float32)
     row[0] = 709.5
     rows = np.stack([row, np.zeros(H, dtype=np.float32), row])
     alone, batch, ort = bundle.decide(row)[0], bundle.decide(rows), reference.decide(row)[0]
-    assert (alone.domain, alone.gate) == (batch[0].domain, batch[0].gate) == (ort.domain, ort.gate) == ("a", 1)
+    assert (
+        (alone.domain, alone.gate)
+        == (batch[0].domain, batch[0].gate)
+        == (ort.domain, ort.gate)
+        == ("a", 1)
+    )
     assert alone.probability == pytest.approx(batch[0].probability, abs=1e-12)
 
 
@@ -218,11 +253,15 @@ def test_probabilities_that_read_other_rows_are_refused() -> None:
         helper.make_node("ReduceSum", ["s", "ax0"], ["colsum"], keepdims=1),  # [1, D]: sums rows
         helper.make_node("Add", ["s", "colsum"], ["s2"]),
     ]
-    assert _static(checked(router_softmax(w, b, extra, {"ax0": np.array([0])}, scores="s2"))) == ["ONNX_SHAPE"]
+    assert _static(checked(router_softmax(w, b, extra, {"ax0": np.array([0])}, scores="s2"))) == [
+        "ONNX_SHAPE"
+    ]
 
 
 def test_clip_with_vector_bounds_is_refused_statically() -> None:
     """onnxruntime accepts the session and fails on every evaluation (bounds must be scalars)."""
     w, b = _w()
     extra = [helper.make_node("Clip", ["s", "lo"], ["s2"])]
-    assert _static(checked(router_softmax(w, b, extra, {"lo": np.zeros(2)}, scores="s2"))) == ["ONNX_SHAPE"]
+    assert _static(checked(router_softmax(w, b, extra, {"lo": np.zeros(2)}, scores="s2"))) == [
+        "ONNX_SHAPE"
+    ]

@@ -73,7 +73,10 @@ def test_object_array_of_repeated_long_strings_is_refused_before_astype() -> Non
 def test_object_classes_within_the_caps_still_convert() -> None:
     x = np.random.default_rng(0).standard_normal((30, 4))
     est = LogisticRegression().fit(x, np.array(["alpha", "beta", "gamma"] * 10, dtype=object))
-    lr = to_legacy_logistic(safe_load_pickle(pickle.dumps(est, protocol=4), filename="router.pkl"), filename="router.pkl")
+    lr = to_legacy_logistic(
+        safe_load_pickle(pickle.dumps(est, protocol=4), filename="router.pkl"),
+        filename="router.pkl",
+    )
     assert lr.classes.tolist() == ["alpha", "beta", "gamma"]
 
 
@@ -105,7 +108,9 @@ def _npz(compressed: bool = True, **arrays: np.ndarray) -> bytes:
 def test_damaged_deflate_member_is_a_coded_error() -> None:
     data = bytearray(_npz(**{"a": _unit(4096, 1), "global": _unit(4096, 2)}))
     info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("a.npy")
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
     start = info.header_offset + 30 + name_len + extra_len  # the member's deflate stream
     data[start : start + 64] = b"\xff" * 64  # block type 3: invalid, zlib fails while inflating
     with pytest.raises(AsaError) as info:
@@ -127,7 +132,10 @@ def test_lzma_member_is_refused_before_decompression() -> None:
 
 def test_deflate_bomb_is_refused_without_inflating_it() -> None:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf, zf.open("a.npy", "w", force_zip64=True) as member:
+    with (
+        zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+        zf.open("a.npy", "w", force_zip64=True) as member,
+    ):
         zeros = bytes(MiB)
         for _ in range(256):  # 256 MiB of zeros, about 256 KiB compressed
             member.write(zeros)
@@ -173,14 +181,22 @@ def _wide_legacy(directory: Path, hidden: int) -> None:
         return lr
 
     directory.mkdir()
-    (directory / "config.json").write_text(json.dumps({"L_star": 1, "alpha": 4.0, "tau": 0.6, "beta": 0.3, "domains": ["a", "b"]}))
+    (directory / "config.json").write_text(
+        json.dumps({"L_star": 1, "alpha": 4.0, "tau": 0.6, "beta": 0.3, "domains": ["a", "b"]})
+    )
     buf = io.BytesIO()
-    vectors: dict[str, Any] = {"a": _unit(hidden, 1), "b": _unit(hidden, 2), "global": _unit(hidden, 3)}
+    vectors: dict[str, Any] = {
+        "a": _unit(hidden, 1),
+        "b": _unit(hidden, 2),
+        "global": _unit(hidden, 3),
+    }
     np.savez(buf, **vectors)
     (directory / "steering_vectors.npz").write_bytes(buf.getvalue())
     (directory / "scaler.pkl").write_bytes(pickle.dumps(scaler, protocol=4))
     (directory / "router.pkl").write_bytes(pickle.dumps(logreg(4), protocol=4))
-    (directory / "probes.pkl").write_bytes(pickle.dumps({"a": logreg(5), "b": logreg(6)}, protocol=4))
+    (directory / "probes.pkl").write_bytes(
+        pickle.dumps({"a": logreg(5), "b": logreg(6)}, protocol=4)
+    )
 
 
 def test_parity_check_memory_does_not_grow_with_samples_times_hidden(tmp_path: Path) -> None:
@@ -196,14 +212,18 @@ def test_parity_check_memory_does_not_grow_with_samples_times_hidden(tmp_path: P
 
 
 @pytest.mark.parametrize("version", ["1" * 5000 + ".0", "1.3\x1b[2J", "x" * 200])
-def test_hostile_sklearn_version_is_a_coded_error(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_sklearn_version_is_a_coded_error(
+    version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """int() of a 5000-digit version would raise ValueError past Python's digit limit."""
     import sklearn.base
 
     from asa_format.converters.safe_pickle import to_legacy_scaler
 
     monkeypatch.setattr(sklearn.base, "__version__", version)
-    data = pickle.dumps(StandardScaler().fit(np.random.default_rng(0).standard_normal((10, 3))), protocol=4)
+    data = pickle.dumps(
+        StandardScaler().fit(np.random.default_rng(0).standard_normal((10, 3))), protocol=4
+    )
     assert version.encode() in data
     with pytest.raises(AsaError) as info:
         to_legacy_scaler(safe_load_pickle(data, filename="scaler.pkl"), filename="scaler.pkl")

@@ -136,7 +136,9 @@ def test_a_bad_bundle_does_not_kill_a_multi_bundle_text_run(tmp_path: Path) -> N
 
 def test_terminal_controls_from_a_bundle_are_escaped(tmp_path: Path) -> None:
     path = make_test_bundle(tmp_path / "b")
-    _set_model_id(path, '"evil\\u009b2J\\u202egnp.exe"')  # C1 CSI (clear screen), right-to-left override
+    _set_model_id(
+        path, '"evil\\u009b2J\\u202egnp.exe"'
+    )  # C1 CSI (clear screen), right-to-left override
     result = _cli("validate", str(path))
     assert result.returncode == 0, result.stderr
     assert "\x9b" not in result.stdout and "\u202e" not in result.stdout
@@ -190,8 +192,18 @@ def test_oversized_signature_is_refused_unread(tmp_path: Path) -> None:
 def key_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("keys")
     key = ec.generate_private_key(ec.SECP256R1())
-    (d / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (d / "k.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (d / "k.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return d / "k.pem", d / "k.pub"
 
 
@@ -203,7 +215,9 @@ def _verify_code(path: Path, public: Path) -> str:
     return info.value.code
 
 
-def test_verify_refuses_deeply_nested_directories(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
+def test_verify_refuses_deeply_nested_directories(
+    tmp_path: Path, key_pair: tuple[Path, Path]
+) -> None:
     from asa_format.signing import load_private_key, sign_bundle
 
     path = make_test_bundle(tmp_path / "b")
@@ -221,7 +235,9 @@ def test_verify_refuses_deeply_nested_directories(tmp_path: Path, key_pair: tupl
             os.rmdir(level)
 
 
-def test_verify_does_not_hash_past_the_size_cap(tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
+def test_verify_does_not_hash_past_the_size_cap(
+    tmp_path: Path, key_pair: tuple[Path, Path]
+) -> None:
     from asa_format.signing import load_private_key, sign_bundle
 
     path = make_test_bundle(tmp_path / "b")
@@ -248,7 +264,9 @@ def test_verify_refuses_a_hard_linked_file(tmp_path: Path, key_pair: tuple[Path,
         '{"mediaType": "\\ud800"}',
     ],
 )
-def test_hostile_signature_json_is_a_format_error(payload: str, tmp_path: Path, key_pair: tuple[Path, Path]) -> None:
+def test_hostile_signature_json_is_a_format_error(
+    payload: str, tmp_path: Path, key_pair: tuple[Path, Path]
+) -> None:
     path = make_test_bundle(tmp_path / "b")
     (path / C.SIGNATURE_FILE).write_text(payload, encoding="utf-8")
     assert _verify_code(path, key_pair[1]) == "SIGNATURE_FORMAT"

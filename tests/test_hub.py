@@ -79,13 +79,20 @@ def test_moving_revisions_need_a_digest(offline: Path) -> None:
 
 
 def test_interventions_bundle_and_tampered_blob(offline: Path) -> None:
-    contents = InterventionContents(model=ModelBinding(hidden_size=8, type="llama"), interventions=[InterventionData("a", {1: np.arange(8.0)})])
+    contents = InterventionContents(
+        model=ModelBinding(hidden_size=8, type="llama"),
+        interventions=[InterventionData("a", {1: np.arange(8.0)})],
+    )
     local = asa_format.save_bundle(contents, offline / "b")
     cache = _cache(offline, local)
     loaded = load_interventions(f"org/steer@{COMMIT}")
     np.testing.assert_array_equal(loaded["a"].directions[1], np.arange(8.0, dtype=np.float32))
     assert loaded.card is not None and "library_name: asa-format" in loaded.card
-    blob = next(p for p in (cache / "models--org--steer" / "blobs").iterdir() if p.read_bytes() == (local / "interventions.safetensors").read_bytes())
+    blob = next(
+        p
+        for p in (cache / "models--org--steer" / "blobs").iterdir()
+        if p.read_bytes() == (local / "interventions.safetensors").read_bytes()
+    )
     data = bytearray(blob.read_bytes())
     data[-1] ^= 1
     blob.write_bytes(bytes(data))
@@ -119,11 +126,23 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
     def pair(name: str) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         priv, pub = offline / f"{name}.pem", offline / f"{name}.pub.pem"
-        priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        priv.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        pub.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         return priv, pub
 
-    contents = InterventionContents(model=ModelBinding(hidden_size=8), interventions=[InterventionData("a", {1: np.ones(8)})])
+    contents = InterventionContents(
+        model=ModelBinding(hidden_size=8), interventions=[InterventionData("a", {1: np.ones(8)})]
+    )
     local = asa_format.save_bundle(contents, offline / "b")
     (publisher, publisher_pub), (_, mallory_pub) = pair("publisher"), pair("mallory")
     sign_bundle(local, load_private_key(publisher))
@@ -142,14 +161,19 @@ def test_attach_takes_a_pinned_hub_reference(offline: Path) -> None:
     from tiny_models import build_model
 
     model = build_model("llama")
-    local = asa_format.save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=3, layer=1, seed=5), offline / "b")
+    local = asa_format.save_bundle(
+        make_test_contents(hidden_size=32, model_type="llama", num_layers=3, layer=1, seed=5),
+        offline / "b",
+    )
     _cache(offline, local)
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         base = model(input_ids=ids).logits
         with attach(model, local) as handle:
             want = model(input_ids=ids).logits
-        with attach(model, f"org/steer@{COMMIT}", expected_digest=asa_format.load_bundle(local).root_digest) as handle:
+        with attach(
+            model, f"org/steer@{COMMIT}", expected_digest=asa_format.load_bundle(local).root_digest
+        ) as handle:
             got = model(input_ids=ids).logits
     assert handle.bundle.root_digest == asa_format.load_bundle(local).root_digest
     assert handle.last is not None  # the pass was decided

@@ -52,7 +52,10 @@ def test_steering_vectors_object_steers_identically(tmp_path: Path) -> None:
         with sv.apply(model, multiplier=multiplier):
             want = _logits(model)
             want_gen = _generate(model)
-        path = asa_format.save_bundle(from_steering_vectors(sv, ImportBinding(model_type="llama"), multiplier=multiplier), tmp_path / f"sv{multiplier}")
+        path = asa_format.save_bundle(
+            from_steering_vectors(sv, ImportBinding(model_type="llama"), multiplier=multiplier),
+            tmp_path / f"sv{multiplier}",
+        )
         with attach_interventions(model, path):
             got = _logits(model)
             got_gen = _generate(model)
@@ -74,12 +77,16 @@ def test_repeng_vector_and_its_gguf_steer_identically(tmp_path: Path) -> None:
     cm.reset()
     model = cm.unwrap()
     assert torch.equal(_logits(model, ONE), base)
-    path = asa_format.save_bundle(from_repeng(cv, ImportBinding(num_layers=3), coefficient=1.5), tmp_path / "r")
+    path = asa_format.save_bundle(
+        from_repeng(cv, ImportBinding(num_layers=3), coefficient=1.5), tmp_path / "r"
+    )
     with attach_interventions(model, path):
         assert torch.equal(_logits(model, ONE), want)
     # repeng's own GGUF export, imported by `asa import`, and our export read back by repeng
     cv.export_gguf(str(tmp_path / "cv.gguf"))
-    imported = import_file(tmp_path / "cv.gguf", tmp_path / "g", ImportBinding(num_layers=3), coefficient=1.5)
+    imported = import_file(
+        tmp_path / "cv.gguf", tmp_path / "g", ImportBinding(num_layers=3), coefficient=1.5
+    )
     with attach_interventions(model, imported):
         assert torch.equal(_logits(model, ONE), want)
     export_gguf(path, tmp_path / "back.gguf")  # coefficient 1.5 folded in
@@ -124,13 +131,18 @@ def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> Non
     direct = torch.from_numpy(a[2] + np.float32(0.5) * b[2])
     assert float((diff[0] - direct).abs().max()) > 0  # block 1 also changed the input of block 2
     # with block 1 removed, the change at block 2 is exactly the two deltas
-    only2 = InterventionContents(model=contents.model, interventions=[InterventionData("a", {2: a[2]}), InterventionData("b", b, coefficient=0.5)])
+    only2 = InterventionContents(
+        model=contents.model,
+        interventions=[InterventionData("a", {2: a[2]}), InterventionData("b", b, coefficient=0.5)],
+    )
     with attach_interventions(model, asa_format.save_bundle(only2, tmp_path / "c")):
         h = model.model.layers[2].register_forward_hook(grab("steered2"))
         _logits(model, ids, attention_mask=mask)
         h.remove()
     d2 = hidden["steered2"] - hidden["plain"]
-    expected = (hidden["plain"][0] + torch.from_numpy(a[2])) + torch.from_numpy((b[2] * np.float32(0.5)).astype(np.float32))
+    expected = (hidden["plain"][0] + torch.from_numpy(a[2])) + torch.from_numpy(
+        (b[2] * np.float32(0.5)).astype(np.float32)
+    )
     assert torch.equal(hidden["steered2"][0], expected)
     assert torch.count_nonzero(d2[1, :3]) == 0
 
@@ -138,7 +150,9 @@ def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> Non
 def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> None:
     model = build_model("llama")
     plain: dict[str, torch.Tensor] = {}
-    h = model.model.layers[1].register_forward_hook(lambda _m, _i, o: plain.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+    h = model.model.layers[1].register_forward_hook(
+        lambda _m, _i, o: plain.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+    )
     base = _logits(model)
     h.remove()
     rows = plain["h"].double().mean(dim=1).numpy()
@@ -146,18 +160,33 @@ def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> Non
     sims = [condition_similarity(r, cond) for r in rows]
     threshold = float(np.mean(sims))
     gate = ConditionGate((1,), "greater_than", threshold, "mean")
-    iv = InterventionData("c", _directions(5, (2,)), coefficient=3.0, condition=gate, conditions={1: cond.astype(np.float32)})
-    path = asa_format.save_bundle(InterventionContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c")
+    iv = InterventionData(
+        "c",
+        _directions(5, (2,)),
+        coefficient=3.0,
+        condition=gate,
+        conditions={1: cond.astype(np.float32)},
+    )
+    path = asa_format.save_bundle(
+        InterventionContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c"
+    )
     with attach_interventions(model, path) as handle:
         got = _logits(model)
-        assert handle.condition_decisions == {"c": [condition_fires([s], gate) for s in sims]} == {"c": [True, False]}
+        assert (
+            handle.condition_decisions
+            == {"c": [condition_fires([s], gate) for s in sims]}
+            == {"c": [True, False]}
+        )
     assert not torch.equal(got[0], base[0])
     assert torch.equal(got[1], base[1]), "a row whose condition does not hold is bit-identical"
 
 
 def test_model_mismatch_is_refused_before_any_hook(tmp_path: Path) -> None:
     model = build_model("llama")
-    contents = InterventionContents(model=ModelBinding(hidden_size=H, num_layers=5), interventions=[InterventionData("a", _directions(6))])
+    contents = InterventionContents(
+        model=ModelBinding(hidden_size=H, num_layers=5),
+        interventions=[InterventionData("a", _directions(6))],
+    )
     path = asa_format.save_bundle(contents, tmp_path / "b")
     with pytest.raises(asa_format.AsaError) as info:
         attach_interventions(model, path)

@@ -29,11 +29,20 @@ MODEL = ModelBinding(hidden_size=8, id="org/tiny", type="llama", num_layers=4)
 
 def _contents(card: bool = True, asa: bool = False) -> InterventionContents:
     rng = np.random.default_rng(3)
-    a = InterventionData("a", {1: rng.standard_normal(8) * 5, 3: rng.standard_normal(8)}, coefficient=0.5)
-    b = InterventionData(
-        "b", {2: rng.standard_normal(8)}, condition=ConditionGate((1, 2), "less_than", -0.1, "last"), conditions={1: rng.standard_normal(8), 2: rng.standard_normal(8)}
+    a = InterventionData(
+        "a", {1: rng.standard_normal(8) * 5, 3: rng.standard_normal(8)}, coefficient=0.5
     )
-    asa_part = make_test_contents(hidden_size=8, model_id="org/tiny", model_type="llama", num_layers=4) if asa else None
+    b = InterventionData(
+        "b",
+        {2: rng.standard_normal(8)},
+        condition=ConditionGate((1, 2), "less_than", -0.1, "last"),
+        conditions={1: rng.standard_normal(8), 2: rng.standard_normal(8)},
+    )
+    asa_part = (
+        make_test_contents(hidden_size=8, model_id="org/tiny", model_type="llama", num_layers=4)
+        if asa
+        else None
+    )
     return InterventionContents(model=MODEL, interventions=[a, b], asa=asa_part, card=card)
 
 
@@ -73,7 +82,9 @@ def test_asa_and_always_in_one_bundle(tmp_path: Path) -> None:
     assert loaded.asa is not None and loaded.asa.root_digest == loaded.root_digest
     assert loaded.asa.decide(np.ones((2, 8))).gate.shape == (2,)
     with pytest.raises(BundleError) as info:
-        asa_format.load_bundle(path)  # a Bundle would silently drop the always/condition interventions
+        asa_format.load_bundle(
+            path
+        )  # a Bundle would silently drop the always/condition interventions
     assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
 
 
@@ -110,7 +121,11 @@ def test_card_states_binding_and_file_digests_but_no_root_digest(tmp_path: Path)
     path = asa_format.save_bundle(_contents(asa=True), tmp_path / "b")
     card = (path / C.CARD_FILE).read_text("utf-8")
     front = card.split("---\n")[1]
-    assert "library_name: asa-format" in front and 'base_model: "org/tiny"' in front and "- asa-format" in front
+    assert (
+        "library_name: asa-format" in front
+        and 'base_model: "org/tiny"' in front
+        and "- asa-format" in front
+    )
     loaded = load_interventions(path)
     assert loaded.card == card
     assert loaded.root_digest.split(":")[1] not in card
@@ -122,18 +137,24 @@ def test_card_states_binding_and_file_digests_but_no_root_digest(tmp_path: Path)
 
 
 def test_writer_refuses_bad_names_and_shapes(tmp_path: Path) -> None:
-    bad = InterventionContents(model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})])
+    bad = InterventionContents(
+        model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})]
+    )
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(bad, tmp_path / "x")
     assert info.value.code == "MANIFEST_SCHEMA" and not (tmp_path / "x").exists()
-    short = InterventionContents(model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})])
+    short = InterventionContents(
+        model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})]
+    )
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(short, tmp_path / "x")
     assert info.value.code == "HIDDEN_SIZE_MISMATCH"
 
 
 def _make_cases() -> object:
-    spec = importlib.util.spec_from_file_location("asa_mc_iv", ROOT / "spec" / "conformance" / "make_cases.py")
+    spec = importlib.util.spec_from_file_location(
+        "asa_mc_iv", ROOT / "spec" / "conformance" / "make_cases.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -156,7 +177,9 @@ def test_condition_decision_vectors_follow_the_spec_text() -> None:
         nh, nc = math.sqrt(sum(x * x for x in h)), math.sqrt(sum(x * x for x in c))
         s = 0.0 if nh == 0 else sum(x * y for x, y in zip(h, c, strict=True)) / (nh * nc)
         assert s == pytest.approx(case["similarity"], abs=1e-12)
-        fires = s > case["threshold"] if case["comparator"] == "greater_than" else s < case["threshold"]
+        fires = (
+            s > case["threshold"] if case["comparator"] == "greater_than" else s < case["threshold"]
+        )
         assert fires == case["fires"]
         fired.add(fires)
     assert fired == {True, False}

@@ -35,16 +35,29 @@ VOCAB = 3 + 256 + 29  # <unk> <s> </s>, byte tokens, a few pieces
 
 def _tiny_llama() -> Any:
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
-        num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=64,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=N_HEAD,
+        num_key_value_heads=N_KV,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).float().eval()
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _write_gguf_model(model: Any, path: Path) -> None:
@@ -61,7 +74,11 @@ def _write_gguf_model(model: Any, path: Path) -> None:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + [f"▁t{i}" for i in range(VOCAB - 259)]
+    tokens = (
+        ["<unk>", "<s>", "</s>"]
+        + [f"<0x{i:02X}>" for i in range(256)]
+        + [f"▁t{i}" for i in range(VOCAB - 259)]
+    )
     w.add_token_list(tokens)
     w.add_token_scores([0.0] * VOCAB)
     w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (VOCAB - 259))
@@ -108,8 +125,14 @@ def test_exported_asa_vector_steers_llama_cpp_like_the_runtime(tmp_path: Path) -
     model = _tiny_llama()
     _write_gguf_model(model, tmp_path / "tiny.gguf")
     contents = make_test_contents(
-        hidden_size=HIDDEN, layer=1, alpha=6.0, policy="all_tokens", route_to="search",
-        probe_bias=50.0, model_type="llama", num_layers=LAYERS,
+        hidden_size=HIDDEN,
+        layer=1,
+        alpha=6.0,
+        policy="all_tokens",
+        route_to="search",
+        probe_bias=50.0,
+        model_type="llama",
+        num_layers=LAYERS,
     )
     bundle_path = asa_format.save_bundle(contents, tmp_path / "asa")
     report = export_gguf(bundle_path, tmp_path / "cv.gguf", domain="search", sign=1)
@@ -123,11 +146,20 @@ def test_exported_asa_vector_steers_llama_cpp_like_the_runtime(tmp_path: Path) -
             hf_steered = model(input_ids=ids).logits[0].double().numpy()
         assert handle.last is not None and list(handle.last.gates) == [1]
 
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "tiny.gguf"), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1)
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "tiny.gguf"),
+        n_ctx=64,
+        n_batch=64,
+        logits_all=True,
+        verbose=False,
+        n_threads=1,
+    )
     cpp_base = _llama_cpp_logits(llm, tokens, None)
     cpp_steered = _llama_cpp_logits(llm, tokens, tmp_path / "cv.gguf")
 
-    assert np.abs(cpp_base - hf_base).max() < 1e-3, "the GGUF model reproduces the transformers model"
+    assert np.abs(cpp_base - hf_base).max() < 1e-3, (
+        "the GGUF model reproduces the transformers model"
+    )
     hf_delta, cpp_delta = hf_steered - hf_base, cpp_steered - cpp_base
     assert np.abs(hf_delta).max() > 0.05, "the vector changes the logits noticeably"
     assert np.abs(cpp_delta - hf_delta).max() < 1e-3 * max(1.0, float(np.abs(hf_delta).max()))

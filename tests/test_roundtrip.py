@@ -33,7 +33,11 @@ def _files(path: Path) -> dict[str, bytes]:
 
 
 # format 1.1: bundles with an interventions list round-trip through load_interventions
-V11 = [n for n in VALID if "interventions" in json.loads((CORPUS / n / "bundle" / "manifest.json").read_bytes())]
+V11 = [
+    n
+    for n in VALID
+    if "interventions" in json.loads((CORPUS / n / "bundle" / "manifest.json").read_bytes())
+]
 
 
 @pytest.mark.parametrize("name", [n for n in VALID if n != NEWER and n not in V11])
@@ -58,7 +62,10 @@ def test_save_of_load_interventions_is_byte_identical(name: str, tmp_path: Path)
 def test_v11_edit_rerenders_the_card_and_keeps_a_hand_written_one(tmp_path: Path) -> None:
     source = CORPUS / "interventions_always_condition_card" / "bundle"
     contents = load_interventions(source).to_contents()
-    contents.interventions = [dataclasses.replace(contents.interventions[0], coefficient=0.5), *contents.interventions[1:]]
+    contents.interventions = [
+        dataclasses.replace(contents.interventions[0], coefficient=0.5),
+        *contents.interventions[1:],
+    ]
     edited = load_interventions(save_bundle(contents, tmp_path / "edited"))
     assert edited.interventions[0].spec.coefficient == 0.5
     assert edited.card is not None and "0.5" in edited.card
@@ -68,7 +75,10 @@ def test_v11_edit_rerenders_the_card_and_keeps_a_hand_written_one(tmp_path: Path
     own = "---\nlibrary_name: asa-format\n---\n# my own card\n"
     (hand / "README.md").write_text(own, encoding="utf-8")
     doc = json.loads((hand / "manifest.json").read_bytes())
-    doc["files"]["README.md"] = {"sha256": hashlib.sha256(own.encode()).hexdigest(), "size": len(own.encode())}
+    doc["files"]["README.md"] = {
+        "sha256": hashlib.sha256(own.encode()).hexdigest(),
+        "size": len(own.encode()),
+    }
     (hand / "manifest.json").write_bytes(dumps_canonical(doc))
     again = save_bundle(load_interventions(hand).to_contents(), tmp_path / "again")
     assert _files(again) == _files(hand)
@@ -110,7 +120,10 @@ def test_read_bundle_contents_refuses_an_invalid_bundle(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("vector", "code"),
-    [(np.ones((2, 16), np.float32), "SAFETENSORS_SHAPE"), (np.array(["a"] * 16), "SAFETENSORS_DTYPE")],
+    [
+        (np.ones((2, 16), np.float32), "SAFETENSORS_SHAPE"),
+        (np.array(["a"] * 16), "SAFETENSORS_DTYPE"),
+    ],
 )
 def test_save_refuses_a_malformed_vector_with_an_asa_error(
     vector: np.ndarray, code: str, tmp_path: Path

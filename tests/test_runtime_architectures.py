@@ -37,9 +37,17 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
     def make(model_type: str, num_layers: int, gate: int) -> Path:
         bias, tau = GATES[gate]
         return make_test_bundle(
-            root / f"{model_type}-{num_layers}-{gate}", hidden_size=32, layer=1, alpha=ALPHA,
-            tau=tau, beta=0.25, route_to="search", probe_bias=bias, probe_scale=0.0,
-            model_type=model_type, num_layers=num_layers,
+            root / f"{model_type}-{num_layers}-{gate}",
+            hidden_size=32,
+            layer=1,
+            alpha=ALPHA,
+            tau=tau,
+            beta=0.25,
+            route_to="search",
+            probe_bias=bias,
+            probe_scale=0.0,
+            model_type=model_type,
+            num_layers=num_layers,
         )
 
     return make
@@ -96,9 +104,7 @@ def test_exact_delta_and_clean_removal(name: str, gate: int, bundle_dir: Any) ->
     where = torch.zeros(diff.shape[:2], dtype=torch.bool)
     if gate != 0:
         where[:, -1] = True
-        torch.testing.assert_close(
-            diff[where], (gate * ALPHA * v).expand(2, -1), atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(diff[where], (gate * ALPHA * v).expand(2, -1), atol=1e-5, rtol=0)
         assert not torch.allclose(logits, baseline)
     else:
         torch.testing.assert_close(logits, baseline, atol=0, rtol=0)

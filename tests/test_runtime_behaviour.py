@@ -45,8 +45,14 @@ def routed_bundle(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ids, mask = token_batch([row])
         centroids[domain] = last_hidden_rows(model, block, ids, mask)[0].astype(np.float64)
     return separating_bundle(
-        tmp_path_factory.mktemp("routed") / "bundle", centroids, layer=1, alpha=ALPHA, tau=0.9,
-        beta=0.2, model_type="llama", num_layers=3,
+        tmp_path_factory.mktemp("routed") / "bundle",
+        centroids,
+        layer=1,
+        alpha=ALPHA,
+        tau=0.9,
+        beta=0.2,
+        model_type="llama",
+        num_layers=3,
     )
 
 
@@ -71,9 +77,7 @@ class Capture:
     def steered_hook(self) -> None:
         self.raw.clear()  # attach probed the block's output layout with one short forward
         self.hooks.append(
-            self.block.register_forward_hook(
-                lambda m, a, o: self.steered.append(first_tensor(o))
-            )
+            self.block.register_forward_hook(lambda m, a, o: self.steered.append(first_tensor(o)))
         )
 
     def __exit__(self, *exc: object) -> None:
@@ -99,7 +103,10 @@ def test_policies_during_generation(model: Any, routed_bundle: Path, policy: str
             cap.steered_hook()
             with torch.no_grad():
                 model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=3,
+                    do_sample=False,
                     pad_token_id=0,
                 )
         diffs = cap.diffs()
@@ -124,8 +131,10 @@ def test_policies_during_generation(model: Any, routed_bundle: Path, policy: str
             expected_positions = torch.zeros(width, dtype=torch.bool)
             expected_positions[-1] = True
         torch.testing.assert_close(
-            prefill[expected_positions], delta.expand(int(expected_positions.sum()), -1),
-            atol=1e-5, rtol=0,
+            prefill[expected_positions],
+            delta.expand(int(expected_positions.sum()), -1),
+            atol=1e-5,
+            rtol=0,
         )
         assert torch.count_nonzero(prefill[~expected_positions]) == 0
         for step in diffs[1:]:
@@ -145,10 +154,15 @@ def test_batch_equals_single_rows_in_generation(
         ids, mask = token_batch(rows, side="left")
         with attach(model, bundle, policy=policy) as handle, torch.no_grad():
             out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
-                pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=0,
+                return_dict_in_generate=True,
+                output_logits=True,
             )
-        return out.sequences[:, ids.shape[1]:], list(out.logits), handle.last
+        return out.sequences[:, ids.shape[1] :], list(out.logits), handle.last
 
     rows = [PROMPTS[d] for d in ORDER]
     batch_tokens, batch_logits, batch_record = generate(rows)
@@ -166,8 +180,16 @@ def test_batch_equals_single_rows_in_generation(
 def test_batch_equals_single_rows_in_forward(model: Any, tmp_path: Path, side: str) -> None:
     # Random probes: probabilities depend on the hidden state actually read.
     bundle = load_bundle(
-        make_test_bundle(tmp_path / "b", hidden_size=32, layer=1, alpha=ALPHA, tau=0.55,
-                         probe_scale=3.0, router_scale=3.0, model_type="llama")
+        make_test_bundle(
+            tmp_path / "b",
+            hidden_size=32,
+            layer=1,
+            alpha=ALPHA,
+            tau=0.55,
+            probe_scale=3.0,
+            router_scale=3.0,
+            model_type="llama",
+        )
     )
     block = resolve_layers(model).layers[1]
     rows = [PROMPTS[d] for d in ORDER]
@@ -182,9 +204,7 @@ def test_batch_equals_single_rows_in_forward(model: Any, tmp_path: Path, side: s
     record = handle.last
     lengths = [len(r) for r in rows]
     width = ids.shape[1]
-    expected_positions = (
-        [width - 1] * len(rows) if side == "left" else [n - 1 for n in lengths]
-    )
+    expected_positions = [width - 1] * len(rows) if side == "left" else [n - 1 for n in lengths]
     assert record.positions == expected_positions
     # The decision is taken on the (float32) raw hidden state at the last real token.
     reference = bundle.decide(raw_rows)
@@ -215,9 +235,17 @@ def test_low_precision_dtypes(name: str, dtype: torch.dtype, tmp_path: Path) -> 
     model = build_model(name, dtype=dtype)
     n_layers = len(resolve_layers(model))
     bundle = load_bundle(
-        make_test_bundle(tmp_path / "b", hidden_size=32, layer=1, alpha=ALPHA, route_to="math",
-                         probe_bias=-20.0, probe_scale=0.0, model_type=name,
-                         num_layers=n_layers)
+        make_test_bundle(
+            tmp_path / "b",
+            hidden_size=32,
+            layer=1,
+            alpha=ALPHA,
+            route_to="math",
+            probe_bias=-20.0,
+            probe_scale=0.0,
+            model_type=name,
+            num_layers=n_layers,
+        )
     )
     block = resolve_layers(model).layers[1]
     ids, mask = token_batch([PROMPTS["search"], PROMPTS["math"]], side="left")
@@ -287,8 +315,13 @@ def test_decision_failure_raises_and_changes_nothing(model: Any, routed_bundle: 
     handle = attach(model, bundle, on_decision=seen.append)
     try:
         with pytest.raises(DecisionError) as info, torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2,
-                           pad_token_id=0, do_sample=False)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=2,
+                pad_token_id=0,
+                do_sample=False,
+            )
         assert info.value.code == "DECISION_FAILED"
         assert "graph exploded" in str(info.value)
         assert len(handle.records) == 0 and seen == []

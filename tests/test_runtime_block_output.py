@@ -104,7 +104,9 @@ def test_multi_stream_output_is_refused_with_the_stream_layout() -> None:
 def test_streams_first_layout_names_the_order() -> None:
     with pytest.raises(RuntimeCompatError) as info:
         check_layout((5, 2, 3, H), hidden_size=H, batch=2, sequence=3, layers_path="m.l", index=0)
-    assert "streams=5" in str(info.value) and "[streams, batch, sequence, hidden]" in str(info.value)
+    assert "streams=5" in str(info.value) and "[streams, batch, sequence, hidden]" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, H), (2, 3, H + 2), (2, 3, 4, 5, H)])

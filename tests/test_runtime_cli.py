@@ -25,9 +25,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_bundle(
-        tmp_path_factory.mktemp("b") / "bundle", hidden_size=32, layer=1, alpha=6.0,
-        route_to="search", probe_bias=20.0, probe_scale=0.0, model_type="llama",
-        model_id="someorg/tiny-llama", num_layers=3,
+        tmp_path_factory.mktemp("b") / "bundle",
+        hidden_size=32,
+        layer=1,
+        alpha=6.0,
+        route_to="search",
+        probe_bias=20.0,
+        probe_scale=0.0,
+        model_type="llama",
+        model_id="someorg/tiny-llama",
+        num_layers=3,
     )
 
 
@@ -38,8 +45,16 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 def test_run_json_compare(model_dir: Path, bundle_path: Path) -> None:
     code, out, err = _run(
-        "--model", str(model_dir), "--bundle", str(bundle_path), "--prompt", PROMPT,
-        "--max-new-tokens", "5", "--compare", "--json",
+        "--model",
+        str(model_dir),
+        "--bundle",
+        str(bundle_path),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "5",
+        "--compare",
+        "--json",
     )
     assert code == 0, err
     payload = json.loads(out)
@@ -54,19 +69,36 @@ def test_run_json_compare(model_dir: Path, bundle_path: Path) -> None:
 
 def test_run_text_output(model_dir: Path, bundle_path: Path) -> None:
     code, out, err = _run(
-        "--model", str(model_dir), "--bundle", str(bundle_path), "--prompt", PROMPT,
-        "--max-new-tokens", "3", "--compare", "--policy", "all_tokens", "--dtype", "bfloat16",
+        "--model",
+        str(model_dir),
+        "--bundle",
+        str(bundle_path),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "3",
+        "--compare",
+        "--policy",
+        "all_tokens",
+        "--dtype",
+        "bfloat16",
     )
     assert code == 0, err
     assert "domain=search" in out and "gate=+1" in out and "all_tokens" in out
     assert out.index("--- baseline ---") < out.index("--- steered ---")
 
 
-@pytest.mark.parametrize("model", ["does/not/exist/here", "./missing-model", "nobody/no-such-model"])
+@pytest.mark.parametrize(
+    "model", ["does/not/exist/here", "./missing-model", "nobody/no-such-model"]
+)
 def test_missing_model_is_a_clear_error(bundle_path: Path, tmp_path: Path, model: str) -> None:
     code, out, err = _run(
-        "--model", str(tmp_path / model) if model.startswith("does") else model,
-        "--bundle", str(bundle_path), "--prompt", PROMPT,
+        "--model",
+        str(tmp_path / model) if model.startswith("does") else model,
+        "--bundle",
+        str(bundle_path),
+        "--prompt",
+        PROMPT,
     )
     assert code == 1
     assert "MODEL_NOT_FOUND" in err
@@ -95,8 +127,16 @@ def test_incompatible_bundle_is_refused(model_dir: Path, tmp_path: Path) -> None
     code, _, err = _run("--model", str(model_dir), "--bundle", str(other), "--prompt", PROMPT)
     assert code == 1 and "MODEL_TYPE_MISMATCH" in err
     code, out, err = _run(
-        "--model", str(model_dir), "--bundle", str(other), "--prompt", PROMPT, "--no-strict",
-        "--max-new-tokens", "2", "--json",
+        "--model",
+        str(model_dir),
+        "--bundle",
+        str(other),
+        "--prompt",
+        PROMPT,
+        "--no-strict",
+        "--max-new-tokens",
+        "2",
+        "--json",
     )
     assert code == 0, err
     assert "warning: [MODEL_TYPE_MISMATCH]" in err

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.runtime
 
 def bundle(tmp_path: Path, **kwargs: Any) -> Path:
     args: dict[str, Any] = {
-        "hidden_size": 32, "layer": 1, "model_type": "llama", "num_layers": 3,
-        "route_to": "search", "probe_bias": 20.0, "probe_scale": 0.0,
+        "hidden_size": 32,
+        "layer": 1,
+        "model_type": "llama",
+        "num_layers": 3,
+        "route_to": "search",
+        "probe_bias": 20.0,
+        "probe_scale": 0.0,
     }
     args.update(kwargs)
     return make_test_bundle(tmp_path / "bundle", **args)
@@ -59,7 +64,10 @@ def test_incompatible_bundle_refused_before_hooks(
 
 @pytest.mark.parametrize(
     ("kwargs", "code"),
-    [({"model_type": "qwen2"}, "MODEL_TYPE_MISMATCH"), ({"model_id": "org/other"}, "MODEL_ID_MISMATCH")],
+    [
+        ({"model_type": "qwen2"}, "MODEL_TYPE_MISMATCH"),
+        ({"model_id": "org/other"}, "MODEL_ID_MISMATCH"),
+    ],
 )
 def test_type_and_id_mismatch_only_warn_when_not_strict(
     llama: Any, tmp_path: Path, kwargs: dict[str, Any], code: str
@@ -114,8 +122,9 @@ def test_same_model_id() -> None:
 def test_multimodal_binding_accepts_wrapper_or_text_type(tmp_path: Path) -> None:
     model = build_model("gemma3_vl")
     for i, model_type in enumerate(("gemma3", "gemma3_text")):
-        path = make_test_bundle(tmp_path / str(i), hidden_size=32, layer=2, num_layers=3,
-                                model_type=model_type)
+        path = make_test_bundle(
+            tmp_path / str(i), hidden_size=32, layer=2, num_layers=3, model_type=model_type
+        )
         attach(model, path).remove()
     with pytest.raises(RuntimeCompatError) as info:
         attach(model, make_test_bundle(tmp_path / "x", hidden_size=32, layer=2, model_type="llama"))

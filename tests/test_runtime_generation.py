@@ -32,8 +32,19 @@ pytestmark = pytest.mark.runtime
 
 # Every architecture the installed transformers has (lfm2 and gemma3 are newer than 4.45).
 ARCHS = tuple(
-    a for a in ("llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox", "opt", "phi", "falcon",
-                "lfm2")
+    a
+    for a in (
+        "llama",
+        "qwen2",
+        "mistral",
+        "gemma",
+        "gpt2",
+        "gpt_neox",
+        "opt",
+        "phi",
+        "falcon",
+        "lfm2",
+    )
     if available(a)
 )
 ALPHA = 3.0
@@ -60,9 +71,16 @@ class CountingBundle:
 def _bundle(tmp: Path, arch: str, policy: str, gate: int = 1) -> CountingBundle:
     spec = SPECS[arch]
     path = make_test_bundle(
-        tmp / f"{arch}-{policy}-{gate}", hidden_size=spec.hidden_size, layer=1,
-        num_layers=spec.num_layers, model_type=spec.model_type, alpha=ALPHA, policy=policy,
-        probe_scale=0.0, probe_bias=20.0 * gate, route_to="search",
+        tmp / f"{arch}-{policy}-{gate}",
+        hidden_size=spec.hidden_size,
+        layer=1,
+        num_layers=spec.num_layers,
+        model_type=spec.model_type,
+        alpha=ALPHA,
+        policy=policy,
+        probe_scale=0.0,
+        probe_bias=20.0 * gate,
+        route_to="search",
     )
     return CountingBundle(load_bundle(path))
 
@@ -115,10 +133,14 @@ def _generate(model: Any, ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         warnings.simplefilter("error", SteeringSkippedWarning)
         new = kwargs.pop("max_new_tokens", 5)
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=0,
-            max_new_tokens=new, min_new_tokens=new, **kwargs,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pad_token_id=0,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            **kwargs,
         )
-    return out[:, ids.shape[1]:]
+    return out[:, ids.shape[1] :]
 
 
 PROMPT = [5, 17, 23, 9, 41, 7]
@@ -184,8 +206,9 @@ def test_assisted_generation_matches_reference(policy: str, tmp_path: Path) -> N
     block = resolve_layers(model).layers[1]
     ids = torch.tensor([PROMPT])
     with reference_hook(model, block, _delta(bundle), policy, len(PROMPT), True) as calls:
-        expected = _generate(model, ids, do_sample=False, assistant_model=assistant,
-                             max_new_tokens=8)
+        expected = _generate(
+            model, ids, do_sample=False, assistant_model=assistant, max_new_tokens=8
+        )
     with attach(model, bundle) as handle:
         got = _generate(model, ids, do_sample=False, assistant_model=assistant, max_new_tokens=8)
     assert calls[0] > len(PROMPT)  # the first pass carried candidate tokens after the prompt
@@ -199,8 +222,14 @@ def test_beam_search_on_a_batch_decides_each_prompt(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path, "llama", C.POLICY_GENERATED_TOKENS)
     ids, mask = token_batch([PROMPT, PROMPT[:4]], side="left")
     with attach(model, bundle) as handle, torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=mask, num_beams=2, max_new_tokens=4,
-                       do_sample=False, pad_token_id=0)
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=2,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
     assert handle.last is not None and handle.last.gates == [1, 1, 1, 1]
     assert handle.last.positions == [ids.shape[1] - 1] * 4
     assert bundle.calls == 1 and handle.skipped == 0
@@ -216,14 +245,18 @@ def test_use_cache_false_rereads_continue_the_generation(tmp_path: Path) -> None
     steered: list[torch.Tensor] = []
     try:
         with attach(model, bundle) as handle:  # (attach probes the block once: hook after it)
-            block.register_forward_hook(
-                lambda m, a, o: raw.append(first_tensor(o)), prepend=True
-            )
+            block.register_forward_hook(lambda m, a, o: raw.append(first_tensor(o)), prepend=True)
             block.register_forward_hook(lambda m, a, o: steered.append(first_tensor(o)))
             with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3,
-                               min_new_tokens=3, do_sample=False, pad_token_id=0,
-                               use_cache=False)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=3,
+                    min_new_tokens=3,
+                    do_sample=False,
+                    pad_token_id=0,
+                    use_cache=False,
+                )
     finally:
         block._forward_hooks.clear()
     delta = _delta(bundle)
@@ -295,15 +328,21 @@ def test_unclassifiable_pass_is_not_steered_and_reported(tmp_path: Path) -> None
         assert handle.skipped >= 1 and bundle.calls == 0
         # No cache, yet a mask wider than the input: something came before this call.
         with pytest.warns(SteeringSkippedWarning, match="no cache object"):
-            model(input_ids=ids, attention_mask=torch.ones(1, len(PROMPT) + 2, dtype=torch.long),
-                  use_cache=True)
+            model(
+                input_ids=ids,
+                attention_mask=torch.ones(1, len(PROMPT) + 2, dtype=torch.long),
+                use_cache=True,
+            )
         assert bundle.calls == 0
         # The sources of the past length disagree: the cache holds 6 tokens, the mask says 8.
         out = model(input_ids=ids, use_cache=True)
         assert bundle.calls == 1
         with pytest.warns(SteeringSkippedWarning, match="disagree"):
-            model(input_ids=nxt, past_key_values=out.past_key_values,
-                  attention_mask=torch.ones(1, len(PROMPT) + 3, dtype=torch.long))
+            model(
+                input_ids=nxt,
+                past_key_values=out.past_key_values,
+                attention_mask=torch.ones(1, len(PROMPT) + 3, dtype=torch.long),
+            )
     with attach(model, bundle, on_unclassified="raise"), torch.no_grad():
         pre = model(input_ids=ids, use_cache=True)
     with attach(model, bundle, on_unclassified="raise"), torch.no_grad():

@@ -93,9 +93,17 @@ def test_attach_steers_a_structurally_found_decoder(model_type: str, tmp_path: P
     model = _model(model_type)
     n_layers = len(resolve_layers(model))
     bundle = make_test_bundle(
-        tmp_path / "b", hidden_size=_hidden(model), layer=1, alpha=3.0, tau=0.6, beta=0.25,
-        route_to="search", probe_bias=20.0, probe_scale=0.0,
-        model_type=str(model.config.model_type), num_layers=n_layers,
+        tmp_path / "b",
+        hidden_size=_hidden(model),
+        layer=1,
+        alpha=3.0,
+        tau=0.6,
+        beta=0.25,
+        route_to="search",
+        probe_bias=20.0,
+        probe_scale=0.0,
+        model_type=str(model.config.model_type),
+        num_layers=n_layers,
     )
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():

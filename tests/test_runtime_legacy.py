@@ -45,9 +45,14 @@ def _converted(case: str, factory: pytest.TempPathFactory) -> Any:
 
 def _tiny_llama(hidden: int, n_layers: int) -> Any:
     config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=64, pad_token_id=0,
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
@@ -159,8 +164,12 @@ def test_runtime_generates_like_legacy_hook(
     for row in ROWS:
         ids = torch.tensor([row])
         kwargs: dict[str, Any] = {
-            "input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 6,
-            "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0,
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": 6,
+            "min_new_tokens": 6,
+            "do_sample": False,
+            "pad_token_id": 0,
         }
         legacy = _LegacyGenerationHook(assets)
         hook = block.register_forward_hook(legacy)

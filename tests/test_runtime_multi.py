@@ -32,11 +32,20 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("multi")
 
     def make(name: str, layer: int, gate: int, policy: str, alpha: float) -> Any:
-        return load_bundle(make_test_bundle(
-            root / name, hidden_size=32, layer=layer, num_layers=3, model_type="llama",
-            alpha=alpha, policy=policy, probe_scale=0.0, probe_bias=20.0 * gate,
-            route_to="search",
-        ))
+        return load_bundle(
+            make_test_bundle(
+                root / name,
+                hidden_size=32,
+                layer=layer,
+                num_layers=3,
+                model_type="llama",
+                alpha=alpha,
+                policy=policy,
+                probe_scale=0.0,
+                probe_bias=20.0 * gate,
+                route_to="search",
+            )
+        )
 
     return {
         "up": make("up", 1, 1, C.POLICY_GENERATED_TOKENS, 3.0),
@@ -48,10 +57,16 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _generate(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
     with torch.no_grad():
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4,
-            do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)
 
 
 def _alone(model: Any, bundles: dict[str, Any], row: list[int], name: str | None) -> Any:
@@ -63,7 +78,9 @@ def _alone(model: Any, bundles: dict[str, Any], row: list[int], name: str | None
 
 
 def test_mixed_batch_equals_each_row_alone(model: Any, bundles: dict[str, Any]) -> None:
-    expected = [_alone(model, bundles, row, name) for row, name in zip(PROMPTS, SELECTION, strict=True)]
+    expected = [
+        _alone(model, bundles, row, name) for row, name in zip(PROMPTS, SELECTION, strict=True)
+    ]
     ids, mask = token_batch(PROMPTS, side="left")
     with attach(model, bundles=bundles) as handle:
         with handle.select(SELECTION):
@@ -125,9 +142,7 @@ def test_mixed_rows_in_one_forward_with_padding(
         torch.testing.assert_close(diff[i, last], delta, atol=1e-5, rtol=0)
 
 
-def test_selection_is_per_thread_and_per_generation(
-    model: Any, bundles: dict[str, Any]
-) -> None:
+def test_selection_is_per_thread_and_per_generation(model: Any, bundles: dict[str, Any]) -> None:
     names: list[str | None] = ["up", "down", "late", None] * 2
     expected = {n: _alone(model, bundles, PROMPTS[0], n)[0] for n in set(names)}
     results: dict[int, Any] = {}
@@ -189,6 +204,8 @@ def test_device_decisions_are_chosen_on_load_and_equal_host_ones(
     assert on[2] is not None and off[2] is not None
     assert on[2].gates == off[2].gates and on[2].domains == off[2].domains
     np.testing.assert_allclose(
-        [p for p in on[2].probabilities if p == p], [p for p in off[2].probabilities if p == p],
-        rtol=0, atol=1e-12,
+        [p for p in on[2].probabilities if p == p],
+        [p for p in off[2].probabilities if p == p],
+        rtol=0,
+        atol=1e-12,
     )

@@ -66,7 +66,9 @@ def test_agrees_on_conformance_manifests() -> None:
     assert checked >= 10
 
 
-EDITS = st.sampled_from(["delete", "string", "negative", "float", "null", "list", "extra", "bool", "huge", "empty"])
+EDITS = st.sampled_from(
+    ["delete", "string", "negative", "float", "null", "list", "extra", "bool", "huge", "empty"]
+)
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -93,8 +95,16 @@ def test_agrees_on_mutated_manifests(data: st.DataObject) -> None:
         key = path[-1]
         edit = data.draw(EDITS)
         replacement: Any = {
-            "string": "x", "negative": -1, "float": 2.5, "null": None, "list": [], "bool": True,
-            "huge": 10**12, "empty": "", "extra": None, "delete": None,
+            "string": "x",
+            "negative": -1,
+            "float": 2.5,
+            "null": None,
+            "list": [],
+            "bool": True,
+            "huge": 10**12,
+            "empty": "",
+            "extra": None,
+            "delete": None,
         }[edit]
         if edit == "delete" and isinstance(parent, dict):
             del parent[key]

@@ -121,8 +121,14 @@ def _onnx_decide(case: str, hidden: np.ndarray) -> dict[str, np.ndarray]:
         prob[sel] = pprob[sel, 1]
         probe_labels[sel] = plabel[sel]
         assert np.allclose(pprob.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    return {"x": x, "label": label, "router_prob": rprob, "domain": domain, "prob": prob,
-            "probe_label": probe_labels}
+    return {
+        "x": x,
+        "label": label,
+        "router_prob": rprob,
+        "domain": domain,
+        "prob": prob,
+        "probe_label": probe_labels,
+    }
 
 
 def test_fixture_index_lists_every_case() -> None:
@@ -198,8 +204,12 @@ def test_missing_probe_with_tau_half_gives_plus_one() -> None:
 def test_version_rules() -> None:
     def lr(version: str | None, mc: str | None) -> LegacyLogisticRegression:
         return LegacyLogisticRegression(
-            coef=np.zeros((1, 2)), intercept=np.zeros(1), classes=np.array([0, 1]),
-            multi_class=mc, solver="lbfgs", sklearn_version=version,
+            coef=np.zeros((1, 2)),
+            intercept=np.zeros(1),
+            classes=np.array([0, 1]),
+            multi_class=mc,
+            solver="lbfgs",
+            sklearn_version=version,
         )
 
     assert probe_uses_softmax(lr("1.3.2", "multinomial"))
@@ -210,15 +220,21 @@ def test_version_rules() -> None:
     assert not probe_uses_softmax(lr("1.3.2", "ovr"))
 
     def sc(version: str | None) -> LegacyScaler:
-        return LegacyScaler(mean=np.zeros(2), scale=np.ones(2), n_features_in=2,
-                            sklearn_version=version)
+        return LegacyScaler(
+            mean=np.zeros(2), scale=np.ones(2), n_features_in=2, sklearn_version=version
+        )
 
     assert not scaler_uses_float32(sc("1.7.2"))
     assert scaler_uses_float32(sc("1.8.0"))
     assert scaler_uses_float32(sc("1.10.0"))
     assert not scaler_uses_float32(sc(None))
     assert gate_from_probability(np.array([0.5, 0.3, 0.31, 0.7, 0.69]), 0.7).tolist() == [
-        0, -1, 0, 1, 0]
+        0,
+        -1,
+        0,
+        1,
+        0,
+    ]
     assert gate_from_probability(np.array([0.5]), 0.5).tolist() == [1]
 
 
@@ -255,8 +271,9 @@ def test_onnx_matches_legacy_decide(case: str) -> None:
     hidden = np.concatenate([hidden, _reference(case)["hidden"]])
     domain, prob, gate = legacy_decide(a, hidden)
     got = _onnx_decide(case, hidden)
-    assert np.array_equal(got["x"].view(np.uint32), scaler_transform(a.scaler, hidden).view(
-        np.uint32))
+    assert np.array_equal(
+        got["x"].view(np.uint32), scaler_transform(a.scaler, hidden).view(np.uint32)
+    )
     assert np.array_equal(got["label"], domain)
     assert np.array_equal(got["domain"], domain)
     assert np.allclose(got["router_prob"].sum(axis=1), 1.0, rtol=0, atol=1e-12)
@@ -293,12 +310,22 @@ def test_export_is_deterministic_and_follows_contract(case: str) -> None:
             assert lo <= imp.version <= hi
         for init in model.graph.initializer:
             assert init.data_location != onnx.TensorProto.EXTERNAL
-        ins = [(i.name, i.type.tensor_type.elem_type,
-                [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
-               for i in model.graph.input]
-        outs = [(o.name, o.type.tensor_type.elem_type,
-                 [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
-                for o in model.graph.output]
+        ins = [
+            (
+                i.name,
+                i.type.tensor_type.elem_type,
+                [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+            )
+            for i in model.graph.input
+        ]
+        outs = [
+            (
+                o.name,
+                o.type.tensor_type.elem_type,
+                [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim],
+            )
+            for o in model.graph.output
+        ]
         f32, f64, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64
         if kind == "scaler":
             assert ins == [(SCALER_INPUT, f32, [BATCH_DIM, h])]
@@ -306,8 +333,10 @@ def test_export_is_deterministic_and_follows_contract(case: str) -> None:
         else:
             k = len(a.domains) if kind == "router" else 2
             assert ins == [(CLASSIFIER_INPUT, f64, [BATCH_DIM, h])]
-            assert outs == [(CLASSIFIER_LABEL, i64, [BATCH_DIM]),
-                            (CLASSIFIER_PROBABILITIES, f64, [BATCH_DIM, k])]
+            assert outs == [
+                (CLASSIFIER_LABEL, i64, [BATCH_DIM]),
+                (CLASSIFIER_PROBABILITIES, f64, [BATCH_DIM, k]),
+            ]
 
 
 @pytest.mark.parametrize("version", ["1.3.2", "1.9.1"])
@@ -318,7 +347,10 @@ def test_scaler_export_partial_flags(version: str, with_mean: bool, with_std: bo
     scaler = LegacyScaler(
         mean=rng.normal(0, 5, h) if with_mean else None,
         scale=np.exp(rng.uniform(-1, 3, h)) if with_std else None,
-        n_features_in=h, with_mean=with_mean, with_std=with_std, sklearn_version=version,
+        n_features_in=h,
+        with_mean=with_mean,
+        with_std=with_std,
+        sklearn_version=version,
     )
     hidden = rng.normal(0, 10, size=(500, h)).astype(np.float32)
     got = _session(export_scaler(scaler)).run(None, {SCALER_INPUT: hidden})[0]
@@ -367,20 +399,19 @@ def test_export_fitted_estimators() -> None:
     names = np.array(["zeta", "alpha", "mid"])
     router = LogisticRegression(max_iter=500).fit(x, names[y])
     order = ["mid", "zeta", "alpha"]  # neither sorted nor the fitting order
-    label, prob = _session(export_fitted_classifier(router, order)).run(
-        None, {CLASSIFIER_INPUT: x})
+    label, prob = _session(export_fitted_classifier(router, order)).run(None, {CLASSIFIER_INPUT: x})
     expected = router.predict_proba(x)[:, [list(router.classes_).index(c) for c in order]]
     assert np.max(np.abs(prob - expected)) < 1e-12
     assert [order[i] for i in label] == router.predict(x).tolist()
 
     yb = (y == 1).astype(np.int64)
     probe = LogisticRegression(max_iter=500).fit(x, yb)
-    label, prob = _session(export_fitted_classifier(probe, [0, 1])).run(
-        None, {CLASSIFIER_INPUT: x})
+    label, prob = _session(export_fitted_classifier(probe, [0, 1])).run(None, {CLASSIFIER_INPUT: x})
     assert np.max(np.abs(prob - probe.predict_proba(x))) < 1e-12
     assert np.array_equal(label, probe.predict(x))
-    legacy = LegacyLogisticRegression(coef=probe.coef_, intercept=probe.intercept_,
-                                      classes=probe.classes_)
+    legacy = LegacyLogisticRegression(
+        coef=probe.coef_, intercept=probe.intercept_, classes=probe.classes_
+    )
     assert np.max(np.abs(probe_probability(legacy, x) - probe.predict_proba(x)[:, 1])) < 1e-12
 
     with pytest.raises(ConversionError) as err:

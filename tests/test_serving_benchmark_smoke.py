@@ -40,5 +40,10 @@ def test_quick_serving_run(tmp_path: Path) -> None:
     names = [t["name"] for t in doc["targets"]]
     assert any("legacy / ours" in n for n in names) and any("per-row" in n for n in names)
     md = (tmp_path / "serving.md").read_text(encoding="utf-8")
-    for heading in ("## Targets", "## In-hook decision cost", "## Batch 64 in a busy process", "## Mixed-bundle batches"):
+    for heading in (
+        "## Targets",
+        "## In-hook decision cost",
+        "## Batch 64 in a busy process",
+        "## Mixed-bundle batches",
+    ):
         assert heading in md

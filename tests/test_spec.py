@@ -288,7 +288,9 @@ def test_steering_vector_rule_of_section_4_6() -> None:
 
 def test_onnx_profile_version_is_stated() -> None:
     text = SPEC.read_text(encoding="utf-8")
-    assert f"`ONNX_PROFILE_VERSION`\n(`MAJOR.MINOR`, currently **{C.ONNX_PROFILE_VERSION}**)" in text
+    assert (
+        f"`ONNX_PROFILE_VERSION`\n(`MAJOR.MINOR`, currently **{C.ONNX_PROFILE_VERSION}**)" in text
+    )
     assert f"ONNX profile {C.ONNX_PROFILE_VERSION}" in text  # the change log names it
 
 
@@ -296,7 +298,9 @@ def test_every_section_reference_names_an_existing_section() -> None:
     text = SPEC.read_text(encoding="utf-8")
     headings = set(re.findall(r"^#{2,4} (\d+(?:\.\d+)*)[ .]", text, flags=re.M))
     refs: set[str] = set()
-    for match in re.finditer(r"\bsections? ((?:\d+(?:\.\d+)*)(?:(?:, | and | to )\d+(?:\.\d+)*)*)", text):
+    for match in re.finditer(
+        r"\bsections? ((?:\d+(?:\.\d+)*)(?:(?:, | and | to )\d+(?:\.\d+)*)*)", text
+    ):
         refs.update(re.findall(r"\d+(?:\.\d+)*", match.group(1)))
     refs.update(re.findall(r"\((\d+\.\d+(?:\.\d+)?)\)", text))
     missing = sorted(r for r in refs if r not in headings)

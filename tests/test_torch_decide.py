@@ -22,7 +22,11 @@ from asa_format.testing import linear_router_graph, make_test_contents
 
 ROOT = Path(__file__).resolve().parent.parent
 # the valid cases with an asa intervention (they carry decisions.json; format 1.1 cases may have none)
-VALID = sorted(p / "bundle" for p in (ROOT / "spec" / "conformance" / "valid").iterdir() if (p / "decisions.json").is_file())
+VALID = sorted(
+    p / "bundle"
+    for p in (ROOT / "spec" / "conformance" / "valid").iterdir()
+    if (p / "decisions.json").is_file()
+)
 LEGACY = sorted(p for p in (ROOT / "tests" / "fixtures" / "legacy").iterdir() if p.is_dir())
 BATCHES = (1, 8, 64, 256)
 
@@ -41,7 +45,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def _rows(bundle: Bundle, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, bundle.hidden_size)) * rng.uniform(0.2, 8.0, size=(n, 1))).astype(np.float32)
+    return (
+        rng.standard_normal((n, bundle.hidden_size)) * rng.uniform(0.2, 8.0, size=(n, 1))
+    ).astype(np.float32)
 
 
 def _reference(bundle_ort: Bundle, h32: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +66,9 @@ def _assert_equal(path: Path, dtypes: tuple[torch.dtype, ...] = (torch.float32,)
         _assert_decider(decider, bundle, slow, dtypes)
 
 
-def _assert_decider(decider: TorchDecider, bundle: Bundle, slow: Bundle, dtypes: tuple[torch.dtype, ...]) -> None:
+def _assert_decider(
+    decider: TorchDecider, bundle: Bundle, slow: Bundle, dtypes: tuple[torch.dtype, ...]
+) -> None:
     for n in BATCHES:
         base = torch.from_numpy(_rows(bundle, n, seed=n))
         for dtype in dtypes:
@@ -74,8 +82,13 @@ def _assert_decider(decider: TorchDecider, bundle: Bundle, slow: Bundle, dtypes:
             np.testing.assert_allclose(got.probability.numpy(), prob, rtol=0, atol=1e-12)
             records = got.to_numpy_records(bundle.domains)
             ours = bundle.decide(h32)
-            assert [(r.domain, r.domain_index, r.gate) for r in records] == [(r.domain, r.domain_index, r.gate) for r in ours]
-            assert max(abs(a.probability - b.probability) for a, b in zip(records, ours, strict=True)) <= 1e-12
+            assert [(r.domain, r.domain_index, r.gate) for r in records] == [
+                (r.domain, r.domain_index, r.gate) for r in ours
+            ]
+            assert (
+                max(abs(a.probability - b.probability) for a, b in zip(records, ours, strict=True))
+                <= 1e-12
+            )
 
 
 @pytest.mark.parametrize("path", VALID, ids=[p.parent.name for p in VALID])
@@ -101,7 +114,9 @@ def _bisect_rows(bundle_ort: Bundle, target: float, seed: int) -> Iterator[np.nd
         lo, hi = 0.0, 1.0
         for _ in range(60):
             mid = (lo + hi) / 2
-            p = _reference(bundle_ort, (a + np.float32(mid) * (b - a))[None].astype(np.float32))[1][0]
+            p = _reference(bundle_ort, (a + np.float32(mid) * (b - a))[None].astype(np.float32))[1][
+                0
+            ]
             if (p - target) * (pa - target) > 0:
                 lo = mid
             else:
@@ -114,7 +129,9 @@ def _bisect_rows(bundle_ort: Bundle, target: float, seed: int) -> Iterator[np.nd
 
 
 def test_rows_near_tau_and_one_minus_tau(tmp_path: Path) -> None:
-    contents = make_test_contents(hidden_size=24, domains=("a", "b"), probe_scale=6.0, tau=0.7, seed=3)
+    contents = make_test_contents(
+        hidden_size=24, domains=("a", "b"), probe_scale=6.0, tau=0.7, seed=3
+    )
     path = asa_format.save_bundle(contents, tmp_path / "b")
     bundle, slow = load_bundle(path), load_bundle(path, fast=False)
     deciders = [TorchDecider.for_bundle(bundle, host_numpy=h) for h in (True, False)]
@@ -133,7 +150,9 @@ def test_rows_near_tau_and_one_minus_tau(tmp_path: Path) -> None:
 
 
 def test_router_ties_pick_the_first_domain(tmp_path: Path) -> None:
-    contents = make_test_contents(hidden_size=16, domains=("a", "b", "c", "d"), probe_scale=3.0, seed=4)
+    contents = make_test_contents(
+        hidden_size=16, domains=("a", "b", "c", "d"), probe_scale=3.0, seed=4
+    )
     rng = np.random.default_rng(9)
     weights = rng.standard_normal((16, 4))
     weights[:, 2] = weights[:, 1]  # domains b and c always tie
@@ -170,12 +189,18 @@ def test_unsupported_graph_gives_none(tmp_path: Path, caplog: pytest.LogCaptureF
     assert "no checked NumPy plan" in caplog.text
 
 
-def test_translation_that_differs_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    path = asa_format.save_bundle(make_test_contents(hidden_size=16, probe_scale=3.0), tmp_path / "b")
+def test_translation_that_differs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = asa_format.save_bundle(
+        make_test_contents(hidden_size=16, probe_scale=3.0), tmp_path / "b"
+    )
     bundle = load_bundle(path)
     assert TorchDecider.for_bundle(bundle, host_numpy=False) is not None
     # a Sigmoid off by 1e-9: the proof on load must notice and refuse
-    monkeypatch.setitem(torch_decide._UNARY_OPS, "Sigmoid", lambda x: torch_decide._sigmoid(x) + 1e-9)
+    monkeypatch.setitem(
+        torch_decide._UNARY_OPS, "Sigmoid", lambda x: torch_decide._sigmoid(x) + 1e-9
+    )
     with caplog.at_level(logging.DEBUG, logger=torch_decide.__name__):
         assert TorchDecider.for_bundle(bundle, host_numpy=False) is None
     assert "probabilities differ" in caplog.text
@@ -187,7 +212,9 @@ def test_translation_that_differs_is_refused(tmp_path: Path, monkeypatch: pytest
 
 
 def test_non_finite_rows_are_not_steered_and_records_refuse(tmp_path: Path) -> None:
-    path = asa_format.save_bundle(make_test_contents(hidden_size=16, probe_bias=20.0, probe_scale=0.0), tmp_path / "b")
+    path = asa_format.save_bundle(
+        make_test_contents(hidden_size=16, probe_bias=20.0, probe_scale=0.0), tmp_path / "b"
+    )
     bundle = load_bundle(path)
     rows = torch.from_numpy(_rows(bundle, 4, 0))
     rows[1, 3] = float("nan")
@@ -213,7 +240,9 @@ def test_non_finite_rows_are_not_steered_and_records_refuse(tmp_path: Path) -> N
 
 
 def test_mixed_vectors_and_delta_table(tmp_path: Path) -> None:
-    path = asa_format.save_bundle(make_test_contents(hidden_size=16, domains=("a", "b", "c"), alpha=3.5), tmp_path / "b")
+    path = asa_format.save_bundle(
+        make_test_contents(hidden_size=16, domains=("a", "b", "c"), alpha=3.5), tmp_path / "b"
+    )
     bundle = load_bundle(path)
     decider = TorchDecider.for_bundle(bundle)
     assert decider is not None
@@ -223,7 +252,14 @@ def test_mixed_vectors_and_delta_table(tmp_path: Path) -> None:
         np.testing.assert_array_equal(v32[d].numpy(), bundle.steering_vector(d))
     v16 = decider.mixed_vectors(torch.bfloat16, torch.device("cpu"))
     assert v16.dtype == torch.bfloat16
-    torch.testing.assert_close(v16, torch.from_numpy(np.stack([bundle.steering_vector(d) for d in range(3)])).to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(
+        v16,
+        torch.from_numpy(np.stack([bundle.steering_vector(d) for d in range(3)])).to(
+            torch.bfloat16
+        ),
+        rtol=0,
+        atol=0,
+    )
     table = decider.delta_table(torch.float16, "cpu")
     assert table.shape == (3, 3, 16)
     for d in range(3):

@@ -25,15 +25,25 @@ def model() -> Any:
 
 
 @pytest.fixture
-def world(
-    tmp_path: Path, model: Any, keys: dict[str, tuple[Path, Path]]
-) -> dict[str, Any]:
+def world(tmp_path: Path, model: Any, keys: dict[str, tuple[Path, Path]]) -> dict[str, Any]:
     n = len(resolve_layers(model))
-    good = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=1), tmp_path / "good")
-    other = save_bundle(make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=2), tmp_path / "other")
+    good = save_bundle(
+        make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=1),
+        tmp_path / "good",
+    )
+    other = save_bundle(
+        make_test_contents(hidden_size=32, model_type="llama", num_layers=n, seed=2),
+        tmp_path / "other",
+    )
     sign_bundle(good, load_private_key(keys["publisher"][0]))
     sign_bundle(other, load_private_key(keys["mallory"][0]))
-    return {"good": good, "other": other, "keys": keys, "digest": load_bundle(good).root_digest, "tmp": tmp_path}
+    return {
+        "good": good,
+        "other": other,
+        "keys": keys,
+        "digest": load_bundle(good).root_digest,
+        "tmp": tmp_path,
+    }
 
 
 def _cases(world: dict[str, Any]) -> dict[str, Path]:
@@ -47,14 +57,20 @@ def _cases(world: dict[str, Any]) -> dict[str, Path]:
     return {"unsigned": unsigned, "wrongly_signed": world["other"], "substituted": substituted}
 
 
-EXPECTED = {"unsigned": "SIGNATURE_MISSING", "wrongly_signed": "SIGNATURE_UNTRUSTED_KEY", "substituted": "SIGNATURE_FILE_MODIFIED"}
+EXPECTED = {
+    "unsigned": "SIGNATURE_MISSING",
+    "wrongly_signed": "SIGNATURE_UNTRUSTED_KEY",
+    "substituted": "SIGNATURE_FILE_MODIFIED",
+}
 
 
 def test_trusted_bundle_loads_and_attaches(world: dict[str, Any], model: Any) -> None:
     pub = world["keys"]["publisher"][1]
     bundle = load_bundle(world["good"], trusted_keys=[pub], expected_digest=world["digest"])
     assert bundle.root_digest == world["digest"]
-    with attach(model, world["good"], trusted_keys=[pub], expected_digest=world["digest"]) as handle:
+    with attach(
+        model, world["good"], trusted_keys=[pub], expected_digest=world["digest"]
+    ) as handle:
         assert handle.active
     assert no_hooks(model)
 

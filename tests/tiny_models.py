@@ -35,93 +35,159 @@ class TinySpec:
 
 
 def _common() -> dict[str, Any]:
-    return {"vocab_size": VOCAB, "pad_token_id": PAD_ID, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
+    return {
+        "vocab_size": VOCAB,
+        "pad_token_id": PAD_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }
 
 
 def _llama() -> Any:
     return transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _qwen2() -> Any:
     return transformers.Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _mistral() -> Any:
     return transformers.MistralConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, sliding_window=None, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=None,
+        **_common(),
     )
 
 
 def _gemma() -> Any:
     return transformers.GemmaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _gpt2() -> Any:
     return transformers.GPT2Config(
-        n_embd=32, n_layer=3, n_head=4, n_positions=128, **_common(),
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=128,
+        **_common(),
     )
 
 
 def _gpt_neox() -> Any:
     return transformers.GPTNeoXConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _opt() -> Any:
     return transformers.OPTConfig(
-        hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-        word_embed_proj_dim=32, max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _phi() -> Any:
     return transformers.PhiConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=128, **_common(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        **_common(),
     )
 
 
 def _falcon() -> Any:
     return transformers.FalconConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
         **_common(),
     )
 
 
 def _lfm2() -> Any:
     return transformers.Lfm2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
         layer_types=["conv", "full_attention", "conv", "full_attention"],
-        block_auto_adjust_ff_dim=False, **_common(),
+        block_auto_adjust_ff_dim=False,
+        **_common(),
     )
 
 
 def _gemma3_vl() -> Any:
     vision = transformers.SiglipVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        image_size=8, patch_size=4,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=8,
+        patch_size=4,
     )
     text = transformers.Gemma3TextConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=128, sliding_window=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=16,
         **_common(),
     )
     return transformers.Gemma3Config(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
-        boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1,
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        boi_token_index=VOCAB - 3,
+        eoi_token_index=VOCAB - 2,
+        image_token_index=VOCAB - 1,
     )
 
 
@@ -168,17 +234,15 @@ def build_model(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32)
     return model
 
 
-def token_batch(
-    rows: list[list[int]], *, side: str = "left"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def token_batch(rows: list[list[int]], *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token-id rows to one batch; returns (input_ids, attention_mask)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if side == "left":
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
         else:
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
@@ -186,8 +250,26 @@ def token_batch(
 
 
 WORDS = [
-    "hello", "world", "what", "is", "the", "weather", "in", "paris", "call", "tool",
-    "search", "for", "me", "please", "tell", "a", "joke", "about", "cats", "today",
+    "hello",
+    "world",
+    "what",
+    "is",
+    "the",
+    "weather",
+    "in",
+    "paris",
+    "call",
+    "tool",
+    "search",
+    "for",
+    "me",
+    "please",
+    "tell",
+    "a",
+    "joke",
+    "about",
+    "cats",
+    "today",
 ]
 
 
@@ -203,7 +285,10 @@ def save_tiny_model_and_tokenizer(name: str, directory: Path, *, seed: int = 0) 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
         unk_token="<unk>",
     )
     model = build_model(name, seed=seed)

@@ -13,4 +13,11 @@ from asa_format.interop.binding import ImportBinding
 from asa_format.interop.importer import detect_kind, import_file, import_source
 from asa_format.interop.objects import from_repeng, from_steering_vectors
 
-__all__ = ["ImportBinding", "detect_kind", "from_repeng", "from_steering_vectors", "import_file", "import_source"]
+__all__ = [
+    "ImportBinding",
+    "detect_kind",
+    "from_repeng",
+    "from_steering_vectors",
+    "import_file",
+    "import_source",
+]

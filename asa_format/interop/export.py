@@ -44,7 +44,9 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        lines = [f"export: {len(self.directions)} direction tensor(s) for blocks {sorted(self.directions)}, model_hint {self.model_hint!r}"]
+        lines = [
+            f"export: {len(self.directions)} direction tensor(s) for blocks {sorted(self.directions)}, model_hint {self.model_hint!r}"
+        ]
         if not self.losses:
             lines.append("loss: none (the GGUF steers exactly as the bundle)")
         for kind, detail in self.losses:
@@ -69,58 +71,115 @@ def plan_gguf(
     m = bundle.manifest
     hint = model_hint or m.model.type
     if not hint:
-        raise _unsupported("the bundle's model type is unknown; a control vector names it in controlvector.model_hint", "pass --model-hint MODEL_TYPE")
-    chosen = [iv for iv in bundle.interventions if interventions is None or iv.name in interventions]
+        raise _unsupported(
+            "the bundle's model type is unknown; a control vector names it in controlvector.model_hint",
+            "pass --model-hint MODEL_TYPE",
+        )
+    chosen = [
+        iv for iv in bundle.interventions if interventions is None or iv.name in interventions
+    ]
     if interventions is not None:
         missing = sorted(set(interventions) - {iv.name for iv in chosen})
         if missing:
-            raise UsageError(f"the bundle has no intervention {missing}", code="USAGE", hint=f"choose among {[iv.name for iv in bundle.interventions]}")
-    if interventions is None and any(iv.kind != C.GATE_ASA for iv in chosen) and any(iv.kind == C.GATE_ASA for iv in chosen) and domain is None:
-        chosen = [iv for iv in chosen if iv.kind != C.GATE_ASA]  # the asa one only when a domain is chosen
+            raise UsageError(
+                f"the bundle has no intervention {missing}",
+                code="USAGE",
+                hint=f"choose among {[iv.name for iv in bundle.interventions]}",
+            )
+    if (
+        interventions is None
+        and any(iv.kind != C.GATE_ASA for iv in chosen)
+        and any(iv.kind == C.GATE_ASA for iv in chosen)
+        and domain is None
+    ):
+        chosen = [
+            iv for iv in chosen if iv.kind != C.GATE_ASA
+        ]  # the asa one only when a domain is chosen
     report = ExportReport(model_hint=hint, directions={})
     sums: dict[int, list[np.ndarray]] = {}
     for iv in chosen:
         if iv.kind == C.GATE_CONDITION:
-            raise _unsupported(f"intervention {iv.name!r} is conditional; llama.cpp steers every prompt", "export the other interventions with --intervention")
+            raise _unsupported(
+                f"intervention {iv.name!r} is conditional; llama.cpp steers every prompt",
+                "export the other interventions with --intervention",
+            )
         if iv.kind == C.GATE_ASA:
             vec = _asa_vector(bundle, domain, sign, report)
             assert bundle.asa is not None
             sums.setdefault(int(bundle.asa.manifest.layer.index), []).append(vec)
             continue
         if iv.spec.policy != C.POLICY_ALL_TOKENS:
-            report.losses.append(("positions", f"{iv.name!r} has policy {iv.spec.policy}; llama.cpp adds the vector at every token"))
+            report.losses.append(
+                (
+                    "positions",
+                    f"{iv.name!r} has policy {iv.spec.policy}; llama.cpp adds the vector at every token",
+                )
+            )
         coef = np.float32(iv.spec.coefficient)
         if coef != np.float32(1.0):
-            report.losses.append(("precision", f"{iv.name!r}: coefficient {iv.spec.coefficient:g} folded into the vectors (one float32 rounding per value)"))
+            report.losses.append(
+                (
+                    "precision",
+                    f"{iv.name!r}: coefficient {iv.spec.coefficient:g} folded into the vectors (one float32 rounding per value)",
+                )
+            )
         for block, d in iv.directions.items():
-            sums.setdefault(block, []).append(d if coef == np.float32(1.0) else (d * coef).astype(np.float32))
+            sums.setdefault(block, []).append(
+                d if coef == np.float32(1.0) else (d * coef).astype(np.float32)
+            )
     if not sums:
-        raise _unsupported("nothing to export", "the bundle has no always intervention; for an asa bundle pass --domain and --sign")
+        raise _unsupported(
+            "nothing to export",
+            "the bundle has no always intervention; for an asa bundle pass --domain and --sign",
+        )
     if 0 in sums:
-        raise _unsupported("a vector steers block 0, which llama.cpp control vectors cannot address (direction.0 is an error there)", "drop block 0 from the intervention")
+        raise _unsupported(
+            "a vector steers block 0, which llama.cpp control vectors cannot address (direction.0 is an error there)",
+            "drop block 0 from the intervention",
+        )
     for block, vecs in sorted(sums.items()):
         total = vecs[0].astype(np.float32)
         for v in vecs[1:]:
             total = (total + v).astype(np.float32)
         if len(vecs) > 1:
-            report.losses.append(("precision", f"block {block}: {len(vecs)} vectors summed into one (float32)"))
+            report.losses.append(
+                ("precision", f"block {block}: {len(vecs)} vectors summed into one (float32)")
+            )
         report.directions[block] = total
-    report.notes.append("model id, layer count, root digest and signature are not carried by GGUF; llama.cpp does not check the model at all")
+    report.notes.append(
+        "model id, layer count, root digest and signature are not carried by GGUF; llama.cpp does not check the model at all"
+    )
     if m.model.id:
         report.notes.append(f"the bundle is bound to {m.model.id!r}")
     return report
 
 
-def _asa_vector(bundle: InterventionBundle, domain: str | None, sign: int | None, report: ExportReport) -> np.ndarray:
+def _asa_vector(
+    bundle: InterventionBundle, domain: str | None, sign: int | None, report: ExportReport
+) -> np.ndarray:
     asa = bundle.asa
     assert asa is not None
     if domain is None or sign not in (1, -1):
-        raise UsageError("exporting the asa intervention needs one domain and one sign", code="USAGE", hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1")
+        raise UsageError(
+            "exporting the asa intervention needs one domain and one sign",
+            code="USAGE",
+            hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1",
+        )
     steering = asa.manifest.steering
     v = asa.steering_vector(domain)  # raises DECISION_INPUT for an unknown domain
-    report.losses.append(("gate", f"the router/probe gate is dropped: domain {domain!r}, sign {sign:+d} is applied to every prompt"))
+    report.losses.append(
+        (
+            "gate",
+            f"the router/probe gate is dropped: domain {domain!r}, sign {sign:+d} is applied to every prompt",
+        )
+    )
     if steering.policy != C.POLICY_ALL_TOKENS:
-        report.losses.append(("positions", f"policy {steering.policy}: llama.cpp adds the vector at every token of every step"))
+        report.losses.append(
+            (
+                "positions",
+                f"policy {steering.policy}: llama.cpp adds the vector at every token of every step",
+            )
+        )
     out: np.ndarray = (v * np.float32(sign * steering.alpha)).astype(np.float32)
     return out
 
@@ -139,30 +198,53 @@ def export_gguf(
 ) -> ExportReport:
     """Write the control vector at ``destination`` (atomically) and return the report."""
     loaded = bundle or load_interventions(bundle_path)
-    report = plan_gguf(loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint)
+    report = plan_gguf(
+        loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint
+    )
     if strict and report.losses:
         kinds = sorted({k for k, _ in report.losses})
-        raise ConversionError(f"the export would lose: {', '.join(kinds)}", code="EXPORT_LOSSY", hint="drop --strict to accept the losses listed in the report")
+        raise ConversionError(
+            f"the export would lose: {', '.join(kinds)}",
+            code="EXPORT_LOSSY",
+            hint="drop --strict to accept the losses listed in the report",
+        )
     dest = Path(destination)
     if dest.exists() or dest.is_symlink():
         if not force:
-            raise UsageError(f"destination {str(dest)!r} already exists", code="DESTINATION_EXISTS", file=str(dest), hint="choose another destination, or pass --force")
-        if dest.is_symlink() or not dest.is_file():  # --force replaces a file, never a directory or a link's target
+            raise UsageError(
+                f"destination {str(dest)!r} already exists",
+                code="DESTINATION_EXISTS",
+                file=str(dest),
+                hint="choose another destination, or pass --force",
+            )
+        if (
+            dest.is_symlink() or not dest.is_file()
+        ):  # --force replaces a file, never a directory or a link's target
             raise UsageError(
                 f"destination {str(dest)!r} exists and is not a regular file; --force only replaces a file",
-                code="DESTINATION_NOT_BUNDLE", file=str(dest), hint="choose another destination",
+                code="DESTINATION_NOT_BUNDLE",
+                file=str(dest),
+                hint="choose another destination",
             )
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as exc:
-        raise AsaError(f"cannot create a file in {str(dest.parent)!r}: {exc.strerror}", code="IO_ERROR", hint="check that the folder exists and is writable") from exc
+        raise AsaError(
+            f"cannot create a file in {str(dest.parent)!r}: {exc.strerror}",
+            code="IO_ERROR",
+            hint="check that the folder exists and is writable",
+        ) from exc
     os.close(fd)
     try:
         write_control_vector(tmp, report.model_hint, report.directions)
         os.replace(tmp, dest)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise AsaError(f"writing {str(dest)!r} failed: {exc.strerror or exc}", code="IO_ERROR", hint="check free space and permissions; nothing was written at the destination") from exc
+        raise AsaError(
+            f"writing {str(dest)!r} failed: {exc.strerror or exc}",
+            code="IO_ERROR",
+            hint="check free space and permissions; nothing was written at the destination",
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

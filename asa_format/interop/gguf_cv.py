@@ -39,12 +39,19 @@ def _gguf() -> Any:
     try:
         import gguf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise UsageError('reading or writing GGUF needs gguf, which is not installed: pip install "asa-format[interop]"', code="EXTRA_MISSING") from exc
+        raise UsageError(
+            'reading or writing GGUF needs gguf, which is not installed: pip install "asa-format[interop]"',
+            code="EXTRA_MISSING",
+        ) from exc
     return gguf
 
 
 def _bad(path: str | os.PathLike[str], message: str) -> ConversionError:
-    return ConversionError(f"{os.fspath(path)!r}: {message}", code="IMPORT_INVALID", hint="the GGUF file is not a valid control vector")
+    return ConversionError(
+        f"{os.fspath(path)!r}: {message}",
+        code="IMPORT_INVALID",
+        hint="the GGUF file is not a valid control vector",
+    )
 
 
 def _scalar(value: Any) -> Any:
@@ -59,7 +66,9 @@ def _scalar(value: Any) -> Any:
     return None
 
 
-def read_control_vector(path: str | os.PathLike[str]) -> tuple[str | None, dict[int, np.ndarray], dict[str, Any]]:
+def read_control_vector(
+    path: str | os.PathLike[str],
+) -> tuple[str | None, dict[int, np.ndarray], dict[str, Any]]:
     """Return ``(model_hint or None, {block: float32 direction}, other metadata)``."""
     p = Path(path)
     size = p.stat().st_size
@@ -73,12 +82,28 @@ def read_control_vector(path: str | os.PathLike[str]) -> tuple[str | None, dict[
     if version not in (2, 3):
         raise _bad(path, f"has GGUF version {version}; versions 2 and 3 are read")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV or n_tensors * 24 + n_kv * 8 > size:
-        raise _bad(path, f"announces {n_tensors} tensors and {n_kv} metadata entries, more than its {size} bytes can hold")
+        raise _bad(
+            path,
+            f"announces {n_tensors} tensors and {n_kv} metadata entries, more than its {size} bytes can hold",
+        )
     gguf = _gguf()
     try:
         reader = gguf.GGUFReader(p, "r")
-        fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-        tensors = [(t.name, int(t.tensor_type), [int(d) for d in t.shape], int(t.n_elements), np.array(t.data, copy=True)) for t in reader.tensors]
+        fields = {
+            name: field.contents()
+            for name, field in reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
+        tensors = [
+            (
+                t.name,
+                int(t.tensor_type),
+                [int(d) for d in t.shape],
+                int(t.n_elements),
+                np.array(t.data, copy=True),
+            )
+            for t in reader.tensors
+        ]
     except AsaError:
         raise
     except Exception as exc:  # the reader raises ValueError, IndexError, struct errors, ...
@@ -106,8 +131,16 @@ def read_control_vector(path: str | os.PathLike[str]) -> tuple[str | None, dict[
             raise _bad(path, f"tensor {name!r} appears twice")
         if ttype != f32:
             raise _bad(path, f"tensor {name!r} has GGML type {ttype}, control vectors are F32")
-        if len(shape) != 1 or n_elements != shape[0] or data.dtype != np.float32 or data.shape != (n_elements,):
-            raise _bad(path, f"tensor {name!r} has shape {shape} ({data.size} values read), expected one dimension of n_embd")
+        if (
+            len(shape) != 1
+            or n_elements != shape[0]
+            or data.dtype != np.float32
+            or data.shape != (n_elements,)
+        ):
+            raise _bad(
+                path,
+                f"tensor {name!r} has shape {shape} ({data.size} values read), expected one dimension of n_embd",
+            )
         if not np.isfinite(data).all():
             raise _bad(path, f"tensor {name!r} holds NaN or infinite values")
         directions[block] = data.astype(np.float32)
@@ -118,14 +151,26 @@ def read_control_vector(path: str | os.PathLike[str]) -> tuple[str | None, dict[
         raise _bad(path, f"direction tensors have different lengths {sorted(lengths)}")
     count = fields.get(f"{arch}.layer_count")
     if count is not None and count != len(directions):
-        raise _bad(path, f"{arch}.layer_count is {count} but the file has {len(directions)} direction tensors")
+        raise _bad(
+            path,
+            f"{arch}.layer_count is {count} but the file has {len(directions)} direction tensors",
+        )
     skip = {"general.architecture", f"{arch}.model_hint", f"{arch}.layer_count"}
-    metadata = {k: v for k, v in ((k, _scalar(v)) for k, v in sorted(fields.items()) if k not in skip) if v is not None}
+    metadata = {
+        k: v
+        for k, v in ((k, _scalar(v)) for k, v in sorted(fields.items()) if k not in skip)
+        if v is not None
+    }
     metadata["gguf.architecture"] = arch
     return hint, dict(sorted(directions.items())), metadata
 
 
-def write_control_vector(path: str | os.PathLike[str], model_hint: str, directions: Mapping[int, np.ndarray], extra: Mapping[str, str] | None = None) -> None:
+def write_control_vector(
+    path: str | os.PathLike[str],
+    model_hint: str,
+    directions: Mapping[int, np.ndarray],
+    extra: Mapping[str, str] | None = None,
+) -> None:
     """Write a llama.cpp control vector the way repeng's ``export_gguf`` does (blocks in order)."""
     gguf = _gguf()
     arch = "controlvector"
@@ -135,7 +180,9 @@ def write_control_vector(path: str | os.PathLike[str], model_hint: str, directio
     for key, value in sorted((extra or {}).items()):
         writer.add_string(key, value)
     for block in sorted(directions):
-        writer.add_tensor(f"direction.{block}", np.ascontiguousarray(directions[block], dtype=np.float32))
+        writer.add_tensor(
+            f"direction.{block}", np.ascontiguousarray(directions[block], dtype=np.float32)
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

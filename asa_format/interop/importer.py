@@ -21,7 +21,11 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     """``"gguf"`` or ``"svec"``, from the bytes (the file name is not used)."""
     p = Path(path)
     if not p.is_file():
-        raise AsaError(f"{str(p)!r} is not a file", code="IO_ERROR", hint="pass a .gguf control vector or a .svec file")
+        raise AsaError(
+            f"{str(p)!r} is not a file",
+            code="IO_ERROR",
+            hint="pass a .gguf control vector or a .svec file",
+        )
     with open(p, "rb") as fh:
         head = fh.read(4)
     if head == GGUF_MAGIC:
@@ -60,7 +64,16 @@ def import_source(
     else:
         hint, dirs, meta = parse_svec(load_json(Path(path).read_bytes()))
         source = "activation-steering .svec"
-    return make_contents(name, dirs, binding, model_hint=hint, source=source, metadata=meta, coefficient=coefficient, card=card)
+    return make_contents(
+        name,
+        dirs,
+        binding,
+        model_hint=hint,
+        source=source,
+        metadata=meta,
+        coefficient=coefficient,
+        card=card,
+    )
 
 
 def import_file(
@@ -75,4 +88,6 @@ def import_file(
     """Import ``source`` and write the bundle at ``destination`` (atomically)."""
     from asa_format.writer import save_bundle
 
-    return save_bundle(import_source(source, binding, name=name, coefficient=coefficient), destination, force=force)
+    return save_bundle(
+        import_source(source, binding, name=name, coefficient=coefficient), destination, force=force
+    )

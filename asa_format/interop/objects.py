@@ -32,19 +32,35 @@ def _as_numpy(value: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:
-        raise ConversionError(f"{where} is not an array: {type(value).__name__}", code="IMPORT_INVALID", hint="pass the library's own object") from exc
+        raise ConversionError(
+            f"{where} is not an array: {type(value).__name__}",
+            code="IMPORT_INVALID",
+            hint="pass the library's own object",
+        ) from exc
     if arr.dtype.kind not in "fiu":
-        raise ConversionError(f"{where} has dtype {arr.dtype}", code="IMPORT_INVALID", hint="directions are float vectors")
+        raise ConversionError(
+            f"{where} has dtype {arr.dtype}",
+            code="IMPORT_INVALID",
+            hint="directions are float vectors",
+        )
     return arr
 
 
 def _blocks(mapping: Any, what: str) -> dict[int, Any]:
     if not isinstance(mapping, Mapping):
-        raise ConversionError(f"{what} is a {type(mapping).__name__}, expected a dict block -> vector", code="IMPORT_INVALID", hint="pass the library's own object")
+        raise ConversionError(
+            f"{what} is a {type(mapping).__name__}, expected a dict block -> vector",
+            code="IMPORT_INVALID",
+            hint="pass the library's own object",
+        )
     out: dict[int, Any] = {}
     for k, v in mapping.items():
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 0:
-            raise ConversionError(f"{what} key {k!r} is not a non-negative block index", code="IMPORT_INVALID", hint="negative indices must be resolved against the model first")
+            raise ConversionError(
+                f"{what} key {k!r} is not a non-negative block index",
+                code="IMPORT_INVALID",
+                hint="negative indices must be resolved against the model first",
+            )
         out[int(k)] = v
     return out
 
@@ -59,10 +75,25 @@ def from_repeng(
 ) -> InterventionContents:
     """A repeng ``ControlVector`` as bundle contents (``coefficient`` is repeng's ``coeff``)."""
     if not hasattr(vector, "directions") or not hasattr(vector, "model_type"):
-        raise ConversionError(f"{type(vector).__name__} has no directions/model_type", code="IMPORT_UNKNOWN_KIND", hint="pass a repeng ControlVector")
-    dirs = {b: _as_numpy(v, f"directions[{b}]") for b, v in _blocks(vector.directions, "directions").items()}
+        raise ConversionError(
+            f"{type(vector).__name__} has no directions/model_type",
+            code="IMPORT_UNKNOWN_KIND",
+            hint="pass a repeng ControlVector",
+        )
+    dirs = {
+        b: _as_numpy(v, f"directions[{b}]")
+        for b, v in _blocks(vector.directions, "directions").items()
+    }
     hint = vector.model_type if isinstance(vector.model_type, str) else None
-    return make_contents(name, dirs, binding or ImportBinding(), model_hint=hint, source="repeng.ControlVector", coefficient=coefficient, card=card)
+    return make_contents(
+        name,
+        dirs,
+        binding or ImportBinding(),
+        model_hint=hint,
+        source="repeng.ControlVector",
+        coefficient=coefficient,
+        card=card,
+    )
 
 
 def from_steering_vectors(
@@ -75,7 +106,11 @@ def from_steering_vectors(
 ) -> InterventionContents:
     """A steering-vectors ``SteeringVector`` as bundle contents (``multiplier`` as in ``apply``)."""
     if not hasattr(vector, "layer_activations"):
-        raise ConversionError(f"{type(vector).__name__} has no layer_activations", code="IMPORT_UNKNOWN_KIND", hint="pass a steering_vectors.SteeringVector")
+        raise ConversionError(
+            f"{type(vector).__name__} has no layer_activations",
+            code="IMPORT_UNKNOWN_KIND",
+            hint="pass a steering_vectors.SteeringVector",
+        )
     layer_type = getattr(vector, "layer_type", "decoder_block")
     if layer_type != "decoder_block":
         raise ConversionError(
@@ -83,5 +118,16 @@ def from_steering_vectors(
             code="IMPORT_INVALID",
             hint="train the vector with layer_type='decoder_block'",
         )
-    dirs = {b: _as_numpy(v, f"layer_activations[{b}]") for b, v in _blocks(vector.layer_activations, "layer_activations").items()}
-    return make_contents(name, dirs, binding or ImportBinding(), model_hint=None, source="steering_vectors.SteeringVector", coefficient=multiplier, card=card)
+    dirs = {
+        b: _as_numpy(v, f"layer_activations[{b}]")
+        for b, v in _blocks(vector.layer_activations, "layer_activations").items()
+    }
+    return make_contents(
+        name,
+        dirs,
+        binding or ImportBinding(),
+        model_hint=None,
+        source="steering_vectors.SteeringVector",
+        coefficient=multiplier,
+        card=card,
+    )

@@ -74,15 +74,21 @@ def parse_svec(doc: Any) -> tuple[str | None, dict[int, np.ndarray], dict[str, A
         if overflow:
             raise _bad(f"directions[{key}] overflows float32")
         out[int(key)] = arr.astype(np.float32)
-    meta: dict[str, Any] = {"svec.layer_mapping": "directions[N] steers the input of block N = the output of block N-1"}
+    meta: dict[str, Any] = {
+        "svec.layer_mapping": "directions[N] steers the input of block N = the output of block N-1"
+    }
     if 0 in out:
         del out[0]
         meta["svec.dropped_layers"] = [0]
         if not out:
-            raise _bad("the file steers only layer 0 (the embedding output), which no decoder block output reaches")
+            raise _bad(
+                "the file steers only layer 0 (the embedding output), which no decoder block output reaches"
+            )
     out = {k - 1: v for k, v in out.items()}
     ev = doc.get("explained_variances")
-    if isinstance(ev, dict) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ev.values()):
+    if isinstance(ev, dict) and all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in ev.values()
+    ):
         meta["explained_variances"] = {str(k): float(v) for k, v in ev.items()}
     elif ev is not None:
         meta["explained_variances_dropped"] = "not an object of finite numbers"

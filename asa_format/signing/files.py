@@ -138,12 +138,16 @@ def sha256_file(bundle: Path, name: str) -> str:
     with os.fdopen(fd, "rb") as handle:
         if st.st_nlink > 1:
             raise BundleError(
-                f"has {st.st_nlink} hard links", code="PATH_HARDLINK", file=name,
+                f"has {st.st_nlink} hard links",
+                code="PATH_HARDLINK",
+                file=name,
                 hint="copy the file instead of hard-linking it",
             )
         if st.st_size > cap:
             raise BundleError(
-                f"is {st.st_size} bytes, over the cap of {cap}", code="FILE_TOO_LARGE", file=name,
+                f"is {st.st_size} bytes, over the cap of {cap}",
+                code="FILE_TOO_LARGE",
+                file=name,
                 hint="see the spec's size caps (section 2.4)",
             )
         digest = hashlib.sha256()
@@ -151,7 +155,9 @@ def sha256_file(bundle: Path, name: str) -> str:
         while chunk := handle.read(_CHUNK):
             read += len(chunk)
             if read > cap:  # the file grew while it was hashed
-                raise BundleError(f"is over the cap of {cap} bytes", code="FILE_TOO_LARGE", file=name)
+                raise BundleError(
+                    f"is over the cap of {cap} bytes", code="FILE_TOO_LARGE", file=name
+                )
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -192,4 +198,3 @@ def is_inside(path: Path, directory: Path) -> bool:
     except ValueError:
         return False
     return True
-

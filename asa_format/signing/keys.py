@@ -134,4 +134,3 @@ def ecdsa_algorithm(key: ec.EllipticCurvePublicKey, *, deterministic: bool = Fal
     if deterministic:
         return ec.ECDSA(algorithm, deterministic_signing=True)
     return ec.ECDSA(algorithm)
-

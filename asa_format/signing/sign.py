@@ -130,4 +130,3 @@ def sign_bundle(
             f"cannot write the signature: {exc.strerror or exc}", code="IO_ERROR", file=str(target)
         ) from exc
     return target
-

@@ -79,6 +79,7 @@ def dsse_pae(payload_type: str, payload: bytes) -> bytes:
     type_bytes = payload_type.encode("utf-8")
     return b"DSSEv1 %d %s %d %s" % (len(type_bytes), type_bytes, len(payload), payload)
 
+
 def format_error(message: str, where: str, hint: str | None = None) -> SignatureError:
     return SignatureError(
         message,
@@ -117,7 +118,6 @@ def read_strict_json(data: bytes, where: str, what: str) -> Any:
         raise format_error(f"the {what} is not valid strict JSON: {exc}", where) from exc
 
 
-
 def _valid_name(name: str) -> bool:
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
         return False
@@ -154,14 +154,14 @@ def parse_statement(payload: bytes, where: str) -> tuple[str, str, dict[str, str
         )
     resources = get_member(predicate, "resources", list, where, "predicate.resources")
     if len(resources) > C.MAX_FILES:
-        raise format_error(
-            f"the statement lists {len(resources)} files (cap {C.MAX_FILES})", where
-        )
+        raise format_error(f"the statement lists {len(resources)} files (cap {C.MAX_FILES})", where)
     files: dict[str, str] = {}
     ordered: list[str] = []
     for i, resource in enumerate(resources):
         name = get_member(resource, "name", str, where, f"predicate.resources[{i}].name")
-        algorithm = get_member(resource, "algorithm", str, where, f"predicate.resources[{i}].algorithm")
+        algorithm = get_member(
+            resource, "algorithm", str, where, f"predicate.resources[{i}].algorithm"
+        )
         value = get_member(resource, "digest", str, where, f"predicate.resources[{i}].digest")
         if algorithm != HASH_TYPE or len(value) != 64 or not set(value) <= _HEX:
             raise format_error(f"resource {name!r} does not carry a lowercase hex sha256", where)
@@ -174,5 +174,3 @@ def parse_statement(payload: bytes, where: str) -> tuple[str, str, dict[str, str
     if subject_digest_of(ordered) != subject_digest:
         raise format_error("the subject digest does not match the listed resources", where)
     return subject_name, subject_digest, files
-
-

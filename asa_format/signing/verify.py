@@ -76,9 +76,7 @@ class VerifiedSignature:
 def _read_signature_file(path: Path, bundle: Path) -> bytes:
     where = str(path)
     if path.is_symlink() and is_inside(path.parent, bundle):
-        raise BundleError(
-            "the signature file is a symbolic link", code="PATH_SYMLINK", file=where
-        )
+        raise BundleError("the signature file is a symbolic link", code="PATH_SYMLINK", file=where)
     if not path.exists():
         raise SignatureError(
             "the bundle has no signature",
@@ -95,11 +93,15 @@ def _read_signature_file(path: Path, bundle: Path) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         if st.st_nlink > 1 and is_inside(path.parent, bundle):
             raise BundleError(
-                f"the signature file has {st.st_nlink} hard links", code="PATH_HARDLINK", file=where,
+                f"the signature file has {st.st_nlink} hard links",
+                code="PATH_HARDLINK",
+                file=where,
                 hint="copy the file instead of hard-linking it",
             )
         if st.st_size > MAX_SIGNATURE_BYTES:
-            raise format_error(f"the signature file is larger than {MAX_SIGNATURE_BYTES} bytes", where)
+            raise format_error(
+                f"the signature file is larger than {MAX_SIGNATURE_BYTES} bytes", where
+            )
         try:
             data = handle.read(MAX_SIGNATURE_BYTES + 1)
         except OSError as exc:
@@ -185,7 +187,9 @@ def _verify_envelope(
     if payload_type != DSSE_PAYLOAD_TYPE:
         raise format_error(f"unsupported DSSE payload type {payload_type!r}", where)
     payload = b64decode_member(
-        get_member(envelope, "payload", str, where, "dsseEnvelope.payload"), where, "dsseEnvelope.payload"
+        get_member(envelope, "payload", str, where, "dsseEnvelope.payload"),
+        where,
+        "dsseEnvelope.payload",
     )
     signatures = get_member(envelope, "signatures", list, where, "dsseEnvelope.signatures")
     if len(signatures) != 1:
@@ -213,7 +217,9 @@ def _verify_envelope(
     return payload, kind, key_hint
 
 
-def _compare(bundle: Path, signed: dict[str, str], digests: Mapping[str, str] | None = None) -> list[Problem]:
+def _compare(
+    bundle: Path, signed: dict[str, str], digests: Mapping[str, str] | None = None
+) -> list[Problem]:
     """Findings, ``manifest.json`` first, then by path; only files in both are hashed.
 
     ``digests`` (name -> sha256 of every file, signature excluded) replaces

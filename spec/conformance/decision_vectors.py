@@ -166,7 +166,7 @@ def _threshold_row(
     direction = w / ref.scale.astype(np.float64)  # the probe score grows along it
     direction /= np.linalg.norm(direction)
     for _ in range(400):
-        h0 = (ref.mean + ref.scale * rng.standard_normal(ref.hidden_size).astype(np.float32))
+        h0 = ref.mean + ref.scale * rng.standard_normal(ref.hidden_size).astype(np.float32)
         if ref.decide(h0)[0] != d:
             continue
         start = h0.astype(np.float64)
@@ -238,7 +238,9 @@ def _near_router_tie(ref: Reference, rng: np.random.Generator) -> list[tuple[str
     return [("near a router tie, first side", left), ("near a router tie, second side", right)]
 
 
-def decision_vectors(name: str, manifest: Mapping[str, Any], files: Mapping[str, bytes]) -> dict[str, Any]:
+def decision_vectors(
+    name: str, manifest: Mapping[str, Any], files: Mapping[str, bytes]
+) -> dict[str, Any]:
     """The ``decisions.json`` document of valid case ``name``."""
     ref = Reference(manifest, files)
     rng = np.random.default_rng(zlib.crc32(name.encode("utf-8")))

@@ -137,7 +137,9 @@ def replace(files: dict[str, bytes], name: str, data: bytes) -> dict[str, bytes]
     return rehash(out)
 
 
-def edit_manifest(files: dict[str, bytes], edit: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
+def edit_manifest(
+    files: dict[str, bytes], edit: Callable[[dict[str, Any]], object]
+) -> dict[str, bytes]:
     doc = manifest_doc(files)
     edit(doc)
     return with_manifest(files, doc)
@@ -159,25 +161,42 @@ def vectors_of(files: dict[str, bytes]) -> dict[str, np.ndarray]:
     header = json.loads(data[8 : 8 + n])
     header.pop("__metadata__", None)
     body = data[8 + n :]
-    return {k: np.frombuffer(body[v["data_offsets"][0] : v["data_offsets"][1]], "<f4").copy() for k, v in header.items()}
+    return {
+        k: np.frombuffer(body[v["data_offsets"][0] : v["data_offsets"][1]], "<f4").copy()
+        for k, v in header.items()
+    }
 
 
-def raw_safetensors(header: dict[str, Any] | bytes, body: bytes, *, length: int | None = None) -> bytes:
+def raw_safetensors(
+    header: dict[str, Any] | bytes, body: bytes, *, length: int | None = None
+) -> bytes:
     """Safetensors bytes from an explicit header (dict or raw JSON bytes)."""
-    text = header if isinstance(header, bytes) else json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text = (
+        header
+        if isinstance(header, bytes)
+        else json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    )
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text) if length is None else length) + text + body
 
 
-def tiled(vectors: dict[str, np.ndarray], *, dtype: str = "F32", metadata: Any = None) -> tuple[dict[str, Any], bytes]:
+def tiled(
+    vectors: dict[str, np.ndarray], *, dtype: str = "F32", metadata: Any = None
+) -> tuple[dict[str, Any], bytes]:
     """Header and body laying out ``vectors`` contiguously in sorted order."""
     np_dtype = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]
-    header: dict[str, Any] = {"__metadata__": {"format": C.FORMAT_NAME} if metadata is None else metadata}
+    header: dict[str, Any] = {
+        "__metadata__": {"format": C.FORMAT_NAME} if metadata is None else metadata
+    }
     blobs: list[bytes] = []
     offset = 0
     for name in sorted(vectors):
         blob = np.asarray(vectors[name], dtype=np_dtype).tobytes()
-        header[name] = {"data_offsets": [offset, offset + len(blob)], "dtype": dtype, "shape": [len(vectors[name])]}
+        header[name] = {
+            "data_offsets": [offset, offset + len(blob)],
+            "dtype": dtype,
+            "shape": [len(vectors[name])],
+        }
         offset += len(blob)
         blobs.append(blob)
     return header, b"".join(blobs)
@@ -211,15 +230,47 @@ def valid_cases() -> list[Case]:
     newer = with_manifest(newer, doc)
     return [
         Case("minimal_two_domains", "two domains, both with probes, default policy", base_files()),
-        Case("domain_without_probe", "three domains, the middle one without a probe", base_files(domains=("math", "search", "code"), missing_probes=("search",))),
-        Case("no_probes", "no domain has a probe; p is no_probe_probability", base_files(missing_probes=DOMAINS, no_probe_probability=0.25)),
+        Case(
+            "domain_without_probe",
+            "three domains, the middle one without a probe",
+            base_files(domains=("math", "search", "code"), missing_probes=("search",)),
+        ),
+        Case(
+            "no_probes",
+            "no domain has a probe; p is no_probe_probability",
+            base_files(missing_probes=DOMAINS, no_probe_probability=0.25),
+        ),
         Case("policy_all_tokens", "policy all_tokens", base_files(policy=C.POLICY_ALL_TOKENS)),
-        Case("policy_generated_tokens", "policy generated_tokens", base_files(policy=C.POLICY_GENERATED_TOKENS)),
-        Case("policy_prefill_last_token", "policy prefill_last_token, tau 1 and beta 0", base_files(policy=C.POLICY_PREFILL_LAST_TOKEN, tau=1.0, beta=0.0)),
-        Case("model_unknown", "model id and type unknown (null)", base_files(model_type=None, model_id=None)),
-        Case("model_bound", "model id, type and num_layers set; layer is the last block", base_files(model_id="org/tiny-model", model_type="qwen2", num_layers=4, layer=3)),
-        Case("unicode_domain_names", "non-ASCII domain names", base_files(domains=("数学", "búsqueda", "код 🔧"))),
-        Case("hidden_size_16", "hidden size 16, layer 0, negative alpha", base_files(hidden_size=16, layer=0, alpha=-2.5)),
+        Case(
+            "policy_generated_tokens",
+            "policy generated_tokens",
+            base_files(policy=C.POLICY_GENERATED_TOKENS),
+        ),
+        Case(
+            "policy_prefill_last_token",
+            "policy prefill_last_token, tau 1 and beta 0",
+            base_files(policy=C.POLICY_PREFILL_LAST_TOKEN, tau=1.0, beta=0.0),
+        ),
+        Case(
+            "model_unknown",
+            "model id and type unknown (null)",
+            base_files(model_type=None, model_id=None),
+        ),
+        Case(
+            "model_bound",
+            "model id, type and num_layers set; layer is the last block",
+            base_files(model_id="org/tiny-model", model_type="qwen2", num_layers=4, layer=3),
+        ),
+        Case(
+            "unicode_domain_names",
+            "non-ASCII domain names",
+            base_files(domains=("数学", "búsqueda", "код 🔧")),
+        ),
+        Case(
+            "hidden_size_16",
+            "hidden size 16, layer 0, negative alpha",
+            base_files(hidden_size=16, layer=0, alpha=-2.5),
+        ),
         *interventions_cases()[0],  # format 1.1
         Case(
             "newer_minor_version",
@@ -262,43 +313,225 @@ def _manifest_cases() -> list[Case]:
         doc["domains"][1]["name"] = doc["domains"][0]["name"]
 
     def swap_probes(doc: dict[str, Any]) -> None:
-        doc["domains"][0]["probe"], doc["domains"][1]["probe"] = doc["domains"][1]["probe"], doc["domains"][0]["probe"]
+        doc["domains"][0]["probe"], doc["domains"][1]["probe"] = (
+            doc["domains"][1]["probe"],
+            doc["domains"][0]["probe"],
+        )
 
     no_manifest = {k: v for k, v in b.items() if k != C.MANIFEST_FILE}
     return [
-        Case("manifest_missing", "the bundle has no manifest.json", dict(no_manifest), "MANIFEST_MISSING"),
-        Case("manifest_duplicate_key", "the top-level object repeats the key 'format'", manifest_text(b, "{\n", '{\n  "format": "asa-bundle",\n'), "MANIFEST_DUPLICATE_KEY"),
-        Case("manifest_nan", "steering.alpha is the literal NaN", manifest_text(b, '"alpha": 4.0', '"alpha": NaN'), "MANIFEST_NONFINITE"),
-        Case("manifest_infinity", "steering.alpha is the literal Infinity", manifest_text(b, '"alpha": 4.0', '"alpha": Infinity'), "MANIFEST_NONFINITE"),
-        Case("manifest_overflow_float", "steering.alpha is 1e400, which overflows to infinity", manifest_text(b, '"alpha": 4.0', '"alpha": 1e400'), "MANIFEST_NONFINITE"),
-        Case("manifest_huge_integer", "model.hidden_size has 5000 digits", manifest_text(b, f'"hidden_size": {HIDDEN}', '"hidden_size": ' + "9" * 5000), "MANIFEST_JSON"),
-        Case("manifest_syntax_error", "the manifest is cut in the middle", {**b, C.MANIFEST_FILE: b[C.MANIFEST_FILE][:100]}, "MANIFEST_JSON"),
-        Case("manifest_invalid_utf8", "a byte 0xff inside a string", {**b, C.MANIFEST_FILE: b[C.MANIFEST_FILE].replace(b"asa-conformance", b"asa-conformance\xff", 1)}, "MANIFEST_ENCODING"),
-        Case("manifest_not_object", "the manifest is a JSON array", {**b, C.MANIFEST_FILE: b"[1, 2, 3]\n"}, "MANIFEST_SCHEMA"),
-        Case("manifest_unknown_key", "a format 1.0 manifest with an unknown top-level member", e(set_path("extra", 1)), "MANIFEST_SCHEMA"),
-        Case("manifest_unknown_nested_key", "a format 1.0 manifest with an unknown member in steering", e(set_path("steering.gamma", 0.1)), "MANIFEST_SCHEMA"),
-        Case("manifest_wrong_type_hidden_size", "model.hidden_size is a string", e(set_path("model.hidden_size", str(HIDDEN))), "MANIFEST_SCHEMA"),
-        Case("manifest_wrong_type_bool_layer", "layer.index is a boolean", e(set_path("layer.index", True)), "MANIFEST_SCHEMA"),
-        Case("manifest_missing_member", "the steering object is missing", e(lambda d: d.pop("steering")), "MANIFEST_SCHEMA"),
-        Case("manifest_unknown_policy", "steering.policy is not one of the three policies", e(set_path("steering.policy", "every_other_token")), "MANIFEST_SCHEMA"),
-        Case("manifest_tau_out_of_range", "steering.tau is 0.4 (must be in [0.5, 1])", e(set_path("steering.tau", 0.4)), "MANIFEST_SCHEMA"),
-        Case("manifest_beta_out_of_range", "steering.beta is 1.5 (must be in [0, 1])", e(set_path("steering.beta", 1.5)), "MANIFEST_SCHEMA"),
-        Case("manifest_one_domain", "a single domain (at least two are required)", e(lambda d: d.__setitem__("domains", d["domains"][:1])), "MANIFEST_SCHEMA"),
-        Case("manifest_domain_named_global", "a domain named 'global', the reserved vector name", e(lambda d: d["domains"][1].__setitem__("name", "global")), "MANIFEST_SCHEMA"),
-        Case("manifest_bad_sha256", "a sha256 in upper case", e(lambda d: d["files"][C.VECTORS_FILE].__setitem__("sha256", vec_entry["sha256"].upper())), "MANIFEST_SCHEMA"),
-        Case("format_unknown", "format is 'asa-bundlex'", e(set_path("format", "asa-bundlex")), "FORMAT_UNKNOWN"),
-        Case("format_version_major_2", "format_version 2.0", e(set_path("format_version", "2.0")), "FORMAT_VERSION_UNSUPPORTED"),
-        Case("format_version_malformed", "format_version '1.0.0'", e(set_path("format_version", "1.0.0")), "MANIFEST_SCHEMA"),
-        Case("format_version_unicode_digit", "format_version uses a superscript digit", e(set_path("format_version", "1.\u00b2")), "MANIFEST_SCHEMA"),
-        Case("path_dotdot", "a files entry '../vectors.safetensors'", e(rename_file("../vectors.safetensors")), "PATH_INVALID"),
-        Case("path_absolute", "a files entry '/etc/passwd'", e(rename_file("/etc/passwd")), "PATH_INVALID"),
-        Case("path_subdirectory", "a files entry 'sub/vectors.safetensors'", e(rename_file("sub/vectors.safetensors")), "PATH_INVALID"),
-        Case("path_backslash", "a files entry with a backslash, '..\\vectors.safetensors'", e(rename_file("..\\vectors.safetensors")), "PATH_INVALID"),
-        Case("duplicate_domain", "the domain 'math' is listed twice", e(dup_domain), "MANIFEST_SEMANTIC"),
-        Case("probe_name_wrong_index", "probe_0.onnx and probe_1.onnx are swapped between the domains", e(swap_probes), "MANIFEST_SEMANTIC"),
-        Case("probe_file_not_listed", "a domain's probe is not listed in files", e(lambda d: d["files"].pop("probe_1.onnx")), "MANIFEST_SEMANTIC"),
-        Case("listed_file_unused", "files lists probe_1.onnx but its domain has no probe", e(lambda d: d["domains"][1].__setitem__("probe", None)), "MANIFEST_SEMANTIC"),
-        Case("layer_out_of_range", "layer.index 4 with model.num_layers 4", e(lambda d: (d["model"].__setitem__("num_layers", 4), d["layer"].__setitem__("index", 4))), "LAYER_OUT_OF_RANGE"),
+        Case(
+            "manifest_missing",
+            "the bundle has no manifest.json",
+            dict(no_manifest),
+            "MANIFEST_MISSING",
+        ),
+        Case(
+            "manifest_duplicate_key",
+            "the top-level object repeats the key 'format'",
+            manifest_text(b, "{\n", '{\n  "format": "asa-bundle",\n'),
+            "MANIFEST_DUPLICATE_KEY",
+        ),
+        Case(
+            "manifest_nan",
+            "steering.alpha is the literal NaN",
+            manifest_text(b, '"alpha": 4.0', '"alpha": NaN'),
+            "MANIFEST_NONFINITE",
+        ),
+        Case(
+            "manifest_infinity",
+            "steering.alpha is the literal Infinity",
+            manifest_text(b, '"alpha": 4.0', '"alpha": Infinity'),
+            "MANIFEST_NONFINITE",
+        ),
+        Case(
+            "manifest_overflow_float",
+            "steering.alpha is 1e400, which overflows to infinity",
+            manifest_text(b, '"alpha": 4.0', '"alpha": 1e400'),
+            "MANIFEST_NONFINITE",
+        ),
+        Case(
+            "manifest_huge_integer",
+            "model.hidden_size has 5000 digits",
+            manifest_text(b, f'"hidden_size": {HIDDEN}', '"hidden_size": ' + "9" * 5000),
+            "MANIFEST_JSON",
+        ),
+        Case(
+            "manifest_syntax_error",
+            "the manifest is cut in the middle",
+            {**b, C.MANIFEST_FILE: b[C.MANIFEST_FILE][:100]},
+            "MANIFEST_JSON",
+        ),
+        Case(
+            "manifest_invalid_utf8",
+            "a byte 0xff inside a string",
+            {
+                **b,
+                C.MANIFEST_FILE: b[C.MANIFEST_FILE].replace(
+                    b"asa-conformance", b"asa-conformance\xff", 1
+                ),
+            },
+            "MANIFEST_ENCODING",
+        ),
+        Case(
+            "manifest_not_object",
+            "the manifest is a JSON array",
+            {**b, C.MANIFEST_FILE: b"[1, 2, 3]\n"},
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_unknown_key",
+            "a format 1.0 manifest with an unknown top-level member",
+            e(set_path("extra", 1)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_unknown_nested_key",
+            "a format 1.0 manifest with an unknown member in steering",
+            e(set_path("steering.gamma", 0.1)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_wrong_type_hidden_size",
+            "model.hidden_size is a string",
+            e(set_path("model.hidden_size", str(HIDDEN))),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_wrong_type_bool_layer",
+            "layer.index is a boolean",
+            e(set_path("layer.index", True)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_missing_member",
+            "the steering object is missing",
+            e(lambda d: d.pop("steering")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_unknown_policy",
+            "steering.policy is not one of the three policies",
+            e(set_path("steering.policy", "every_other_token")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_tau_out_of_range",
+            "steering.tau is 0.4 (must be in [0.5, 1])",
+            e(set_path("steering.tau", 0.4)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_beta_out_of_range",
+            "steering.beta is 1.5 (must be in [0, 1])",
+            e(set_path("steering.beta", 1.5)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_one_domain",
+            "a single domain (at least two are required)",
+            e(lambda d: d.__setitem__("domains", d["domains"][:1])),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_domain_named_global",
+            "a domain named 'global', the reserved vector name",
+            e(lambda d: d["domains"][1].__setitem__("name", "global")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "manifest_bad_sha256",
+            "a sha256 in upper case",
+            e(
+                lambda d: d["files"][C.VECTORS_FILE].__setitem__(
+                    "sha256", vec_entry["sha256"].upper()
+                )
+            ),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "format_unknown",
+            "format is 'asa-bundlex'",
+            e(set_path("format", "asa-bundlex")),
+            "FORMAT_UNKNOWN",
+        ),
+        Case(
+            "format_version_major_2",
+            "format_version 2.0",
+            e(set_path("format_version", "2.0")),
+            "FORMAT_VERSION_UNSUPPORTED",
+        ),
+        Case(
+            "format_version_malformed",
+            "format_version '1.0.0'",
+            e(set_path("format_version", "1.0.0")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "format_version_unicode_digit",
+            "format_version uses a superscript digit",
+            e(set_path("format_version", "1.\u00b2")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "path_dotdot",
+            "a files entry '../vectors.safetensors'",
+            e(rename_file("../vectors.safetensors")),
+            "PATH_INVALID",
+        ),
+        Case(
+            "path_absolute",
+            "a files entry '/etc/passwd'",
+            e(rename_file("/etc/passwd")),
+            "PATH_INVALID",
+        ),
+        Case(
+            "path_subdirectory",
+            "a files entry 'sub/vectors.safetensors'",
+            e(rename_file("sub/vectors.safetensors")),
+            "PATH_INVALID",
+        ),
+        Case(
+            "path_backslash",
+            "a files entry with a backslash, '..\\vectors.safetensors'",
+            e(rename_file("..\\vectors.safetensors")),
+            "PATH_INVALID",
+        ),
+        Case(
+            "duplicate_domain",
+            "the domain 'math' is listed twice",
+            e(dup_domain),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "probe_name_wrong_index",
+            "probe_0.onnx and probe_1.onnx are swapped between the domains",
+            e(swap_probes),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "probe_file_not_listed",
+            "a domain's probe is not listed in files",
+            e(lambda d: d["files"].pop("probe_1.onnx")),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "listed_file_unused",
+            "files lists probe_1.onnx but its domain has no probe",
+            e(lambda d: d["domains"][1].__setitem__("probe", None)),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "layer_out_of_range",
+            "layer.index 4 with model.num_layers 4",
+            e(
+                lambda d: (
+                    d["model"].__setitem__("num_layers", 4),
+                    d["layer"].__setitem__("index", 4),
+                )
+            ),
+            "LAYER_OUT_OF_RANGE",
+        ),
     ]
 
 
@@ -310,13 +543,43 @@ def _file_cases() -> list[Case]:
     doc["files"][C.SCALER_FILE]["size"] += 1
     missing = {k: v for k, v in b.items() if k != "probe_1.onnx"}
     return [
-        Case("file_hash_mismatch", "one bit of router.onnx flipped after the manifest was written", {**b, C.ROUTER_FILE: bytes(flipped)}, "FILE_HASH_MISMATCH"),
-        Case("file_size_mismatch", "the manifest's size of scaler.onnx is one byte too large", with_manifest(b, doc), "FILE_SIZE_MISMATCH"),
-        Case("file_truncated", "vectors.safetensors lost its last byte", {**b, C.VECTORS_FILE: b[C.VECTORS_FILE][:-1]}, "FILE_SIZE_MISMATCH"),
+        Case(
+            "file_hash_mismatch",
+            "one bit of router.onnx flipped after the manifest was written",
+            {**b, C.ROUTER_FILE: bytes(flipped)},
+            "FILE_HASH_MISMATCH",
+        ),
+        Case(
+            "file_size_mismatch",
+            "the manifest's size of scaler.onnx is one byte too large",
+            with_manifest(b, doc),
+            "FILE_SIZE_MISMATCH",
+        ),
+        Case(
+            "file_truncated",
+            "vectors.safetensors lost its last byte",
+            {**b, C.VECTORS_FILE: b[C.VECTORS_FILE][:-1]},
+            "FILE_SIZE_MISMATCH",
+        ),
         Case("file_missing", "probe_1.onnx is listed but absent", missing, "FILE_MISSING"),
-        Case("file_unlisted", "an extra file README.txt", {**b, "README.txt": b"hello\n"}, "FILE_UNLISTED"),
-        Case("file_unlisted_probe", "an extra probe_7.onnx that the manifest does not list", {**b, "probe_7.onnx": b[C.ROUTER_FILE]}, "FILE_UNLISTED"),
-        Case("signature_file_only_unlisted_allowed", "model.sig is allowed unlisted, but the manifest is still checked", {**b, C.SIGNATURE_FILE: b"{}", "notes.md": b"x"}, "FILE_UNLISTED"),
+        Case(
+            "file_unlisted",
+            "an extra file README.txt",
+            {**b, "README.txt": b"hello\n"},
+            "FILE_UNLISTED",
+        ),
+        Case(
+            "file_unlisted_probe",
+            "an extra probe_7.onnx that the manifest does not list",
+            {**b, "probe_7.onnx": b[C.ROUTER_FILE]},
+            "FILE_UNLISTED",
+        ),
+        Case(
+            "signature_file_only_unlisted_allowed",
+            "model.sig is allowed unlisted, but the manifest is still checked",
+            {**b, C.SIGNATURE_FILE: b"{}", "notes.md": b"x"},
+            "FILE_UNLISTED",
+        ),
     ]
 
 
@@ -350,7 +613,10 @@ def _link_cases() -> list[Case]:
         Case(
             "symlink_dangling",
             "probe_0.onnx is a dangling symbolic link",
-            {**{k: v for k, v in b.items() if k != "probe_0.onnx"}, "probe_0.onnx": Symlink("../../../../nonexistent/probe.onnx")},
+            {
+                **{k: v for k, v in b.items() if k != "probe_0.onnx"},
+                "probe_0.onnx": Symlink("../../../../nonexistent/probe.onnx"),
+            },
             "PATH_SYMLINK",
         ),
         Case(
@@ -392,7 +658,11 @@ def _vector_cases() -> list[Case]:
     overlap = with_entry(names[1], data_offsets=[0, nbytes])
     gap_header: dict[str, Any] = {"__metadata__": header["__metadata__"]}
     for i, name in enumerate(names):
-        gap_header[name] = {"data_offsets": [i * (nbytes + 4), i * (nbytes + 4) + nbytes], "dtype": "F32", "shape": [HIDDEN]}
+        gap_header[name] = {
+            "data_offsets": [i * (nbytes + 4), i * (nbytes + 4) + nbytes],
+            "dtype": "F32",
+            "shape": [HIDDEN],
+        }
     gap_body = b"".join(vecs[n].tobytes() + b"\0\0\0\0" for n in names)[:-4]
     unknown_key = with_entry(names[0], layout="row-major")
     dup_text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
@@ -412,29 +682,138 @@ def _vector_cases() -> list[Case]:
     long_v = {k: np.concatenate([v, np.zeros(1, np.float32)]) for k, v in vecs.items()}
     nonunit_v = {**vecs, "global": vecs["global"] * np.float32(1.5)}
     return [
-        Case("safetensors_too_short", "vectors.safetensors is 4 bytes", replace(b, C.VECTORS_FILE, b"\0\0\0\0"), "SAFETENSORS_HEADER"),
-        Case("safetensors_header_past_end", "the header length runs past the end of the file", st(header, length=4096), "SAFETENSORS_HEADER"),
-        Case("safetensors_header_over_cap", "the header length is 2 MiB, over the 1 MiB cap", st(header, length=2 << 20), "SAFETENSORS_HEADER_TOO_LARGE"),
-        Case("safetensors_header_not_json", "the header is not JSON", st(b"{not json}"), "SAFETENSORS_HEADER"),
-        Case("safetensors_header_not_object", "the header is a JSON array", st(b"[]", b""), "SAFETENSORS_HEADER"),
-        Case("safetensors_header_nan", "a NaN literal in the header", st(b'{"x":NaN}', b""), "SAFETENSORS_HEADER"),
-        Case("safetensors_overlap", "two tensors share the same bytes", st(overlap), "SAFETENSORS_OFFSETS"),
-        Case("safetensors_gap", "4 unused bytes between consecutive tensors", st(gap_header, gap_body), "SAFETENSORS_OFFSETS"),
-        Case("safetensors_trailing_bytes", "8 bytes after the last tensor", st(header, body + b"\0" * 8), "SAFETENSORS_OFFSETS"),
-        Case("safetensors_offsets_past_end", "the last tensor ends past the end of the file", st(header, body[:-nbytes]), "SAFETENSORS_OFFSETS"),
-        Case("safetensors_duplicate_name", "a tensor name appears twice in the header", st(dup_text), "SAFETENSORS_KEYS"),
-        Case("safetensors_unknown_entry_key", "a tensor entry has an extra key 'layout'", st(unknown_key), "SAFETENSORS_KEYS"),
-        Case("safetensors_dtype_f16", "vectors stored as F16", st(f16_h, f16_b), "SAFETENSORS_DTYPE"),
-        Case("safetensors_dtype_f64", "vectors stored as F64", st(f64_h, f64_b), "SAFETENSORS_DTYPE"),
-        Case("safetensors_nan", "a NaN in the 'math' vector", st(*tiled(nan_v)), "SAFETENSORS_NONFINITE"),
-        Case("safetensors_inf", "an Infinity in the 'search' vector", st(*tiled(inf_v)), "SAFETENSORS_NONFINITE"),
-        Case("safetensors_shape_rank2", "a vector with shape [2, H/2]", st(shape2), "SAFETENSORS_SHAPE"),
-        Case("safetensors_shape_hidden_mismatch", "vectors of length H+1", st(*tiled(long_v)), "SAFETENSORS_SHAPE"),
-        Case("safetensors_missing_domain_vector", "no vector for the domain 'search'", st(*tiled(missing_v)), "SAFETENSORS_KEYS"),
-        Case("safetensors_extra_tensor", "an extra tensor 'extra'", st(*tiled(extra_v)), "SAFETENSORS_KEYS"),
-        Case("safetensors_bad_metadata", "__metadata__ carries another key", st(*tiled(vecs, metadata={"format": C.FORMAT_NAME, "note": "x"})), "SAFETENSORS_METADATA"),
-        Case("safetensors_metadata_not_object", "__metadata__ is a string", st(*tiled(vecs, metadata="asa-bundle")), "SAFETENSORS_METADATA"),
-        Case("vector_not_unit", "the global vector has norm 1.5", st(*tiled(nonunit_v)), "VECTOR_NOT_UNIT"),
+        Case(
+            "safetensors_too_short",
+            "vectors.safetensors is 4 bytes",
+            replace(b, C.VECTORS_FILE, b"\0\0\0\0"),
+            "SAFETENSORS_HEADER",
+        ),
+        Case(
+            "safetensors_header_past_end",
+            "the header length runs past the end of the file",
+            st(header, length=4096),
+            "SAFETENSORS_HEADER",
+        ),
+        Case(
+            "safetensors_header_over_cap",
+            "the header length is 2 MiB, over the 1 MiB cap",
+            st(header, length=2 << 20),
+            "SAFETENSORS_HEADER_TOO_LARGE",
+        ),
+        Case(
+            "safetensors_header_not_json",
+            "the header is not JSON",
+            st(b"{not json}"),
+            "SAFETENSORS_HEADER",
+        ),
+        Case(
+            "safetensors_header_not_object",
+            "the header is a JSON array",
+            st(b"[]", b""),
+            "SAFETENSORS_HEADER",
+        ),
+        Case(
+            "safetensors_header_nan",
+            "a NaN literal in the header",
+            st(b'{"x":NaN}', b""),
+            "SAFETENSORS_HEADER",
+        ),
+        Case(
+            "safetensors_overlap",
+            "two tensors share the same bytes",
+            st(overlap),
+            "SAFETENSORS_OFFSETS",
+        ),
+        Case(
+            "safetensors_gap",
+            "4 unused bytes between consecutive tensors",
+            st(gap_header, gap_body),
+            "SAFETENSORS_OFFSETS",
+        ),
+        Case(
+            "safetensors_trailing_bytes",
+            "8 bytes after the last tensor",
+            st(header, body + b"\0" * 8),
+            "SAFETENSORS_OFFSETS",
+        ),
+        Case(
+            "safetensors_offsets_past_end",
+            "the last tensor ends past the end of the file",
+            st(header, body[:-nbytes]),
+            "SAFETENSORS_OFFSETS",
+        ),
+        Case(
+            "safetensors_duplicate_name",
+            "a tensor name appears twice in the header",
+            st(dup_text),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "safetensors_unknown_entry_key",
+            "a tensor entry has an extra key 'layout'",
+            st(unknown_key),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "safetensors_dtype_f16", "vectors stored as F16", st(f16_h, f16_b), "SAFETENSORS_DTYPE"
+        ),
+        Case(
+            "safetensors_dtype_f64", "vectors stored as F64", st(f64_h, f64_b), "SAFETENSORS_DTYPE"
+        ),
+        Case(
+            "safetensors_nan",
+            "a NaN in the 'math' vector",
+            st(*tiled(nan_v)),
+            "SAFETENSORS_NONFINITE",
+        ),
+        Case(
+            "safetensors_inf",
+            "an Infinity in the 'search' vector",
+            st(*tiled(inf_v)),
+            "SAFETENSORS_NONFINITE",
+        ),
+        Case(
+            "safetensors_shape_rank2",
+            "a vector with shape [2, H/2]",
+            st(shape2),
+            "SAFETENSORS_SHAPE",
+        ),
+        Case(
+            "safetensors_shape_hidden_mismatch",
+            "vectors of length H+1",
+            st(*tiled(long_v)),
+            "SAFETENSORS_SHAPE",
+        ),
+        Case(
+            "safetensors_missing_domain_vector",
+            "no vector for the domain 'search'",
+            st(*tiled(missing_v)),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "safetensors_extra_tensor",
+            "an extra tensor 'extra'",
+            st(*tiled(extra_v)),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "safetensors_bad_metadata",
+            "__metadata__ carries another key",
+            st(*tiled(vecs, metadata={"format": C.FORMAT_NAME, "note": "x"})),
+            "SAFETENSORS_METADATA",
+        ),
+        Case(
+            "safetensors_metadata_not_object",
+            "__metadata__ is a string",
+            st(*tiled(vecs, metadata="asa-bundle")),
+            "SAFETENSORS_METADATA",
+        ),
+        Case(
+            "vector_not_unit",
+            "the global vector has norm 1.5",
+            st(*tiled(nonunit_v)),
+            "VECTOR_NOT_UNIT",
+        ),
     ]
 
 
@@ -453,7 +832,9 @@ def _onnx_cases() -> list[Case]:
     def edit(name: str, fn: Callable[[Any], None]) -> dict[str, bytes]:
         return onnx_edit(b, name, fn)
 
-    def add_node(node: Any, *, domain: str | None = None, version: int = 1) -> Callable[[Any], None]:
+    def add_node(
+        node: Any, *, domain: str | None = None, version: int = 1
+    ) -> Callable[[Any], None]:
         def fn(m: Any) -> None:
             m.graph.node.append(node)
             if domain is not None:
@@ -463,16 +844,32 @@ def _onnx_cases() -> list[Case]:
 
     def rename_scores(m: Any) -> None:
         for node in m.graph.node:
-            node.output[:] = ["probs_t" if o == C.CLASSIFIER_PROBABILITIES else o for o in node.output]
+            node.output[:] = [
+                "probs_t" if o == C.CLASSIFIER_PROBABILITIES else o for o in node.output
+            ]
 
     def zipmap(m: Any) -> None:
         rename_scores(m)
-        m.graph.node.append(helper.make_node("ZipMap", ["probs_t"], [C.CLASSIFIER_PROBABILITIES], domain="ai.onnx.ml", classlabels_int64s=[0, 1]))
+        m.graph.node.append(
+            helper.make_node(
+                "ZipMap",
+                ["probs_t"],
+                [C.CLASSIFIER_PROBABILITIES],
+                domain="ai.onnx.ml",
+                classlabels_int64s=[0, 1],
+            )
+        )
         m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
 
     def seq_output(m: Any) -> None:
         out = m.graph.output[1]
-        out.type.CopyFrom(helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.DOUBLE, []))))
+        out.type.CopyFrom(
+            helper.make_sequence_type_proto(
+                helper.make_map_type_proto(
+                    TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.DOUBLE, [])
+                )
+            )
+        )
 
     def external(location: str) -> Callable[[Any], None]:
         def fn(m: Any) -> None:
@@ -489,7 +886,12 @@ def _onnx_cases() -> list[Case]:
 
     def function(m: Any) -> None:
         fn = helper.make_function(
-            "local.fn", "Affine", ["a", "b"], ["y"], [helper.make_node("Add", ["a", "b"], ["y"])], [helper.make_opsetid("", 13)]
+            "local.fn",
+            "Affine",
+            ["a", "b"],
+            ["y"],
+            [helper.make_node("Add", ["a", "b"], ["y"])],
+            [helper.make_opsetid("", 13)],
         )
         m.functions.append(fn)
         for node in m.graph.node:
@@ -504,10 +906,19 @@ def _onnx_cases() -> list[Case]:
 
     def if_node(m: Any) -> None:
         branch = helper.make_graph(
-            [helper.make_node("Identity", ["scores"], ["branch_out"])], "branch", [], [helper.make_tensor_value_info("branch_out", TensorProto.DOUBLE, None)]
+            [helper.make_node("Identity", ["scores"], ["branch_out"])],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("branch_out", TensorProto.DOUBLE, None)],
         )
-        m.graph.node.append(helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True), "c")))
-        m.graph.node.append(helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch))
+        m.graph.node.append(
+            helper.make_node(
+                "Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True), "c")
+            )
+        )
+        m.graph.node.append(
+            helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch)
+        )
 
     def graph_attr_on_identity(m: Any) -> None:
         branch = helper.make_graph([], "payload", [], [])
@@ -539,7 +950,10 @@ def _onnx_cases() -> list[Case]:
             node.input[:] = ["input" if i == C.SCALER_INPUT else i for i in node.input]
 
     def rename_outputs(m: Any) -> None:
-        mapping = {C.CLASSIFIER_LABEL: "output_label", C.CLASSIFIER_PROBABILITIES: "output_probability"}
+        mapping = {
+            C.CLASSIFIER_LABEL: "output_label",
+            C.CLASSIFIER_PROBABILITIES: "output_probability",
+        }
         for vi in m.graph.output:
             vi.name = mapping[vi.name]
         for node in m.graph.node:
@@ -578,42 +992,218 @@ def _onnx_cases() -> list[Case]:
     wide_scaler_model = onnx.load_from_string(wide_scaler)
     for vi in (*wide_scaler_model.graph.input, *wide_scaler_model.graph.output):
         vi.type.tensor_type.shape.dim[1].dim_value = HIDDEN
-    wide_router = onnx.load_from_string(linear_router_graph(rng.standard_normal((HIDDEN, 3)), np.zeros(3)))
+    wide_router = onnx.load_from_string(
+        linear_router_graph(rng.standard_normal((HIDDEN, 3)), np.zeros(3))
+    )
     wide_router.graph.output[1].type.tensor_type.shape.dim[1].dim_value = 2
     three_router = linear_router_graph(rng.standard_normal((HIDDEN, 3)), np.zeros(3))
     return [
-        Case("onnx_unparseable", "router.onnx holds bytes that are not a protobuf", replace(b, C.ROUTER_FILE, b"\xff" * 64), "ONNX_PARSE"),
-        Case("onnx_no_graph", "router.onnx is an empty ModelProto", replace(b, C.ROUTER_FILE, b""), "ONNX_PARSE"),
-        Case("onnx_checker_fails", "a node reads a value that no node produces", edit(C.SCALER_FILE, lambda m: m.graph.node[1].input.__setitem__(0, "nowhere")), "ONNX_PARSE"),
-        Case("onnx_custom_domain_op", "an operator of the custom domain 'com.example'", edit(C.ROUTER_FILE, add_node(helper.make_node("Evil", ["scores"], ["e"], domain="com.example"))), "ONNX_OP"),
-        Case("onnx_custom_domain_import", "the custom domain 'com.example' is imported", edit(C.ROUTER_FILE, add_node(helper.make_node("Evil", ["scores"], ["e"], domain="com.example"), domain="com.example")), "ONNX_OPSET"),
-        Case("onnx_contrib_op", "a com.microsoft contrib operator (FusedMatMul)", edit(C.ROUTER_FILE, add_node(helper.make_node("FusedMatMul", ["x", "W"], ["fm"], domain="com.microsoft"))), "ONNX_OP"),
-        Case("onnx_op_not_allowlisted", "a default-domain operator outside the allowlist (RandomNormalLike)", edit(C.ROUTER_FILE, add_node(helper.make_node("RandomNormalLike", ["scores"], ["r"]))), "ONNX_OP"),
-        Case("onnx_external_data_traversal", "an initializer with external data at '../../etc/passwd'", edit(C.ROUTER_FILE, external("../../etc/passwd")), "ONNX_EXTERNAL_DATA"),
-        Case("onnx_external_data_sibling", "an initializer with external data in 'weights.bin'", edit(C.ROUTER_FILE, external("weights.bin")), "ONNX_EXTERNAL_DATA"),
-        Case("onnx_local_function", "a model-local function used by a node", edit(C.ROUTER_FILE, function), "ONNX_FUNCTION"),
-        Case("onnx_sparse_initializer", "a sparse initializer", edit(C.ROUTER_FILE, sparse), "ONNX_SPARSE"),
-        Case("onnx_training_info", "the model carries training info", edit(C.ROUTER_FILE, training), "ONNX_TRAINING"),
-        Case("onnx_zipmap", "a ZipMap node (sequence of maps output)", edit(C.ROUTER_FILE, zipmap), "ONNX_OP"),
-        Case("onnx_sequence_output", "the probabilities output is declared a sequence of maps", edit(C.ROUTER_FILE, seq_output), "ONNX_IO"),
-        Case("onnx_duplicate_opset", "the default domain is imported twice", edit(C.ROUTER_FILE, set_opset(("", 13), ("", 13))), "ONNX_OPSET"),
-        Case("onnx_opset_too_new", "default-domain opset 99", edit(C.ROUTER_FILE, set_opset(("", 99))), "ONNX_OPSET"),
-        Case("onnx_opset_too_old", "default-domain opset 7", edit(C.ROUTER_FILE, set_opset(("", 7))), "ONNX_OPSET"),
-        Case("onnx_no_default_opset", "no opset import at all", edit(C.ROUTER_FILE, set_opset()), "ONNX_OPSET"),
-        Case("onnx_ir_version_too_old", "IR version 3", edit(C.ROUTER_FILE, set_ir(3)), "ONNX_IR_VERSION"),
-        Case("onnx_ir_version_too_new", "IR version 99", edit(C.ROUTER_FILE, set_ir(99)), "ONNX_IR_VERSION"),
-        Case("onnx_if_subgraph", "an If node with then/else subgraphs", edit(C.ROUTER_FILE, if_node), "ONNX_SUBGRAPH"),
-        Case("onnx_graph_attribute", "a graph-valued attribute on an allowlisted node", edit(C.ROUTER_FILE, graph_attr_on_identity), "ONNX_SUBGRAPH"),
-        Case("onnx_ort_config", "metadata key ort_config", edit(C.SCALER_FILE, metadata("ort_config")), "ONNX_METADATA"),
-        Case("onnx_ort_prefixed_metadata", "metadata key onnxruntime.session_options", edit(C.SCALER_FILE, metadata("onnxruntime.session_options")), "ONNX_METADATA"),
-        Case("onnx_wrong_input_name", "the scaler input is named 'input'", edit(C.SCALER_FILE, rename_input), "ONNX_IO"),
-        Case("onnx_wrong_output_names", "router outputs named output_label/output_probability", edit(C.ROUTER_FILE, rename_outputs), "ONNX_IO"),
-        Case("onnx_wrong_input_dtype", "the router input is float32 instead of float64", edit(C.ROUTER_FILE, input_float), "ONNX_IO"),
-        Case("onnx_fixed_batch", "the router input has a fixed batch dimension", edit(C.ROUTER_FILE, fixed_batch), "ONNX_IO"),
-        Case("onnx_wrong_hidden_dim", "the scaler declares input [N, H+1]", edit(C.SCALER_FILE, declared_dim(HIDDEN + 1)), "HIDDEN_SIZE_MISMATCH"),
-        Case("onnx_probe_three_classes", "a probe declares probabilities [N, 3]", edit("probe_0.onnx", declared_dim(3, output=True)), "DOMAIN_MISMATCH"),
-        Case("onnx_too_many_nodes", f"the scaler has {C.MAX_ONNX_NODES + 2} nodes", edit(C.SCALER_FILE, many_nodes), "ONNX_TOO_LARGE"),
-        Case("router_wrong_domain_count", "the router has 3 classes for 2 domains", replace(b, C.ROUTER_FILE, three_router), "DOMAIN_MISMATCH"),
+        Case(
+            "onnx_unparseable",
+            "router.onnx holds bytes that are not a protobuf",
+            replace(b, C.ROUTER_FILE, b"\xff" * 64),
+            "ONNX_PARSE",
+        ),
+        Case(
+            "onnx_no_graph",
+            "router.onnx is an empty ModelProto",
+            replace(b, C.ROUTER_FILE, b""),
+            "ONNX_PARSE",
+        ),
+        Case(
+            "onnx_checker_fails",
+            "a node reads a value that no node produces",
+            edit(C.SCALER_FILE, lambda m: m.graph.node[1].input.__setitem__(0, "nowhere")),
+            "ONNX_PARSE",
+        ),
+        Case(
+            "onnx_custom_domain_op",
+            "an operator of the custom domain 'com.example'",
+            edit(
+                C.ROUTER_FILE,
+                add_node(helper.make_node("Evil", ["scores"], ["e"], domain="com.example")),
+            ),
+            "ONNX_OP",
+        ),
+        Case(
+            "onnx_custom_domain_import",
+            "the custom domain 'com.example' is imported",
+            edit(
+                C.ROUTER_FILE,
+                add_node(
+                    helper.make_node("Evil", ["scores"], ["e"], domain="com.example"),
+                    domain="com.example",
+                ),
+            ),
+            "ONNX_OPSET",
+        ),
+        Case(
+            "onnx_contrib_op",
+            "a com.microsoft contrib operator (FusedMatMul)",
+            edit(
+                C.ROUTER_FILE,
+                add_node(
+                    helper.make_node("FusedMatMul", ["x", "W"], ["fm"], domain="com.microsoft")
+                ),
+            ),
+            "ONNX_OP",
+        ),
+        Case(
+            "onnx_op_not_allowlisted",
+            "a default-domain operator outside the allowlist (RandomNormalLike)",
+            edit(C.ROUTER_FILE, add_node(helper.make_node("RandomNormalLike", ["scores"], ["r"]))),
+            "ONNX_OP",
+        ),
+        Case(
+            "onnx_external_data_traversal",
+            "an initializer with external data at '../../etc/passwd'",
+            edit(C.ROUTER_FILE, external("../../etc/passwd")),
+            "ONNX_EXTERNAL_DATA",
+        ),
+        Case(
+            "onnx_external_data_sibling",
+            "an initializer with external data in 'weights.bin'",
+            edit(C.ROUTER_FILE, external("weights.bin")),
+            "ONNX_EXTERNAL_DATA",
+        ),
+        Case(
+            "onnx_local_function",
+            "a model-local function used by a node",
+            edit(C.ROUTER_FILE, function),
+            "ONNX_FUNCTION",
+        ),
+        Case(
+            "onnx_sparse_initializer",
+            "a sparse initializer",
+            edit(C.ROUTER_FILE, sparse),
+            "ONNX_SPARSE",
+        ),
+        Case(
+            "onnx_training_info",
+            "the model carries training info",
+            edit(C.ROUTER_FILE, training),
+            "ONNX_TRAINING",
+        ),
+        Case(
+            "onnx_zipmap",
+            "a ZipMap node (sequence of maps output)",
+            edit(C.ROUTER_FILE, zipmap),
+            "ONNX_OP",
+        ),
+        Case(
+            "onnx_sequence_output",
+            "the probabilities output is declared a sequence of maps",
+            edit(C.ROUTER_FILE, seq_output),
+            "ONNX_IO",
+        ),
+        Case(
+            "onnx_duplicate_opset",
+            "the default domain is imported twice",
+            edit(C.ROUTER_FILE, set_opset(("", 13), ("", 13))),
+            "ONNX_OPSET",
+        ),
+        Case(
+            "onnx_opset_too_new",
+            "default-domain opset 99",
+            edit(C.ROUTER_FILE, set_opset(("", 99))),
+            "ONNX_OPSET",
+        ),
+        Case(
+            "onnx_opset_too_old",
+            "default-domain opset 7",
+            edit(C.ROUTER_FILE, set_opset(("", 7))),
+            "ONNX_OPSET",
+        ),
+        Case(
+            "onnx_no_default_opset",
+            "no opset import at all",
+            edit(C.ROUTER_FILE, set_opset()),
+            "ONNX_OPSET",
+        ),
+        Case(
+            "onnx_ir_version_too_old",
+            "IR version 3",
+            edit(C.ROUTER_FILE, set_ir(3)),
+            "ONNX_IR_VERSION",
+        ),
+        Case(
+            "onnx_ir_version_too_new",
+            "IR version 99",
+            edit(C.ROUTER_FILE, set_ir(99)),
+            "ONNX_IR_VERSION",
+        ),
+        Case(
+            "onnx_if_subgraph",
+            "an If node with then/else subgraphs",
+            edit(C.ROUTER_FILE, if_node),
+            "ONNX_SUBGRAPH",
+        ),
+        Case(
+            "onnx_graph_attribute",
+            "a graph-valued attribute on an allowlisted node",
+            edit(C.ROUTER_FILE, graph_attr_on_identity),
+            "ONNX_SUBGRAPH",
+        ),
+        Case(
+            "onnx_ort_config",
+            "metadata key ort_config",
+            edit(C.SCALER_FILE, metadata("ort_config")),
+            "ONNX_METADATA",
+        ),
+        Case(
+            "onnx_ort_prefixed_metadata",
+            "metadata key onnxruntime.session_options",
+            edit(C.SCALER_FILE, metadata("onnxruntime.session_options")),
+            "ONNX_METADATA",
+        ),
+        Case(
+            "onnx_wrong_input_name",
+            "the scaler input is named 'input'",
+            edit(C.SCALER_FILE, rename_input),
+            "ONNX_IO",
+        ),
+        Case(
+            "onnx_wrong_output_names",
+            "router outputs named output_label/output_probability",
+            edit(C.ROUTER_FILE, rename_outputs),
+            "ONNX_IO",
+        ),
+        Case(
+            "onnx_wrong_input_dtype",
+            "the router input is float32 instead of float64",
+            edit(C.ROUTER_FILE, input_float),
+            "ONNX_IO",
+        ),
+        Case(
+            "onnx_fixed_batch",
+            "the router input has a fixed batch dimension",
+            edit(C.ROUTER_FILE, fixed_batch),
+            "ONNX_IO",
+        ),
+        Case(
+            "onnx_wrong_hidden_dim",
+            "the scaler declares input [N, H+1]",
+            edit(C.SCALER_FILE, declared_dim(HIDDEN + 1)),
+            "HIDDEN_SIZE_MISMATCH",
+        ),
+        Case(
+            "onnx_probe_three_classes",
+            "a probe declares probabilities [N, 3]",
+            edit("probe_0.onnx", declared_dim(3, output=True)),
+            "DOMAIN_MISMATCH",
+        ),
+        Case(
+            "onnx_too_many_nodes",
+            f"the scaler has {C.MAX_ONNX_NODES + 2} nodes",
+            edit(C.SCALER_FILE, many_nodes),
+            "ONNX_TOO_LARGE",
+        ),
+        Case(
+            "router_wrong_domain_count",
+            "the router has 3 classes for 2 domains",
+            replace(b, C.ROUTER_FILE, three_router),
+            "DOMAIN_MISMATCH",
+        ),
         Case(
             "session_scaler_weights_wrong_size",
             "the scaler declares [N, H] but its initializers have H+1 values",
@@ -692,13 +1282,25 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
 
     always = files_of(InterventionContents(model=model, interventions=[honesty], card=False))
     both = files_of(InterventionContents(model=model, interventions=[honesty, refuse]))
-    asa = make_test_contents(hidden_size=HIDDEN, domains=DOMAINS, layer=1, seed=7, model_id="org/tiny-model", model_type="llama", num_layers=4)
-    mixed = files_of(InterventionContents(model=asa.model, interventions=[honesty, refuse], asa=asa))
+    asa = make_test_contents(
+        hidden_size=HIDDEN,
+        domains=DOMAINS,
+        layer=1,
+        seed=7,
+        model_id="org/tiny-model",
+        model_type="llama",
+        num_layers=4,
+    )
+    mixed = files_of(
+        InterventionContents(model=asa.model, interventions=[honesty, refuse], asa=asa)
+    )
 
     def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
         return edit_manifest(files, fn)
 
-    def iv_vectors(files: dict[str, bytes], edit: Callable[[dict[str, np.ndarray]], object], dtype: str = "F32") -> dict[str, bytes]:
+    def iv_vectors(
+        files: dict[str, bytes], edit: Callable[[dict[str, np.ndarray]], object], dtype: str = "F32"
+    ) -> dict[str, bytes]:
         vecs = vectors_of({C.VECTORS_FILE: files[C.INTERVENTIONS_FILE]})
         edit(vecs)
         header, body = tiled(vecs, dtype=dtype, metadata={"format": "asa-bundle"})
@@ -708,31 +1310,165 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         del doc[key]
 
     valid = [
-        Case("interventions_always", "format 1.1: one always intervention on blocks 1 and 2, no card", always),
-        Case("interventions_always_condition_card", "format 1.1: an always and a condition intervention, with the model card", both),
-        Case("interventions_asa_always_condition", "format 1.1: the asa intervention with an always and a condition one", mixed),
+        Case(
+            "interventions_always",
+            "format 1.1: one always intervention on blocks 1 and 2, no card",
+            always,
+        ),
+        Case(
+            "interventions_always_condition_card",
+            "format 1.1: an always and a condition intervention, with the model card",
+            both,
+        ),
+        Case(
+            "interventions_asa_always_condition",
+            "format 1.1: the asa intervention with an always and a condition one",
+            mixed,
+        ),
     ]
     invalid = [
-        Case("iv_requires_unknown_feature", "requires names a feature no reader implements", e(always, lambda d: d["requires"].append("telepathy")), "FORMAT_FEATURE_UNSUPPORTED"),
-        Case("iv_requires_missing", "interventions without requires", e(always, lambda d: drop(d, "requires")), "MANIFEST_SEMANTIC"),
-        Case("iv_version_1_0", "interventions in a manifest that says format 1.0", e(always, lambda d: d.__setitem__("format_version", "1.0")), "MANIFEST_SEMANTIC"),
-        Case("iv_duplicate_name", "two interventions share a name", e(both, lambda d: d["interventions"][1].__setitem__("name", "honesty")), "MANIFEST_SEMANTIC"),
-        Case("iv_block_out_of_range", "a steered block is not below num_layers", e(always, lambda d: d["interventions"][0].__setitem__("blocks", [1, 4])), "LAYER_OUT_OF_RANGE"),
-        Case("iv_blocks_unsorted", "blocks are not strictly increasing", e(always, lambda d: d["interventions"][0].__setitem__("blocks", [2, 1])), "MANIFEST_SEMANTIC"),
-        Case("iv_steers_before_condition", "a condition intervention steers a block before its condition block", e(both, lambda d: d["interventions"][1].__setitem__("blocks", [1])), "MANIFEST_SEMANTIC"),
-        Case("iv_comparator_unknown", "the comparator is not one of the two explicit names", e(both, lambda d: d["interventions"][1]["gate"].__setitem__("comparator", "larger")), "MANIFEST_SCHEMA"),
-        Case("iv_threshold_out_of_range", "a cosine threshold outside [-1, 1]", e(both, lambda d: d["interventions"][1]["gate"].__setitem__("threshold", 1.5)), "MANIFEST_SCHEMA"),
-        Case("iv_asa_extra_members", "an asa intervention entry with a coefficient", e(mixed, lambda d: d["interventions"][0].__setitem__("coefficient", 1.0)), "MANIFEST_SCHEMA"),
-        Case("iv_asa_members_without_entry", "layer/steering/domains without an asa intervention", e(mixed, lambda d: d["interventions"].pop(0)), "MANIFEST_SEMANTIC"),
-        Case("iv_no_asa_no_interventions", "neither interventions nor the asa members", e(always, lambda d: [drop(d, "interventions"), drop(d, "requires"), d.__setitem__("format_version", "1.0")]), "MANIFEST_SCHEMA"),
-        Case("iv_missing_tensor", "a direction tensor is missing", iv_vectors(always, lambda v: v.pop("honesty/2/direction")), "SAFETENSORS_KEYS"),
-        Case("iv_extra_tensor", "an unknown tensor", iv_vectors(always, lambda v: v.__setitem__("honesty/3/direction", vec(9))), "SAFETENSORS_KEYS"),
-        Case("iv_nan_direction", "a direction holds NaN", iv_vectors(always, lambda v: v["honesty/1/direction"].__setitem__(0, np.nan)), "SAFETENSORS_NONFINITE"),
-        Case("iv_zero_condition", "a condition vector is zero", iv_vectors(both, lambda v: v.__setitem__("refuse/2/condition", np.zeros(HIDDEN, np.float32))), "MANIFEST_SEMANTIC"),
-        Case("iv_wrong_length", "a direction of the wrong length", iv_vectors(always, lambda v: v.__setitem__("honesty/1/direction", np.ones(HIDDEN + 1, np.float32))), "SAFETENSORS_SHAPE"),
-        Case("iv_unused_graph", "a bundle without asa intervention lists scaler.onnx", rehash({**e(always, lambda d: d["files"].__setitem__(C.SCALER_FILE, {"sha256": "0" * 64, "size": 0})), C.SCALER_FILE: asa.scaler}), "MANIFEST_SEMANTIC"),
-        Case("card_not_utf8", "README.md is not UTF-8", replace(both, C.CARD_FILE, b"---\nlibrary_name: asa-format\n---\n\xff\xfe"), "CARD_INVALID"),
-        Case("card_not_required", "README.md listed but requires does not name card", e(both, lambda d: d["requires"].remove("card")), "MANIFEST_SEMANTIC"),
+        Case(
+            "iv_requires_unknown_feature",
+            "requires names a feature no reader implements",
+            e(always, lambda d: d["requires"].append("telepathy")),
+            "FORMAT_FEATURE_UNSUPPORTED",
+        ),
+        Case(
+            "iv_requires_missing",
+            "interventions without requires",
+            e(always, lambda d: drop(d, "requires")),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_version_1_0",
+            "interventions in a manifest that says format 1.0",
+            e(always, lambda d: d.__setitem__("format_version", "1.0")),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_duplicate_name",
+            "two interventions share a name",
+            e(both, lambda d: d["interventions"][1].__setitem__("name", "honesty")),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_block_out_of_range",
+            "a steered block is not below num_layers",
+            e(always, lambda d: d["interventions"][0].__setitem__("blocks", [1, 4])),
+            "LAYER_OUT_OF_RANGE",
+        ),
+        Case(
+            "iv_blocks_unsorted",
+            "blocks are not strictly increasing",
+            e(always, lambda d: d["interventions"][0].__setitem__("blocks", [2, 1])),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_steers_before_condition",
+            "a condition intervention steers a block before its condition block",
+            e(both, lambda d: d["interventions"][1].__setitem__("blocks", [1])),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_comparator_unknown",
+            "the comparator is not one of the two explicit names",
+            e(both, lambda d: d["interventions"][1]["gate"].__setitem__("comparator", "larger")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "iv_threshold_out_of_range",
+            "a cosine threshold outside [-1, 1]",
+            e(both, lambda d: d["interventions"][1]["gate"].__setitem__("threshold", 1.5)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "iv_asa_extra_members",
+            "an asa intervention entry with a coefficient",
+            e(mixed, lambda d: d["interventions"][0].__setitem__("coefficient", 1.0)),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "iv_asa_members_without_entry",
+            "layer/steering/domains without an asa intervention",
+            e(mixed, lambda d: d["interventions"].pop(0)),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_no_asa_no_interventions",
+            "neither interventions nor the asa members",
+            e(
+                always,
+                lambda d: [
+                    drop(d, "interventions"),
+                    drop(d, "requires"),
+                    d.__setitem__("format_version", "1.0"),
+                ],
+            ),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "iv_missing_tensor",
+            "a direction tensor is missing",
+            iv_vectors(always, lambda v: v.pop("honesty/2/direction")),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "iv_extra_tensor",
+            "an unknown tensor",
+            iv_vectors(always, lambda v: v.__setitem__("honesty/3/direction", vec(9))),
+            "SAFETENSORS_KEYS",
+        ),
+        Case(
+            "iv_nan_direction",
+            "a direction holds NaN",
+            iv_vectors(always, lambda v: v["honesty/1/direction"].__setitem__(0, np.nan)),
+            "SAFETENSORS_NONFINITE",
+        ),
+        Case(
+            "iv_zero_condition",
+            "a condition vector is zero",
+            iv_vectors(
+                both, lambda v: v.__setitem__("refuse/2/condition", np.zeros(HIDDEN, np.float32))
+            ),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "iv_wrong_length",
+            "a direction of the wrong length",
+            iv_vectors(
+                always,
+                lambda v: v.__setitem__("honesty/1/direction", np.ones(HIDDEN + 1, np.float32)),
+            ),
+            "SAFETENSORS_SHAPE",
+        ),
+        Case(
+            "iv_unused_graph",
+            "a bundle without asa intervention lists scaler.onnx",
+            rehash(
+                {
+                    **e(
+                        always,
+                        lambda d: d["files"].__setitem__(
+                            C.SCALER_FILE, {"sha256": "0" * 64, "size": 0}
+                        ),
+                    ),
+                    C.SCALER_FILE: asa.scaler,
+                }
+            ),
+            "MANIFEST_SEMANTIC",
+        ),
+        Case(
+            "card_not_utf8",
+            "README.md is not UTF-8",
+            replace(both, C.CARD_FILE, b"---\nlibrary_name: asa-format\n---\n\xff\xfe"),
+            "CARD_INVALID",
+        ),
+        Case(
+            "card_not_required",
+            "README.md listed but requires does not name card",
+            e(both, lambda d: d["requires"].remove("card")),
+            "MANIFEST_SEMANTIC",
+        ),
     ]
     return valid, invalid
 
@@ -755,7 +1491,12 @@ def condition_decision_vectors() -> dict[str, Any]:
         if seq > 1 and i % 3 == 0:
             real[0, 0] = False  # left padding
         cond = rng.standard_normal(4).round(3)
-        gate = ConditionGate((2,), ("greater_than", "less_than")[i % 2], float(round(rng.uniform(-0.5, 0.5), 3)), ("mean", "last")[(i // 2) % 2])
+        gate = ConditionGate(
+            (2,),
+            ("greater_than", "less_than")[i % 2],
+            float(round(rng.uniform(-0.5, 0.5), 3)),
+            ("mean", "last")[(i // 2) % 2],
+        )
         h = aggregate_rows(hidden, real, gate.aggregate)[0]
         s = condition_similarity(h, cond)
         cases.append(
@@ -770,9 +1511,21 @@ def condition_decision_vectors() -> dict[str, Any]:
                 "fires": condition_fires([s], gate),
             }
         )
-    zero = {"hidden": [[0.0, 0.0, 0.0, 0.0]], "real": [True], "condition": [1.0, 0.0, 0.0, 0.0], "aggregate": "last", "comparator": "less_than", "threshold": 0.1, "similarity": 0.0, "fires": True}
+    zero = {
+        "hidden": [[0.0, 0.0, 0.0, 0.0]],
+        "real": [True],
+        "condition": [1.0, 0.0, 0.0, 0.0],
+        "aggregate": "last",
+        "comparator": "less_than",
+        "threshold": 0.1,
+        "similarity": 0.0,
+        "fires": True,
+    }
     cases.append(zero)
-    return {"description": "condition gate decisions (SPEC section 14.4): one condition block, one row", "cases": cases}
+    return {
+        "description": "condition gate decisions (SPEC section 14.4): one condition block, one row",
+        "cases": cases,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -820,15 +1573,23 @@ def generate(out: Path) -> None:
         target.mkdir(parents=True)
         for case in cases:
             write_case(case, target)
-    (out / "condition_decisions.json").write_bytes(dumps_canonical(condition_decision_vectors()))  # format 1.1
+    (out / "condition_decisions.json").write_bytes(
+        dumps_canonical(condition_decision_vectors())
+    )  # format 1.1
 
 
 # --------------------------------------------------------------------------
 # cases built at test time (git cannot store them)
 
 _RUNTIME: dict[str, tuple[str, str]] = {
-    "hardlink_outside": ("PATH_HARDLINK", "vectors.safetensors is a hard link to a file outside the bundle"),
-    "hardlink_manifest": ("PATH_HARDLINK", "manifest.json is a hard link to a file outside the bundle"),
+    "hardlink_outside": (
+        "PATH_HARDLINK",
+        "vectors.safetensors is a hard link to a file outside the bundle",
+    ),
+    "hardlink_manifest": (
+        "PATH_HARDLINK",
+        "manifest.json is a hard link to a file outside the bundle",
+    ),
     "fifo_listed": ("PATH_NOT_REGULAR", "vectors.safetensors is a FIFO (reading must not block)"),
     "fifo_manifest": ("PATH_NOT_REGULAR", "manifest.json is a FIFO (reading must not block)"),
     "fifo_unlisted": ("FILE_UNLISTED", "an unlisted FIFO next to the bundle files"),
@@ -857,7 +1618,12 @@ def build_runtime_case(name: str, tmp: Path) -> tuple[Path, str, str]:
         doc = manifest_doc(files)
         doc["provenance"]["metadata"]["padding"] = "x" * C.MAX_MANIFEST_BYTES
         files = with_manifest(files, doc)
-    skip = {"hardlink_outside": C.VECTORS_FILE, "fifo_listed": C.VECTORS_FILE, "hardlink_manifest": C.MANIFEST_FILE, "fifo_manifest": C.MANIFEST_FILE}.get(name)
+    skip = {
+        "hardlink_outside": C.VECTORS_FILE,
+        "fifo_listed": C.VECTORS_FILE,
+        "hardlink_manifest": C.MANIFEST_FILE,
+        "fifo_manifest": C.MANIFEST_FILE,
+    }.get(name)
     _write_entries(bundle, {k: v for k, v in files.items() if k != skip})
     if name.startswith("hardlink"):
         assert skip is not None
@@ -876,7 +1642,12 @@ def build_runtime_case(name: str, tmp: Path) -> tuple[Path, str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="corpus root (default: next to this script)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="corpus root (default: next to this script)",
+    )
     args = parser.parse_args(argv)
     generate(args.out)
     n_valid = len(list((args.out / "valid").iterdir()))
