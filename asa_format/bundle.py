@@ -388,6 +388,51 @@ def mix_vectors(domain_vec: np.ndarray, global_vec: np.ndarray, beta: float) -> 
     return (v / (norm + np.float32(C.NORM_EPS))).astype(np.float32)
 
 
+def read_checked(
+    path: str | os.PathLike[str],
+    *,
+    verify: bool,
+    expected_digest: str | None,
+    trusted_keys: Sequence[Any] | None,
+    signature_path: str | os.PathLike[str] | None,
+    keep_models: bool = False,
+) -> Any:
+    """Read a bundle directory once and run the checks every loader shares.
+
+    The reader's checks, the pinned root digest and, with ``trusted_keys``, the
+    signature, verified against the digests of the bytes this read hashed and
+    parsed (never a second read). Returns the reader's result; raises the first
+    failing check's error, with hints that name keywords (``trusted_keys=``).
+    """
+    result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=keep_models)
+    if result.manifest_bytes is not None and expected_digest is not None:
+        actual = root_digest(result.manifest_bytes)
+        if actual != expected_digest:
+            raise DigestMismatchError(
+                f"bundle root digest is {actual}, expected {expected_digest}",
+                file=C.MANIFEST_FILE,
+                hint="this is not the pinned bundle; check where it came from, or update the pin",
+            )
+    if result.problems:
+        raise BundleError.from_problems(result.problems)
+    if trusted_keys is not None:
+        from asa_format.hints import python_error
+        from asa_format.signing import verify_bundle_signature
+
+        try:
+            verify_bundle_signature(
+                Path(path),
+                list(trusted_keys),
+                signature_path=signature_path,
+                file_digests=result.file_sha256,
+            )
+        except AsaError as exc:  # hints name keywords here (trusted_keys=), not the CLI's flags
+            python_error(exc)
+            raise
+    assert result.manifest is not None and result.manifest_bytes is not None
+    return result
+
+
 def load_bundle(
     path: str | os.PathLike[str],
     *,
@@ -426,33 +471,14 @@ def load_bundle(
         )
     # the parsed graphs are always kept: the structural match also bounds the rounding error
     # of the onnxruntime path (rows near a boundary), not only the fast path
-    result = read_bundle_dir(path, verify=verify, create_sessions=False, keep_models=True)
-    if result.manifest_bytes is not None and expected_digest is not None:
-        actual = root_digest(result.manifest_bytes)
-        if actual != expected_digest:
-            raise DigestMismatchError(
-                f"bundle root digest is {actual}, expected {expected_digest}",
-                file=C.MANIFEST_FILE,
-                hint="this is not the pinned bundle; check where it came from, or update the pin",
-            )
-    if result.problems:
-        raise BundleError.from_problems(result.problems)
-    if trusted_keys is not None:
-        from asa_format.hints import python_error
-        from asa_format.signing import verify_bundle_signature
-
-        # checked against the digests of the bytes this loader read, hashed and
-        # parsed (the reader refused unlisted files), never a second read
-        try:
-            verify_bundle_signature(
-                Path(path),
-                list(trusted_keys),
-                signature_path=signature_path,
-                file_digests=result.file_sha256,
-            )
-        except AsaError as exc:  # hints name keywords here (trusted_keys=), not the CLI's flags
-            python_error(exc)
-            raise
+    result = read_checked(
+        path,
+        verify=verify,
+        expected_digest=expected_digest,
+        trusted_keys=trusted_keys,
+        signature_path=signature_path,
+        keep_models=True,
+    )
     from asa_format.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None

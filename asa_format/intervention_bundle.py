@@ -20,7 +20,7 @@ import numpy as np
 from asa_format import __version__
 from asa_format import constants as C
 from asa_format.digest import root_digest
-from asa_format.errors import BundleError, DigestMismatchError, UsageError
+from asa_format.errors import BundleError, UsageError
 from asa_format.interventions import NAME_PATTERN, ConditionGate, Intervention, tensor_name
 from asa_format.manifest import AsaManifest, FileEntry, Manifest, ModelBinding, Producer, Provenance
 from asa_format.safetensors_profile import serialize_vectors
@@ -281,8 +281,8 @@ def load_interventions(
     The checks are those of ``load_bundle`` (one reader); the asa
     intervention, when present, is loaded with ``load_bundle`` as well.
     """
+    from asa_format.bundle import read_checked
     from asa_format.hub import is_hub_reference, load_from_hub
-    from asa_format.reader import read_bundle_dir
 
     if is_hub_reference(path):  # org/name@revision
         return load_from_hub(
@@ -293,27 +293,13 @@ def load_interventions(
             trusted_keys=trusted_keys,
             signature_path=signature_path,
         )
-    result = read_bundle_dir(path, verify=verify, create_sessions=False)
-    if result.manifest_bytes is not None and expected_digest is not None:
-        actual = root_digest(result.manifest_bytes)
-        if actual != expected_digest:
-            raise DigestMismatchError(
-                f"bundle root digest is {actual}, expected {expected_digest}",
-                file=C.MANIFEST_FILE,
-                hint="this is not the pinned bundle; check where it came from, or update the pin",
-            )
-    if result.problems:
-        raise BundleError.from_problems(result.problems)
-    assert result.manifest is not None and result.manifest_bytes is not None
-    if trusted_keys is not None:
-        from asa_format.signing import verify_bundle_signature
-
-        verify_bundle_signature(
-            Path(path),
-            list(trusted_keys),
-            signature_path=signature_path,
-            file_digests=result.file_sha256,
-        )
+    result = read_checked(
+        path,
+        verify=verify,
+        expected_digest=expected_digest,
+        trusted_keys=trusted_keys,
+        signature_path=signature_path,
+    )
     m = result.manifest
     asa = None
     if m.has_asa:
