@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from asa_format import constants as C
 from asa_format.runtime.classify import PassInfo
 from asa_format.runtime.evidence import CallEvidence
 
@@ -49,6 +50,23 @@ class GenerationState:
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     # (block, device, dtype) -> the deltas cast for that block's output
     cast: dict[tuple[int, str, torch.dtype], torch.Tensor] = field(default_factory=dict)
+    # device -> the policy masks of policy_masks()
+    masks: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def policy_masks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bool ``[B]`` masks on ``device``, derived once per generation from ``policies``:
+        rows steering every real position, rows steering generated positions, steered rows."""
+        key = str(device)
+        masks = self.masks.get(key)
+        if masks is None:
+            gen = (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+            masks = (
+                torch.tensor([p == C.POLICY_ALL_TOKENS for p in self.policies], device=device),
+                torch.tensor([p in gen for p in self.policies], device=device),
+                torch.tensor([p is not None for p in self.policies], device=device),
+            )
+            self.masks[key] = masks
+        return masks
 
     def gated(self, device: torch.device) -> torch.Tensor:
         """Bool ``[B]`` on ``device``: rows whose gate is not 0."""

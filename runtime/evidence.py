@@ -52,6 +52,12 @@ class CallEvidence:
     tokens: torch.Tensor | None = None  # input_ids or inputs_embeds
     unreadable: list[str] = field(default_factory=list)  # why the call cannot be classified
 
+    @property
+    def mask_2d(self) -> torch.Tensor | None:
+        """The attention mask when it is the 2-D ``[batch, past + query]`` kind."""
+        mask = self.attention_mask
+        return mask if mask is not None and mask.dim() == 2 else None
+
 
 def _is_legacy_cache(value: Any) -> bool:
     if not isinstance(value, (tuple, list)) or not value:

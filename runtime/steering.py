@@ -152,6 +152,9 @@ class Steerer:
         on_unclassified: str,
     ) -> None:
         self.entries = dict(entries)
+        self.by_block: dict[int, list[Entry]] = {}
+        for entry in self.entries.values():
+            self.by_block.setdefault(entry.block, []).append(entry)
         self.default = default
         self.log = log
         self.on_decision = on_decision
@@ -209,10 +212,7 @@ class Steerer:
             if key is not cache and cache is returned:
                 self.legacy.remember(cache, state)
         if info.cacheless and returned is None:
-            mask = ctx.evidence.attention_mask
-            self.lineage.remember(
-                ctx.evidence.tokens, mask if mask is not None and mask.dim() == 2 else None, state
-            )
+            self.lineage.remember(ctx.evidence.tokens, ctx.evidence.mask_2d, state)
         elif info.kind is PassKind.PREFILL:
             self.lineage.forget()
         if ctx.new_state is not None:
@@ -255,10 +255,7 @@ class Steerer:
         ev = ctx.evidence
         info = classify(ev, batch=batch, query=query, known_cache=ctx.state is not None)
         if info.kind is PassKind.PREFILL and info.cacheless:
-            mask = ev.attention_mask if ev.attention_mask is not None else None
-            cont = self.lineage.continuation(
-                ev.tokens, mask if mask is not None and mask.dim() == 2 else None
-            )
+            cont = self.lineage.continuation(ev.tokens, ev.mask_2d)
             if isinstance(cont, str):
                 return PassInfo(PassKind.SKIP, query=query, reason=cont, cacheless=True)
             if cont is not None:
@@ -317,7 +314,7 @@ class Steerer:
     # -- a steered block -------------------------------------------------------------
     def on_block(self, index: int, output: Any) -> Any:
         hidden, rebuild = split_output(output)
-        entries = [e for e in self.entries.values() if e.block == index]
+        entries = self.by_block[index]
         size = entries[0].hidden_size
         if hidden.dim() != 3 or hidden.shape[-1] != size:
             raise DecisionError(
@@ -462,11 +459,7 @@ class Steerer:
     ) -> torch.Tensor:
         """Bool ``[batch, query]``: where the rows' deltas are added in this pass."""
         real = real_token_mask(ctx.evidence.attention_mask, batch, query, device, info.past)
-        policies = state.policies
-        pol_all = torch.tensor([p == C.POLICY_ALL_TOKENS for p in policies], device=device)
-        pol_gen = torch.tensor(
-            [p in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS) for p in policies], device=device
-        )
+        pol_all, pol_gen, steered = state.policy_masks(device)
         if info.kind is PassKind.DECODE:
             where = pol_gen[:, None] & real
         else:  # PREFILL or REREAD: the sequence from its first position
@@ -476,7 +469,6 @@ class Steerer:
             tail = torch.arange(query, device=device) >= state.prompt_len
             where |= pol_gen[:, None] & tail[None, :] & real
             where |= pol_all[:, None] & real
-        steered = torch.tensor([p is not None for p in policies], dtype=torch.bool, device=device)
         return where & steered[:, None]
 
     def _record(
