@@ -159,5 +159,12 @@ def run_main(command: click.Command, argv: Sequence[str] | None, prog_name: str)
                     err=True,
                 )
                 raise SystemExit(EXIT_USAGE) from None
-        raise
+        code = _unexpected(exc)
+    except Exception as exc:  # last resort, for every command: a message, never a traceback
+        code = _unexpected(exc)
     raise SystemExit(code)
+
+
+def _unexpected(exc: BaseException) -> int:
+    click.echo(f"error: {type(exc).__name__}: {safe_text(str(exc))}", err=True)
+    return EXIT_FAILED

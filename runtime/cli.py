@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -288,9 +287,6 @@ def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -
         _run(bundle_path=path, **options)
     except AsaError as exc:
         fail(exc)
-    except Exception as exc:  # last resort: a message, never a traceback
-        click.echo(f"error: {type(exc).__name__}: {safe_text(str(exc))}", err=True)
-        sys.exit(1)
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:

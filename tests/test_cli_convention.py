@@ -261,3 +261,20 @@ def test_pre_commit_hook_runs_asa_validate(tmp_path: Path) -> None:
     # pre-commit runs `entry` followed by the hook's args: the bundle directories
     assert asa(*entry.split()[1:], str(GOOD)).returncode == 0
     assert asa(*entry.split()[1:], str(GOOD), str(BAD)).returncode == 1
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command runs under one last resort: a bug prints a line, never a traceback."""
+    import click
+
+    from asa_format.cli_support import run_main
+
+    @click.command()
+    def broken() -> None:
+        raise RuntimeError("something nobody expected")
+
+    with pytest.raises(SystemExit) as info:
+        run_main(broken, [], "asa")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: RuntimeError: something nobody expected\n"
