@@ -27,7 +27,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
-from asa_format.digest import root_digest
 from asa_format.errors import (
     CODES,
     AsaError,
@@ -44,13 +43,14 @@ from asa_format.errors import (
     UnsafePickleError,
     UsageError,
 )
+from asa_format.format.digest import root_digest
+from asa_format.format.manifest import Manifest, ModelBinding, Provenance, Steering
 from asa_format.intervention_bundle import (
     InterventionBundle,
     InterventionContents,
     InterventionData,
     load_interventions,
 )
-from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
 from asa_format.signing import (
     VerifiedSignature,
     load_private_key,
@@ -58,8 +58,8 @@ from asa_format.signing import (
     sign_bundle,
     verify_bundle_signature,
 )
+from asa_format.storage.writer import BundleContents, save_bundle
 from asa_format.validate import ValidationReport, validate_bundle
-from asa_format.writer import BundleContents, save_bundle
 
 __all__ = [
     "CODES",

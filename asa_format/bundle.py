@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
-from asa_format.fastpath import FastPlan, build_plan, check_inputs
-from asa_format.manifest import AsaManifest
-from asa_format.reader import read_bundle_dir
-from asa_format.writer import BundleContents, contents_of
+from asa_format.format.digest import root_digest
+from asa_format.format.manifest import AsaManifest
+from asa_format.graphs.fastpath import FastPlan, build_plan, check_inputs
+from asa_format.storage.reader import read_bundle_dir
+from asa_format.storage.writer import BundleContents, contents_of
 
 __all__ = [
     "GENERIC_MARGIN",
@@ -149,7 +149,7 @@ class Bundle:
         return True
 
     def to_contents(self) -> BundleContents:
-        """What :func:`~asa_format.writer.save_bundle` needs to write this bundle again.
+        """What :func:`~asa_format.storage.writer.save_bundle` needs to write this bundle again.
 
         ``save_bundle(load_bundle(p).to_contents(), q)`` writes the same bytes
         as ``p``; change a field first (``dataclasses.replace``) to edit it.
@@ -448,13 +448,13 @@ def load_bundle(
     ``verify=False`` skips only the size/sha256 comparison with the manifest;
     every profile check still runs. ``expected_digest`` pins the root digest;
     ``trusted_keys`` requires a valid signature by one of the public keys.
-    ``fast`` allows the NumPy evaluator of ``asa_format.fastpath``, used only
+    ``fast`` allows the NumPy evaluator of ``asa_format.graphs.fastpath``, used only
     if it reproduces onnxruntime on load. A format 1.1 bundle with other
     interventions besides the asa one is refused unless ``asa_only`` (then
     they are ignored). Raises :class:`BundleError` (with
     every problem found) on failure.
     """
-    from asa_format.hub import is_hub_reference, load_from_hub
+    from asa_format.storage.hub import is_hub_reference, load_from_hub
 
     if is_hub_reference(
         path
@@ -479,7 +479,7 @@ def load_bundle(
         signature_path=signature_path,
         keep_models=True,
     )
-    from asa_format.reader import _create_sessions
+    from asa_format.storage.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
     if not isinstance(result.manifest, AsaManifest):

@@ -19,11 +19,18 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import BundleError, UsageError
-from asa_format.interventions import NAME_PATTERN, ConditionGate, Intervention, tensor_name
-from asa_format.manifest import AsaManifest, FileEntry, Manifest, ModelBinding, Producer, Provenance
-from asa_format.safetensors_profile import serialize_vectors
+from asa_format.format.digest import root_digest
+from asa_format.format.interventions import NAME_PATTERN, ConditionGate, Intervention, tensor_name
+from asa_format.format.manifest import (
+    AsaManifest,
+    FileEntry,
+    Manifest,
+    ModelBinding,
+    Producer,
+    Provenance,
+)
+from asa_format.format.safetensors import serialize_vectors
 
 __all__ = [
     "InterventionBundle",
@@ -75,7 +82,7 @@ class InterventionContents:
 
     model: ModelBinding
     interventions: Sequence[InterventionData] = ()
-    asa: Any = None  # asa_format.writer.BundleContents, or None
+    asa: Any = None  # asa_format.storage.writer.BundleContents, or None
     asa_name: str = "asa"
     provenance: Provenance | None = None
     card: bool | str = True  # write README.md, the hub model card (a str: this exact text)
@@ -119,7 +126,7 @@ def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[s
     asa_parts: dict[str, Any] = {}
     entries: list[Intervention] = []
     if contents.asa is not None:
-        from asa_format.writer import bundle_files
+        from asa_format.storage.writer import bundle_files
 
         if contents.asa.model != contents.model:
             raise BundleError(
@@ -145,7 +152,7 @@ def intervention_files(contents: InterventionContents) -> tuple[Manifest, dict[s
         files[C.INTERVENTIONS_FILE] = serialize_vectors(tensors)
     requires.append(C.FEATURE_INTERVENTIONS)
     if contents.card:
-        from asa_format.card import render_card
+        from asa_format.format.card import render_card
 
         text = (
             contents.card
@@ -218,7 +225,7 @@ class InterventionBundle:
         that it follows an edit, unless it is not the rendered one (written by
         hand): then its text is kept as it is.
         """
-        from asa_format.writer import asa_contents_of
+        from asa_format.storage.writer import asa_contents_of
 
         m = self.manifest
         major, _, minor = m.format_version.partition(".")
@@ -282,7 +289,7 @@ def load_interventions(
     intervention, when present, is loaded with ``load_bundle`` as well.
     """
     from asa_format.bundle import read_checked
-    from asa_format.hub import is_hub_reference, load_from_hub
+    from asa_format.storage.hub import is_hub_reference, load_from_hub
 
     if is_hub_reference(path):  # org/name@revision
         return load_from_hub(

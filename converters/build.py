@@ -29,8 +29,8 @@ from asa_format.converters.parity import (
     sample_hidden_states,
 )
 from asa_format.errors import ConversionError, ParityError
-from asa_format.manifest import ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
+from asa_format.format.manifest import ModelBinding, Producer, Provenance, Steering
+from asa_format.storage.writer import BundleContents, save_bundle
 
 __all__ = ["build_bundle"]
 

@@ -38,12 +38,12 @@ from torch.utils.hooks import RemovableHandle
 
 from asa_format import constants as C
 from asa_format.errors import DecisionError, RuntimeCompatError
+from asa_format.format.interventions import condition_fires, condition_similarity
 from asa_format.intervention_bundle import (
     InterventionBundle,
     LoadedIntervention,
     load_interventions,
 )
-from asa_format.interventions import condition_fires, condition_similarity
 from asa_format.runtime.classify import PassInfo, PassKind, classify
 from asa_format.runtime.compat import check_compatibility
 from asa_format.runtime.evidence import CallEvidence, gather

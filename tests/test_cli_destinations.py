@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from asa_format import destination
 from asa_format.converters.convert import convert_legacy
-from asa_format.destination import OWNER_SUFFIX, recover
+from asa_format.storage import destination
+from asa_format.storage.destination import OWNER_SUFFIX, recover
 
 # asa-convert runs in every test here: the convert extra.
 pytestmark = pytest.mark.convert
@@ -32,7 +32,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 
 def convert(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "asa_format.converters.cli", *args, "--samples", "64"],
+        [sys.executable, "-m", "asa_format.cli.convert", *args, "--samples", "64"],
         capture_output=True,
         text=True,
         env=ENV,
@@ -184,7 +184,7 @@ def test_the_next_cli_run_recovers_and_says_so(bundle: Path) -> None:
 SIGNAL_AFTER_FIRST_FILE = (
     "import os, signal, sys, time\n"
     "from asa_format import writer\n"
-    "from asa_format.converters.cli import main\n"
+    "from asa_format.cli.convert import main\n"
     "sig = getattr(signal, sys.argv[1])\n"
     "def hook(name):\n"
     "    os.kill(os.getpid(), sig)\n"

@@ -14,12 +14,12 @@ import pytest
 
 import asa_format
 from asa_format.errors import AsaError, BundleError
+from asa_format.format.manifest import ModelBinding
 from asa_format.intervention_bundle import (
     InterventionContents,
     InterventionData,
     load_interventions,
 )
-from asa_format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

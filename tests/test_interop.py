@@ -15,6 +15,8 @@ from click.testing import CliRunner
 import asa_format
 from asa_format.cli import cli
 from asa_format.errors import AsaError
+from asa_format.format.interventions import ConditionGate
+from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, detect_kind, from_repeng, import_file
 from asa_format.interop.export import export_gguf, plan_gguf
 from asa_format.interop.gguf_cv import read_control_vector, write_control_vector
@@ -23,8 +25,6 @@ from asa_format.intervention_bundle import (
     InterventionData,
     load_interventions,
 )
-from asa_format.interventions import ConditionGate
-from asa_format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
 
 H = 16

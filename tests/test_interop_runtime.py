@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import asa_format
+from asa_format.format.interventions import ConditionGate, condition_fires, condition_similarity
+from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, from_repeng, from_steering_vectors, import_file
 from asa_format.interop.export import export_gguf
 from asa_format.intervention_bundle import InterventionContents, InterventionData
-from asa_format.interventions import ConditionGate, condition_fires, condition_similarity
-from asa_format.manifest import ModelBinding
 from asa_format.runtime.interventions import attach_interventions
 from tiny_models import build_model
 

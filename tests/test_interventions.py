@@ -14,13 +14,13 @@ import pytest
 import asa_format
 from asa_format import constants as C
 from asa_format.errors import BundleError
+from asa_format.format.interventions import ConditionGate
+from asa_format.format.manifest import ModelBinding, parse_manifest
 from asa_format.intervention_bundle import (
     InterventionContents,
     InterventionData,
     load_interventions,
 )
-from asa_format.interventions import ConditionGate
-from asa_format.manifest import ModelBinding, parse_manifest
 from asa_format.testing import make_test_contents
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from asa_format import (
     read_bundle_contents,
     save_bundle,
 )
-from asa_format.jsonio import dumps_canonical
+from asa_format.format.jsonio import dumps_canonical
 from asa_format.testing import make_test_contents
 
 CORPUS = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "valid"

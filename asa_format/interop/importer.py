@@ -86,7 +86,7 @@ def import_file(
     force: bool = False,
 ) -> Path:
     """Import ``source`` and write the bundle at ``destination`` (atomically)."""
-    from asa_format.writer import save_bundle
+    from asa_format.storage.writer import save_bundle
 
     return save_bundle(
         import_source(source, binding, name=name, coefficient=coefficient), destination, force=force

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.jsonio import dumps_canonical
+from asa_format.format.jsonio import dumps_canonical
+from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents
-from asa_format.writer import bundle_files
 from decision_vectors import DECISIONS_FILE, decision_vectors  # next to this script
 
 __all__ = [
@@ -1251,13 +1251,13 @@ def invalid_cases() -> list[Case]:
 
 def interventions_cases() -> tuple[list[Case], list[Case]]:
     """The 1.1 cases: ``(valid, invalid)``."""
+    from asa_format.format.interventions import ConditionGate
+    from asa_format.format.manifest import ModelBinding
     from asa_format.intervention_bundle import (
         InterventionContents,
         InterventionData,
         intervention_files,
     )
-    from asa_format.interventions import ConditionGate
-    from asa_format.manifest import ModelBinding
 
     model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
 
@@ -1475,7 +1475,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
 
 def condition_decision_vectors() -> dict[str, Any]:
     """Decision test vectors for the condition gate (spec section 14.4)."""
-    from asa_format.interventions import (
+    from asa_format.format.interventions import (
         ConditionGate,
         aggregate_rows,
         condition_fires,

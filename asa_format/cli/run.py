@@ -21,12 +21,12 @@ from typing import Any
 import click
 
 from asa_format import constants as C
-from asa_format.cli_support import fail, require_extra
+from asa_format.cli.support import fail, require_extra
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
+from asa_format.format.jsonio import loads_strict
 from asa_format.hints import for_cli
-from asa_format.jsonio import loads_strict
 from asa_format.runtime.notes import BindingNote
-from asa_format.textsafe import safe_text
 
 __all__ = ["run_command"]
 

@@ -3,7 +3,7 @@
 ``save_bundle`` writes every file into a fresh temporary directory next to the
 destination, fsyncs them, checks the result with the same reader that
 ``load_bundle`` uses, and only then moves the directory into place
-(``asa_format.destination``: an existing destination is replaced only if it
+(``asa_format.storage.destination``: an existing destination is replaced only if it
 is an asa bundle, in one atomic exchange where the OS offers one). A failure
 at any point removes the temporary directory: nothing is left half-written
 at the destination. The same contents always give byte-identical
@@ -24,9 +24,8 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.destination import Staging, check_replaceable, commit, recover
 from asa_format.errors import AsaError, BundleError, UsageError
-from asa_format.manifest import (
+from asa_format.format.manifest import (
     AsaManifest,
     DomainEntry,
     FileEntry,
@@ -38,8 +37,9 @@ from asa_format.manifest import (
     Steering,
     probe_file_name,
 )
-from asa_format.reader import read_bundle_dir
-from asa_format.safetensors_profile import serialize_vectors
+from asa_format.format.safetensors import serialize_vectors
+from asa_format.storage.destination import Staging, check_replaceable, commit, recover
+from asa_format.storage.reader import read_bundle_dir
 
 if TYPE_CHECKING:
     from asa_format.intervention_bundle import InterventionContents
@@ -180,7 +180,7 @@ def check_destination(destination: str | os.PathLike[str], *, force: bool = Fals
     """Finish what dead runs left at ``destination``, then refuse it unless it may be written.
 
     A missing destination may be written; an existing one only with ``force``
-    and only if it is an asa bundle (see ``asa_format.destination``). Returns
+    and only if it is an asa bundle (see ``asa_format.storage.destination``). Returns
     notes for a person about what was recovered.
     """
     dest = Path(destination)

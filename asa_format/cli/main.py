@@ -1,7 +1,7 @@
 """The ``asa`` command: a thin click layer over the library.
 
 The conventions every command follows (report on stdout, diagnostics on
-stderr, exit 0/1/2/130) are in ``asa_format.cli_support`` and the README.
+stderr, exit 0/1/2/130) are in ``asa_format.cli.support`` and the README.
 Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 ``run``: torch and transformers) are imported only when invoked, so
 ``asa validate`` never imports them.
@@ -15,11 +15,11 @@ from typing import Any
 import click
 
 from asa_format import __version__
-from asa_format._lazy_group import LazyGroup
-from asa_format.cli_support import fail, run_main
+from asa_format.cli._lazy_group import LazyGroup
+from asa_format.cli.report import Result, failed_result, write_report
+from asa_format.cli.support import fail, run_main
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError
-from asa_format.report import Result, failed_result, write_report
-from asa_format.textsafe import safe_text
 
 __all__ = ["cli", "fail", "main"]
 
@@ -27,12 +27,12 @@ __all__ = ["cli", "fail", "main"]
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={
-        "convert": "asa_format.converters.cli:convert_command",
-        "export": "asa_format.interop_cli:export_command",  # format 1.1 interoperability
-        "import": "asa_format.interop_cli:import_command",
-        "run": "asa_format.runtime.cli:run_command",
-        "sign": "asa_format.signing_cli:sign_command",
-        "verify": "asa_format.signing_cli:verify_command",
+        "convert": "asa_format.cli.convert:convert_command",
+        "export": "asa_format.cli.interop:export_command",  # format 1.1 interoperability
+        "import": "asa_format.cli.interop:import_command",
+        "run": "asa_format.cli.run:run_command",
+        "sign": "asa_format.cli.sign:sign_command",
+        "verify": "asa_format.cli.sign:verify_command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
     invoke_without_command=True,

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.interventions import Intervention
-from asa_format.manifest import ModelBinding
+from asa_format.format.interventions import Intervention
+from asa_format.format.manifest import ModelBinding
 
 __all__ = ["render_card"]
 
