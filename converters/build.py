@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from asa_format import __version__
+from asa_format._version import __version__
 from asa_format import constants as C
 from asa_format.bundle import gates, load_bundle
 from asa_format.converters.parity import (

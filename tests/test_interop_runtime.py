@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import asa_format
+from asa_format.format.contents import BundleContents, InterventionData
 from asa_format.format.interventions import ConditionGate, condition_fires, condition_similarity
 from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, from_repeng, from_steering_vectors, import_file
 from asa_format.interop.export import export_gguf
-from asa_format.intervention_bundle import InterventionContents, InterventionData
 from asa_format.runtime.interventions import attach_interventions
 from tiny_models import build_model
 
@@ -101,7 +101,7 @@ def test_repeng_vector_and_its_gguf_steer_identically(tmp_path: Path) -> None:
 def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> None:
     model = build_model("llama")
     a, b = _directions(3), _directions(4, (2,))
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=H, type="llama", num_layers=3),
         interventions=[InterventionData("a", a), InterventionData("b", b, coefficient=0.5)],
     )
@@ -131,7 +131,7 @@ def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> Non
     direct = torch.from_numpy(a[2] + np.float32(0.5) * b[2])
     assert float((diff[0] - direct).abs().max()) > 0  # block 1 also changed the input of block 2
     # with block 1 removed, the change at block 2 is exactly the two deltas
-    only2 = InterventionContents(
+    only2 = BundleContents(
         model=contents.model,
         interventions=[InterventionData("a", {2: a[2]}), InterventionData("b", b, coefficient=0.5)],
     )
@@ -168,7 +168,7 @@ def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> Non
         conditions={1: cond.astype(np.float32)},
     )
     path = asa_format.save_bundle(
-        InterventionContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c"
+        BundleContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c"
     )
     with attach_interventions(model, path) as handle:
         got = _logits(model)
@@ -183,7 +183,7 @@ def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> Non
 
 def test_model_mismatch_is_refused_before_any_hook(tmp_path: Path) -> None:
     model = build_model("llama")
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=H, num_layers=5),
         interventions=[InterventionData("a", _directions(6))],
     )

@@ -155,10 +155,10 @@ def export_command(
     """
     require_extra("interop", "asa export")
     from asa_format.interop.export import export_gguf
-    from asa_format.intervention_bundle import load_interventions
+    from asa_format.bundle import load_bundle
 
     try:
-        loaded = load_interventions(bundle)
+        loaded = load_bundle(bundle)
         report = export_gguf(
             bundle,
             destination,

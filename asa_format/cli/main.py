@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from asa_format import __version__
+from asa_format._version import __version__
 from asa_format.cli._lazy_group import LazyGroup
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import fail, run_main

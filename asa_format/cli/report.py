@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from asa_format import __version__
+from asa_format._version import __version__
 from asa_format.cli.textsafe import safe_lines, safe_text
 from asa_format.errors import AsaError, Problem, problems_of
 from asa_format.hints import problem_for_cli

@@ -31,7 +31,7 @@ import numpy as np
 from asa_format import constants as C
 from asa_format.errors import AsaError, ConversionError, UsageError
 from asa_format.interop.gguf_cv import write_control_vector
-from asa_format.intervention_bundle import InterventionBundle, load_interventions
+from asa_format.bundle import Bundle, load_bundle
 
 __all__ = ["ExportReport", "export_gguf", "plan_gguf"]
 
@@ -60,7 +60,7 @@ def _unsupported(message: str, hint: str) -> ConversionError:
 
 
 def plan_gguf(
-    bundle: InterventionBundle,
+    bundle: Bundle,
     *,
     interventions: list[str] | None = None,
     domain: str | None = None,
@@ -155,7 +155,7 @@ def plan_gguf(
 
 
 def _asa_vector(
-    bundle: InterventionBundle, domain: str | None, sign: int | None, report: ExportReport
+    bundle: Bundle, domain: str | None, sign: int | None, report: ExportReport
 ) -> np.ndarray:
     asa = bundle.asa
     assert asa is not None
@@ -194,10 +194,10 @@ def export_gguf(
     model_hint: str | None = None,
     strict: bool = False,
     force: bool = False,
-    bundle: InterventionBundle | None = None,
+    bundle: Bundle | None = None,
 ) -> ExportReport:
     """Write the control vector at ``destination`` (atomically) and return the report."""
-    loaded = bundle or load_interventions(bundle_path)
+    loaded = bundle or load_bundle(bundle_path)
     report = plan_gguf(
         loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint
     )

@@ -13,146 +13,21 @@ files (canonical JSON, sorted tensors, no timestamps).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from asa_format import __version__
 from asa_format import constants as C
 from asa_format.errors import AsaError, BundleError, UsageError
-from asa_format.format.manifest import (
-    AsaManifest,
-    DomainEntry,
-    FileEntry,
-    LayerRef,
-    Manifest,
-    ModelBinding,
-    Producer,
-    Provenance,
-    Steering,
-    probe_file_name,
-)
-from asa_format.format.safetensors import serialize_vectors
+from asa_format.format.contents import BundleContents, bundle_files, contents_of
 from asa_format.storage.destination import Staging, check_replaceable, commit, recover
 from asa_format.storage.reader import read_bundle_dir
-
-if TYPE_CHECKING:
-    from asa_format.intervention_bundle import InterventionContents
 
 __all__ = ["BundleContents", "bundle_files", "check_destination", "contents_of", "save_bundle"]
 
 # A hook for fault-injection tests: called with each file name after it is
 # written into the temporary directory.
 _after_file_written: Callable[[str], None] | None = None
-
-
-@dataclass
-class BundleContents:
-    """Everything a bundle holds, in memory."""
-
-    model: ModelBinding
-    layer: int
-    steering: Steering
-    domains: Sequence[str]
-    vectors: Mapping[str, np.ndarray]  # float32 [H] per domain plus "global"
-    scaler: bytes  # scaler.onnx
-    router: bytes  # router.onnx
-    probes: Mapping[str, bytes] = field(default_factory=dict)  # domain name -> probe graph
-    provenance: Provenance | None = None
-    producer: Producer | None = None  # None: this library; a loaded bundle keeps its own
-
-
-def contents_of(
-    manifest: Manifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
-) -> BundleContents:
-    """The :class:`BundleContents` of a checked bundle (manifest, vectors, graph bytes).
-
-    The inverse of :func:`bundle_files`: saving the result writes the same
-    bytes. A manifest of a newer minor format version is refused: it may
-    carry members this version does not know, and saving would drop them.
-    """
-    major, _, minor = manifest.format_version.partition(".")
-    if (int(major), int(minor)) > (C.FORMAT_MAJOR, C.FORMAT_MINOR):
-        raise UsageError(
-            f"the bundle is format {manifest.format_version}, newer than this library's "
-            f"{C.FORMAT_VERSION}; saving it would drop what this version does not know",
-            file=C.MANIFEST_FILE,
-            hint="upgrade asa-format to edit this bundle",
-        )
-    if manifest.requires or manifest.interventions or not isinstance(manifest, AsaManifest):
-        # format 1.1 features that BundleContents cannot hold
-        raise UsageError(
-            f"the bundle uses format {manifest.format_version} features "
-            f"({', '.join(sorted(manifest.requires)) or 'interventions'}) that BundleContents "
-            "cannot hold; saving it would drop them",
-            file=C.MANIFEST_FILE,
-            hint="use asa_format.load_interventions(path).to_contents(), an InterventionContents",
-        )
-    return asa_contents_of(manifest, vectors, graphs)
-
-
-def asa_contents_of(
-    manifest: AsaManifest, vectors: Mapping[str, np.ndarray], graphs: Mapping[str, bytes]
-) -> BundleContents:
-    """The asa intervention of a checked 1.x manifest as :class:`BundleContents`
-    (the 1.1 writer puts it back beside the other interventions)."""
-    probes = {d.name: graphs[d.probe] for d in manifest.domains if d.probe is not None}
-    return BundleContents(
-        model=manifest.model,
-        layer=manifest.layer.index,
-        steering=manifest.steering,
-        domains=list(manifest.domain_names),
-        vectors={name: np.array(vec, dtype=np.float32) for name, vec in vectors.items()},
-        scaler=graphs[C.SCALER_FILE],
-        router=graphs[C.ROUTER_FILE],
-        probes=probes,
-        provenance=manifest.provenance,
-        producer=manifest.producer,
-    )
-
-
-def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
-    """Return the manifest and the bytes of every file of ``contents``."""
-    unknown = sorted(set(contents.probes) - set(contents.domains))
-    if unknown:
-        raise BundleError(
-            f"probes given for unknown domains {unknown}",
-            code="DOMAIN_MISMATCH",
-            hint="probe keys must be domain names",
-        )
-    files: dict[str, bytes] = {
-        C.VECTORS_FILE: serialize_vectors(contents.vectors),
-        C.SCALER_FILE: contents.scaler,
-        C.ROUTER_FILE: contents.router,
-    }
-    domains: list[DomainEntry] = []
-    for i, name in enumerate(contents.domains):
-        probe = contents.probes.get(name)
-        if probe is None:
-            domains.append(DomainEntry(name=name, probe=None))
-        else:
-            fname = probe_file_name(i)
-            files[fname] = probe
-            domains.append(DomainEntry(name=name, probe=fname))
-    manifest = Manifest(
-        producer=contents.producer or Producer(C.PRODUCER_NAME, __version__),
-        model=contents.model,
-        layer=LayerRef(index=int(contents.layer)),
-        steering=contents.steering,
-        domains=tuple(domains),
-        files={
-            name: FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            for name, data in sorted(files.items())
-        },
-        provenance=contents.provenance,
-    )
-    files[C.MANIFEST_FILE] = manifest.to_bytes()
-    return manifest, files
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -198,7 +73,7 @@ def check_destination(destination: str | os.PathLike[str], *, force: bool = Fals
 
 
 def save_bundle(
-    contents: BundleContents | InterventionContents,
+    contents: BundleContents,
     destination: str | os.PathLike[str],
     *,
     force: bool = False,
@@ -217,12 +92,12 @@ def save_bundle(
     """
     dest = Path(destination)
     check_destination(dest, force=force)
-    if isinstance(contents, BundleContents):
-        _, files = bundle_files(contents)
-    else:  # format 1.1: several interventions, model card
-        from asa_format.intervention_bundle import intervention_files
-
-        _, files = intervention_files(contents)
+    if not isinstance(contents, BundleContents):
+        raise UsageError(
+            f"save_bundle() needs a BundleContents, got {type(contents).__name__}",
+            hint="build one with asa_format.BundleContents(...) or read_bundle_contents(path)",
+        )
+    _, files = bundle_files(contents)
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ the 1 MiB cap) are built at test time by :func:`build_runtime_case`, listed by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -1251,13 +1252,9 @@ def invalid_cases() -> list[Case]:
 
 def interventions_cases() -> tuple[list[Case], list[Case]]:
     """The 1.1 cases: ``(valid, invalid)``."""
+    from asa_format.format.contents import BundleContents, InterventionData, bundle_files
     from asa_format.format.interventions import ConditionGate
     from asa_format.format.manifest import ModelBinding
-    from asa_format.intervention_bundle import (
-        InterventionContents,
-        InterventionData,
-        intervention_files,
-    )
 
     model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
 
@@ -1273,15 +1270,15 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         conditions={2: vec(4)},
     )
 
-    def files_of(contents: InterventionContents) -> dict[str, bytes]:
-        _, files = intervention_files(contents)
+    def files_of(contents: BundleContents) -> dict[str, bytes]:
+        _, files = bundle_files(contents)
         doc = json.loads(files[C.MANIFEST_FILE])
         doc["producer"] = dict(PRODUCER)
         files[C.MANIFEST_FILE] = dumps_canonical(doc)
         return files
 
-    always = files_of(InterventionContents(model=model, interventions=[honesty], card=False))
-    both = files_of(InterventionContents(model=model, interventions=[honesty, refuse]))
+    always = files_of(BundleContents(model=model, interventions=[honesty], card=False))
+    both = files_of(BundleContents(model=model, interventions=[honesty, refuse]))
     asa = make_test_contents(
         hidden_size=HIDDEN,
         domains=DOMAINS,
@@ -1291,9 +1288,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         model_type="llama",
         num_layers=4,
     )
-    mixed = files_of(
-        InterventionContents(model=asa.model, interventions=[honesty, refuse], asa=asa)
-    )
+    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse]))
 
     def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
         return edit_manifest(files, fn)
