@@ -32,7 +32,7 @@ REPLACEMENTS = {
 }
 
 
-def InterventionContents(  # noqa: N802 - the old class name, now a factory
+def InterventionContents(
     model: ModelBinding,
     interventions: Sequence[InterventionData] = (),
     asa: BundleContents | None = None,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from asa_format._version import __version__
 from asa_format import constants as C
+from asa_format._version import __version__
 from asa_format.bundle import load_bundle
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.legacy_model import LegacyAssets

@@ -136,15 +136,11 @@ def test_card_states_binding_and_file_digests_but_no_root_digest(tmp_path: Path)
 
 
 def test_writer_refuses_bad_names_and_shapes(tmp_path: Path) -> None:
-    bad = BundleContents(
-        model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})]
-    )
+    bad = BundleContents(model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})])
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(bad, tmp_path / "x")
     assert info.value.code == "MANIFEST_SCHEMA" and not (tmp_path / "x").exists()
-    short = BundleContents(
-        model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})]
-    )
+    short = BundleContents(model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})])
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(short, tmp_path / "x")
     assert info.value.code == "HIDDEN_SIZE_MISMATCH"

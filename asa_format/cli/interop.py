@@ -154,8 +154,8 @@ def export_command(
     2 usage or environment error (the GGUF writer needs the interop extra).
     """
     require_extra("interop", "asa export")
-    from asa_format.interop.export import export_gguf
     from asa_format.bundle import load_bundle
+    from asa_format.interop.export import export_gguf
 
     try:
         loaded = load_bundle(bundle)

@@ -14,9 +14,9 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import ConversionError, RuntimeCompatError
+from asa_format.format.contents import BundleContents, InterventionData
 from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import ModelBinding, Provenance
-from asa_format.format.contents import BundleContents, InterventionData
 
 __all__ = ["ImportBinding", "make_contents", "safe_name"]
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.bundle import Bundle, load_bundle
 from asa_format.errors import AsaError, ConversionError, UsageError
 from asa_format.interop.gguf_cv import write_control_vector
-from asa_format.bundle import Bundle, load_bundle
 
 __all__ = ["ExportReport", "export_gguf", "plan_gguf"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from asa_format.errors import AsaError, ConversionError
+from asa_format.format.contents import BundleContents
 from asa_format.interop.binding import ImportBinding, make_contents, safe_name
 from asa_format.interop.gguf_cv import GGUF_MAGIC, read_control_vector
 from asa_format.interop.svec import MAX_SVEC_BYTES, load_json, looks_like_svec, parse_svec
-from asa_format.format.contents import BundleContents
 
 __all__ = ["KINDS", "detect_kind", "import_file", "import_source"]
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from asa_format.errors import ConversionError
-from asa_format.interop.binding import ImportBinding, make_contents
 from asa_format.format.contents import BundleContents
+from asa_format.interop.binding import ImportBinding, make_contents
 
 __all__ = ["from_repeng", "from_steering_vectors"]
 
