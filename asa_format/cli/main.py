@@ -51,7 +51,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _validation_result(path: str) -> Result:
-    from asa_format.validate import validate_bundle
+    from asa_format.validate import intervention_text, validate_bundle
 
     report = validate_bundle(path)
     result = Result(path=path, problems=list(report.problems), warnings=list(report.warnings))
@@ -60,9 +60,15 @@ def _validation_result(path: str) -> Result:
         s = report.summary
         model = s.get("model", {})
         what = safe_text(model.get("id") or model.get("type") or "model unknown")
+        items = s.get("interventions", [])
+        result.fields["interventions"] = items
+        if [i["kind"] for i in items] == ["asa"]:  # one asa intervention (every 1.0 bundle)
+            steers = f"layer {s.get('layer')}, {len(s.get('domains', []))} domains"
+        else:
+            steers = "; ".join(safe_text(intervention_text(i)) for i in items)
         result.text = (
-            f"ok    {safe_text(path)}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
-            f"{len(s.get('domains', []))} domains, {report.digest})\n"
+            f"ok    {safe_text(path)}  ({what}, hidden {model.get('hidden_size')}, {steers}, "
+            f"{report.digest})\n"
         )
     return result
 

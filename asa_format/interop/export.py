@@ -105,8 +105,9 @@ def plan_gguf(
             )
         if iv.kind == C.GATE_ASA:
             vec = _asa_vector(bundle, domain, sign, report)
-            assert bundle.asa is not None
-            sums.setdefault(int(bundle.asa.manifest.layer.index), []).append(vec)
+            layer = bundle.manifest.layer
+            assert layer is not None  # the bundle has an asa intervention
+            sums.setdefault(int(layer.index), []).append(vec)
             continue
         if iv.spec.policy != C.POLICY_ALL_TOKENS:
             report.losses.append(
@@ -166,6 +167,7 @@ def _asa_vector(
             hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1",
         )
     steering = asa.manifest.steering
+    assert steering is not None  # the bundle has an asa intervention
     v = asa.steering_vector(domain)  # raises DECISION_INPUT for an unknown domain
     report.losses.append(
         (
