@@ -49,10 +49,19 @@ def test_the_package_is_installed_as_asa_format_submodule(name: str, tmp_path: P
     assert (ROOT / "asa_format" / name).resolve() == (ROOT / name).resolve()
 
 
-def _readme_paths() -> set[str]:
+def _readme_rows() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
+    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+
+
+def _readme_paths() -> set[str]:
+    return set(_readme_rows())
+
+
+def test_the_readme_layout_table_lists_each_path_once() -> None:
+    rows = _readme_rows()
+    assert sorted({r for r in rows if rows.count(r) > 1}) == []
 
 
 def test_the_readme_layout_table_matches_the_tree() -> None:
@@ -68,6 +77,11 @@ def test_the_readme_layout_table_matches_the_tree() -> None:
         "asa_format/",
         "asa_format/signing/",
         "asa_format/schema/",
+        "asa_format/format/",
+        "asa_format/graphs/",
+        "asa_format/storage/",
+        "asa_format/cli/",
+        "asa_format/interop/",
         "converters/",
         "runtime/",
         "spec/",

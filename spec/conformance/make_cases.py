@@ -36,7 +36,12 @@ from asa_format import constants as C
 from asa_format.format.jsonio import dumps_canonical
 from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents
-from decision_vectors import DECISIONS_FILE, decision_vectors  # next to this script
+from decision_vectors import (  # next to this script
+    CONDITIONS_FILE,
+    DECISIONS_FILE,
+    condition_vectors,
+    decision_vectors,
+)
 
 __all__ = [
     "Case",
@@ -1556,6 +1561,20 @@ def write_case(case: Case, kind_dir: Path) -> Path:
         if "steering" in manifest:  # format 1.1: only a bundle with an asa intervention decides
             doc = decision_vectors(case.name, manifest, files)
             (case_dir / DECISIONS_FILE).write_bytes(dumps_canonical(doc))
+        if C.INTERVENTIONS_FILE in files:  # condition gates: their own decision vectors
+            from asa_format.format.safetensors import parse_vectors
+
+            tensors, _ = parse_vectors(
+                files[C.INTERVENTIONS_FILE], hidden_size=None, names=None, unit_norm=False
+            )
+            conditions: dict[str, dict[int, Any]] = {}
+            for name, arr in tensors.items():
+                iv, block, role = name.split("/")
+                if role == C.CONDITION_ROLE:
+                    conditions.setdefault(iv, {})[int(block)] = arr
+            cdoc = condition_vectors(case.name, manifest, conditions)
+            if cdoc is not None:
+                (case_dir / CONDITIONS_FILE).write_bytes(dumps_canonical(cdoc))
     return bundle
 
 
