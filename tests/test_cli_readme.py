@@ -27,6 +27,7 @@ network.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -387,3 +388,51 @@ def test_sample_matching_is_line_by_line() -> None:
     assert sample_mismatch("key 0123456789abcdef...", "key fedcba9876543210...") is None
     assert sample_mismatch('"p": 0.0012877815127688727', '"p": 0.0012877815127688731') is None
     assert sample_mismatch('"p": 0.0012877815127688727', '"p": 0.0012879815127688727') is not None
+
+
+# --------------------------------------------------------------------------- the shipped examples
+
+
+@pytest.mark.interop
+def test_the_shipped_steering_files_are_what_their_script_writes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_interop_examples.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("control_vector.gguf", "steering.svec"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "examples" / name).read_bytes(), name
+
+
+@pytest.mark.interop
+def test_the_shipped_gguf_has_repengs_control_vector_layout() -> None:
+    """Read with ggml's own reader: the keys and tensors repeng's export_gguf writes."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(ROOT / "examples" / "control_vector.gguf"))
+
+    def field(name: str) -> object:
+        return reader.fields[name].contents()
+
+    assert field("general.architecture") == "controlvector"
+    assert field("controlvector.model_hint") == "lfm2"
+    tensors = {t.name: t for t in reader.tensors}
+    assert sorted(tensors) == ["direction.2", "direction.3", "direction.4"]
+    assert int(field("controlvector.layer_count")) == len(tensors)
+    for tensor in tensors.values():
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.F32
+        data = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        assert data.shape == (48,) and np.isfinite(data).all()
+
+
+def test_the_shipped_svec_has_activation_steerings_layout() -> None:
+    doc = json.loads((ROOT / "examples" / "steering.svec").read_text(encoding="utf-8"))
+    assert set(doc) == {"model_type", "directions", "explained_variances"}
+    assert doc["model_type"] == "lfm2"
+    assert sorted(doc["directions"]) == sorted(doc["explained_variances"]) == ["3", "4"]
+    assert all(
+        len(v) == 48 and all(isinstance(x, float) for x in v) for v in doc["directions"].values()
+    )
