@@ -36,6 +36,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -414,7 +415,7 @@ def test_the_shipped_gguf_has_repengs_control_vector_layout() -> None:
 
     reader = gguf.GGUFReader(str(ROOT / "examples" / "control_vector.gguf"))
 
-    def field(name: str) -> object:
+    def field(name: str) -> Any:
         return reader.fields[name].contents()
 
     assert field("general.architecture") == "controlvector"
