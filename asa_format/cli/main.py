@@ -1,7 +1,7 @@
 """The ``asa`` command: a thin click layer over the library.
 
 The conventions every command follows (report on stdout, diagnostics on
-stderr, exit 0/1/2/130) are in ``asa_format.cli.support`` and the README.
+stderr, exit 0/1/2/130) are in ``asa_format.cli.support`` and docs/cli.md.
 Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 ``run``: torch and transformers) are imported only when invoked, so
 ``asa validate`` never imports them.
@@ -79,7 +79,7 @@ def _validation_result(path: str) -> Result:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON report on stdout (format in the README).",
+    help="Print one JSON report on stdout (format: docs/cli.md).",
 )
 def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Check bundles: schema, sizes, hashes, file profiles and consistency.

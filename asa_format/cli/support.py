@@ -1,6 +1,6 @@
 """What every command shares: exit codes, error lines, extras, signals.
 
-The convention (also in the README):
+The convention (also in docs/cli.md):
 
 * the report goes to stdout (text, or one JSON document with ``--json``);
   diagnostics (usage and environment errors, warnings, notes) go to stderr;
