@@ -105,6 +105,7 @@ ErrorCode = Literal[
     "SIGNATURE_FORMAT",
     "SIGNATURE_KEY_INVALID",
     "SIGNATURE_EXISTS",
+    "SIGNATURE_BUNDLE_INVALID",
     "LEGACY_MISSING_FILE",
     "LEGACY_CONFIG",
     "LEGACY_CONTENT",
@@ -119,6 +120,9 @@ ErrorCode = Literal[
     "DESTINATION_EXISTS",
     "DESTINATION_NOT_BUNDLE",
     "DESTINATION_IS_SOURCE",
+    "DESTINATION_IN_SOURCE",
+    "DESTINATION_WRONG_KIND",
+    "SOURCE_NOT_FOUND",
     "PARITY_FAILED",
     "EXPORT_FAILED",
     "LAYERS_NOT_FOUND",
@@ -219,6 +223,7 @@ CODES: dict[ErrorCode, str] = {
         "a signing or verification key cannot be read or is not a supported ECDSA key"
     ),
     "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
+    "SIGNATURE_BUNDLE_INVALID": "the bundle fails its own checks (files against the manifest, the manifest against the schema, nothing unlisted): it is not signed, and no signature makes it trusted",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -234,6 +239,9 @@ CODES: dict[ErrorCode, str] = {
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
     "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
     "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
+    "DESTINATION_IN_SOURCE": "the destination lies inside the bundle being read",
+    "DESTINATION_WRONG_KIND": "the destination exists and is not of the kind the command writes (a GGUF control vector, a signature file); --force does not replace it",
+    "SOURCE_NOT_FOUND": "an input file named on the command line does not exist",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
@@ -387,6 +395,9 @@ class UsageError(AsaError):
         "DESTINATION_EXISTS",
         "DESTINATION_NOT_BUNDLE",
         "DESTINATION_IS_SOURCE",
+        "DESTINATION_IN_SOURCE",
+        "DESTINATION_WRONG_KIND",
+        "SOURCE_NOT_FOUND",
         "SIGNATURE_EXISTS",
         "EXTRA_MISSING",
         "INTERRUPTED",
@@ -439,6 +450,7 @@ class SignatureError(BundleError):
         "SIGNATURE_FILE_MISSING",
         "SIGNATURE_FORMAT",
         "SIGNATURE_KEY_INVALID",
+        "SIGNATURE_BUNDLE_INVALID",
     )
 
 

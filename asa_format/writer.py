@@ -24,7 +24,7 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.destination import Staging, check_replaceable, commit, recover
+from asa_format.destination import Staging, check_replaceable, commit, recover, write_new_file
 from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.manifest import (
     AsaManifest,
@@ -156,15 +156,7 @@ def bundle_files(contents: BundleContents) -> tuple[Manifest, dict[str, bytes]]:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_file(path, data)  # O_EXCL | O_NOFOLLOW, mode 0644
 
 
 def _fsync_dir(path: Path) -> None:
@@ -253,6 +245,14 @@ def save_bundle(
             check_replaceable(dest)  # again: it may have changed while we wrote
         commit(staging, replace=replace)
         _fsync_dir(parent)
+    except FileExistsError as exc:  # another writer created the destination meanwhile
+        staging.discard()
+        raise UsageError(
+            f"destination {str(dest)!r} appeared while the bundle was written; it was left alone",
+            code="DESTINATION_EXISTS",
+            file=str(dest),
+            hint="choose another destination, or pass force=True to replace a bundle",
+        ) from exc
     except OSError as exc:
         staging.discard()
         raise AsaError(
