@@ -24,42 +24,109 @@ bundles and in-memory scikit-learn objects into bundles;
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
-from asa_format.digest import root_digest
-from asa_format.errors import (
-    CODES,
-    AsaError,
-    BundleError,
-    ConversionError,
-    DecisionError,
-    DigestMismatchError,
-    ErrorCode,
-    LegacyFormatError,
-    ParityError,
-    Problem,
-    RuntimeCompatError,
-    SignatureError,
-    UnsafePickleError,
-    UsageError,
-)
-from asa_format.intervention_bundle import (
-    InterventionBundle,
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
-from asa_format.signing import (
-    VerifiedSignature,
-    load_private_key,
-    load_public_key,
-    sign_bundle,
-    verify_bundle_signature,
-)
-from asa_format.validate import ValidationReport, validate_bundle
-from asa_format.writer import BundleContents, save_bundle
+# The public names are imported on first use (PEP 562), so that ``import asa_format`` (and
+# every ``asa_format.X`` module, the command-line entry points first of all) starts in a
+# millisecond: ``asa_format.entry`` installs its signal handlers before anything heavy loads.
+if TYPE_CHECKING:
+    from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
+    from asa_format.digest import root_digest
+    from asa_format.errors import (
+        CODES,
+        AsaError,
+        BundleError,
+        ConversionError,
+        DecisionError,
+        DigestMismatchError,
+        ErrorCode,
+        LegacyFormatError,
+        ParityError,
+        Problem,
+        RuntimeCompatError,
+        SignatureError,
+        UnsafePickleError,
+        UsageError,
+    )
+    from asa_format.intervention_bundle import (
+        InterventionBundle,
+        InterventionContents,
+        InterventionData,
+        load_interventions,
+    )
+    from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
+    from asa_format.signing import (
+        VerifiedSignature,
+        load_private_key,
+        load_public_key,
+        sign_bundle,
+        verify_bundle_signature,
+    )
+    from asa_format.validate import ValidationReport, validate_bundle
+    from asa_format.writer import BundleContents, save_bundle
+
+_EXPORTS: dict[str, str] = {
+    "Bundle": "asa_format.bundle",
+    "Decision": "asa_format.bundle",
+    "DecisionBatch": "asa_format.bundle",
+    "load_bundle": "asa_format.bundle",
+    "read_bundle_contents": "asa_format.bundle",
+    "root_digest": "asa_format.digest",
+    "CODES": "asa_format.errors",
+    "AsaError": "asa_format.errors",
+    "BundleError": "asa_format.errors",
+    "ConversionError": "asa_format.errors",
+    "DecisionError": "asa_format.errors",
+    "DigestMismatchError": "asa_format.errors",
+    "ErrorCode": "asa_format.errors",
+    "LegacyFormatError": "asa_format.errors",
+    "ParityError": "asa_format.errors",
+    "Problem": "asa_format.errors",
+    "RuntimeCompatError": "asa_format.errors",
+    "SignatureError": "asa_format.errors",
+    "UnsafePickleError": "asa_format.errors",
+    "UsageError": "asa_format.errors",
+    "InterventionBundle": "asa_format.intervention_bundle",
+    "InterventionContents": "asa_format.intervention_bundle",
+    "InterventionData": "asa_format.intervention_bundle",
+    "load_interventions": "asa_format.intervention_bundle",
+    "Manifest": "asa_format.manifest",
+    "ModelBinding": "asa_format.manifest",
+    "Provenance": "asa_format.manifest",
+    "Steering": "asa_format.manifest",
+    "VerifiedSignature": "asa_format.signing",
+    "load_private_key": "asa_format.signing",
+    "load_public_key": "asa_format.signing",
+    "sign_bundle": "asa_format.signing",
+    "verify_bundle_signature": "asa_format.signing",
+    "ValidationReport": "asa_format.validate",
+    "validate_bundle": "asa_format.validate",
+    "BundleContents": "asa_format.writer",
+    "save_bundle": "asa_format.writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):  # a submodule, as an eagerly importing package would have it
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "CODES",

@@ -48,6 +48,7 @@ ErrorCode = Literal[
     "EXTRA_MISSING",
     "INTERRUPTED",
     "IO_ERROR",
+    "INTERNAL_ERROR",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
     "PATH_SYMLINK",
@@ -158,6 +159,7 @@ CODES: dict[ErrorCode, str] = {
     "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
+    "INTERNAL_ERROR": "an unexpected error in asa-format itself (a bug); the message names it",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
     "PATH_INVALID": "a manifest path is absolute, contains '..' or is not in canonical form",
@@ -360,7 +362,7 @@ class Problem:
 class AsaError(Exception):
     """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
 
-    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR")
+    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR", "INTERNAL_ERROR")
     default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
