@@ -141,7 +141,16 @@ def cases(work: Path, tmp: Path, keys: dict[str, tuple[Path, Path]]) -> dict[str
             ),
         },
         "export": {
-            "ok": [signed, str(tmp / "out.gguf"), "--to", "gguf", "--domain", "math", "--sign", "+1"],
+            "ok": [
+                signed,
+                str(tmp / "out.gguf"),
+                "--to",
+                "gguf",
+                "--domain",
+                "math",
+                "--sign",
+                "+1",
+            ],
             "refused": [missing, str(tmp / "never.gguf"), "--to", "gguf"],
             "usage": [signed, str(tmp / "never.gguf")],  # no --to
             "environment": ([signed, str(tmp / "never.gguf"), "--to", "gguf"], "gguf"),
