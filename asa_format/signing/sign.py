@@ -191,7 +191,8 @@ def _exists(target: Path) -> UsageError:
         f"the signature file {str(target)!r} already exists",
         code="SIGNATURE_EXISTS",
         file=str(target),
-        hint="pass --force to replace it, or --signature to write it elsewhere",
+        hint="pass --force (sign_bundle: replace=True) to replace it, or --signature to "
+        "write it elsewhere",
     )
 
 
