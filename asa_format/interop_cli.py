@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from asa_format.cli_support import exit_code_for, fail, require_extra
+from asa_format.destination import inside
 from asa_format.errors import AsaError, UsageError
 from asa_format.report import Result, failed_result, write_report
 
@@ -95,6 +97,14 @@ def import_command(
                 code="SOURCE_NOT_FOUND",
                 file=source,
                 hint="pass the path of a .gguf control vector or a .svec file",
+            )
+        if inside(Path(source), Path(destination)):
+            raise UsageError(
+                f"destination {destination!r} holds the file to import; "
+                "writing there would replace it",
+                code="DESTINATION_IS_SOURCE",
+                file=destination,
+                hint="write the bundle to a new directory",
             )
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)

@@ -481,3 +481,16 @@ def test_the_control_vector_check_is_bounded(tmp_path: Path, data: bytes) -> Non
         fifo = tmp_path / "fifo.gguf"
         os.mkfifo(fifo)
         assert control_vector_problem(fifo) == "it is not a regular file"  # and no wait
+
+
+def test_import_never_replaces_the_bundle_that_holds_its_source(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first = control_vector(tmp_path / "cv.gguf")
+    dest = tmp_path / "out"
+    assert run(capsys, "import", first, dest, "--num-layers", "4")[0] == 0
+    inner = control_vector(dest / "cv.gguf", seed=3)  # a file the user keeps in the bundle
+    before = tree(dest)
+    code, doc = run(capsys, "import", inner, dest, "--num-layers", "4", "--force")
+    assert code == 1 and codes(doc) == ["DESTINATION_IS_SOURCE"]
+    assert tree(dest) == before
