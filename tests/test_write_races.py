@@ -494,3 +494,18 @@ def test_import_never_replaces_the_bundle_that_holds_its_source(
     code, doc = run(capsys, "import", inner, dest, "--num-layers", "4", "--force")
     assert code == 1 and codes(doc) == ["DESTINATION_IS_SOURCE"]
     assert tree(dest) == before
+
+
+def test_signing_the_current_directory_keeps_the_temporary_outside_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    bundle: Path,
+    keys: dict[str, tuple[Path, Path]],
+) -> None:
+    monkeypatch.chdir(bundle)
+    inside_at_commit: list[list[str]] = []
+    another_writer(monkeypatch, lambda dest: inside_at_commit.append(os.listdir(bundle)))
+    code, doc = run(capsys, "sign", ".", "--private-key", keys["alice"][0])
+    assert code == 0, doc
+    assert inside_at_commit and not [n for n in inside_at_commit[0] if n.startswith(".")]
+    assert read_bundle_dir(bundle).ok

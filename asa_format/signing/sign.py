@@ -198,7 +198,7 @@ def _exists(target: Path) -> UsageError:
 
 def _write_signature(bundle: Path, target: Path, data: bytes, *, replace: bool) -> None:
     # the temporary folder is never inside the bundle: beside it for <bundle>/model.sig
-    near = bundle.parent if is_inside(target.parent, bundle) else target.parent
+    near = bundle.resolve().parent if is_inside(target.parent, bundle) else target.parent
     try:
         with StagedFile(target, near=near) as staged:
             staged.write(data)
