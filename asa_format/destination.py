@@ -61,6 +61,7 @@ __all__ = [
     "commit",
     "exchange_supported",
     "inside",
+    "normalized",
     "recover",
     "write_new_file",
 ]
@@ -373,6 +374,18 @@ def commit(staging: Staging, *, replace: bool) -> None:
 
 
 # --------------------------------------------------------------------------- single files
+
+
+def normalized(dest: Path) -> Path:
+    """``dest`` as an absolute path whose last component is a real name.
+
+    The folder holding it is resolved (its links followed), the last
+    component never: a link at the destination is replaced as a link, never
+    followed. ``.`` and ``..`` name the directory they resolve to, so that its
+    temporaries go beside it, never inside it.
+    """
+    dest = Path(os.path.abspath(dest)) if dest.name in ("", ".", "..") else dest.absolute()
+    return dest.parent.resolve() / dest.name
 
 
 def inside(path: Path, directory: Path) -> bool:

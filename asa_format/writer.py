@@ -24,7 +24,14 @@ import numpy as np
 
 from asa_format import __version__
 from asa_format import constants as C
-from asa_format.destination import Staging, check_replaceable, commit, recover, write_new_file
+from asa_format.destination import (
+    Staging,
+    check_replaceable,
+    commit,
+    normalized,
+    recover,
+    write_new_file,
+)
 from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.manifest import (
     AsaManifest,
@@ -175,7 +182,7 @@ def check_destination(destination: str | os.PathLike[str], *, force: bool = Fals
     and only if it is an asa bundle (see ``asa_format.destination``). Returns
     notes for a person about what was recovered.
     """
-    dest = Path(destination)
+    dest = normalized(Path(destination))
     notes = recover(dest)
     if dest.exists() or dest.is_symlink():
         if not force:
@@ -207,7 +214,7 @@ def save_bundle(
     directory after the check; if it raises, nothing is written at the
     destination (the converter's parity self-check runs there).
     """
-    dest = Path(destination)
+    dest = normalized(Path(destination))
     check_destination(dest, force=force)
     if isinstance(contents, BundleContents):
         _, files = bundle_files(contents)
@@ -263,4 +270,4 @@ def save_bundle(
     except BaseException:
         staging.discard()
         raise
-    return dest
+    return Path(destination)

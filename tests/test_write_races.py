@@ -509,3 +509,27 @@ def test_signing_the_current_directory_keeps_the_temporary_outside_it(
     assert code == 0, doc
     assert inside_at_commit and not [n for n in inside_at_commit[0] if n.startswith(".")]
     assert read_bundle_dir(bundle).ok
+
+
+def test_writing_to_the_current_directory_stages_beside_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``asa import SRC . --force`` inside a bundle: the new bundle is staged beside it."""
+    source = control_vector(tmp_path / "cv.gguf")
+    dest = tmp_path / "out"
+    assert run(capsys, "import", source, dest, "--num-layers", "4")[0] == 0
+    monkeypatch.chdir(dest)
+    staged_in: list[Path] = []
+    real = destination.Staging.__init__
+
+    def spy(self: destination.Staging, where: Path) -> None:
+        real(self, where)
+        staged_in.append(self.tmp.parent)
+
+    monkeypatch.setattr(destination.Staging, "__init__", spy)
+    code, doc = run(capsys, "import", source, ".", "--num-layers", "4", "--force", "--name", "v2")
+    assert code == 0, doc
+    assert staged_in == [tmp_path]
+    manifest = json.loads((dest / C.MANIFEST_FILE).read_text())
+    assert [iv["name"] for iv in manifest["interventions"]] == ["v2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv.gguf", "out"]

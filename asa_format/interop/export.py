@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.destination import StagedFile, inside, regular_file
+from asa_format.destination import StagedFile, inside, normalized, regular_file
 from asa_format.errors import AsaError, ConversionError, Problem, UsageError
 from asa_format.interop.gguf_cv import ARCHITECTURES, GGUF_MAGIC, MAX_KV, write_control_vector
 from asa_format.intervention_bundle import InterventionBundle, load_interventions
@@ -210,7 +210,7 @@ def export_gguf(
             code="EXPORT_LOSSY",
             hint="drop --strict to accept the losses listed in the report",
         )
-    dest = Path(destination)
+    dest = normalized(Path(destination))
     if inside(dest, Path(bundle_path)):
         raise UsageError(
             f"destination {str(dest)!r} lies inside the bundle {str(bundle_path)!r} being exported; "
