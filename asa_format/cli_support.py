@@ -155,6 +155,8 @@ def _signals_raise() -> Iterator[None]:
         (signal.SIGINT, signal.default_int_handler),
         (signal.SIGTERM, _raise_terminated),
     ):
+        if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started with SIGINT ignored (nohup, a background job): keep it so
         try:
             previous[sig] = signal.signal(sig, handler)
         except (ValueError, OSError):  # not the main thread, or no such signal here

@@ -63,10 +63,15 @@ def _leave(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def install_startup_handlers(command: str = "asa") -> None:
-    """SIGINT and SIGTERM end the process at once, quietly (only until ``run_main`` runs)."""
+    """SIGINT and SIGTERM end the process at once, quietly (only until ``run_main`` runs).
+
+    An ignored SIGINT stays ignored, as Python itself leaves it.
+    """
     global _command
     _command = command
     for sig in (signal.SIGINT, signal.SIGTERM):
+        if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # started with SIGINT ignored (nohup, a background job): keep it so
         signal.signal(sig, _leave)
 
 

@@ -346,6 +346,7 @@ def test_run_through_every_exit_class(
 
 SIGNAL_DURING_IMPORT = (
     "import importlib.abc, os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
     "MODULE, SIGNAL = sys.argv[1], getattr(signal, sys.argv[2])\n"
     "class Interrupt(importlib.abc.MetaPathFinder):\n"
     "    def find_spec(self, name, path=None, target=None):\n"

@@ -296,7 +296,8 @@ def test_a_link_at_the_old_owner_record_name_is_not_followed(
 # ------------------------------------------------------------- signals
 
 HOLD_BEFORE_COMMIT = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
     "from pathlib import Path\n"
     "from asa_format import destination\n"
     "from asa_format.entry import install_startup_handlers\n"
