@@ -226,6 +226,8 @@ def _run(command: click.Command, args: list[str], prog_name: str) -> int:
         result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
         return result if isinstance(result, int) else EXIT_OK
     except SystemExit as exc:  # a command's own exit (its report is written, or fail() ran)
+        if exc.code is None:
+            return EXIT_OK
         return exc.code if isinstance(exc.code, int) else EXIT_FAILED
     except click.exceptions.Exit as exc:
         return exc.exit_code

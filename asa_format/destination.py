@@ -319,10 +319,9 @@ def _move_dir_no_replace(tmp: Path, dest: Path) -> None:
             os.rename(tmp / name, dest / name)  # into our own new 0700 directory
         os.chmod(dest, 0o755)
     except BaseException:
-        for name in os.listdir(dest):  # put back what was moved, remove the claimed directory
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # put back what was moved, remove what we claimed
+            for name in os.listdir(dest):
                 os.rename(dest / name, tmp / name)
-        with contextlib.suppress(OSError):
             os.rmdir(dest)
         raise
 
