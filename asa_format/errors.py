@@ -48,6 +48,7 @@ ErrorCode = Literal[
     "EXTRA_MISSING",
     "INTERRUPTED",
     "IO_ERROR",
+    "INTERNAL_ERROR",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
     "PATH_SYMLINK",
@@ -105,6 +106,7 @@ ErrorCode = Literal[
     "SIGNATURE_FORMAT",
     "SIGNATURE_KEY_INVALID",
     "SIGNATURE_EXISTS",
+    "SIGNATURE_BUNDLE_INVALID",
     "LEGACY_MISSING_FILE",
     "LEGACY_CONFIG",
     "LEGACY_CONTENT",
@@ -119,6 +121,9 @@ ErrorCode = Literal[
     "DESTINATION_EXISTS",
     "DESTINATION_NOT_BUNDLE",
     "DESTINATION_IS_SOURCE",
+    "DESTINATION_IN_SOURCE",
+    "DESTINATION_WRONG_KIND",
+    "SOURCE_NOT_FOUND",
     "PARITY_FAILED",
     "EXPORT_FAILED",
     "LAYERS_NOT_FOUND",
@@ -155,6 +160,7 @@ CODES: dict[ErrorCode, str] = {
     "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
+    "INTERNAL_ERROR": "an unexpected error in asa-format itself (a bug); the message names it",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
     "PATH_INVALID": "a manifest path is absolute, contains '..' or is not in canonical form",
@@ -220,6 +226,7 @@ CODES: dict[ErrorCode, str] = {
         "a signing or verification key cannot be read or is not a supported ECDSA key"
     ),
     "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
+    "SIGNATURE_BUNDLE_INVALID": "the bundle fails its own checks (files against the manifest, the manifest against the schema, nothing unlisted): it is not signed, and no signature makes it trusted",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -235,6 +242,9 @@ CODES: dict[ErrorCode, str] = {
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
     "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
     "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
+    "DESTINATION_IN_SOURCE": "the destination lies inside the bundle being read",
+    "DESTINATION_WRONG_KIND": "the destination exists and is not of the kind the command writes (a GGUF control vector, a signature file); --force does not replace it",
+    "SOURCE_NOT_FOUND": "an input file named on the command line does not exist",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
@@ -354,7 +364,7 @@ class Problem:
 class AsaError(Exception):
     """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
 
-    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR")
+    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR", "INTERNAL_ERROR")
     default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
@@ -389,6 +399,9 @@ class UsageError(AsaError):
         "DESTINATION_EXISTS",
         "DESTINATION_NOT_BUNDLE",
         "DESTINATION_IS_SOURCE",
+        "DESTINATION_IN_SOURCE",
+        "DESTINATION_WRONG_KIND",
+        "SOURCE_NOT_FOUND",
         "SIGNATURE_EXISTS",
         "EXTRA_MISSING",
         "INTERRUPTED",
@@ -441,6 +454,7 @@ class SignatureError(BundleError):
         "SIGNATURE_FILE_MISSING",
         "SIGNATURE_FORMAT",
         "SIGNATURE_KEY_INVALID",
+        "SIGNATURE_BUNDLE_INVALID",
     )
 
 

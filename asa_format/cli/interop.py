@@ -2,25 +2,29 @@
 
 Both follow the command-line convention of ``asa_format.cli.support``: the
 report on stdout (text, or the JSON envelope of ``asa_format.cli.report`` with
-``--json``), a refused input as a failed result (exit 1), usage and
-environment errors (a missing extra) on stderr (exit 2).
+``--json``), a refused input as a failed result (exit 1; a missing input
+path too), usage and environment errors (a missing extra) on stderr (exit 2;
+with ``--json`` also the envelope on stdout).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import exit_code_for, fail, require_extra
-from asa_format.errors import AsaError
+from asa_format.errors import AsaError, UsageError
+from asa_format.storage.destination import inside
 
 __all__ = ["export_command", "import_command"]
 
 
 @click.command("import")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.argument("destination", type=click.Path())
 @click.option("--name", help="Intervention name (default: from the file name).")
 @click.option(
@@ -33,7 +37,7 @@ __all__ = ["export_command", "import_command"]
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(),
     help="Model directory: its config.json gives the binding (nothing else is read).",
 )
 @click.option("--model-type", help="The transformers model_type the vectors belong to.")
@@ -87,6 +91,21 @@ def import_command(
         model_dir=model_dir,
     )
     try:
+        if not (os.path.exists(source) or os.path.islink(source)):
+            raise UsageError(
+                f"the file to import, {source!r}, does not exist",
+                code="SOURCE_NOT_FOUND",
+                file=source,
+                hint="pass the path of a .gguf control vector or a .svec file",
+            )
+        if inside(Path(source), Path(destination)):
+            raise UsageError(
+                f"destination {destination!r} holds the file to import; "
+                "writing there would replace it",
+                code="DESTINATION_IS_SOURCE",
+                file=destination,
+                hint="write the bundle to a new directory",
+            )
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)
         path = import_file(
@@ -112,7 +131,7 @@ def _sign(value: str | None) -> int | None:
 
 
 @click.command("export")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.argument("destination", type=click.Path())
 @click.option("--to", "target", type=click.Choice(["gguf"]), required=True, help="Target format.")
 @click.option(
@@ -128,7 +147,10 @@ def _sign(value: str | None) -> int | None:
 )
 @click.option("--strict", is_flag=True, help="Refuse if anything about the steering would be lost.")
 @click.option(
-    "--force", is_flag=True, help="Replace an existing destination file (never a directory)."
+    "--force",
+    is_flag=True,
+    help="Replace an existing GGUF control vector (never another file, a directory, or a "
+    "file inside the bundle).",
 )
 @click.option(
     "--json",

@@ -1,7 +1,9 @@
 """One report shape for ``asa validate``, ``inspect``, ``verify`` and ``asa-convert``.
 
 JSON (stdout, ``--json``), one document per run, one result per path given
-(missing paths included)::
+(missing paths included). A command that fails before it has a report (a
+usage or environment error, a signal) writes the same envelope with one
+failed result whose ``path`` is null or the path concerned::
 
     {
       "asa_format_version": "0.1.0",
@@ -42,7 +44,7 @@ __all__ = ["Result", "envelope", "failed_result", "json_report", "text_report", 
 class Result:
     """What a command found for one path."""
 
-    path: str
+    path: str | None  # None: the failure concerns no path (a usage error, a signal)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)  # the command's own data
@@ -118,6 +120,9 @@ def write_report(
     """
     if as_json:
         out.write(json_report(command, results) + "\n")
+        from asa_format.cli.support import report_written
+
+        report_written()
     else:
         text_report(results, out, **text_options)
     out.flush()

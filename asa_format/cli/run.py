@@ -7,13 +7,16 @@ message), optionally after ``--system`` and the messages of ``--messages FILE``
 pipeline writes them); the tokenizer's chat template renders it. The model
 runs in its own dtype unless ``--dtype`` says otherwise. Errors go to stderr
 with their code; exit 1 for a refused bundle or model, 2 for usage or
-environment errors (the ``runtime`` extra missing), 130 interrupted.
+environment errors (the ``runtime`` extra missing), 130 / 143 interrupted.
+With ``--json`` stdout holds one document, the envelope of
+``asa_format.cli.report`` (the result's ``path`` is the bundle; its fields the
+decision, the texts and the model), on success and on every error.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import click
 
 from asa_format import constants as C
+from asa_format.cli.report import Result, write_report
 from asa_format.cli.support import fail, require_extra
 from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
@@ -268,7 +272,12 @@ def _device(name: str) -> Any:
     "--raw", is_flag=True, help="Do not apply the tokenizer's chat template (--prompt only)."
 )
 @click.option("--compare", is_flag=True, help="Also generate without steering and show both.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as one JSON document (the shape asa validate uses), errors included.",
+)
 def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -> None:
     """Generate with MODEL, steered by BUNDLE (a local model directory; nothing is downloaded).
 
@@ -286,7 +295,7 @@ def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -
     try:
         _run(bundle_path=path, **options)
     except AsaError as exc:
-        fail(exc)
+        fail(exc, path=path)
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
@@ -389,7 +398,8 @@ def _run(
         }
         if baseline is not None:
             payload["baseline"] = baseline
-        click.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=True))
+        payload.pop("bundle")
+        write_report("run", [Result(path=str(bundle_path), fields=payload)], True, sys.stdout)
         return
     if row is not None and decision is not None:
         gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]
