@@ -7,7 +7,7 @@ only the standard library), so that such a signal ends the command with the
 exit code of the convention (130 for SIGINT, 143 for SIGTERM) and one line on
 stderr, never a traceback; with ``--json``, the one JSON document on stdout
 too. Nothing has been written before the command runs, so leaving at once is
-safe. ``cli_support.run_main`` then replaces these handlers by ones that
+safe. ``asa_format.cli.support.run_main`` then replaces these handlers by ones that
 raise, so that a running command cleans up what it wrote.
 """
 

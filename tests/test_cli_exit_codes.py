@@ -24,8 +24,8 @@ import click
 import numpy as np
 import pytest
 
-from asa_format import cli_support
 from asa_format.cli import main as asa_main
+from asa_format.cli import support as cli_support
 from asa_format.testing import make_test_bundle
 
 ROOT = Path(__file__).resolve().parents[1]

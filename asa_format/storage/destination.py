@@ -25,7 +25,7 @@ and mode 0644, then moved into place. Without ``--force`` every commit uses a
 no-replace primitive (``renameat2(RENAME_NOREPLACE)``; elsewhere ``link`` +
 ``unlink`` for a file, an exclusive ``mkdir`` then moves for a directory), so
 a destination that another writer creates meanwhile is never replaced; the
-command reports it as existing. SIGINT and SIGTERM (``cli_support.run_main``
+command reports it as existing. SIGINT and SIGTERM (``asa_format.cli.support.run_main``
 turns both into exceptions) remove the temporaries on the way out.
 """
 
