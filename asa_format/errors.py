@@ -48,6 +48,8 @@ ErrorCode = Literal[
     "EXTRA_MISSING",
     "INTERRUPTED",
     "IO_ERROR",
+    "INPUT_NOT_REGULAR",
+    "INPUT_TOO_LARGE",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
     "PATH_SYMLINK",
@@ -142,6 +144,7 @@ ErrorCode = Literal[
     "IMPORT_BINDING",
     "EXPORT_UNSUPPORTED",
     "EXPORT_LOSSY",
+    "VALUE_OVERFLOW",
     "HUB_REFERENCE",
 ]
 
@@ -154,6 +157,8 @@ CODES: dict[ErrorCode, str] = {
     "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
+    "INPUT_NOT_REGULAR": "an input path is not a regular file (a directory, FIFO, device or socket)",
+    "INPUT_TOO_LARGE": "an input file exceeds the size cap for its role",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
     "PATH_INVALID": "a manifest path is absolute, contains '..' or is not in canonical form",
@@ -259,6 +264,7 @@ CODES: dict[ErrorCode, str] = {
     "IMPORT_BINDING": "the import source lacks the model binding and none was given",
     "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
     "EXPORT_LOSSY": "the export would lose information and --strict was given",
+    "VALUE_OVERFLOW": "a coefficient (or alpha) times a vector is not finite in the dtype it is written or applied in",
     "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
 }
 
@@ -350,9 +356,13 @@ class Problem:
 
 
 class AsaError(Exception):
-    """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
+    """Base class of every error raised by asa-format; raised itself only for the
+    input-file codes (IO_ERROR, INPUT_NOT_REGULAR, INPUT_TOO_LARGE), which any
+    command may report for a path it was given."""
 
-    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR")
+    codes: ClassVar[frozenset[ErrorCode]] = _codes(
+        "IO_ERROR", "INPUT_NOT_REGULAR", "INPUT_TOO_LARGE"
+    )
     default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
@@ -456,6 +466,7 @@ class ConversionError(AsaError):
         "IMPORT_BINDING",
         "EXPORT_UNSUPPORTED",
         "EXPORT_LOSSY",
+        "VALUE_OVERFLOW",
     )
 
 
@@ -510,6 +521,7 @@ class RuntimeCompatError(AsaError):
         "MODEL_NOT_FOUND",
         "SELF_TEST_FAILED",
         "BLOCK_OUTPUT_LAYOUT",
+        "VALUE_OVERFLOW",
     )
 
 

@@ -33,11 +33,11 @@ __all__ = [
 ]
 
 HUB_REFERENCE = re.compile(
-    r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})$"
+    r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})\Z"
 )
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 _NAMES = re.compile(
-    r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)$"
+    r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)\Z"
 )
 _MAX_COPY = C.MAX_VECTORS_BYTES
 T = TypeVar("T")

@@ -281,8 +281,10 @@ def load_interventions(
     The checks are those of ``load_bundle`` (one reader); the asa
     intervention, when present, is loaded with ``load_bundle`` as well.
     """
-    from asa_format.bundle import read_checked
+    from asa_format.bundle import check_load_args, read_checked
     from asa_format.hub import is_hub_reference, load_from_hub
+
+    trusted_keys = check_load_args(path, verify, expected_digest, trusted_keys, signature_path)
 
     if is_hub_reference(path):  # org/name@revision
         return load_from_hub(

@@ -43,7 +43,7 @@ __all__ = [
     "tensor_name",
 ]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # used with fullmatch
 
 
 def tensor_name(intervention: str, block: int, role: str = C.DIRECTION_ROLE) -> str:

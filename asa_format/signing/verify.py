@@ -288,6 +288,11 @@ def verify_bundle_signature(
     SIGNATURE_KEY_INVALID, or :class:`BundleError` with PATH_SYMLINK /
     PATH_NOT_REGULAR / BUNDLE_NOT_FOUND / MANIFEST_MISSING.
     """
+    from asa_format.argcheck import digests_arg, key_sources_arg, optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    optional_path_arg(signature_path, "signature_path")
+    digests_arg(file_digests, "file_digests")
     if public_keys is not None:
         warnings.warn(
             "verify_bundle_signature(public_keys=...) is deprecated; use trusted_keys=",
@@ -297,8 +302,7 @@ def verify_bundle_signature(
         if trusted_keys is not None:
             raise UsageError("pass trusted_keys only (public_keys is its deprecated alias)")
         trusted_keys = public_keys
-    if isinstance(trusted_keys, (bytes, str, os.PathLike, ec.EllipticCurvePublicKey)):
-        trusted_keys = [trusted_keys]
+    trusted_keys = key_sources_arg(trusted_keys, "trusted_keys")  # one key, or a list of them
     if not trusted_keys:
         raise UsageError("no trusted public key was given", hint="pass at least one --public-key")
     trusted = [load_public_key(k) for k in trusted_keys]
