@@ -114,10 +114,12 @@ def read_control_vector_fd(
     fields = parsed.fields
     arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise _other_kind(
-            path,
-            f"is a GGUF file with general.architecture {str(arch)[:80]!r}, not a control vector",
+        what = (
+            "no general.architecture"
+            if arch is None
+            else f"general.architecture {str(getattr(arch, 'reason', arch))[:80]!r}"
         )
+        raise _other_kind(path, f"is a GGUF file with {what}, not a control vector")
     hints = {
         k: fields[k] for k in (f"{arch}.model_hint", "controlvector.model_hint") if k in fields
     }
@@ -159,7 +161,8 @@ def read_control_vector_fd(
     for key, count in counts.items():
         if type(count) is not int or count != len(directions):
             raise refuse(
-                f"{key} is {str(count)[:40]} but the file has {len(directions)} direction tensors"
+                f"{key} is {str(count)[:40]!r} ({parsed.field_types[key]}); the file has "
+                f"{len(directions)} direction tensors"
             )
     skip = {"general.architecture", *hints, *counts}
     metadata: dict[str, Any] = {}

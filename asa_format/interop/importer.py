@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from asa_format.errors import ConversionError
+from asa_format.errors import AsaError, ConversionError
 from asa_format.inputs import check_path_arg, open_input
 from asa_format.interop.binding import ImportBinding, make_contents, safe_name
 from asa_format.interop.gguf_cv import GGUF_MAGIC, MAX_GGUF_BYTES, read_control_vector_fd
@@ -48,10 +48,18 @@ def _unknown(path: Path) -> ConversionError:
 
 def _kind_of(fd: int, size: int, path: Path) -> tuple[str, bytes | None]:
     """The kind, and for a .svec file its bytes (read from the same descriptor)."""
-    head = os.pread(fd, 4, 0)
-    if head == GGUF_MAGIC:
+    head = os.pread(fd, 64, 0)
+    if head[:4] == GGUF_MAGIC:
         return "gguf", None
-    if size <= MAX_SVEC_BYTES and head.lstrip()[:1] == b"{":
+    if head.lstrip()[:1] == b"{" and size > MAX_SVEC_BYTES:  # JSON, too large for a .svec
+        raise AsaError(
+            f"the steering file {str(path)!r} is {size} bytes, over the cap of a .svec file "
+            f"({MAX_SVEC_BYTES})",
+            code="INPUT_TOO_LARGE",
+            file=str(path),
+            hint="an activation-steering .svec file is at most a few tens of megabytes",
+        )
+    if head.lstrip()[:1] == b"{":
         data = _read_all(fd, size)
         try:
             if looks_like_svec(load_json(data)):
