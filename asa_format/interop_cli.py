@@ -70,8 +70,8 @@ def import_command(
 ) -> None:
     """Import a llama.cpp control vector (GGUF) or an activation-steering .svec file.
 
-    The kind is detected from the content, not the extension (GGUF needs the
-    interop extra). The bundle holds one 'always' intervention that adds
+    The kind is detected from the content, not the extension; the source is
+    read bounded, and only if it is a regular file. The bundle holds one 'always' intervention that adds
     COEFFICIENT x direction to the output of every block the source names, at
     every token. Exit 0 imported, 1 refused (nothing written), 2 usage or
     environment error.
