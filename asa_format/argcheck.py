@@ -20,11 +20,14 @@ from asa_format.errors import UsageError
 from asa_format.inputs import check_path_arg
 
 __all__ = [
+    "binding_args",
     "bool_arg",
     "bytes_arg",
     "callable_arg",
     "digest_arg",
     "digests_arg",
+    "finite_number_arg",
+    "int_arg",
     "key_sources_arg",
     "optional_path_arg",
     "path_arg",
@@ -136,3 +139,32 @@ def finite_number_arg(value: object, name: str, low: float, high: float) -> floa
             f"pass a finite {name}",
         )
     return number
+
+
+def int_arg(value: object, name: str, low: int, high: int) -> int:
+    """An integer (not bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _usage(f"{name} must be an integer, not {_kind(value)}", f"pass {name} as an int")
+    if not low <= value <= high:
+        raise _usage(
+            f"{name} is {str(value)[:40]}; it must be in [{low}, {high}]", f"pass {name} in range"
+        )
+    return value
+
+
+def binding_args(model_id: object, model_type: object, num_layers: object) -> None:
+    """The model binding options of the converters (each optional)."""
+    from asa_format.textrules import is_label, is_text
+
+    if model_id is not None and not is_text(model_id):
+        raise _usage(
+            f"model_id {str(model_id)[:60]!r} is not text without control characters",
+            "pass the model id",
+        )
+    if model_type is not None and not is_label(model_type):
+        raise _usage(
+            f"model_type {str(model_type)[:60]!r} is not a model type (1..128 characters, no control characters)",
+            "pass the transformers model_type, e.g. llama",
+        )
+    if num_layers is not None:
+        int_arg(num_layers, "num_layers", 1, 100_000)

@@ -396,7 +396,7 @@ def acceptable(kind: str, value: Any) -> bool:
     schema's range (not a bool); ``destination``: a new relative name (never a device: it is
     not passed to a parameter that writes); ``label``: None or a manifest label;
     ``lazy_path``: any usable path (not read yet); ``card``: a bool or the card's text;
-    ``bytes``: bytes.
+    ``bytes``: bytes; ``mapping``/``optional_mapping``: a dict (or None); ``index``: an int >= 0.
     """
     if kind in ("never", "path"):
         return False
@@ -425,6 +425,12 @@ def acceptable(kind: str, value: Any) -> bool:
         return value is None or (
             isinstance(value, (str, os.PathLike)) and os.fspath(value) not in ("", "a\x00b")
         )
+    if kind == "mapping":
+        return isinstance(value, dict)
+    if kind == "optional_mapping":
+        return value is None or isinstance(value, dict)
+    if kind == "index":  # a non-negative int (not bool) of a sane size
+        return type(value) is int and 0 <= value < 2**31
     if kind == "card":
         return isinstance(value, (bool, str))
     if kind == "bytes":
