@@ -79,14 +79,14 @@ def import_command(
     from asa_format.interop import ImportBinding, import_file
     from asa_format.writer import check_destination
 
-    binding = ImportBinding(
-        model_type=model_type,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        model_id=model_id,
-        model_dir=model_dir,
-    )
     try:
+        binding = ImportBinding(  # checked: a model type or id with a newline is a usage error
+            model_type=model_type,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            model_id=model_id,
+            model_dir=model_dir,
+        )
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)
         path = import_file(

@@ -454,3 +454,27 @@ def test_asa_import_coefficient_that_is_not_finite_exits_2_without_a_traceback(
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "[USAGE]" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--model-type", "llama\n"),
+        ("--model-id", "org/m\n"),
+        ("--name", "honesty\n"),
+        ("--name", ""),
+        ("--model-type", "x" * 129),
+    ],
+)
+def test_asa_import_options_ending_in_a_newline_are_usage_errors(
+    tmp_path: Path, option: tuple[str, str]
+) -> None:
+    src = _svec(tmp_path / "v.svec", {"2": [0.5, 0.5]})
+    proc = subprocess.run(
+        [sys.executable, "-m", "asa_format.cli", "import", str(src), str(tmp_path / "b"), *option],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "[USAGE]" in proc.stderr
+    assert not (tmp_path / "b").exists()
