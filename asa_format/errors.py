@@ -49,6 +49,8 @@ ErrorCode = Literal[
     "INTERRUPTED",
     "IO_ERROR",
     "INTERNAL_ERROR",
+    "INPUT_NOT_REGULAR",
+    "INPUT_TOO_LARGE",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
     "PATH_SYMLINK",
@@ -137,7 +139,6 @@ ErrorCode = Literal[
     "DECISION_FAILED",
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
-    "STEERING_NONFINITE",
     "BLOCK_OUTPUT_LAYOUT",
     "FORMAT_FEATURE_UNSUPPORTED",
     "CARD_INVALID",
@@ -148,6 +149,7 @@ ErrorCode = Literal[
     "IMPORT_BINDING",
     "EXPORT_UNSUPPORTED",
     "EXPORT_LOSSY",
+    "VALUE_OVERFLOW",
     "HUB_REFERENCE",
 ]
 
@@ -161,6 +163,8 @@ CODES: dict[ErrorCode, str] = {
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
     "INTERNAL_ERROR": "an unexpected error in asa-format itself (a bug); the message names it",
+    "INPUT_NOT_REGULAR": "an input path is not a regular file (a directory, FIFO, device or socket)",
+    "INPUT_TOO_LARGE": "an input file exceeds the size cap for its role",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
     "PATH_INVALID": "a manifest path is absolute, contains '..' or is not in canonical form",
@@ -259,7 +263,6 @@ CODES: dict[ErrorCode, str] = {
     "DECISION_FAILED": "evaluating the decision graphs failed",
     "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
     "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
-    "STEERING_NONFINITE": "a steering delta is not finite in float32 or in the model's dtype",
     "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
     # format 1.1: interventions, import, export, hub
     "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
@@ -271,6 +274,7 @@ CODES: dict[ErrorCode, str] = {
     "IMPORT_BINDING": "the import source lacks the model binding and none was given",
     "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
     "EXPORT_LOSSY": "the export would lose information and --strict was given",
+    "VALUE_OVERFLOW": "a coefficient (or alpha) times a vector is not finite in the dtype it is written or applied in",
     "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
 }
 
@@ -362,9 +366,13 @@ class Problem:
 
 
 class AsaError(Exception):
-    """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
+    """Base class of every error raised by asa-format; raised itself only for the
+    input-file codes (IO_ERROR, INPUT_NOT_REGULAR, INPUT_TOO_LARGE), which any
+    command may report for a path it was given."""
 
-    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR", "INTERNAL_ERROR")
+    codes: ClassVar[frozenset[ErrorCode]] = _codes(
+        "IO_ERROR", "INTERNAL_ERROR", "INPUT_NOT_REGULAR", "INPUT_TOO_LARGE"
+    )
     default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
@@ -472,6 +480,7 @@ class ConversionError(AsaError):
         "IMPORT_BINDING",
         "EXPORT_UNSUPPORTED",
         "EXPORT_LOSSY",
+        "VALUE_OVERFLOW",
     )
 
 
@@ -526,7 +535,7 @@ class RuntimeCompatError(AsaError):
         "MODEL_NOT_FOUND",
         "SELF_TEST_FAILED",
         "BLOCK_OUTPUT_LAYOUT",
-        "STEERING_NONFINITE",
+        "VALUE_OVERFLOW",
     )
 
 

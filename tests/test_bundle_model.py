@@ -434,3 +434,25 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
         if node not in state:
             visit(node, [node])
     assert not cycles, f"import cycles: {cycles[:5]}"
+
+
+@pytest.mark.parametrize(
+    ("scale", "coefficient", "dtype"),
+    [(3e38, 2.0, torch.float32), (1e5, 1.0, torch.float16), (30000.0, 3.0, torch.float16)],
+)
+def test_attach_refuses_a_delta_that_is_not_finite(
+    tmp_path: Path, scale: float, coefficient: float, dtype: torch.dtype
+) -> None:
+    """coefficient x direction overflowing float32, or the model's dtype: refused before any hook."""
+    model = _tiny_llama().to(dtype)
+    direction = np.full(HIDDEN, scale, dtype=np.float32)
+    contents = BundleContents(
+        model=ModelBinding(hidden_size=HIDDEN, type="llama", num_layers=LAYERS),
+        interventions=[InterventionData("loud", {2: direction}, coefficient=coefficient)],
+    )
+    path = asa_format.save_bundle(contents, tmp_path / "loud")
+    with pytest.raises(asa_format.AsaError) as info:
+        attach(model, path)
+    assert info.value.code == "VALUE_OVERFLOW" and "'loud' block 2" in info.value.message
+    assert not model.model.layers[2]._forward_hooks
+    assert not model._forward_pre_hooks

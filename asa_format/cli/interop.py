@@ -74,8 +74,8 @@ def import_command(
 ) -> None:
     """Import a llama.cpp control vector (GGUF) or an activation-steering .svec file.
 
-    The kind is detected from the content, not the extension (GGUF needs the
-    interop extra). The bundle holds one 'always' intervention that adds
+    The kind is detected from the content, not the extension; the source is
+    read bounded, and only if it is a regular file. The bundle holds one 'always' intervention that adds
     COEFFICIENT x direction to the output of every block the source names, at
     every token. Exit 0 imported, 1 refused (nothing written), 2 usage or
     environment error.
@@ -83,13 +83,6 @@ def import_command(
     from asa_format.interop import ImportBinding, import_file
     from asa_format.storage.writer import check_destination
 
-    binding = ImportBinding(
-        model_type=model_type,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        model_id=model_id,
-        model_dir=model_dir,
-    )
     try:
         if not (os.path.exists(source) or os.path.islink(source)):
             raise UsageError(
@@ -106,6 +99,13 @@ def import_command(
                 file=destination,
                 hint="write the bundle to a new directory",
             )
+        binding = ImportBinding(  # checked: a model type or id with a newline is a usage error
+            model_type=model_type,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            model_id=model_id,
+            model_dir=model_dir,
+        )
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)
         path = import_file(

@@ -30,6 +30,7 @@ from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 from asa_format.format.jsonio import loads_strict
 from asa_format.hints import for_cli
+from asa_format.inputs import MAX_JSON_INPUT_BYTES, check_model_dir, read_input
 from asa_format.runtime.notes import BindingNote
 
 __all__ = ["run_command"]
@@ -74,6 +75,10 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
             hint="pass a local model directory; asa run never downloads models",
         )
     source = str(path) if path.exists() else model
+    if path.is_dir():
+        check_model_dir(
+            path
+        )  # no FIFO, device or oversized config.json for the loaders to block on
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
         loaded = _from_pretrained(transformers, source, dtype)
@@ -96,15 +101,11 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
 
 def _read_messages(path: str) -> tuple[list[dict[str, Any]], list[Any] | None]:
     """(messages, tools) from a chat-messages JSON file."""
+    # a regular file under the cap, opened without blocking: never /dev/zero or a FIFO
+    data = read_input(path, what="the --messages file", cap=MAX_JSON_INPUT_BYTES)
     try:
-        doc = loads_strict(Path(path).read_text(encoding="utf-8"))  # depth, digits, text checked
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read --messages file {path!r}: {exc.strerror}",
-            file=path,
-            hint="pass a JSON file of chat messages",
-        ) from exc
-    except ValueError as exc:
+        doc = loads_strict(data.decode("utf-8"))  # depth, digits, text checked
+    except ValueError as exc:  # UnicodeDecodeError included
         raise UsageError(
             f"--messages file {path!r} is not valid JSON: {exc}",
             file=path,

@@ -31,9 +31,12 @@ import numpy as np
 from asa_format import constants as C
 from asa_format.bundle import Bundle, load_bundle
 from asa_format.errors import AsaError, ConversionError, Problem, UsageError
+from asa_format.finite import check_finite_product
+from asa_format.inputs import check_path_arg
 from asa_format.interop.gguf_cv import ARCHITECTURES, GGUF_MAGIC, MAX_KV, write_control_vector
 from asa_format.storage.destination import StagedFile, inside, normalized, regular_file
 from asa_format.storage.reader import open_regular
+from asa_format.textrules import is_label
 
 __all__ = ["ExportReport", "export_gguf", "plan_gguf"]
 
@@ -61,6 +64,43 @@ def _unsupported(message: str, hint: str) -> ConversionError:
     return ConversionError(message, code="EXPORT_UNSUPPORTED", hint=hint)
 
 
+def _check_args(
+    bundle: object,
+    interventions: object,
+    domain: object,
+    sign: object,
+    model_hint: object,
+    flags: dict[str, object],
+) -> None:
+    """Types and ranges of the export arguments: a coded UsageError, before anything is read."""
+
+    def usage(message: str, hint: str) -> UsageError:
+        return UsageError(message, hint=hint)
+
+    if bundle is not None and not isinstance(bundle, Bundle):
+        raise usage(
+            f"bundle must be an Bundle, not {type(bundle).__name__}",
+            "pass asa_format.load_interventions(path)",
+        )
+    if interventions is not None and not (
+        isinstance(interventions, (list, tuple)) and all(isinstance(n, str) for n in interventions)
+    ):
+        raise usage("interventions must be a list of intervention names", "pass a list of str")
+    if domain is not None and not isinstance(domain, str):
+        raise usage(f"domain must be a str, not {type(domain).__name__}", "pass a domain name")
+    if sign is not None and (type(sign) is not int or sign not in (1, -1)):
+        raise usage(f"sign is {str(sign)[:20]!r}; it must be +1 or -1", "pass sign=1 or sign=-1")
+    if model_hint is not None and not is_label(model_hint):
+        raise usage(
+            f"model_hint {str(model_hint)[:60]!r} is not a model type "
+            "(1..128 characters, no control characters)",
+            "pass the transformers model_type, e.g. llama",
+        )
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise usage(f"{name} must be a bool, not {type(value).__name__}", f"pass {name}=True")
+
+
 def plan_gguf(
     bundle: Bundle,
     *,
@@ -70,6 +110,12 @@ def plan_gguf(
     model_hint: str | None = None,
 ) -> ExportReport:
     """Compute the direction tensors and what the export loses (nothing is written)."""
+    if not isinstance(bundle, Bundle):
+        raise UsageError(
+            f"bundle must be an Bundle, not {type(bundle).__name__}",
+            hint="pass asa_format.load_interventions(path)",
+        )
+    _check_args(bundle, interventions, domain, sign, model_hint, {})
     m = bundle.manifest
     hint = model_hint or m.model.type
     if not hint:
@@ -97,6 +143,12 @@ def plan_gguf(
         chosen = [
             iv for iv in chosen if iv.kind != C.GATE_ASA
         ]  # the asa one only when a domain is chosen
+    if (domain is not None or sign is not None) and not any(iv.kind == C.GATE_ASA for iv in chosen):
+        raise UsageError(
+            "a domain and a sign choose the asa intervention's vector, but none is exported",
+            code="USAGE",
+            hint="drop --domain and --sign, or export a bundle with an asa intervention",
+        )
     report = ExportReport(model_hint=hint, directions={})
     sums: dict[int, list[np.ndarray]] = {}
     for iv in chosen:
@@ -127,6 +179,14 @@ def plan_gguf(
                 )
             )
         for block, d in iv.directions.items():
+            check_finite_product(
+                float(coef),
+                d,
+                "float32",
+                what=f"intervention {iv.name!r} block {block}",
+                hint="a GGUF control vector stores coefficient x direction in float32; "
+                "lower the coefficient or the direction's magnitude",
+            )
             sums.setdefault(block, []).append(
                 d if coef == np.float32(1.0) else (d * coef).astype(np.float32)
             )
@@ -142,8 +202,15 @@ def plan_gguf(
         )
     for block, vecs in sorted(sums.items()):
         total = vecs[0].astype(np.float32)
-        for v in vecs[1:]:
-            total = (total + v).astype(np.float32)
+        with np.errstate(over="ignore"):
+            for v in vecs[1:]:
+                total = (total + v).astype(np.float32)
+        if not np.isfinite(total).all():
+            raise ConversionError(
+                f"block {block}: the sum of {len(vecs)} vectors overflows float32",
+                code="VALUE_OVERFLOW",
+                hint="export the interventions one at a time (--intervention)",
+            )
         if len(vecs) > 1:
             report.losses.append(
                 ("precision", f"block {block}: {len(vecs)} vectors summed into one (float32)")
@@ -184,7 +251,15 @@ def _asa_vector(
                 f"policy {steering.policy}: llama.cpp adds the vector at every token of every step",
             )
         )
-    out: np.ndarray = (v * np.float32(sign * steering.alpha)).astype(np.float32)
+    scale = float(np.float32(sign * steering.alpha))
+    check_finite_product(
+        scale,
+        v,
+        "float32",
+        what=f"domain {domain!r}: sign x alpha",
+        hint="a GGUF control vector stores alpha x vector in float32",
+    )
+    out: np.ndarray = (v * np.float32(scale)).astype(np.float32)
     return out
 
 
@@ -201,6 +276,10 @@ def export_gguf(
     bundle: Bundle | None = None,
 ) -> ExportReport:
     """Write the control vector at ``destination`` (atomically) and return the report."""
+    check_path_arg(destination, "the destination")
+    if bundle is None:
+        check_path_arg(bundle_path, "the bundle")
+    _check_args(bundle, interventions, domain, sign, model_hint, {"strict": strict, "force": force})
     loaded = bundle or load_bundle(bundle_path)
     report = plan_gguf(
         loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint

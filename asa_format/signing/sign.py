@@ -134,6 +134,21 @@ def sign_bundle(
     Deprecated: a PEM path or bytes as the key (or ``private_key_pem=``, and
     ``password=``) still work and warn.
     """
+    from asa_format.argcheck import optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    target_arg = optional_path_arg(signature_path, "signature_path")
+    if target_arg is not None and os.path.lexists(target_arg) and not target_arg.is_file():
+        # never replace a device, a FIFO, a directory or a link's target with a signature
+        raise UsageError(
+            f"signature_path {str(target_arg)!r} exists and is not a regular file",
+            hint="choose a new path for the signature",
+        )
+    if password is not None and not isinstance(password, bytes):
+        raise UsageError(
+            f"password must be bytes or None, not {type(password).__name__}",
+            hint="pass password=b'...'",
+        )
     if private_key_pem is not None:
         warnings.warn(
             "sign_bundle(private_key_pem=...) is deprecated; pass a key object "

@@ -266,8 +266,9 @@ def _compare(
 def _trusted_keys(
     trusted_keys: Sequence[KeySource] | KeySource | None,
 ) -> list[ec.EllipticCurvePublicKey]:
-    if isinstance(trusted_keys, (bytes, str, os.PathLike, ec.EllipticCurvePublicKey)):
-        trusted_keys = [trusted_keys]
+    from asa_format.argcheck import key_sources_arg
+
+    trusted_keys = key_sources_arg(trusted_keys, "trusted_keys")  # one key, or a list of them
     if not trusted_keys:
         raise UsageError("no trusted public key was given", hint="pass at least one --public-key")
     return [load_public_key(k) for k in trusted_keys]
@@ -359,6 +360,10 @@ def verify_bundle(
     (UsageError / SIGNATURE_KEY_INVALID) and a bundle path that is missing or
     a link (BUNDLE_NOT_FOUND / PATH_SYMLINK).
     """
+    from asa_format.argcheck import optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    optional_path_arg(signature_path, "signature_path")
     trusted = _trusted_keys(trusted_keys)
     bundle = checked_bundle_dir(bundle_dir)
     return _verification(bundle, trusted, _signature_path(bundle, signature_path))
@@ -397,6 +402,11 @@ def verify_bundle_signature(
     modified, first) or SIGNATURE_KEY_INVALID, or :class:`BundleError` with
     PATH_SYMLINK / BUNDLE_NOT_FOUND (the bundle path itself).
     """
+    from asa_format.argcheck import digests_arg, optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    optional_path_arg(signature_path, "signature_path")
+    digests_arg(file_digests, "file_digests")
     if public_keys is not None:
         warnings.warn(
             "verify_bundle_signature(public_keys=...) is deprecated; use trusted_keys=",

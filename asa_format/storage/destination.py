@@ -51,8 +51,10 @@ from types import TracebackType
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.errors import ErrorCode, UsageError
+from asa_format.errors import AsaError, ErrorCode, UsageError
+from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import parse_manifest
+from asa_format.inputs import MAX_RECORD_BYTES, read_input
 
 __all__ = [
     "StagedFile",
@@ -70,6 +72,7 @@ TMP_TAG = ".asa-tmp-"  # .NAME.asa-tmp-TOKEN (the staged bundle)
 OLD_TAG = ".asa-old-"  # .NAME.asa-old-TOKEN (the replaced bundle during a two-step swap)
 OWNER_SUFFIX = ".owner"  # .NAME.asa-tmp-TOKEN.owner (who created the two above)
 
+_MAX_PID = (1 << 31) - 1  # pid_t is a signed 32-bit integer
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -147,13 +150,11 @@ def check_replaceable(dest: Path) -> None:
             dest,
         )
     manifest_path = dest / C.MANIFEST_FILE
-    try:
-        data = (
-            manifest_path.read_bytes()
-            if manifest_path.is_file() and not manifest_path.is_symlink()
-            else None
+    try:  # bounded, no link followed, a FIFO does not block: anything else is "not a bundle"
+        data: bytes | None = read_input(
+            manifest_path, what="the manifest", cap=C.MAX_MANIFEST_BYTES, follow_links=False
         )
-    except OSError:
+    except AsaError:
         data = None
     manifest = parse_manifest(data)[0] if data is not None else None
     if manifest is None:
@@ -482,6 +483,34 @@ def _ours(parent: Path, name: str, dest_name: str, tag: str) -> Path | None:
     return path if path.is_dir() and not path.is_symlink() else None
 
 
+def _read_record(owner: Path) -> dict[str, Any] | None:
+    """The owner record at ``owner`` if it is one this version wrote, else None.
+
+    Read bounded (a few hundred bytes; no link followed, never a FIFO) and
+    checked member by member: the pid an integer in 1..2**31-1 (a pid of
+    10**30 would overflow ``os.kill``), the names and the phase strings, the
+    start time a string or null.
+    """
+    try:
+        doc = loads_strict(
+            read_input(
+                owner, what="the owner record", cap=MAX_RECORD_BYTES, follow_links=False
+            ).decode("utf-8")
+        )
+    except (AsaError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pid = doc.get("pid")
+    if type(pid) is not int or not 1 <= pid <= _MAX_PID:
+        return None
+    if not all(isinstance(doc.get(k), str) for k in ("tmp", "old", "phase", "destination", "host")):
+        return None
+    if doc.get("start") is not None and not isinstance(doc.get("start"), str):
+        return None
+    return doc
+
+
 def recover(dest: Path) -> list[str]:
     """Finish or roll back what dead runs left next to ``dest``; returns notes for a person."""
     parent = dest.parent
@@ -499,13 +528,12 @@ def recover(dest: Path) -> list[str]:
     for owner in owners:
         if owner.is_symlink() or not owner.is_file():
             continue
-        try:
-            record = json.loads(owner.read_text(encoding="utf-8"))
-            pid = int(record["pid"])
-            tmp_name, old_name, phase = record["tmp"], record["old"], record["phase"]
-        except (OSError, ValueError, KeyError, TypeError):
+        record = _read_record(owner)
+        if record is None:
             notes.append(f"left {owner.name} alone: not an owner file this version can read")
             continue
+        pid = record["pid"]
+        tmp_name, old_name, phase = record["tmp"], record["old"], record["phase"]
         if owner.name != f"{tmp_name}{OWNER_SUFFIX}" or record.get("destination") != dest.name:
             notes.append(f"left {owner.name} alone: it names other paths")
             continue

@@ -88,8 +88,19 @@ def save_bundle(
     moved into place. ``before_commit`` is called with the temporary
     directory after the check; if it raises, nothing is written at the
     destination (the converter's parity self-check runs there).
+
+    Wrong argument types, and contents with a wrong member type or a
+    non-finite number (a NaN coefficient, an infinite alpha), raise a coded
+    ``UsageError`` before anything is written.
     """
-    dest = normalized(Path(destination))
+    from asa_format.argcheck import bool_arg, callable_arg, path_arg
+    from asa_format.contents_check import check_contents
+
+    check_contents(contents)
+    dest = normalized(path_arg(destination, "destination"))
+    bool_arg(force, "force")
+    bool_arg(check, "check")
+    callable_arg(before_commit, "before_commit")
     check_destination(dest, force=force)
     if not isinstance(contents, BundleContents):
         raise UsageError(
