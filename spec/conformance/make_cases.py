@@ -1296,7 +1296,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         model_type="llama",
         num_layers=4,
     )
-    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse]))
+    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse], provenance=None))
 
     def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
         return edit_manifest(files, fn)
@@ -1507,13 +1507,9 @@ def forward_compat_cases() -> tuple[list[Case], list[Case]]:
     alternatives of an intervention entry and its gate too. Invalid: the same
     member in a 1.1 manifest (the reader's own version) is ``MANIFEST_SCHEMA``.
     """
+    from asa_format.format.contents import BundleContents, InterventionData, bundle_files
     from asa_format.format.interventions import ConditionGate
     from asa_format.format.manifest import FileEntry, ModelBinding, Producer, Provenance
-    from asa_format.intervention_bundle import (
-        BundleContents,
-        InterventionData,
-        intervention_files,
-    )
 
     model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
 
@@ -1542,9 +1538,9 @@ def forward_compat_cases() -> tuple[list[Case], list[Case]]:
     bases: dict[str, dict[str, bytes]] = {}
     for key, contents in (
         ("plain", BundleContents(model=model, interventions=ivs, provenance=provenance, card=False)),
-        ("asa", BundleContents(model=model, interventions=ivs, asa=asa, card=False)),
+        ("asa", dataclasses.replace(asa, interventions=ivs, card=False, provenance=None)),
     ):  # fmt: skip
-        _, files = intervention_files(contents)
+        _, files = bundle_files(contents)
         doc = json.loads(files[C.MANIFEST_FILE])
         doc["producer"] = dict(PRODUCER)
         files[C.MANIFEST_FILE] = dumps_canonical(doc)
