@@ -249,13 +249,19 @@ def test_condition_gates_are_decided_per_generation(tmp_path: Path) -> None:
     path = _condition_bundle(tmp_path / "cond", model, first, second)
     direction = load_bundle(path)["refuse"].directions[2]
 
+    def new_cache() -> Any:
+        try:  # transformers >= 4.56 sizes the cache from the config
+            return DynamicCache(config=model.config)
+        except TypeError:  # the oldest supported release (4.45) takes no arguments
+            return DynamicCache()
+
     def step(ids: list[int], cache: Any) -> torch.Tensor:
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
         return out.logits[0, -1]
 
     def run_interleaved() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        caches = [DynamicCache(config=model.config), DynamicCache(config=model.config)]
+        caches = [new_cache(), new_cache()]
         logits: list[list[torch.Tensor]] = [[], []]
         logits[0].append(step(first, caches[0]))  # prefill of generation A
         logits[1].append(step(second, caches[1]))  # prefill of generation B
@@ -268,7 +274,7 @@ def test_condition_gates_are_decided_per_generation(tmp_path: Path) -> None:
     def run_alone(ids: list[int], steered: bool) -> list[torch.Tensor]:
         ref = _ControlVectorReference(model, {2: direction}, 1.0) if steered else None
         try:
-            cache = DynamicCache(config=model.config)
+            cache = new_cache()
             out = [step(ids, cache)]
             for _ in range(3):
                 out.append(step([int(out[-1].argmax())], cache))
