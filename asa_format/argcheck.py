@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from asa_format.errors import UsageError
-from asa_format.inputs import check_path_arg
+from asa_format.storage.inputs import check_path_arg
 
 __all__ = [
     "binding_args",
@@ -154,7 +154,7 @@ def int_arg(value: object, name: str, low: int, high: int) -> int:
 
 def binding_args(model_id: object, model_type: object, num_layers: object) -> None:
     """The model binding options of the converters (each optional)."""
-    from asa_format.textrules import is_label, is_text
+    from asa_format.format.textrules import is_label, is_text
 
     if model_id is not None and not is_text(model_id):
         raise _usage(

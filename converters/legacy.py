@@ -44,7 +44,7 @@ from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_s
 from asa_format.converters.safe_pickle import safe_load_pickle
 from asa_format.errors import AsaError, ErrorCode, LegacyFormatError, UnsafePickleError
 from asa_format.format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
-from asa_format.inputs import read_input
+from asa_format.storage.inputs import read_input
 
 __all__ = [
     "LEGACY_CONFIG_FILE",

@@ -29,7 +29,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import RuntimeCompatError, UsageError
-from asa_format.finite import FLOAT_DTYPES, check_finite_product
+from asa_format.format.finite import FLOAT_DTYPES, check_finite_product
 from asa_format.format.interventions import ConditionGate, condition_fires, condition_similarity
 
 __all__ = [
@@ -171,7 +171,7 @@ class Program:
         """Refuse deltas that overflow float32 or ``dtype_name`` (``VALUE_OVERFLOW``).
 
         Checked once at attach, with the check every writer uses
-        (:func:`asa_format.finite.check_finite_product`): every
+        (:func:`asa_format.format.finite.check_finite_product`): every
         ``coefficient x direction``, and ``alpha x v[domain]`` for every
         domain of the asa part.
         """

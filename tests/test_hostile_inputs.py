@@ -22,12 +22,12 @@ import pytest
 
 from asa_format import BundleContents, InterventionData, ModelBinding, save_bundle
 from asa_format.errors import AsaError, UsageError
-from asa_format.finite import check_finite_product, finite_product, overflow_threshold
+from asa_format.format.finite import check_finite_product, finite_product, overflow_threshold
 from asa_format.format.manifest import Provenance
-from asa_format.inputs import check_model_dir, read_input
 from asa_format.interop import ImportBinding, import_file, import_source
 from asa_format.interop.svec import MAX_SVEC_BYTES, MAX_SVEC_VALUES
 from asa_format.storage.destination import OWNER_SUFFIX, TMP_TAG
+from asa_format.storage.inputs import check_model_dir, read_input
 from asa_format.storage.writer import check_destination
 from asa_format.testing import make_test_contents
 

@@ -31,10 +31,10 @@ from asa_format import constants as C
 from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.format.manifest import Provenance, manifest_schema, parse_manifest
 from asa_format.format.schema import SchemaError, ecma_regex
+from asa_format.format.textrules import is_label
 from asa_format.interop import ImportBinding, import_source
 from asa_format.interop.svec import parse_svec
 from asa_format.testing import make_test_bundle
-from asa_format.textrules import is_label
 
 ROOT = Path(__file__).resolve().parents[1]
 JUNK = ("\n", "\r\n", "\x00", "\x7f", "\t")

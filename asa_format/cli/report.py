@@ -110,6 +110,11 @@ def text_report(
         out.write(f"{good} of {len(results)} {noun} {verdict}\n")
 
 
+# The commands whose JSON document was written in this process (asa_format.cli.support reads it:
+# a command that ends after its report writes no failure envelope of its own).
+JSON_WRITTEN: list[str] = []
+
+
 def write_report(
     command: str, results: Sequence[Result], as_json: bool, out: TextIO, **text_options: str
 ) -> int:
@@ -120,9 +125,7 @@ def write_report(
     """
     if as_json:
         out.write(json_report(command, results) + "\n")
-        from asa_format.cli.support import report_written
-
-        report_written()
+        JSON_WRITTEN.append(command)  # asa_format.cli.support: no second document after this
     else:
         text_report(results, out, **text_options)
     out.flush()

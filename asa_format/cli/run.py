@@ -30,8 +30,8 @@ from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 from asa_format.format.jsonio import loads_strict
 from asa_format.hints import for_cli
-from asa_format.inputs import MAX_JSON_INPUT_BYTES, check_model_dir, read_input
 from asa_format.runtime.notes import BindingNote
+from asa_format.storage.inputs import MAX_JSON_INPUT_BYTES, check_model_dir, read_input
 
 __all__ = ["run_command"]
 

@@ -81,17 +81,12 @@ class Invocation:
 
     command: str = "asa"
     json: bool = False
-    reported: bool = False  # a JSON document was written to stdout
+    written_before: int = 0  # JSON documents written by earlier invocations in this process
     problems: list[Problem] = field(default_factory=list)  # why it failed, for the envelope
     path: str | None = None  # the path the failure concerns, if any
 
 
 _invocation = Invocation()
-
-
-def report_written() -> None:
-    """Called by ``report.write_report`` once a JSON document is on stdout."""
-    _invocation.reported = True
 
 
 def fail(error: AsaError, path: str | None = None) -> NoReturn:
@@ -180,6 +175,13 @@ def _command_name(command: click.Command, args: Sequence[str], prog_name: str) -
     return command.name or prog_name
 
 
+def _json_written() -> bool:
+    """Whether the command's own report (one JSON document) is already on stdout."""
+    from asa_format.cli.report import JSON_WRITTEN
+
+    return len(JSON_WRITTEN) > _invocation.written_before
+
+
 def _emit_failure_envelope(code: int) -> None:
     """The one JSON document of a command that ended before writing its report."""
     from asa_format.cli.report import Result, write_report
@@ -206,13 +208,17 @@ def run_main(command: click.Command, argv: Sequence[str] | None, prog_name: str)
     """Run a click command with this project's exit codes, signal handling and ``--json``."""
     global _invocation
     args = list(sys.argv[1:] if argv is None else argv)
+    from asa_format.cli.report import JSON_WRITTEN
+
     _invocation = Invocation(
-        command=_command_name(command, args, prog_name), json=_json_requested(args)
+        command=_command_name(command, args, prog_name),
+        json=_json_requested(args),
+        written_before=len(JSON_WRITTEN),
     )
     with _signals_raise():
         try:
             code = _run(command, args, prog_name)
-            if _invocation.json and not _invocation.reported and code != EXIT_OK:
+            if _invocation.json and not _json_written() and code != EXIT_OK:
                 _emit_failure_envelope(code)
         except KeyboardInterrupt:  # a second signal while finishing: leave quietly
             code = EXIT_INTERRUPTED

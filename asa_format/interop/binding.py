@@ -19,8 +19,8 @@ from asa_format.format.contents import BundleContents, InterventionData
 from asa_format.format.interventions import NAME_PATTERN
 from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import ModelBinding, Provenance
-from asa_format.inputs import MAX_CONFIG_BYTES, check_path_arg, read_input
-from asa_format.textrules import is_label, is_text
+from asa_format.format.textrules import is_label, is_text
+from asa_format.storage.inputs import MAX_CONFIG_BYTES, check_path_arg, read_input
 
 __all__ = ["ImportBinding", "check_coefficient", "check_import_args", "make_contents", "safe_name"]
 

@@ -31,12 +31,12 @@ import numpy as np
 from asa_format import constants as C
 from asa_format.bundle import Bundle, load_bundle
 from asa_format.errors import AsaError, ConversionError, Problem, UsageError
-from asa_format.finite import check_finite_product
-from asa_format.inputs import check_path_arg
+from asa_format.format.finite import check_finite_product
+from asa_format.format.textrules import is_label
 from asa_format.interop.gguf_cv import ARCHITECTURES, GGUF_MAGIC, MAX_KV, write_control_vector
 from asa_format.storage.destination import StagedFile, inside, normalized, regular_file
+from asa_format.storage.inputs import check_path_arg
 from asa_format.storage.reader import open_regular
-from asa_format.textrules import is_label
 
 __all__ = ["ExportReport", "export_gguf", "plan_gguf"]
 

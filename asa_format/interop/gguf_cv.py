@@ -9,7 +9,7 @@ of block N (0-based) at every position and has no slot for block 0.
 
 A hostile file is refused before anything it announces is read or
 allocated: the file must be a regular file under the size cap
-(:mod:`asa_format.inputs`), and :mod:`asa_format.interop.gguf_read` checks
+(:mod:`asa_format.storage.inputs`), and :mod:`asa_format.interop.gguf_read` checks
 every count, length, offset and the tensor data layout against the file's
 size with ggml's own rules (``IMPORT_INVALID``); then tensor names, dtypes,
 shapes, lengths and values. Reading needs no third-party package; writing
@@ -29,9 +29,9 @@ import numpy as np
 
 from asa_format.errors import ConversionError, UsageError
 from asa_format.format.jsonio import bad_text
-from asa_format.inputs import open_input
+from asa_format.format.textrules import is_label
 from asa_format.interop.gguf_read import GGUF_MAGIC, Dropped, read_gguf, read_tensor
-from asa_format.textrules import is_label
+from asa_format.storage.inputs import open_input
 
 __all__ = ["GGUF_MAGIC", "read_control_vector", "read_control_vector_fd", "write_control_vector"]
 

@@ -1,6 +1,6 @@
 """``asa import``: detect the kind of a steering file from its content and write a bundle.
 
-The source is opened once (:mod:`asa_format.inputs`: a regular file under the
+The source is opened once (:mod:`asa_format.storage.inputs`: a regular file under the
 size cap, never a FIFO or a device), its kind detected from the first bytes,
 and the same open file parsed: a file swapped between detection and parsing
 cannot be read as another kind.
@@ -16,10 +16,10 @@ import numpy as np
 
 from asa_format.errors import AsaError, ConversionError
 from asa_format.format.contents import BundleContents
-from asa_format.inputs import check_path_arg, open_input
 from asa_format.interop.binding import ImportBinding, make_contents, safe_name
 from asa_format.interop.gguf_cv import GGUF_MAGIC, MAX_GGUF_BYTES, read_control_vector_fd
 from asa_format.interop.svec import MAX_SVEC_BYTES, load_json, looks_like_svec, parse_svec
+from asa_format.storage.inputs import check_path_arg, open_input
 
 __all__ = ["KINDS", "detect_kind", "import_file", "import_source"]
 

@@ -21,7 +21,7 @@ import numpy as np
 from asa_format import constants as C
 from asa_format.errors import ConversionError
 from asa_format.format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
-from asa_format.textrules import is_label
+from asa_format.format.textrules import is_label
 
 __all__ = ["MAX_SVEC_BYTES", "MAX_SVEC_VALUES", "looks_like_svec", "parse_svec"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from asa_format import constants as C
 from asa_format.errors import BundleError, Problem, SignatureError
 from asa_format.format.digest import root_digest
-from asa_format.inputs import read_input
+from asa_format.storage.inputs import read_input
 from asa_format.storage.reader import open_regular, size_cap
 
 __all__ = [

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format.errors import AsaError, SignatureError
-from asa_format.inputs import MAX_KEY_BYTES, read_input
+from asa_format.storage.inputs import MAX_KEY_BYTES, read_input
 
 __all__ = [
     "KeySource",

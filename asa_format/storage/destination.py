@@ -54,7 +54,7 @@ from asa_format import constants as C
 from asa_format.errors import AsaError, ErrorCode, UsageError
 from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import parse_manifest
-from asa_format.inputs import MAX_RECORD_BYTES, read_input
+from asa_format.storage.inputs import MAX_RECORD_BYTES, read_input
 
 __all__ = [
     "StagedFile",

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, UsageError
-from asa_format.inputs import open_input
+from asa_format.storage.inputs import open_input
 
 __all__ = [
     "HUB_REFERENCE",

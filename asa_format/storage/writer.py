@@ -94,7 +94,7 @@ def save_bundle(
     ``UsageError`` before anything is written.
     """
     from asa_format.argcheck import bool_arg, callable_arg, path_arg
-    from asa_format.contents_check import check_contents
+    from asa_format.format.contents_check import check_contents
 
     check_contents(contents)
     dest = normalized(path_arg(destination, "destination"))
