@@ -29,6 +29,7 @@ __all__ = ["cli", "fail", "main"]
     lazy_subcommands={
         "convert": "asa_format.converters.cli:convert_command",
         "export": "asa_format.interop_cli:export_command",  # format 1.1 interoperability
+        "fit": "asa_format.converters.fit_cli:fit_command",
         "import": "asa_format.interop_cli:import_command",
         "run": "asa_format.runtime.cli:run_command",
         "sign": "asa_format.signing_cli:sign_command",
