@@ -271,7 +271,7 @@ CODES: dict[ErrorCode, str] = {
     # fitting (asa fit)
     "FIT_DATA_INVALID": "the fitting data is not readable or a row is malformed (fields, labels, ids, domains)",
     "FIT_SPLIT_MISSING": "a split the fitting protocol needs is missing from the data",
-    "FIT_DOMAIN_ONE_LABEL": "a domain has rows of only one label in a split that fits or scores it",
+    "FIT_DOMAIN_ONE_LABEL": "a domain (or a whole split) has rows of only one label where the fitting protocol needs both",
     "FIT_TOO_FEW_DOMAINS": "the data has fewer than 2 domains",
     "FIT_EMPTY_PROMPT": "an instruction or prompt of the data is empty",
     "FIT_NO_CHAT_TEMPLATE": "a system prompt was given but the model's tokenizer has no chat template",
