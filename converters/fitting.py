@@ -650,11 +650,12 @@ def _fit_contrastive(
         if kind == C.GATE_CONDITION:
             agg = states.mean if with_mean else states.last
             assert agg is not None
-            candidates = (
-                [condition_block]
-                if condition_block is not None
-                else [b for b in range(n_blocks) if b <= min(steered)]
-            )
+            if condition_block is not None:
+                candidates = [condition_block]
+            elif blocks is not None:  # the condition must be known before the first steered block
+                candidates = [b for b in range(n_blocks) if b <= min(steered)]
+            else:
+                candidates = list(range(n_blocks))
             test_rows = where_split == "test"
             cf = fit_condition(
                 agg[:, in_fit],
