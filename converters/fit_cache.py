@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def read_cache(
             stored_key = bytes(npz["key"].tobytes())
             last = np.array(npz["last"])
             mean = np.array(npz["mean"]) if "mean" in npz.files else None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         return None, f"cache entry {path.name} could not be read ({exc}); recomputed"
     blocks, rows = shape
     ok = (
@@ -98,4 +99,8 @@ def write_cache(directory: Path, parts: Mapping[str, Any], states: HiddenStates)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return f"the cache entry could not be written ({exc.strerror}); nothing cached"
+    except BaseException:  # interrupted: leave no temporary file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return None

@@ -270,6 +270,13 @@ def load_data(path: str | os.PathLike[str]) -> FitData:
         raise _invalid(
             "the data mixes labelled prompts and contrastive pairs", str(path), _ROW_HINT
         )
+    with_split = {i.split is not None for i in items}
+    if len(with_split) > 1:
+        raise _invalid(
+            "some rows have a 'split' field and others do not",
+            str(path),
+            "give every row a split, or none",
+        )
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -321,7 +328,7 @@ def check_asa_data(data: FitData, domains: Sequence[str] | None = None) -> list[
         raise _invalid(
             "the asa protocol needs labelled prompts, the data holds contrastive pairs",
             None,
-            'rows {"id", "domain", "label", "instruction"}; pairs fit --kind always or condition',
+            'rows {"id", "domain", "label", "instruction"}; pairs fit the kinds always and condition',
         )
     _need_splits(
         data,

@@ -100,7 +100,7 @@ def _dtype_error(dtype: str, detail: str) -> FitError:
     return FitError(
         f"the model does not run in {dtype}: {detail}",
         code="FIT_DTYPE_UNSUPPORTED",
-        hint="choose another dtype with --dtype (float32 runs everywhere)",
+        hint="choose another dtype (float32 runs everywhere)",
     )
 
 
@@ -157,7 +157,7 @@ class _Runner:
             raise FitError(
                 f"{len(lasts)} block outputs seen for {n_blocks} decoder blocks in one pass",
                 code="FIT_DTYPE_UNSUPPORTED",
-                hint="this architecture calls its blocks unusually; pass --layers-path",
+                hint="this architecture calls its blocks unusually; name its decoder block list (layers path)",
             )
         last = np.stack(lasts)
         if not np.all(np.isfinite(last)):

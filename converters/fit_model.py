@@ -100,13 +100,13 @@ def load_model(
         raise FitError(
             f"the model cannot be loaded in {dtype or 'its own dtype'}: {str(exc).splitlines()[0]}",
             code="FIT_DTYPE_UNSUPPORTED",
-            hint="choose another dtype with --dtype",
+            hint="choose another dtype (float32 runs everywhere)",
         ) from exc
     try:
         model = model.to(device).eval()  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as exc:
         raise UsageError(
-            f"cannot move the model to {device!r}: {exc}", hint="use --device cpu"
+            f"cannot move the model to {device!r}: {exc}", hint="use the cpu device"
         ) from exc
     resolved = resolve_layers(model, layers_path)
     return LoadedModel(
@@ -193,7 +193,7 @@ class Renderer:
             raise FitError(
                 "a system prompt was given but "
                 + (
-                    "--raw asks for no chat template"
+                    "raw rendering (no chat template) was asked for"
                     if raw
                     else "the model's tokenizer has no chat template"
                 ),

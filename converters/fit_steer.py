@@ -133,7 +133,7 @@ def choose_alpha_beta(
             f"{missing} {'is' if ' and ' not in missing else 'are'} not given, and without a trigger "
             "no measurement can choose them (the gate-only F1 of the reference notebook does not "
             "depend on them)",
-            hint="pass --alpha and --beta, or --trigger TEXT (the text that starts a tool call) to "
+            hint="give alpha and beta, or a trigger text (the text that starts a tool call) to "
             "choose them by the F1 of triggered generations on the valid split",
         )
     if not trigger.strip():

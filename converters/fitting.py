@@ -45,6 +45,7 @@ from asa_format.converters.fit_model import (
 )
 from asa_format.converters.fit_report import FitReport
 from asa_format.errors import ParityError, UsageError
+from asa_format.interventions import NAME_PATTERN
 from asa_format.jsonio import dumps_canonical
 
 __all__ = ["KINDS", "fit"]
@@ -87,6 +88,12 @@ def _check_options(
             raise _usage(
                 f"{key} {value} is not a finite number within +/-1e6", f"give a finite {key}"
             )
+    name = options.get("name")
+    if name is not None and not NAME_PATTERN.match(str(name)):
+        raise _usage(
+            f"intervention name {name!r} is not allowed",
+            "use 1-64 characters: letters, digits, '_', '.', '-'",
+        )
     if int(options.get("batch_size") or 1) < 1:
         raise _usage("the batch size must be at least 1", "use 1 to run one prompt at a time")
 
@@ -342,7 +349,7 @@ def _special_tokens_note(renderer: Renderer, prompt: str) -> str | None:
         return (
             f"the tokenizer adds {extra} special token(s) to a text by default; after the chat template "
             "they are not added (as asa run encodes prompts); the reference notebook adds them "
-            "(--add-special-tokens reproduces it)"
+            "(add_special_tokens=True, on the command line --add-special-tokens, reproduces it)"
         )
     return None
 

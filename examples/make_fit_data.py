@@ -1,6 +1,6 @@
-"""Write the small labelled data set of examples/fit_data (for ``asa fit``).
+"""Write the small data sets of examples/fit_data and examples/fit_pairs.jsonl (for ``asa fit``).
 
-    python examples/make_fit_data.py examples/fit_data
+    python examples/make_fit_data.py examples/fit_data --pairs examples/fit_pairs.jsonl
 
 Liquid-ASA's layout: ``cal_data.json``, ``train_data.json``,
 ``valid_data.json`` and ``test_data.json``, each a JSON list of
@@ -11,6 +11,11 @@ seeded random generator: the same command writes the same bytes. The
 requests are written for the example tiny model (examples/make_tiny_model.py),
 whose word-level vocabulary knows most of their words; they are an example
 to run, not a benchmark of tool use.
+
+``--pairs FILE`` also writes contrastive pairs as JSON Lines
+(``{"id", "positive", "negative", "split"}``, train 24, valid 16, test 16):
+the same kind of request with a tool-use wording and a chat wording, for
+``asa fit --kind always`` and ``--kind condition``.
 """
 
 from __future__ import annotations
@@ -121,16 +126,49 @@ def make_rows(seed: int = 0) -> dict[str, list[dict[str, object]]]:
     return splits
 
 
+def make_pairs(seed: int = 0) -> list[dict[str, object]]:
+    """Contrastive pairs: a request that needs a tool, and small talk on a similar topic."""
+    rng = random.Random(seed)
+    out: list[dict[str, object]] = []
+    domains = list(TEMPLATES)
+    for split, n in (("train", 24), ("valid", 16), ("test", 16)):
+        for k in range(n):
+            domain = domains[k % len(domains)]
+            fill = {
+                "city": rng.choice(CITIES),
+                "topic": rng.choice(TOPICS),
+                "person": rng.choice(PEOPLE),
+                "lang": rng.choice(LANGS),
+                "phrase": rng.choice(PHRASES),
+                "n": rng.choice(NUMBERS),
+                "m": rng.choice(NUMBERS),
+            }
+            out.append(
+                {
+                    "id": f"pair_{split}_{k}",
+                    "positive": rng.choice(TEMPLATES[domain][1]).format(**fill),
+                    "negative": rng.choice(TEMPLATES[domain][0]).format(**fill),
+                    "split": split,
+                }
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=Path, help="also write contrastive pairs (JSON Lines) here")
     args = parser.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
     for split, rows in make_rows(args.seed).items():
         path = args.directory / f"{split}_data.json"
         path.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {', '.join(f'{s}_data.json' for s in SPLITS)} to {args.directory}")
+    if args.pairs is not None:
+        lines = [json.dumps(pair) for pair in make_pairs(args.seed)]
+        args.pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {len(lines)} pairs to {args.pairs}")
 
 
 if __name__ == "__main__":
