@@ -73,10 +73,10 @@ def _extraction(model_dir: Path, dtype: str, rounds: int) -> dict[str, Any]:
     from asa_format.converters.fit_hidden import extract_hidden_states
 
     loaded, encoded = _encoded(model_dir, dtype)
-    settings = {
-        METHODS[0]: {"batch_size": 1, "padded": False},
-        METHODS[1]: {"batch_size": 8, "padded": False},
-        METHODS[2]: {"batch_size": 8, "padded": True},
+    settings: dict[str, tuple[int, bool]] = {  # (batch size, padded)
+        METHODS[0]: (1, False),
+        METHODS[1]: (8, False),
+        METHODS[2]: (8, True),
     }
     extract_hidden_states(loaded, encoded[:8], batch_size=1)  # warm-up
     rates: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -85,7 +85,8 @@ def _extraction(model_dir: Path, dtype: str, rounds: int) -> dict[str, Any]:
         order = METHODS if r % 2 == 0 else tuple(reversed(METHODS))
         for method in order:
             t0 = time.perf_counter()
-            _, report = extract_hidden_states(loaded, encoded, **settings[method])
+            batch_size, padded = settings[method]
+            _, report = extract_hidden_states(loaded, encoded, batch_size=batch_size, padded=padded)
             seconds = time.perf_counter() - t0
             rates[method].append(len(encoded) / seconds)
             details[method] = {
