@@ -104,7 +104,7 @@ def load_model(
         ) from exc
     try:
         model = model.to(device).eval()  # type: ignore[arg-type]
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError, AssertionError) as exc:  # torch without CUDA asserts
         raise UsageError(
             f"cannot move the model to {device!r}: {exc}", hint="use the cpu device"
         ) from exc

@@ -273,6 +273,15 @@ def fit(
     )
     if kind == C.GATE_ALWAYS and (condition_block is not None or aggregate is not None):
         raise _usage("condition_block and aggregate apply to kind 'condition'", "drop them")
+    if kind == C.GATE_ASA and (alpha is None or beta is None) and trigger is None:
+        missing = " and ".join(n for n, v in (("alpha", alpha), ("beta", beta)) if v is None)
+        raise _usage(  # before anything is loaded: nothing could choose them
+            f"{missing} {'are' if ' and ' in missing else 'is'} not given, and without a trigger no "
+            "measurement can choose them (the gate-only F1 of the reference notebook does not "
+            "depend on them)",
+            "give alpha and beta, or a trigger text (the text that starts a tool call) to choose "
+            "them by the F1 of triggered generations on the valid split",
+        )
     method = method or "mean_diff"
     if method not in ("mean_diff", "pca_center"):
         raise _usage(f"unknown method {method!r}", "use mean_diff or pca_center")
