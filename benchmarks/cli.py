@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark asa-format against the legacy pickle path. "
-        "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone.",
+        "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone; "
+        "`python -m benchmarks fit [--quick] [--out DIR]` the asa fit benchmark.",
     )
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)"
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from .serving import main as serving_main
 
         return serving_main(argv[1:])
+    if argv[:1] == ["fit"]:  # asa fit: extraction throughput and whole-fit wall time
+        from .fit import main as fit_main
+
+        return fit_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
