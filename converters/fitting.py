@@ -584,7 +584,7 @@ def _fit_contrastive(
     from asa_format.converters.fit_contrastive import directions, fit_condition
     from asa_format.converters.fit_write import write_fitted
     from asa_format.format.interventions import ConditionGate
-    from asa_format.intervention_bundle import InterventionData
+    from asa_format.format.contents import InterventionData
 
     n_blocks = len(loaded.layers)
     if blocks is not None:
