@@ -143,6 +143,9 @@ ErrorCode = Literal[
     "EXPORT_UNSUPPORTED",
     "EXPORT_LOSSY",
     "HUB_REFERENCE",
+    "SERVING_CONFIG",
+    "SERVING_EAGER_REQUIRED",
+    "SERVING_BUNDLE_UNKNOWN",
 ]
 
 
@@ -260,6 +263,10 @@ CODES: dict[ErrorCode, str] = {
     "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
     "EXPORT_LOSSY": "the export would lose information and --strict was given",
     "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
+    # serving (the vLLM plugin)
+    "SERVING_CONFIG": "the serving configuration (ASA_VLLM_BUNDLES, trusted keys, engine settings) is invalid or unsupported",
+    "SERVING_EAGER_REQUIRED": "the serving engine would compile or capture the steered blocks; it must run in eager mode",
+    "SERVING_BUNDLE_UNKNOWN": "a request names a bundle the server did not load",
 }
 
 
@@ -390,6 +397,9 @@ class UsageError(AsaError):
         "SIGNATURE_EXISTS",
         "EXTRA_MISSING",
         "INTERRUPTED",
+        "SERVING_CONFIG",
+        "SERVING_EAGER_REQUIRED",
+        "SERVING_BUNDLE_UNKNOWN",
     )
     default_code = "USAGE"
 
