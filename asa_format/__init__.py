@@ -1,11 +1,14 @@
 """asa-format: portable, secure bundles of activation-steering (ASA) assets.
 
-Public API::
+A bundle is a manifest plus an ordered list of interventions (``always``
+control vectors, ``condition`` gates, at most one ``asa`` decision); every
+kind loads into one :class:`Bundle`. Public API::
 
     from asa_format import load_bundle, save_bundle, validate_bundle
-    bundle = load_bundle("my-bundle/")          # verified, sessions ready
-    decisions = bundle.decide(hidden_states)    # [N, H] -> per-row domain, p, gate
-    v = bundle.steering_vector("search")        # mixed, normalized float32 [H]
+    bundle = load_bundle("my-bundle/")          # any kind: verified, sessions ready
+    bundle.interventions                        # [LoadedIntervention(name, kind, ...)]
+    decisions = bundle.decide(hidden_states)    # asa part: [N, H] -> per-row domain, p, gate
+    v = bundle.steering_vector("web_search")    # asa part: mixed, normalized float32 [H]
 
     contents = bundle.to_contents()             # or read_bundle_contents("my-bundle/")
     save_bundle(dataclasses.replace(contents, steering=...), "edited/")
@@ -24,10 +27,10 @@ bundles and in-memory scikit-learn objects into bundles;
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import Any
 
+from asa_format._version import __version__
 from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
-from asa_format.digest import root_digest
 from asa_format.errors import (
     CODES,
     AsaError,
@@ -44,13 +47,10 @@ from asa_format.errors import (
     UnsafePickleError,
     UsageError,
 )
-from asa_format.intervention_bundle import (
-    InterventionBundle,
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.digest import root_digest
+from asa_format.format.interventions import ConditionGate, LoadedIntervention
+from asa_format.format.manifest import Manifest, ModelBinding, Provenance, Steering
 from asa_format.signing import (
     VerifiedSignature,
     load_private_key,
@@ -58,8 +58,8 @@ from asa_format.signing import (
     sign_bundle,
     verify_bundle_signature,
 )
+from asa_format.storage.writer import save_bundle
 from asa_format.validate import ValidationReport, validate_bundle
-from asa_format.writer import BundleContents, save_bundle
 
 __all__ = [
     "CODES",
@@ -67,16 +67,16 @@ __all__ = [
     "Bundle",
     "BundleContents",
     "BundleError",
+    "ConditionGate",
     "ConversionError",
     "Decision",
     "DecisionBatch",
     "DecisionError",
     "DigestMismatchError",
     "ErrorCode",
-    "InterventionBundle",
-    "InterventionContents",
     "InterventionData",
     "LegacyFormatError",
+    "LoadedIntervention",
     "Manifest",
     "ModelBinding",
     "ParityError",
@@ -91,7 +91,6 @@ __all__ = [
     "VerifiedSignature",
     "__version__",
     "load_bundle",
-    "load_interventions",
     "load_private_key",
     "load_public_key",
     "read_bundle_contents",
@@ -101,3 +100,24 @@ __all__ = [
     "validate_bundle",
     "verify_bundle_signature",
 ]
+
+
+def _deprecated_module() -> Any:
+    import importlib
+
+    return importlib.import_module("asa_format._deprecated")
+
+
+def __getattr__(name: str) -> object:
+    """Deprecated names of the two-model era, for one minor version (with a warning)."""
+    import warnings
+
+    if name in ("load_interventions", "InterventionContents", "InterventionBundle"):
+        warnings.warn(
+            f"asa_format.{name} is deprecated: use {_deprecated_module().REPLACEMENTS[name]} "
+            "(one bundle model for every kind)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Bundle if name == "InterventionBundle" else getattr(_deprecated_module(), name)
+    raise AttributeError(f"module 'asa_format' has no attribute {name!r}")

@@ -1,9 +1,14 @@
-"""A loaded bundle: the decision function and the steering vectors.
+"""A loaded bundle: its interventions, the decision function and the steering vectors.
 
-``load_bundle`` reads and checks every file (``reader.read_bundle_dir``) and
-returns a :class:`Bundle` whose onnxruntime sessions were created once, from
-the checked bytes. ``Bundle.decide`` implements the spec's decision function
-(section "Decision function"), ``Bundle.steering_vector`` its mixing rule.
+``load_bundle`` reads and checks every file (``reader.read_bundle_dir``) of
+any bundle (format 1.0 or 1.1, with or without an asa intervention) and
+returns one :class:`Bundle` type. ``Bundle.interventions`` lists every
+intervention in manifest order (spec 14.1: a 1.0 bundle is one ``asa``
+intervention). Where the bundle has an asa intervention, its onnxruntime
+sessions were created once, from the checked bytes; ``Bundle.decide``
+implements the spec's decision function (section 4),
+``Bundle.steering_vector`` its mixing rule. Both refuse a bundle without an
+asa intervention (``NOT_AN_ASA_BUNDLE``).
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
-from asa_format.fastpath import FastPlan, build_plan, check_inputs
-from asa_format.manifest import AsaManifest
-from asa_format.reader import read_bundle_dir
-from asa_format.writer import BundleContents, contents_of
+from asa_format.format.contents import BundleContents, contents_of
+from asa_format.format.digest import root_digest
+from asa_format.format.interventions import Intervention, LoadedIntervention, tensor_name
+from asa_format.format.manifest import AsaManifest, Manifest
+from asa_format.graphs.fastpath import FastPlan, build_plan, check_inputs
+from asa_format.storage.reader import read_bundle_dir
 
 __all__ = [
     "GENERIC_MARGIN",
@@ -75,11 +81,19 @@ class DecisionBatch:
 
 
 class Bundle:
-    """A verified asa bundle held in memory."""
+    """A verified bundle held in memory: every intervention, and the asa part's decision.
+
+    ``interventions`` lists every intervention in manifest order (a
+    :class:`~asa_format.format.interventions.LoadedIntervention`: ``name``,
+    ``kind``, ``spec``, and the vectors of ``always``/``condition`` ones);
+    ``bundle[name]`` finds one. ``has_asa`` says whether the bundle has an
+    asa intervention; ``decide``, ``steering_vector`` and ``domains`` belong
+    to it.
+    """
 
     def __init__(
         self,
-        manifest: AsaManifest,
+        manifest: Manifest,
         manifest_bytes: bytes,
         vectors: dict[str, np.ndarray],
         sessions: dict[str, Any],
@@ -87,12 +101,20 @@ class Bundle:
         models: dict[str, Any] | None = None,
         fast: bool = True,
         graph_bytes: dict[str, bytes] | None = None,
+        interventions: Sequence[LoadedIntervention] | None = None,
+        card: str | None = None,
     ) -> None:
         self.manifest = manifest
         self.graph_bytes: dict[str, bytes] = dict(graph_bytes or {})  # file name -> checked bytes
         self.manifest_bytes = manifest_bytes
         self.vectors = vectors
         self.path = path
+        self.card = card
+        self.interventions: list[LoadedIntervention] = (
+            list(interventions)
+            if interventions is not None
+            else [LoadedIntervention(Intervention(name=C.GATE_ASA, kind=C.GATE_ASA), {}, {})]
+        )
         self._sessions = sessions
         self.domains: list[str] = manifest.domain_names
         self.hidden_size = manifest.model.hidden_size
@@ -104,12 +126,65 @@ class Bundle:
             None  # the proven linear structure (error bounds), if any
         )
         self._domains_tuple = tuple(self.domains)
-        if models is not None:
+        if models is not None and self.has_asa:
             plan = build_plan(models, self._probe_files, self.hidden_size)
             if plan is not None and self._plan_agrees(plan):
                 self._structure = plan
                 self._plan = plan if fast else None
         self._single_row = self._plan is not None
+
+    # -- the interventions ---------------------------------------------------------
+    @property
+    def has_asa(self) -> bool:
+        """Whether the bundle has an asa intervention (every 1.0 bundle has)."""
+        return isinstance(self.manifest, AsaManifest)
+
+    @property
+    def asa(self) -> Bundle | None:
+        """The bundle itself when it has an asa intervention, else None."""
+        return self if self.has_asa else None
+
+    @property
+    def kinds(self) -> list[str]:
+        """The gate kind of every intervention, in manifest order."""
+        return [iv.kind for iv in self.interventions]
+
+    @property
+    def blocks(self) -> list[int]:
+        """Every decoder block an intervention steers or reads, ascending."""
+        out: set[int] = set()
+        for iv in self.interventions:
+            if iv.kind == C.GATE_ASA:
+                assert self.manifest.layer is not None
+                out.add(int(self.manifest.layer.index))
+            else:
+                out.update(iv.spec.blocks)
+                if iv.spec.condition is not None:
+                    out.update(iv.spec.condition.blocks)
+        return sorted(out)
+
+    def __getitem__(self, name: str) -> LoadedIntervention:
+        for iv in self.interventions:
+            if iv.name == name:
+                return iv
+        raise KeyError(name)
+
+    @property
+    def _steering(self) -> Any:
+        steering = self.manifest.steering
+        assert steering is not None  # only the asa part's methods read it, after _require_asa
+        return steering
+
+    def _require_asa(self, what: str) -> None:
+        if not self.has_asa:
+            raise BundleError(
+                f"{what} needs an asa intervention; this bundle has "
+                f"{', '.join(f'{iv.name} ({iv.kind})' for iv in self.interventions)}",
+                code="NOT_AN_ASA_BUNDLE",
+                file=C.MANIFEST_FILE,
+                hint="its interventions apply with asa_format.runtime.attach; "
+                "bundle.interventions lists them",
+            )
 
     @property
     def decision_backend(self) -> str:
@@ -120,8 +195,8 @@ class Bundle:
         """A sanity check of the structural match: the plan reproduces onnxruntime on fixed
         inputs (scaler bit for bit; domains, gates and probabilities on rows off the margins)."""
         probe = check_inputs(self.hidden_size)
-        tau = self.manifest.steering.tau
-        no_probe = self.manifest.steering.no_probe_probability
+        tau = self._steering.tau
+        no_probe = self._steering.no_probe_probability
         try:
             scaled = self._sessions[C.SCALER_FILE].run([C.SCALER_OUTPUT], {C.SCALER_INPUT: probe})[
                 0
@@ -149,17 +224,24 @@ class Bundle:
         return True
 
     def to_contents(self) -> BundleContents:
-        """What :func:`~asa_format.writer.save_bundle` needs to write this bundle again.
+        """What :func:`~asa_format.storage.writer.save_bundle` needs to write this bundle again.
 
         ``save_bundle(load_bundle(p).to_contents(), q)`` writes the same bytes
-        as ``p``; change a field first (``dataclasses.replace``) to edit it.
+        as ``p``, for every bundle kind; change a field first
+        (``dataclasses.replace``) to edit it.
         """
-        if not self.graph_bytes:
+        if self.has_asa and not self.graph_bytes:
             raise UsageError(
                 "this Bundle was built without its graph bytes",
                 hint="load it with load_bundle() to save it again",
             )
-        return contents_of(self.manifest, self.vectors, self.graph_bytes)
+        tensors: dict[str, np.ndarray] = {}
+        for iv in self.interventions:
+            for b, v in iv.directions.items():
+                tensors[tensor_name(iv.name, b)] = v
+            for b, v in iv.conditions.items():
+                tensors[tensor_name(iv.name, b, C.CONDITION_ROLE)] = v
+        return contents_of(self.manifest, self.vectors, self.graph_bytes, tensors, self.card)
 
     # -- identity ---------------------------------------------------------------
     @property
@@ -169,10 +251,16 @@ class Bundle:
 
     def __repr__(self) -> str:
         m = self.manifest
+        if self.kinds == [C.GATE_ASA] and m.layer is not None:
+            return (
+                f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, "
+                f"layer={m.layer.index}, "
+                f"domains={self.domains!r}, digest={self.root_digest[:19]}...)"
+            )
+        parts = ", ".join(f"{iv.name}: {iv.kind}" for iv in self.interventions)
         return (
             f"Bundle(model={m.model.id!r}, hidden_size={m.model.hidden_size}, "
-            f"layer={m.layer.index}, "
-            f"domains={self.domains!r}, digest={self.root_digest[:19]}...)"
+            f"interventions=[{parts}], blocks={self.blocks}, digest={self.root_digest[:19]}...)"
         )
 
     # -- decision ----------------------------------------------------------------
@@ -211,10 +299,11 @@ class Bundle:
         margin of a decision boundary are decided by onnxruntime on the row
         alone (spec section 4.9).
         """
+        self._require_asa("decide()")
         plan = self._plan
         h = self._check_hidden(hidden, finite=plan is None)
         n = h.shape[0]
-        steering = self.manifest.steering
+        steering = self._steering
         if n == 0:
             return DecisionBatch(
                 self._domains_tuple,
@@ -265,7 +354,7 @@ class Bundle:
         self, h: np.ndarray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The reference decision of each row in ``rows``: onnxruntime on that row alone."""
-        tau = self.manifest.steering.tau
+        tau = self._steering.tau
         index = np.zeros(rows.size, dtype=np.int64)
         prob = np.zeros(rows.size, dtype=np.float64)
         gate = np.zeros(rows.size, dtype=np.int8)
@@ -279,7 +368,7 @@ class Bundle:
         self, scores: np.ndarray, index: np.ndarray, prob: np.ndarray, x64: np.ndarray
     ) -> np.ndarray:
         """Rows of an onnxruntime batch within the margin of a boundary (decided again alone)."""
-        tau = self.manifest.steering.tau
+        tau = self._steering.tau
         s = self._structure
         with np.errstate(all="ignore"):
             xnorm = np.sqrt(np.einsum("ij,ij->i", x64, x64))
@@ -321,7 +410,7 @@ class Bundle:
             [C.CLASSIFIER_PROBABILITIES], {C.CLASSIFIER_INPUT: x64}
         )[0]
         index = np.argmax(scores, axis=1).astype(np.int64)
-        prob = np.full(n, self.manifest.steering.no_probe_probability, dtype=np.float64)
+        prob = np.full(n, self._steering.no_probe_probability, dtype=np.float64)
         for d in np.unique(index):
             probe = self._probe_files[int(d)]
             if probe is None:
@@ -335,6 +424,7 @@ class Bundle:
 
     # -- steering vectors -----------------------------------------------------------
     def domain_index(self, domain: str | int) -> int:
+        self._require_asa("a domain")
         if isinstance(domain, (int, np.integer)):
             if not 0 <= int(domain) < len(self.domains):
                 raise DecisionError(
@@ -352,6 +442,7 @@ class Bundle:
 
     def steering_vector(self, domain: str | int) -> np.ndarray:
         """``v = (1-beta) vec[d] + beta vec[global]``, then ``v / (||v|| + 1e-8)``; float32."""
+        self._require_asa("steering_vector()")
         i = self.domain_index(domain)
         with self._lock:
             cached = self._mixed.get(i)
@@ -359,7 +450,7 @@ class Bundle:
                 cached = mix_vectors(
                     self.vectors[self.domains[i]],
                     self.vectors[C.GLOBAL_VECTOR],
-                    self.manifest.steering.beta,
+                    self._steering.beta,
                 )
                 cached.setflags(write=False)
                 self._mixed[i] = cached
@@ -445,17 +536,24 @@ def load_bundle(
 ) -> Bundle:
     """Load, check and return the bundle at ``path`` (a directory or a hub ``org/name@revision``).
 
-    ``verify=False`` skips only the size/sha256 comparison with the manifest;
-    every profile check still runs. ``expected_digest`` pins the root digest;
-    ``trusted_keys`` requires a valid signature by one of the public keys.
-    ``fast`` allows the NumPy evaluator of ``asa_format.fastpath``, used only
-    if it reproduces onnxruntime on load. A format 1.1 bundle with other
-    interventions besides the asa one is refused unless ``asa_only`` (then
-    they are ignored). Raises :class:`BundleError` (with
-    every problem found) on failure.
+    Every valid bundle loads, of any kind: format 1.0 (one asa intervention)
+    and 1.1 (any ordered list of ``always``, ``condition`` and at most one
+    ``asa`` intervention). ``verify=False`` skips only the size/sha256
+    comparison with the manifest; every profile check still runs.
+    ``expected_digest`` pins the root digest; ``trusted_keys`` requires a
+    valid signature by one of the public keys. ``fast`` allows the NumPy
+    evaluator of ``asa_format.graphs.fastpath``, used only if it reproduces
+    onnxruntime on load. ``asa_only`` keeps only the asa intervention (and
+    refuses a bundle without one, ``NOT_AN_ASA_BUNDLE``). Raises
+    :class:`BundleError` (with every problem found) on failure.
     """
-    from asa_format.hub import is_hub_reference, load_from_hub
+    from asa_format.storage.hub import is_hub_reference, load_from_hub
 
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise UsageError(
+            f"load_bundle() needs a path (str or os.PathLike), got {type(path).__name__}",
+            hint="pass the bundle directory, or a hub reference org/name@revision",
+        )
     if is_hub_reference(
         path
     ):  # org/name@revision: downloaded, copied, then loaded with every check
@@ -479,38 +577,62 @@ def load_bundle(
         signature_path=signature_path,
         keep_models=True,
     )
-    from asa_format.reader import _create_sessions
+    from asa_format.storage.reader import _create_sessions
 
     assert result.manifest is not None and result.manifest_bytes is not None
-    if not isinstance(result.manifest, AsaManifest):
-        raise BundleError(
-            "the bundle has no asa intervention (no router, probes or domains)",
-            code="NOT_AN_ASA_BUNDLE",
-            file=C.MANIFEST_FILE,
-            hint="load it with asa_format.load_interventions, and apply it with asa_format.runtime.attach_interventions",
+    manifest = result.manifest
+    interventions = _loaded_interventions(manifest, result.intervention_vectors)
+    if asa_only:
+        if not isinstance(manifest, AsaManifest):
+            raise BundleError(
+                "the bundle has no asa intervention (no router, probes or domains)",
+                code="NOT_AN_ASA_BUNDLE",
+                file=C.MANIFEST_FILE,
+                hint="load it without asa_only=True; asa_format.runtime.attach applies every kind",
+            )
+        interventions = [iv for iv in interventions if iv.kind == C.GATE_ASA]
+    if isinstance(manifest, AsaManifest):
+        _create_sessions(
+            result, result.graph_bytes, manifest.model.hidden_size, len(manifest.domains)
         )
-    if not asa_only and any(iv.kind != C.GATE_ASA for iv in result.manifest.interventions):
-        raise BundleError(
-            "the bundle has interventions besides the asa one, which a Bundle (and attach) would ignore",
-            code="BUNDLE_HAS_INTERVENTIONS",
-            file=C.MANIFEST_FILE,
-            hint="use asa_format.load_interventions / asa_format.runtime.attach_interventions, or pass asa_only=True",
-        )
-    _create_sessions(
-        result, result.graph_bytes, result.manifest.model.hidden_size, len(result.manifest.domains)
-    )
-    if result.problems:
-        raise BundleError.from_problems(result.problems)
+        if result.problems:
+            raise BundleError.from_problems(result.problems)
     return Bundle(
-        result.manifest,
+        manifest,
         result.manifest_bytes,
         result.vectors,
         result.sessions,
         Path(path),
-        models=result.models,
+        models=result.models if isinstance(manifest, AsaManifest) else None,
         fast=fast,
         graph_bytes=result.graph_bytes,
+        interventions=interventions,
+        card=result.card,
     )
+
+
+def _loaded_interventions(
+    manifest: Manifest, vectors: dict[str, np.ndarray]
+) -> list[LoadedIntervention]:
+    """Every intervention of a checked manifest, in order, with read-only float32 vectors."""
+    specs = list(manifest.interventions) or [Intervention(name=C.GATE_ASA, kind=C.GATE_ASA)]
+    loaded = []
+    for spec in specs:
+        directions = {b: _frozen(vectors[tensor_name(spec.name, b)]) for b in spec.blocks}
+        conditions = {}
+        if spec.condition is not None:
+            conditions = {
+                b: _frozen(vectors[tensor_name(spec.name, b, C.CONDITION_ROLE)])
+                for b in spec.condition.blocks
+            }
+        loaded.append(LoadedIntervention(spec, directions, conditions))
+    return loaded
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    out = np.array(a, dtype=np.float32, copy=True)
+    out.setflags(write=False)
+    return out
 
 
 def read_bundle_contents(path: str | os.PathLike[str], *, verify: bool = True) -> BundleContents:
@@ -520,8 +642,19 @@ def read_bundle_contents(path: str | os.PathLike[str], *, verify: bool = True) -
     no session is kept). ``save_bundle(read_bundle_contents(p), q)`` writes
     the same bytes as ``p``.
     """
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise UsageError(
+            f"read_bundle_contents() needs a path (str or os.PathLike), got {type(path).__name__}",
+            hint="pass the bundle directory",
+        )
     result = read_bundle_dir(path, verify=verify)
     if result.problems:
         raise BundleError.from_problems(result.problems)
     assert result.manifest is not None
-    return contents_of(result.manifest, result.vectors, result.graph_bytes)
+    return contents_of(
+        result.manifest,
+        result.vectors,
+        result.graph_bytes,
+        result.intervention_vectors,
+        result.card,
+    )

@@ -132,6 +132,7 @@ ErrorCode = Literal[
     "DECISION_FAILED",
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
+    "STEERING_NONFINITE",
     "BLOCK_OUTPUT_LAYOUT",
     "FORMAT_FEATURE_UNSUPPORTED",
     "CARD_INVALID",
@@ -251,6 +252,7 @@ CODES: dict[ErrorCode, str] = {
     "DECISION_FAILED": "evaluating the decision graphs failed",
     "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
     "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
+    "STEERING_NONFINITE": "a steering delta is not finite in float32 or in the model's dtype",
     "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
     # format 1.1: interventions, import, export, hub
     "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
@@ -520,6 +522,7 @@ class RuntimeCompatError(AsaError):
         "MODEL_NOT_FOUND",
         "SELF_TEST_FAILED",
         "BLOCK_OUTPUT_LAYOUT",
+        "STEERING_NONFINITE",
     )
 
 

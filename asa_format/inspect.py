@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import BundleError
-from asa_format.reader import read_bundle_dir
+from asa_format.format.digest import root_digest
+from asa_format.storage.reader import read_bundle_dir
 
 __all__ = ["describe"]
 

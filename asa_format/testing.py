@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.manifest import ModelBinding, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
+from asa_format.format.manifest import ModelBinding, Provenance, Steering
+from asa_format.storage.writer import BundleContents, save_bundle
 
 __all__ = [
     "linear_probe_graph",

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import Problem
-from asa_format.reader import read_bundle_dir
+from asa_format.format.digest import root_digest
+from asa_format.format.interventions import Intervention
+from asa_format.format.manifest import Manifest
+from asa_format.storage.reader import read_bundle_dir
 
-__all__ = ["ValidationReport", "validate_bundle"]
+__all__ = ["ValidationReport", "describe_interventions", "intervention_text", "validate_bundle"]
 
 
 @dataclass
@@ -36,6 +38,56 @@ class ValidationReport:
         }
 
 
+def describe_interventions(m: Manifest) -> list[dict[str, Any]]:
+    """Every intervention in manifest order: name, kind, blocks, gate (a 1.0 bundle: one asa)."""
+    out: list[dict[str, Any]] = []
+    entries = list(m.interventions) or (
+        [Intervention(name=C.GATE_ASA, kind=C.GATE_ASA)] if m.layer is not None else []
+    )
+    for iv in entries:
+        if iv.kind == C.GATE_ASA:
+            assert m.layer is not None and m.steering is not None
+            out.append(
+                {
+                    "name": iv.name,
+                    "kind": iv.kind,
+                    "blocks": [m.layer.index],
+                    "policy": m.steering.policy,
+                    "gate": {"kind": C.GATE_ASA, "domains": len(m.domains), "tau": m.steering.tau},
+                }
+            )
+            continue
+        gate: dict[str, Any] = {"kind": iv.kind}
+        if iv.condition is not None:
+            gate = iv.condition.to_dict()
+        out.append(
+            {
+                "name": iv.name,
+                "kind": iv.kind,
+                "blocks": list(iv.blocks),
+                "policy": iv.policy,
+                "coefficient": iv.coefficient,
+                "gate": gate,
+            }
+        )
+    return out
+
+
+def intervention_text(item: dict[str, Any]) -> str:
+    """One intervention of :func:`describe_interventions` in a few words."""
+    blocks = ",".join(str(b) for b in item["blocks"])
+    if item["kind"] == C.GATE_ASA:
+        return f"{item['name']}: asa gate, block {blocks}, {item['gate']['domains']} domains"
+    text = f"{item['name']}: {item['kind']}, block{'s' if len(item['blocks']) > 1 else ''} {blocks}"
+    if item["kind"] == C.GATE_CONDITION:
+        g = item["gate"]
+        text += (
+            f", if {g['aggregate']} similarity at {','.join(str(b) for b in g['blocks'])} "
+            f"{'>' if g['comparator'] == 'greater_than' else '<'} {g['threshold']:g}"
+        )
+    return text
+
+
 def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> ValidationReport:
     """Check the bundle at ``path`` and collect every problem.
 
@@ -54,7 +106,7 @@ def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> Valid
         report.summary = {
             "model": m.model.to_dict(),
             "layer": m.layer.index if m.layer is not None else None,
-            "interventions": [iv.name for iv in m.interventions],
+            "interventions": describe_interventions(m),
             "domains": m.domain_names,
             "files": len(m.files) + 1,
             "signature": (result.path / C.SIGNATURE_FILE).is_file(),

@@ -71,7 +71,7 @@ def run_commands(settings: Settings, bundle: Path, legacy_dir: Path, work: Path)
         [
             *py,
             "-m",
-            "asa_format.converters.cli",
+            "asa_format.cli.convert",
             str(legacy_dir),
             str(work / "converted-it"),
             "--force",

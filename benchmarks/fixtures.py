@@ -166,8 +166,8 @@ def write_bundle(pipe: Pipeline, dest: Path, layer: int, num_layers: int) -> Pat
 
 def write_scale_bundle(dest: Path, hidden: int, n_domains: int) -> Path:
     """A generated bundle (``asa_format.testing``) of the given hidden size and domain count."""
+    from asa_format.storage.writer import save_bundle
     from asa_format.testing import make_test_contents
-    from asa_format.writer import save_bundle
 
     names = [f"domain_{i:03d}" for i in range(n_domains)]
     return save_bundle(

@@ -55,7 +55,7 @@ def cli_command(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    module = {"asa": "asa_format.cli", "asa-convert": "asa_format.converters.cli"}[name]
+    module = {"asa": "asa_format.cli", "asa-convert": "asa_format.cli.convert"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -1,4 +1,4 @@
-"""``results.md``: the Markdown tables quoted by the README."""
+"""``results.md``: the Markdown tables quoted by docs/performance.md."""
 
 from __future__ import annotations
 

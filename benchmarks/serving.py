@@ -111,7 +111,7 @@ def _in_hook(
 def _busy(bundle: Any, legacy: Any, pool: np.ndarray, quick: bool) -> dict[str, Any]:
     import torch
 
-    from asa_format import fastpath
+    from asa_format.graphs import fastpath
 
     h64 = np.ascontiguousarray(np.resize(pool, (64, pool.shape[1])))
     na = np.random.default_rng(0).standard_normal((256, 1024))

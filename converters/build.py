@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from asa_format import __version__
 from asa_format import constants as C
+from asa_format._version import __version__
 from asa_format.bundle import gates, load_bundle
 from asa_format.converters.parity import (
     DEFAULT_SAMPLES,
@@ -29,8 +29,8 @@ from asa_format.converters.parity import (
     sample_hidden_states,
 )
 from asa_format.errors import ConversionError, ParityError
-from asa_format.manifest import ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, save_bundle
+from asa_format.format.manifest import ModelBinding, Producer, Provenance, Steering
+from asa_format.storage.writer import BundleContents, save_bundle
 
 __all__ = ["build_bundle"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from asa_format import __version__
 from asa_format import constants as C
+from asa_format._version import __version__
 from asa_format.bundle import load_bundle
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.legacy_model import LegacyAssets
@@ -32,10 +32,10 @@ from asa_format.converters.parity import (
     sample_hidden_states,
 )
 from asa_format.converters.semantics import estimators_use_float32, legacy_decide
-from asa_format.digest import root_digest
 from asa_format.errors import ParityError, UsageError
-from asa_format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
-from asa_format.writer import BundleContents, check_destination, save_bundle
+from asa_format.format.digest import root_digest
+from asa_format.format.manifest import FileEntry, ModelBinding, Producer, Provenance, Steering
+from asa_format.storage.writer import BundleContents, check_destination, save_bundle
 
 __all__ = [
     "PARITY_TOLERANCE",

@@ -43,7 +43,7 @@ from asa_format.converters.pickle_allowlist import MAX_PICKLE_BYTES
 from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
 from asa_format.converters.safe_pickle import safe_load_pickle
 from asa_format.errors import ErrorCode, LegacyFormatError, UnsafePickleError
-from asa_format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
+from asa_format.format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
 
 __all__ = [
     "LEGACY_CONFIG_FILE",

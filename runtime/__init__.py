@@ -1,10 +1,14 @@
-"""Apply an asa-bundle to a decoder layer of a Hugging Face transformers model.
+"""Apply bundles of every kind to the decoder blocks of a Hugging Face transformers model.
 
     from asa_format.runtime import attach
 
     with attach(model, "path/to/bundle") as handle:
         out = model.generate(**inputs)
     print(handle.last.rows)
+
+    with attach(model, bundles={"cv": "control-vector/", "asa": "asa-bundle/"}) as handle:
+        with handle.select(["cv", "asa", None]):  # per row: a bundle, or none
+            out = model.generate(**batch)
 
 Requires torch and transformers (the ``runtime`` extra).
 """
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
         same_model_id,
     )
     from asa_format.runtime.handle import SteeringHandle, attach
-    from asa_format.runtime.interventions import InterventionHandle, attach_interventions
     from asa_format.runtime.layers import KNOWN_LAYER_PATHS, ResolvedLayers, resolve_layers
     from asa_format.runtime.records import GenerationRecord
     from asa_format.runtime.steering import SteeringSkippedWarning
@@ -38,12 +41,10 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "KNOWN_LAYER_PATHS": "layers",
     "GenerationRecord": "records",
-    "InterventionHandle": "interventions",
     "ResolvedLayers": "layers",
     "SteeringHandle": "handle",
     "SteeringSkippedWarning": "steering",
     "attach": "handle",
-    "attach_interventions": "interventions",  # format 1.1
     "check_compatibility": "compat",
     "model_hidden_size": "compat",
     "model_id": "compat",
@@ -55,12 +56,10 @@ _EXPORTS = {
 __all__ = [
     "KNOWN_LAYER_PATHS",
     "GenerationRecord",
-    "InterventionHandle",
     "ResolvedLayers",
     "SteeringHandle",
     "SteeringSkippedWarning",
     "attach",
-    "attach_interventions",
     "check_compatibility",
     "model_hidden_size",
     "model_id",
@@ -68,6 +67,21 @@ __all__ = [
     "resolve_layers",
     "same_model_id",
 ]
+
+
+def attach_interventions(model: Any, bundle_or_path: Any, **kwargs: Any) -> Any:
+    """:func:`attach` (deprecated name, kept for one minor version)."""
+    import warnings
+
+    warnings.warn(
+        "asa_format.runtime.attach_interventions is deprecated: use asa_format.runtime.attach "
+        "(one runtime for every bundle kind)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from asa_format.runtime.handle import attach
+
+    return attach(model, bundle_or_path, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -116,7 +116,8 @@ def check_compatibility(
 ) -> None:
     """Raise :class:`RuntimeCompatError` if ``bundle`` cannot steer ``model``."""
     binding = bundle.manifest.model
-    layer_index = int(bundle.manifest.layer.index)
+    blocks = getattr(bundle, "blocks", None)  # every block a bundle reads or steers
+    layer_index = max(int(b) for b in blocks) if blocks else int(bundle.manifest.layer.index)
 
     hidden = model_hidden_size(model)
     if hidden is None:

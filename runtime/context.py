@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from asa_format import constants as C
 from asa_format.runtime.classify import PassInfo
 from asa_format.runtime.evidence import CallEvidence
 
@@ -36,54 +35,43 @@ __all__ = [
 
 @dataclass
 class GenerationState:
-    """What a prefill decided, per row, for the later passes of its generation."""
+    """What a prefill decided, per row, for the later passes of its generation.
+
+    Deltas are kept per ``(block, policy)``: the float32 sum ``[B, H]`` of the
+    row's interventions that steer that block with that policy, and a bool
+    ``[B]`` mask of the rows that have one (a row without stays bit-identical).
+    """
 
     record_id: int
     batch: int
     prompt_len: int  # positions of the prefill pass up to the prompt's end
     positions: list[int]  # per row: the position whose hidden state was decided on
     entries: list[str | None]  # per row: the bundle steering it, or None
-    policies: list[str | None]  # per row: that bundle's policy
-    gates: list[int]  # filled when the prefill is committed
-    gate_t: torch.Tensor | None = None  # int8 [B] on the device: the same gates, for the hooks
-    # block index -> [B, H] float32 deltas (zero rows where nothing is added)
-    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
-    # (block, device, dtype) -> the deltas cast for that block's output
-    cast: dict[tuple[int, str, torch.dtype], torch.Tensor] = field(default_factory=dict)
-    # device -> the policy masks of policy_masks()
-    masks: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    outcomes: list[Any]  # per row: its RowOutcomes (asa decision, condition outcomes), or None
+    gates: list[int]  # per row: the asa gate (0 without one), filled when committed
+    gate_t: torch.Tensor | None = None  # int8 [B] on the device: the asa gates, for the hooks
+    # (block, policy) -> [B, H] float32 deltas (zero rows where nothing is added)
+    deltas: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    # (block, policy) -> bool [B]: rows whose delta is added
+    active: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    # (block, policy, device, dtype) -> the deltas cast for that block's output
+    cast: dict[tuple[int, str, str, torch.dtype], torch.Tensor] = field(default_factory=dict)
 
-    def policy_masks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bool ``[B]`` masks on ``device``, derived once per generation from ``policies``:
-        rows steering every real position, rows steering generated positions, steered rows."""
-        key = str(device)
-        masks = self.masks.get(key)
-        if masks is None:
-            gen = (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
-            masks = (
-                torch.tensor([p == C.POLICY_ALL_TOKENS for p in self.policies], device=device),
-                torch.tensor([p in gen for p in self.policies], device=device),
-                torch.tensor([p is not None for p in self.policies], device=device),
-            )
-            self.masks[key] = masks
-        return masks
-
-    def gated(self, device: torch.device) -> torch.Tensor:
-        """Bool ``[B]`` on ``device``: rows whose gate is not 0."""
-        if self.gate_t is None:
-            return torch.tensor([g != 0 for g in self.gates], dtype=torch.bool, device=device)
-        return (self.gate_t != 0).to(device)
-
-    def delta(self, block: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        base = self.deltas.get(block)
-        if base is None:
-            return None
-        key = (block, str(device), dtype)
+    def delta(
+        self, block: int, policy: str, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        key = (block, policy, str(device), dtype)
         cached = self.cast.get(key)
         if cached is None:
-            cached = base.to(device=device, dtype=dtype)
+            cached = self.deltas[(block, policy)].to(device=device, dtype=dtype)
             self.cast[key] = cached
         return cached
+
+    def signature(self, row: int) -> tuple[Any, ...]:
+        """What row ``row`` decided: rows with equal signatures are steered alike."""
+        out = self.outcomes[row]
+        fires = () if out is None else tuple(sorted(out.fires.items()))
+        return (self.entries[row], self.gates[row], fires)
 
     def reordered(self, rows: list[int]) -> GenerationState:
         """The state of a batch whose row ``i`` continues row ``rows[i]`` of this one."""
@@ -94,10 +82,11 @@ class GenerationState:
             prompt_len=self.prompt_len,
             positions=[self.positions[r] for r in rows],
             entries=[self.entries[r] for r in rows],
-            policies=[self.policies[r] for r in rows],
+            outcomes=[self.outcomes[r] for r in rows],
             gates=[self.gates[r] for r in rows],
             gate_t=None if self.gate_t is None else self.gate_t[index.to(self.gate_t.device)],
-            deltas={b: d[index.to(d.device)] for b, d in self.deltas.items()},
+            deltas={k: d[index.to(d.device)] for k, d in self.deltas.items()},
+            active={k: a[index.to(a.device)] for k, a in self.active.items()},
         )
 
 
@@ -233,7 +222,7 @@ class LegacyTracker:
             rows: list[int] = []
             for i in range(fp.shape[0]):
                 matches = torch.nonzero(same[i]).flatten().tolist()
-                kinds = {(state.entries[j], state.gates[j]) for j in matches}
+                kinds = {state.signature(j) for j in matches}
                 if len(kinds) != 1:
                     break
                 rows.append(int(matches[0]))
@@ -298,10 +287,7 @@ class Lineage:
             matches = [int(j) for j in torch.nonzero(same).flatten().tolist()]
             if not matches:
                 return None
-            kinds = {
-                (seen.state.entries[j], seen.state.gates[j], seen.state.positions[j])
-                for j in matches
-            }
+            kinds = {(*seen.state.signature(j), seen.state.positions[j]) for j in matches}
             if len(kinds) > 1:
                 return (
                     f"row {i} re-reads a sequence shared by earlier rows with different decisions"

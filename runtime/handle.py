@@ -1,8 +1,11 @@
-"""``attach``: put one or several bundles on a transformers causal LM.
+"""``attach``: put one or several bundles, of any kind, on a transformers causal LM.
 
-Every check (bundle integrity and trust, model compatibility, layer
-resolution) runs before any hook is registered: a refused bundle or an
-incompatible model leaves the model untouched.
+Every bundle kind applies through the same hooks: ``always`` control
+vectors, ``condition`` gates and the ``asa`` decision (one hook per decoder
+block, whatever the number of bundles). Every check (bundle integrity and
+trust, model compatibility, layer resolution, finite deltas) runs before any
+hook is registered: a refused bundle or an incompatible model leaves the
+model untouched.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from asa_format.runtime._types import BundleLike
 from asa_format.runtime.block_output import check_block_output
 from asa_format.runtime.compat import check_compatibility
 from asa_format.runtime.layers import ResolvedLayers, resolve_layers
+from asa_format.runtime.program import Program
 from asa_format.runtime.records import GenerationRecord, RecordLog
 from asa_format.runtime.steering import DecisionCallback, Entry, Steerer
 
@@ -118,6 +122,28 @@ class SteeringHandle:
     def skipped(self) -> int:
         return self._steerer.skipped
 
+    @property
+    def blocks(self) -> list[int]:
+        """Every decoder block a hook of this handle reads or steers."""
+        return sorted(self._steerer.by_block)
+
+    @property
+    def condition_decisions(self) -> dict[str, list[bool]]:
+        """Per condition intervention, whether it steers each row of the last generation."""
+        last = self.last
+        out: dict[str, list[bool]] = {}
+        if last is None:
+            return out
+        for name in last.bundles:
+            program = None if name is None else self._steerer.entries[name].program
+            for iv, kind in program.kinds.items() if program is not None else ():
+                if kind == C.GATE_CONDITION:
+                    out.setdefault(iv, [])
+        for outcomes in last.interventions:
+            for iv in out:
+                out[iv].append(bool(outcomes and outcomes.get(iv)))
+        return out
+
     # -- records ----------------------------------------------------------------------
     @property
     def records(self) -> deque[GenerationRecord]:
@@ -142,9 +168,21 @@ class SteeringHandle:
         prefill runs, and stays with that generation.
         """
         if not isinstance(rows, (str, type(None))):
+            if not isinstance(rows, Sequence) or isinstance(rows, (bytes, bytearray)):
+                raise UsageError(
+                    f"select() takes a bundle name, None, or a sequence of them (one per row), "
+                    f"got {type(rows).__name__}",
+                    hint=f"choose from {', '.join(sorted(self._steerer.entries))} (or None)",
+                )
             rows = tuple(rows)
             if not rows:
                 raise UsageError("the selection is empty", hint="give one name per row")
+            bad = [r for r in rows if r is not None and not isinstance(r, str)]
+            if bad:
+                raise UsageError(
+                    f"a row's selection must be a bundle name or None, got {type(bad[0]).__name__}",
+                    hint=f"choose from {', '.join(sorted(self._steerer.entries))} (or None)",
+                )
         for name in (rows,) if isinstance(rows, (str, type(None))) else rows:
             if name is not None and name not in self._steerer.entries:
                 raise UsageError(
@@ -170,7 +208,7 @@ class SteeringHandle:
         finally:
             self._steerer.states.clear()
             self._steerer.lineage.forget()
-            for block in {e.block for e in self._steerer.entries.values()}:
+            for block in self._steerer.by_block:
                 _mark_active(self.layers.layers[block], -1)
         logger.info("steering removed from %s", self.layers.path)
 
@@ -194,7 +232,7 @@ def _load(bundle_or_path: Any, expected_digest: str | None, trusted_keys: Any) -
         from asa_format import load_bundle
 
         return load_bundle(
-            Path(bundle_or_path),
+            bundle_or_path if isinstance(bundle_or_path, str) else Path(bundle_or_path),
             verify=True,
             expected_digest=expected_digest,
             trusted_keys=trusted_keys,
@@ -204,12 +242,15 @@ def _load(bundle_or_path: Any, expected_digest: str | None, trusted_keys: Any) -
             "trusted_keys applies when attach() loads the bundle from a path",
             hint="pass the bundle path, or load it with load_bundle(path, trusted_keys=...)",
         )
-    for attr in ("manifest", "decide", "steering_vector", "domains"):
-        if not hasattr(bundle_or_path, attr):
-            raise UsageError(
-                f"attach() needs a bundle or a bundle path, got {type(bundle_or_path).__name__}",
-                hint="pass asa_format.load_bundle(path) or the path of the bundle directory",
-            )
+    from asa_format.bundle import Bundle
+
+    if not isinstance(bundle_or_path, Bundle):  # a duck-typed asa bundle (a wrapper, a test)
+        for attr in ("manifest", "decide", "steering_vector", "domains"):
+            if not hasattr(bundle_or_path, attr):
+                raise UsageError(
+                    f"attach() needs a bundle or a bundle path, got {type(bundle_or_path).__name__}",
+                    hint="pass asa_format.load_bundle(path) or the path of the bundle directory",
+                )
     if expected_digest is not None:
         actual = getattr(bundle_or_path, "root_digest", None)
         if actual != expected_digest:
@@ -228,7 +269,22 @@ def _decider(bundle: BundleLike) -> Any:
 
     if type(bundle) is not Bundle:  # a wrapper may override decide(): respect it
         return None
+    if not bundle.has_asa:
+        return None
     return TorchDecider.for_bundle(bundle)
+
+
+def _has_asa(bundle: Any) -> bool:
+    """Whether a bundle has an asa intervention (a duck-typed asa bundle has)."""
+    return bool(getattr(bundle, "has_asa", True))
+
+
+def _model_dtype(model: nn.Module) -> str:
+    """The name of the model's floating dtype (its first floating parameter's)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return str(param.dtype).replace("torch.", "")
+    return "float32"
 
 
 def _forward_signature(model: nn.Module) -> inspect.Signature | None:
@@ -258,12 +314,17 @@ def attach(
 ) -> SteeringHandle:
     """Attach a bundle (or several) to ``model`` (any transformers causal LM).
 
+    Every bundle kind applies: ``always`` control vectors, ``condition``
+    gates and the ``asa`` decision, each intervention on its own blocks, one
+    hook per decoder block whatever the number of bundles. Gates (asa and
+    condition) are decided per generation at its prefill and kept with it.
     ``bundle_or_path`` is a loaded bundle or a bundle directory (loaded with
     ``load_bundle(verify=True, expected_digest=..., trusted_keys=...)``).
     ``bundles`` instead maps names to bundles or paths; each row of a batch is
     then steered by the bundle chosen with :meth:`SteeringHandle.select`
     (``default`` when nothing is selected; no steering when that is None).
-    ``policy`` and ``alpha`` override the bundles' values. A forward pass
+    ``policy`` overrides every intervention's policy, ``alpha`` the asa
+    interventions' strength. A forward pass
     that cannot be classified is not steered and a warning says why;
     ``on_unclassified="raise"`` makes it a :class:`DecisionError`.
     ``device_decisions`` (default) decides with the bundle's graphs evaluated in
@@ -280,6 +341,11 @@ def attach(
             "attach() takes either one bundle or a bundles= mapping",
             hint="attach(model, path) or attach(model, bundles={'name': path, ...})",
         )
+    if not isinstance(model, nn.Module):
+        raise UsageError(
+            f"attach() needs a torch.nn.Module (a transformers causal LM), got {type(model).__name__}",
+            hint="load the model with transformers' AutoModelForCausalLM.from_pretrained(...)",
+        )
     if on_unclassified not in ON_UNCLASSIFIED:
         raise UsageError(
             f"on_unclassified must be one of {', '.join(ON_UNCLASSIFIED)}, got {on_unclassified!r}"
@@ -288,15 +354,34 @@ def attach(
         raise UsageError(
             f"unknown injection policy {policy!r}", hint=f"use one of {', '.join(C.POLICIES)}"
         )
-    if alpha is not None and not np.isfinite(float(alpha)):
-        raise UsageError(f"alpha must be finite, got {alpha!r}")
+    if alpha is not None and (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float, np.floating, np.integer))
+        or not np.isfinite(float(alpha))
+    ):
+        raise UsageError(f"alpha must be a finite number, got {alpha!r}")
+    if isinstance(max_records, bool) or not isinstance(max_records, (int, np.integer)):
+        raise UsageError(f"max_records must be an integer, got {max_records!r}")
     if int(max_records) < 1:
         raise UsageError(f"max_records must be at least 1, got {max_records!r}")
+    if layers_path is not None and not isinstance(layers_path, str):
+        raise UsageError(f"layers_path must be a string, got {type(layers_path).__name__}")
 
     sources: dict[str, Any]
     if bundles is not None:
+        if not isinstance(bundles, Mapping):
+            raise UsageError(
+                f"bundles= must map names to bundles or paths, got {type(bundles).__name__}",
+                hint="attach(model, bundles={'name': 'path/to/bundle', ...})",
+            )
         if not bundles:
             raise UsageError("bundles= is empty", hint="map at least one name to a bundle")
+        bad = [k for k in bundles if not isinstance(k, str) or not k]
+        if bad:
+            raise UsageError(
+                f"bundle names must be non-empty strings, got {bad[0]!r}",
+                hint="attach(model, bundles={'name': 'path/to/bundle', ...})",
+            )
         if expected_digest is not None:
             raise UsageError(
                 "expected_digest applies to one bundle",
@@ -312,27 +397,33 @@ def attach(
     loaded = {str(name): _load(src, expected_digest, trusted_keys) for name, src in sources.items()}
 
     layers = resolve_layers(model, layers_path)
+    dtype = _model_dtype(model)
     entries: dict[str, Entry] = {}
     for name, bundle in loaded.items():
         check_compatibility(model, bundle, layers, strict_model_match=strict_model_match)
-        steering = bundle.manifest.steering
+        program = Program(bundle, policy=policy, alpha=alpha if _has_asa(bundle) else None)
+        program.check_finite(dtype)
         entries[name] = Entry(
             name=name,
             bundle=bundle,
-            block=int(bundle.manifest.layer.index),
-            policy=steering.policy if policy is None else policy,
-            alpha=float(steering.alpha if alpha is None else alpha),
+            program=program,
             hidden_size=int(bundle.manifest.model.hidden_size),
-            decider=_decider(bundle) if device_decisions else None,
+            decider=_decider(bundle) if device_decisions and _has_asa(bundle) else None,
         )
-        if entries[name].policy not in C.POLICIES:
-            raise UsageError(f"bundle {name!r} has an unknown policy {entries[name].policy!r}")
+    if alpha is not None and not any(_has_asa(b) for b in loaded.values()):
+        raise UsageError(
+            "alpha= sets the strength of an asa intervention, and no attached bundle has one",
+            hint="scale always/condition interventions by their coefficients instead",
+        )
 
     # Probe each steered block once (a tiny forward that stops there) and refuse any output
     # layout but one [batch, sequence, hidden] state before any hook is registered.
-    for index in sorted({e.block for e in entries.values()}):
-        size = next(e.hidden_size for e in entries.values() if e.block == index)
-        check_block_output(model, layers, index, hidden_size=size)
+    sizes: dict[int, int] = {}
+    for e in entries.values():
+        for index in e.program.blocks:
+            sizes.setdefault(index, e.hidden_size)
+    for index in sorted(sizes):
+        check_block_output(model, layers, index, hidden_size=sizes[index])
 
     steerer = Steerer(
         entries,
@@ -342,7 +433,7 @@ def attach(
         forward_signature=_forward_signature(model),
         on_unclassified=on_unclassified,
     )
-    blocks = sorted({e.block for e in entries.values()})
+    blocks = sorted(steerer.by_block)
     hooks: list[RemovableHandle] = []
     try:
         hooks.append(model.register_forward_pre_hook(steerer.pre_forward, with_kwargs=True))

@@ -15,11 +15,14 @@ __all__ = ["GenerationRecord", "RecordLog"]
 class GenerationRecord:
     """The decisions taken on the prefill of one generation.
 
-    ``rows[i]`` is the decision of batch row ``i`` (a ``Decision`` with
+    ``rows[i]`` is the asa decision of batch row ``i`` (a ``Decision`` with
     ``domain``, ``domain_index``, ``probability`` and ``gate``), or ``None``
-    when no bundle was selected for that row; ``bundles[i]`` names its bundle;
-    ``positions[i]`` is the position whose hidden state was read for that row
-    (its last real, non-padding token).
+    when the row's bundle has no asa intervention or no bundle was selected;
+    ``bundles[i]`` names its bundle; ``interventions[i]`` maps each
+    intervention of that bundle to its outcome for the row (the asa gate, a
+    condition's True/False, ``True`` for always); ``positions[i]`` is the
+    position whose hidden state was read for that row (its last real,
+    non-padding token).
     """
 
     generation: int  # sequence number within the handle, from 1
@@ -30,6 +33,7 @@ class GenerationRecord:
     positions: list[int]
     thread: str
     bundles: list[str | None] = field(default_factory=list)  # per row: the bundle, or None
+    interventions: list[dict[str, Any] | None] = field(default_factory=list)  # per row
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,29 +50,28 @@ class GenerationRecord:
         return [float("nan") if r is None else float(r.probability) for r in self.rows]
 
     def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for i, (r, p, b) in enumerate(
+            zip(self.rows, self.positions, self.bundles or [None] * len(self.rows), strict=True)
+        ):
+            row: dict[str, Any] = {"bundle": b, "position": int(p)}
+            if r is not None:
+                row.update(
+                    domain=str(r.domain),
+                    domain_index=int(r.domain_index),
+                    probability=float(r.probability),
+                    gate=int(r.gate),
+                )
+            outcomes = self.interventions[i] if i < len(self.interventions) else None
+            if outcomes is not None:
+                row["interventions"] = dict(outcomes)
+            rows.append(row)
         return {
             "generation": self.generation,
             "policy": self.policy,
             "layer": self.layer,
-            "alpha": self.alpha,
-            "rows": [
-                {"bundle": b, "position": int(p)}
-                if r is None
-                else {
-                    "bundle": b,
-                    "domain": str(r.domain),
-                    "domain_index": int(r.domain_index),
-                    "probability": float(r.probability),
-                    "gate": int(r.gate),
-                    "position": int(p),
-                }
-                for r, p, b in zip(
-                    self.rows,
-                    self.positions,
-                    self.bundles or [None] * len(self.rows),
-                    strict=True,
-                )
-            ],
+            "alpha": None if self.alpha != self.alpha else self.alpha,  # NaN: no asa part
+            "rows": rows,
         }
 
 

@@ -1,17 +1,20 @@
 """``attach(..., self_test=True)``: prove, through the real hooks, that steering works.
 
 A short greedy generation (two prompts, the shorter one left-padded) runs on
-the attached model, once per attached bundle. Independent hooks capture each
-steered block's output before and after the handle's hook. The self-test then
-checks, for every pass:
+the attached model, once per attached bundle. Independent hooks capture the
+output of every block the bundle reads or steers, before and after the
+handle's hook. The self-test then checks, for every pass and block:
 
 * the pass kinds: one prefill, then one decode step per further token, and
   no pass left unclassified;
-* the positions the handle chose equal the ones the policy names (spec
+* the positions the handle chose equal the ones each policy names (spec
   section 3.7.1), computed here from the prompt lengths alone;
-* the change to the block's output is exactly ``gate * alpha * v`` there and
-  zero elsewhere (bit-identical rows where the gate is 0);
-* the decisions equal ``bundle.decide`` on the captured hidden states.
+* the change to the block's output is exactly the sum of the row's deltas
+  there (``gate * alpha * v`` for the asa intervention, ``coefficient *
+  direction`` for an always one, and for a condition one when its condition
+  held) and zero elsewhere (bit-identical rows where nothing is due);
+* the asa decisions equal ``bundle.decide``, and the condition outcomes the
+  spec's rule (14.4), on the captured hidden states.
 
 Any difference raises :class:`RuntimeCompatError` (``SELF_TEST_FAILED``) with
 what was expected and what happened; ``attach`` then removes its hooks.
@@ -27,6 +30,8 @@ import torch
 
 from asa_format import constants as C
 from asa_format.errors import RuntimeCompatError
+from asa_format.format.interventions import condition_fires, condition_similarity
+from asa_format.runtime.program import Term
 from asa_format.runtime.steering import split_output
 
 if TYPE_CHECKING:
@@ -95,17 +100,18 @@ def run_self_test(handle: SteeringHandle) -> list[SelfTestReport]:
     steerer = handle._steerer
     reports = []
     for name, entry in steerer.entries.items():
-        block = handle.layers.layers[entry.block]
-        raw: list[torch.Tensor] = []
-        steered: list[torch.Tensor] = []
+        blocks = entry.program.blocks
+        raw: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+        steered: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
 
         def keep(into: list[torch.Tensor]) -> Any:
             return lambda m, a, o: into.append(split_output(o)[0].detach().clone())
 
-        hooks = [
-            block.register_forward_hook(keep(raw), prepend=True),
-            block.register_forward_hook(keep(steered)),
-        ]
+        hooks = []
+        for b in blocks:
+            layer = handle.layers.layers[b]
+            hooks.append(layer.register_forward_hook(keep(raw[b]), prepend=True))
+            hooks.append(layer.register_forward_hook(keep(steered[b])))
         ids, mask, pad = _prompt(model)
         before = len(steerer.log)
         steerer.trace = []
@@ -121,7 +127,7 @@ def run_self_test(handle: SteeringHandle) -> list[SelfTestReport]:
                     num_beams=1,
                     use_cache=True,
                 )
-            trace = [t for t in steerer.trace if t["block"] == entry.block]
+            trace = list(steerer.trace)
         finally:
             steerer.trace = None
             for hook in hooks:
@@ -135,67 +141,127 @@ def _check(
     handle: SteeringHandle,
     name: str,
     trace: list[dict[str, Any]],
-    raw: list[torch.Tensor],
-    steered: list[torch.Tensor],
+    raw: dict[int, list[torch.Tensor]],
+    steered: dict[int, list[torch.Tensor]],
     before: int,
     mask: torch.Tensor,
 ) -> SelfTestReport:
     entry = handle._steerer.entries[name]
-    kinds = [t["kind"] for t in trace]
-    wanted = ["prefill"] + ["decode"] * (NEW_TOKENS - 1)
-    if kinds != wanted:
-        reasons = "; ".join(sorted({t["reason"] for t in trace if t["reason"]}))
-        raise _fail(
-            f"the passes were classified {kinds}, expected {wanted}"
-            + (f" ({reasons})" if reasons else "")
-        )
-    if len(raw) != len(trace) or len(steered) != len(trace):
-        raise _fail(f"the block ran {len(raw)} times for {len(trace)} classified passes")
+    program = entry.program
     records = handle._steerer.log.snapshot()[before:]
     if len(records) != 1:
         raise _fail(f"{len(records)} decisions were recorded for one generation")
     record = records[0]
     width = mask.shape[1]
     lengths = [int(n) for n in mask.sum(dim=1).tolist()]
-
-    # Decisions equal bundle.decide on the captured prefill hidden states.
-    rows = raw[0][:, width - 1].to(torch.float32).cpu().numpy()
-    expected = list(entry.bundle.decide(rows))
-    for i, (got, want) in enumerate(zip(record.rows, expected, strict=True)):
-        if got is None or got.domain != want.domain or int(got.gate) != int(want.gate):
-            raise _fail(f"row {i}: the hook decided {got}, bundle.decide gives {want}")
-        if not np.isclose(float(got.probability), float(want.probability), rtol=0, atol=1e-9):
-            raise _fail(f"row {i}: probability {got.probability} vs {want.probability}")
+    wanted = ["prefill"] + ["decode"] * (NEW_TOKENS - 1)
     if record.positions != [width - 1] * len(lengths):
         raise _fail(f"decision positions {record.positions}, expected {[width - 1] * 2}")
 
-    selected = changed = 0
-    for step, (t, r, s) in enumerate(zip(trace, raw, steered, strict=True)):
+    for block in program.blocks:
+        passes = [t for t in trace if t["block"] == block]
+        kinds = [t["kind"] for t in passes]
+        if kinds != wanted:
+            reasons = "; ".join(sorted({t["reason"] for t in passes if t["reason"]}))
+            raise _fail(
+                f"block {block}: the passes were classified {kinds}, expected {wanted}"
+                + (f" ({reasons})" if reasons else "")
+            )
+        if len(raw[block]) != len(passes) or len(steered[block]) != len(passes):
+            raise _fail(
+                f"block {block} ran {len(raw[block])} times for {len(passes)} classified passes"
+            )
+
+    # Decisions: the asa part equals bundle.decide, conditions the spec's rule, on the
+    # hidden states captured before the handle's hook at each block.
+    if program.asa_block is not None:
+        rows = raw[program.asa_block][0][:, width - 1].to(torch.float32).cpu().numpy()
+        expected = list(entry.bundle.decide(rows))
+        for i, (got, want) in enumerate(zip(record.rows, expected, strict=True)):
+            if got is None or got.domain != want.domain or int(got.gate) != int(want.gate):
+                raise _fail(f"row {i}: the hook decided {got}, bundle.decide gives {want}")
+            if not np.isclose(float(got.probability), float(want.probability), rtol=0, atol=1e-9):
+                raise _fail(f"row {i}: probability {got.probability} vs {want.probability}")
+    for iv, gate in program.conditions.items():
         for row, length in enumerate(lengths):
-            want = _expected(entry.policy, t["kind"], r.shape[1], length, width)
-            got = t["where"][row]
-            if not torch.equal(got, want):
+            sims = []
+            for block in gate.blocks:
+                h = raw[block][0][row].to(torch.float64)
+                agg = h[width - 1] if gate.aggregate == "last" else h[width - length :].mean(dim=0)
+                read = next(r for r in program.reads[block] if r.intervention == iv)
+                sims.append(condition_similarity(agg.cpu().numpy(), read.vector))
+            want_fires = condition_fires(sims, gate)
+            got_fires = (record.interventions[row] or {}).get(iv)
+            if got_fires is not want_fires:
                 raise _fail(
-                    f"pass {step} ({t['kind']}), row {row}: steered positions "
-                    f"{torch.nonzero(got).flatten().tolist()}, the {entry.policy} policy names "
-                    f"{torch.nonzero(want).flatten().tolist()}"
+                    f"row {row}: condition {iv!r} decided {got_fires}, the rule gives {want_fires}"
                 )
-            selected += int(want.sum())
-            gate = int(record.rows[row].gate)
-            diff = (s[row] - r[row]).to(torch.float32)
-            if gate == 0 or not bool(want.any()):
-                if torch.count_nonzero(diff) != 0:
-                    raise _fail(f"pass {step}, row {row}: changed although nothing is due")
-                continue
-            vector = entry.vector(record.rows[row].domain, diff.device)
-            delta = (vector * float(np.float32(gate * entry.alpha))).to(s.dtype).to(torch.float32)
-            tol = 1e-5 if s.dtype == torch.float32 else 2e-2
-            scale = tol * (1.0 + float(r[row].abs().max()))
-            if not torch.allclose(
-                diff[want], delta.expand(int(want.sum()), -1), rtol=0, atol=scale
-            ):
-                raise _fail(f"pass {step}, row {row}: the change is not gate*alpha*v")
-            if torch.count_nonzero(diff[~want]) != 0:
-                raise _fail(f"pass {step}, row {row}: positions outside the policy changed")
-            changed += int(want.sum())
+
+    selected = changed = 0
+    for block in program.blocks:
+        passes = [t for t in trace if t["block"] == block]
+        terms = program.terms.get(block, [])
+        for step, (t, r, s) in enumerate(zip(passes, raw[block], steered[block], strict=True)):
+            for row, length in enumerate(lengths):
+                expected_delta = torch.zeros(r.shape[1:], dtype=torch.float32)
+                for policy in sorted({term.policy for term in terms}):
+                    want = _expected(policy, t["kind"], r.shape[1], length, width)
+                    delta = torch.zeros(r.shape[-1], dtype=torch.float32)
+                    any_term = False
+                    for term in terms:
+                        if term.policy != policy:
+                            continue
+                        d = _term_delta(entry, record, row, term)
+                        if d is not None:
+                            delta += d
+                            any_term = True
+                    got = (t["where"] or {}).get(policy)
+                    due = want if any_term else torch.zeros_like(want)
+                    if got is None or not torch.equal(got[row], due):
+                        shown = [] if got is None else torch.nonzero(got[row]).flatten().tolist()
+                        raise _fail(
+                            f"block {block}, pass {step} ({t['kind']}), row {row}: steered "
+                            f"positions {shown}, the {policy} policy names "
+                            f"{torch.nonzero(due).flatten().tolist()}"
+                        )
+                    selected += int(want.sum())
+                    if any_term:
+                        expected_delta[due] += delta
+                diff = (s[row] - r[row]).to(torch.float32).cpu()
+                due_any = expected_delta.abs().sum(dim=-1) > 0
+                if not bool(due_any.any()):
+                    if torch.count_nonzero(diff) != 0:
+                        raise _fail(
+                            f"block {block}, pass {step}, row {row}: changed although nothing is due"
+                        )
+                    continue
+                want_delta = expected_delta.to(s.dtype).to(torch.float32)
+                tol = 1e-5 if s.dtype == torch.float32 else 2e-2
+                scale = tol * (1.0 + float(r[row].abs().max()))
+                if not torch.allclose(diff[due_any], want_delta[due_any], rtol=0, atol=scale):
+                    raise _fail(
+                        f"block {block}, pass {step}, row {row}: the change is not the sum of "
+                        "the row's deltas"
+                    )
+                if torch.count_nonzero(diff[~due_any]) != 0:
+                    raise _fail(
+                        f"block {block}, pass {step}, row {row}: positions outside the policy changed"
+                    )
+                changed += int(due_any.sum())
     return SelfTestReport(name, len(trace), selected, changed, record.gates)
+
+
+def _term_delta(entry: Any, record: Any, row: int, term: Term) -> torch.Tensor | None:
+    """The float32 delta one term adds to one row, recomputed from the record."""
+    outcomes = record.interventions[row] or {}
+    if term.kind == C.GATE_ASA:
+        decision = record.rows[row]
+        if decision is None or int(decision.gate) == 0:
+            return None
+        v = np.asarray(entry.bundle.steering_vector(decision.domain), dtype=np.float32)
+        scale = np.float32(int(decision.gate) * entry.program.asa_alpha)
+        return torch.from_numpy((v * scale).astype(np.float32))
+    if term.kind == C.GATE_CONDITION and not outcomes.get(term.intervention):
+        return None
+    assert term.vector is not None
+    return torch.from_numpy(np.array(term.vector, dtype=np.float32))

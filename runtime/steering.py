@@ -1,4 +1,4 @@
-"""The hooks of a steering handle (spec section 3.7).
+"""The hooks of a steering handle (spec sections 3.7 and 14).
 
 Three kinds of hooks, and nothing else (no module is replaced, no attribute
 is set on the model):
@@ -6,10 +6,14 @@ is set on the model):
 * a forward pre-hook on the top-level model gathers the call's evidence
   (:mod:`asa_format.runtime.evidence`) and the rows' bundle selection into a
   thread-local :class:`~asa_format.runtime.context.CallContext`;
-* a forward hook on each steered decoder block classifies the pass
-  (:mod:`asa_format.runtime.classify`), decides on a prefill (per row, at the
-  prompt's last real token) and adds ``gate * alpha * v`` where the row's
-  policy says;
+* one forward hook on each decoder block that any attached bundle reads or
+  steers, whatever the number of bundles: it classifies the pass
+  (:mod:`asa_format.runtime.classify`); on a prefill it takes, per row, the
+  decisions of the row's bundle that belong to this block (the asa decision
+  at the prompt's last real token, condition similarities) and sums the
+  row's deltas of every intervention steering this block
+  (:mod:`asa_format.runtime.program`); on every pass it adds them where each
+  intervention's policy says;
 * a forward hook on the top-level model (``always_call``) closes the context
   and, when the call succeeded, commits the prefill's decision under the
   cache the call used or returned, logs the record and calls ``on_decision``.
@@ -49,6 +53,7 @@ from asa_format.runtime.context import (
 )
 from asa_format.runtime.evidence import cache_key, gather, output_cache
 from asa_format.runtime.positions import last_real_positions, real_token_mask
+from asa_format.runtime.program import Program, Read, RowOutcomes, Term, condition_outcome
 from asa_format.runtime.records import GenerationRecord, RecordLog
 
 __all__ = ["UNSET", "Entry", "Steerer", "SteeringSkippedWarning", "split_output"]
@@ -81,22 +86,43 @@ def split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], An
 
 @dataclass
 class Entry:
-    """One bundle of a handle: where it steers and how."""
+    """One bundle of a handle, compiled: what it reads and adds at each block."""
 
     name: str
     bundle: BundleLike
-    block: int
-    policy: str
-    alpha: float
+    program: Program
     hidden_size: int
-    # The bundle's decision in torch on the hidden state's device (asa_format.runtime.torch_decide),
+    # The asa decision in torch on the hidden state's device (asa_format.runtime.torch_decide),
     # when it was proven equal to onnxruntime on load; None: bundle.decide on the host.
     decider: Any = None
     _vectors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    _terms: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def block(self) -> int:
+        """The asa layer, or else the first block the bundle steers."""
+        program = self.program
+        if program.asa_block is not None:
+            return program.asa_block
+        return min(program.terms) if program.terms else min(program.reads)
+
+    @property
+    def policy(self) -> str:
+        """The asa policy, or else the interventions' common policy (``"mixed"`` if several)."""
+        if self.program.asa_policy is not None:
+            return self.program.asa_policy
+        policies = self.program.policies
+        return policies[0] if len(policies) == 1 else "mixed"
+
+    @property
+    def alpha(self) -> float:
+        """The asa strength (NaN without an asa intervention)."""
+        a = self.program.asa_alpha
+        return float("nan") if a is None else a
+
     def vector(self, domain: str, device: torch.device) -> torch.Tensor:
-        """The float32 steering vector of ``domain`` on ``device`` (cached)."""
+        """The float32 asa steering vector of ``domain`` on ``device`` (cached)."""
         key = (domain, str(device))
         with self._lock:
             cached = self._vectors.get(key)
@@ -112,6 +138,18 @@ class Entry:
         tensor = torch.from_numpy(v.copy()).to(device=device)
         with self._lock:
             return self._vectors.setdefault(key, tensor)
+
+    def term_vector(self, term: Term, device: torch.device) -> torch.Tensor:
+        """The float32 ``coefficient x direction`` of an always/condition term on ``device``."""
+        key = (term.block, term.intervention, str(device))
+        with self._lock:
+            cached = self._terms.get(key)
+        if cached is not None:
+            return cached
+        assert term.vector is not None
+        tensor = torch.from_numpy(np.array(term.vector, dtype=np.float32)).to(device=device)
+        with self._lock:
+            return self._terms.setdefault(key, tensor)
 
 
 def _decide(entry: Entry, rows: np.ndarray) -> list[Any]:
@@ -154,7 +192,8 @@ class Steerer:
         self.entries = dict(entries)
         self.by_block: dict[int, list[Entry]] = {}
         for entry in self.entries.values():
-            self.by_block.setdefault(entry.block, []).append(entry)
+            for block in entry.program.blocks:
+                self.by_block.setdefault(block, []).append(entry)
         self.default = default
         self.log = log
         self.on_decision = on_decision
@@ -286,7 +325,7 @@ class Steerer:
             warnings.warn(message, SteeringSkippedWarning, stacklevel=2)
 
     def _steers_decode(self) -> bool:
-        return any(e.policy != C.POLICY_PREFILL_LAST_TOKEN for e in self.entries.values())
+        return any(e.program.steers_decode for e in self.entries.values())
 
     def _rows(self, ctx: CallContext, batch: int) -> list[str | None]:
         sel = ctx.selection
@@ -339,78 +378,170 @@ class Steerer:
                 return None  # no policy of this handle changes a decode step: nothing is lost
             self._skip(info.reason)
             return None
+        real = real_token_mask(ctx.evidence.attention_mask, batch, query, hidden.device, info.past)
         if info.kind is PassKind.PREFILL:
-            state = self._prefill_state(ctx, index, hidden, info, entries)
+            state = self._prefill_state(ctx, index, hidden, real, info, entries)
         else:
             assert ctx.state is not None
             state = ctx.state
-        where = self._where(ctx, state, info, batch, query, hidden.device)
-        delta = state.delta(index, hidden.device, hidden.dtype)
-        self._record(ctx, index, info, where, state)
-        if delta is None:
+        keys = [(index, p) for p in C.POLICIES if (index, p) in state.deltas]
+        wheres = {
+            key[1]: self._where(state, info, key[1], real, query, hidden.device)
+            & state.active[key].to(hidden.device)[:, None]
+            for key in keys
+        }
+        self._record(ctx, index, info, wheres, state)
+        if not keys:
             return None
-        gated = state.gated(hidden.device)  # a row whose gate is 0 stays bit-identical
-        add = where & gated[:, None]
-        return rebuild(torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden))
+        if len(keys) == 1:  # one policy: the common case, one select
+            (policy,) = wheres
+            delta = state.delta(index, policy, hidden.device, hidden.dtype)
+            add = wheres[policy]
+            return rebuild(torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden))
+        total = torch.zeros((batch, query, size), dtype=torch.float32, device=hidden.device)
+        anywhere = torch.zeros((batch, query), dtype=torch.bool, device=hidden.device)
+        for policy, where in wheres.items():
+            d = state.deltas[(index, policy)].to(hidden.device)
+            total += where.unsqueeze(-1).to(torch.float32) * d[:, None, :]
+            anywhere |= where
+        return rebuild(torch.where(anywhere.unsqueeze(-1), hidden + total.to(hidden.dtype), hidden))
+
+    def _new_state(
+        self, ctx: CallContext, hidden: torch.Tensor, real: torch.Tensor, info: PassInfo
+    ) -> GenerationState:
+        batch, query, _ = hidden.shape
+        rows = self._rows(ctx, batch)
+        prompt_len = query - info.candidates
+        last = last_real_positions(real[:, :prompt_len])
+        state = GenerationState(
+            record_id=0,
+            batch=batch,
+            prompt_len=prompt_len,
+            positions=[int(p) for p in last.tolist()],
+            entries=rows,
+            outcomes=[None if r is None else RowOutcomes() for r in rows],
+            gates=[0] * batch,
+        )
+        ctx.new_state = state
+        ctx.pending_record = [None] * batch
+        return state
 
     def _prefill_state(
         self,
         ctx: CallContext,
         index: int,
         hidden: torch.Tensor,
+        real: torch.Tensor,
         info: PassInfo,
         entries: list[Entry],
     ) -> GenerationState:
-        batch, query, _ = hidden.shape
         state = ctx.new_state
         if state is None:
-            rows = self._rows(ctx, batch)
-            prompt_len = query - info.candidates
-            mask = ctx.evidence.attention_mask
-            real = real_token_mask(mask, batch, query, hidden.device, info.past)
-            last = last_real_positions(real[:, :prompt_len])
-            state = GenerationState(
-                record_id=0,
-                batch=batch,
-                prompt_len=prompt_len,
-                positions=[int(p) for p in last.tolist()],
-                entries=rows,
-                policies=[None if r is None else self.entries[r].policy for r in rows],
-                gates=[0] * batch,
-            )
-            ctx.new_state = state
-            ctx.pending_record = [None] * batch
-        decided: list[Any] = ctx.pending_record
+            state = self._new_state(ctx, hidden, real, info)
+        batch = hidden.shape[0]
+        device = hidden.device
         for entry in entries:
             idx = [i for i, name in enumerate(state.entries) if name == entry.name]
             if not idx:
                 continue
-            index_t = torch.tensor(idx, device=hidden.device)
-            pos = torch.tensor([state.positions[i] for i in idx], device=hidden.device)
-            rows_t = hidden.detach()[index_t, pos]
-            delta = state.deltas.get(index)
-            if delta is None:
-                delta = torch.zeros(
-                    (batch, entry.hidden_size), dtype=torch.float32, device=hidden.device
-                )
-                state.deltas[index] = delta
-            if state.gate_t is None or state.gate_t.device != hidden.device:
-                state.gate_t = torch.zeros(batch, dtype=torch.int8, device=hidden.device)
-            if entry.decider is not None:
-                self._decide_on_device(ctx, entry, idx, index_t, rows_t, delta, state)
-                continue
-            decisions = _decide(entry, rows_t.to(torch.float32).cpu().numpy())
-            for i, decision in zip(idx, decisions, strict=True):
-                gate = int(decision.gate)
-                state.gates[i] = gate
-                decided[i] = decision
-                if gate != 0:
-                    scale = float(np.float32(gate * entry.alpha))
-                    delta[i] = entry.vector(str(decision.domain), hidden.device) * scale
-            state.gate_t[index_t] = torch.tensor(
-                [state.gates[i] for i in idx], dtype=torch.int8, device=hidden.device
-            )
+            program = entry.program
+            index_t = torch.tensor(idx, device=device)
+            pos = torch.tensor([state.positions[i] for i in idx], device=device)
+            for read in program.reads.get(index, ()):
+                self._read_condition(state, read, hidden, real, idx, pos)
+            asa_rows: torch.Tensor | None = None  # [len(idx), H] float32 asa deltas
+            asa_gated: torch.Tensor | None = None
+            if program.asa_block == index:
+                rows_t = hidden.detach()[index_t, pos]
+                if state.gate_t is None or state.gate_t.device != device:
+                    state.gate_t = torch.zeros(batch, dtype=torch.int8, device=device)
+                if entry.decider is not None:
+                    asa_rows, asa_gated = self._decide_on_device(ctx, entry, idx, index_t, rows_t)
+                else:
+                    asa_rows, asa_gated = self._decide_on_host(ctx, entry, idx, index_t, rows_t)
+                assert state.gate_t is not None
+            for term in program.terms.get(index, ()):
+                key = (index, term.policy)
+                delta = state.deltas.get(key)
+                if delta is None:
+                    delta = torch.zeros(
+                        (batch, entry.hidden_size), dtype=torch.float32, device=device
+                    )
+                    state.deltas[key] = delta
+                    state.active[key] = torch.zeros(batch, dtype=torch.bool, device=device)
+                if term.kind == C.GATE_ASA:
+                    assert asa_rows is not None and asa_gated is not None
+                    delta[index_t] += asa_rows
+                    state.active[key][index_t] |= asa_gated
+                    continue
+                on = [
+                    k
+                    for k, i in enumerate(idx)
+                    if term.kind == C.GATE_ALWAYS
+                    or bool(state.outcomes[i].fires.get(term.intervention))
+                ]
+                if not on:
+                    continue
+                rows_on = index_t[torch.tensor(on, device=device)]
+                delta[rows_on] += entry.term_vector(term, device)
+                state.active[key][rows_on] = True
         return state
+
+    def _read_condition(
+        self,
+        state: GenerationState,
+        read: Read,
+        hidden: torch.Tensor,
+        real: torch.Tensor,
+        idx: list[int],
+        pos: torch.Tensor,
+    ) -> None:
+        """The similarity of each of the rows ``idx`` at one condition block (spec 14.4)."""
+        h = hidden.detach()
+        if read.gate.aggregate == "last":
+            agg = h[torch.tensor(idx, device=h.device), pos].to(torch.float64)
+        else:  # the mean of the row's real prompt positions (all of them if none is real)
+            parts = []
+            for i in idx:
+                m = real[i, : state.prompt_len]
+                if not bool(m.any()):
+                    m = torch.ones_like(m)
+                parts.append(h[i, : state.prompt_len][m].to(torch.float64).mean(dim=0))
+            agg = torch.stack(parts)
+        for i, row in zip(idx, agg.cpu().numpy(), strict=True):
+            outcomes = state.outcomes[i]
+            assert outcomes is not None
+            condition_outcome(outcomes, read, row)
+
+    def _decide_on_host(
+        self,
+        ctx: CallContext,
+        entry: Entry,
+        idx: list[int],
+        index_t: torch.Tensor,
+        rows_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bundle.decide`` on the rows' decision positions: their float32 asa deltas and gates."""
+        state = ctx.new_state
+        assert state is not None and state.gate_t is not None
+        decisions = _decide(entry, rows_t.to(torch.float32).cpu().numpy())
+        out = torch.zeros((len(idx), entry.hidden_size), dtype=torch.float32, device=rows_t.device)
+        for k, (i, decision) in enumerate(zip(idx, decisions, strict=True)):
+            gate = int(decision.gate)
+            state.gates[i] = gate
+            ctx.pending_record[i] = decision
+            outcomes = state.outcomes[i]
+            assert outcomes is not None
+            outcomes.asa = decision
+            if gate != 0:
+                assert entry.program.asa_alpha is not None
+                scale = float(np.float32(gate * entry.program.asa_alpha))
+                out[k] = entry.vector(str(decision.domain), rows_t.device) * scale
+        gates_t = torch.tensor(
+            [state.gates[i] for i in idx], dtype=torch.int8, device=rows_t.device
+        )
+        state.gate_t[index_t] = gates_t
+        return out, gates_t != 0
 
     def _decide_on_device(
         self,
@@ -419,9 +550,7 @@ class Steerer:
         idx: list[int],
         index_t: torch.Tensor,
         rows_t: torch.Tensor,
-        delta: torch.Tensor,
-        state: GenerationState,
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decide with the bundle's torch evaluation where the hidden states live.
 
         Identical rows are decided once; the deltas are gathered from a
@@ -430,6 +559,8 @@ class Steerer:
         (decided by onnxruntime, spec 4.9). The records are copied to the
         host when the call is committed (:meth:`make_record`).
         """
+        state = ctx.new_state
+        assert state is not None and state.gate_t is not None
         unique, inverse = torch.unique(rows_t, dim=0, return_inverse=True)
         try:
             got = entry.decider.decide(unique)
@@ -442,41 +573,47 @@ class Steerer:
             ) from exc
         domain = got.domain_index[inverse]
         gate = got.gate[inverse].to(torch.int64)
-        table = entry.decider.delta_table(torch.float32, rows_t.device, alpha=entry.alpha)
-        delta[index_t] = table[domain, gate + 1]
-        assert state.gate_t is not None
+        table = entry.decider.delta_table(
+            torch.float32, rows_t.device, alpha=entry.program.asa_alpha
+        )
         state.gate_t[index_t] = gate.to(torch.int8)
         ctx.pending_device.append((entry, idx, got, inverse))
+        return table[domain, gate + 1], gate != 0
 
     def _where(
         self,
-        ctx: CallContext,
         state: GenerationState,
         info: PassInfo,
-        batch: int,
+        policy: str,
+        real: torch.Tensor,
         query: int,
         device: torch.device,
     ) -> torch.Tensor:
-        """Bool ``[batch, query]``: where the rows' deltas are added in this pass."""
-        real = real_token_mask(ctx.evidence.attention_mask, batch, query, device, info.past)
-        pol_all, pol_gen, steered = state.policy_masks(device)
+        """Bool ``[batch, query]``: where a delta of ``policy`` is added in this pass (3.7.1)."""
+        batch = real.shape[0]
+        generated = policy in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
         if info.kind is PassKind.DECODE:
-            where = pol_gen[:, None] & real
-        else:  # PREFILL or REREAD: the sequence from its first position
-            where = torch.zeros((batch, query), dtype=torch.bool, device=device)
-            rows = torch.arange(batch, device=device)
-            where[rows, torch.tensor(state.positions, device=device)] = True
+            if not generated:
+                return torch.zeros((batch, query), dtype=torch.bool, device=device)
+            return real
+        # PREFILL or REREAD: the sequence from its first position
+        where = torch.zeros((batch, query), dtype=torch.bool, device=device)
+        where[torch.arange(batch, device=device), torch.tensor(state.positions, device=device)] = (
+            True
+        )
+        if policy == C.POLICY_ALL_TOKENS:
+            where |= real
+        elif generated:
             tail = torch.arange(query, device=device) >= state.prompt_len
-            where |= pol_gen[:, None] & tail[None, :] & real
-            where |= pol_all[:, None] & real
-        return where & steered[:, None]
+            where |= tail[None, :] & real
+        return where
 
     def _record(
         self,
         ctx: CallContext,
         index: int,
         info: PassInfo,
-        where: torch.Tensor | None,
+        wheres: dict[str, torch.Tensor] | None,
         state: GenerationState | None,
     ) -> None:
         if self.trace is None:
@@ -487,7 +624,9 @@ class Steerer:
                 "kind": info.kind.value,
                 "query": info.query,
                 "reason": info.reason,
-                "where": None if where is None else where.detach().cpu().clone(),
+                "where": None
+                if wheres is None
+                else {p: w.detach().cpu().clone() for p, w in wheres.items()},
                 "gates": None if state is None or state.gate_t is None else state.gate_t.tolist(),
             }
         )
@@ -500,6 +639,9 @@ class Steerer:
             for i, k in zip(idx, inverse.tolist(), strict=True):
                 ctx.pending_record[i] = rows[int(k)]
                 state.gates[i] = int(rows[int(k)].gate)
+                outcomes = state.outcomes[i]
+                assert outcomes is not None
+                outcomes.asa = rows[int(k)]
         ctx.pending_device.clear()
         record_id = self.log.next_id()
         state.record_id = record_id
@@ -515,4 +657,8 @@ class Steerer:
             positions=list(state.positions),
             thread=threading.current_thread().name,
             bundles=list(state.entries),
+            interventions=[
+                None if name is None or out is None else out.summary(self.entries[name].program)
+                for name, out in zip(state.entries, state.outcomes, strict=True)
+            ],
         )

@@ -1,7 +1,7 @@
 """The decision function evaluated in torch, where the hidden states live.
 
 ``TorchDecider.for_bundle(bundle)`` translates the bundle's checked NumPy
-plan (``asa_format.fastpath``: the same element-wise scaler steps, the same
+plan (``asa_format.graphs.fastpath``: the same element-wise scaler steps, the same
 fused matrix product of the linear heads, float64 after the scaler, the
 same error bounds) into torch operations on a device, and keeps it only if
 it reproduces onnxruntime on the plan's check rows exactly as the NumPy
@@ -40,7 +40,7 @@ import torch
 from asa_format import constants as C
 from asa_format.bundle import Decision, DecisionBatch, gates
 from asa_format.errors import DecisionError
-from asa_format.fastpath import (
+from asa_format.graphs.fastpath import (
     OVERFLOW_WINDOW,
     FastPlan,
     LinearHead,

@@ -76,8 +76,10 @@ def module_marks(path: Path) -> frozenset[str]:
             top = n.split(".")[0]
             if top in IMPORT_MARKS:
                 marks.add(IMPORT_MARKS[top])
-            elif n == "asa_format.runtime" or n.startswith("asa_format.runtime."):
-                marks.add("runtime")  # the runtime package imports torch
+            elif n in ("asa_format.runtime", "asa_format.cli.run") or n.startswith(
+                "asa_format.runtime."
+            ):
+                marks.add("runtime")  # the runtime package (and asa run) imports torch
     if marks & IMPLIES_RUNTIME:
         marks.add("runtime")
     return frozenset(marks)

@@ -43,7 +43,7 @@ for _p in (ROOT, ROOT / "tests"):
 from asa_format import constants as C  # noqa: E402
 from asa_format.bundle import load_bundle  # noqa: E402
 from asa_format.errors import AsaError  # noqa: E402
-from asa_format.jsonio import dumps_canonical  # noqa: E402
+from asa_format.format.jsonio import dumps_canonical  # noqa: E402
 from asa_format.validate import validate_bundle  # noqa: E402
 
 __all__ = [

@@ -101,8 +101,8 @@ def onnx_iteration(
 ) -> tuple[str, list[str]]:
     import onnx
 
-    from asa_format.manifest import parse_manifest
-    from asa_format.onnx_profile import check_onnx
+    from asa_format.format.manifest import parse_manifest
+    from asa_format.graphs.profile import check_onnx
 
     base = rng.choice(sorted(seeds))
     files = dict(seeds[base])

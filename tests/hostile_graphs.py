@@ -17,8 +17,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from asa_format import constants as C
+from asa_format.storage.writer import save_bundle
 from asa_format.testing import make_test_contents
-from asa_format.writer import save_bundle
 
 __all__ = ["classifier_model", "probe_pair", "router_softmax", "save_with", "sigmoid_norm"]
 

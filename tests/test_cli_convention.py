@@ -120,7 +120,7 @@ def test_one_envelope_for_validate_inspect_verify_and_convert(
             str(tmp_path / "no-assets"),
             str(tmp_path / "out"),
             "--json",
-            module="asa_format.converters.cli",
+            module="asa_format.cli.convert",
         ),
     }
     for command, result in runs.items():
@@ -139,7 +139,7 @@ def test_one_envelope_for_validate_inspect_verify_and_convert(
         "--json",
         "--samples",
         "64",
-        module="asa_format.converters.cli",
+        module="asa_format.cli.convert",
     )
     assert converted.returncode == 0
     _envelope_shape(json.loads(converted.stdout), "convert")
@@ -166,7 +166,7 @@ def test_the_same_fault_gives_the_same_exit_code_everywhere(
         "inspect": asa("inspect").returncode,
         "verify": asa("verify", str(GOOD)).returncode,  # no --public-key
         "sign": asa("sign", str(GOOD)).returncode,  # no --private-key
-        "convert": asa(str(ASSETS), module="asa_format.converters.cli").returncode,
+        "convert": asa(str(ASSETS), module="asa_format.cli.convert").returncode,
         "run": asa("run", "--no-such-flag").returncode,
     }
     assert set(usage.values()) == {2}, usage
@@ -267,7 +267,7 @@ def test_an_unexpected_failure_is_one_line_and_exit_1(capsys: pytest.CaptureFixt
     """Every command runs under one last resort: a bug prints a line, never a traceback."""
     import click
 
-    from asa_format.cli_support import run_main
+    from asa_format.cli.support import run_main
 
     @click.command()
     def broken() -> None:

@@ -65,7 +65,7 @@ def test_the_blocker_works(core_env: dict[str, str]) -> None:
 
 
 ASA = ("-m", "asa_format.cli")
-CONVERT = ("-m", "asa_format.converters.cli")
+CONVERT = ("-m", "asa_format.cli.convert")
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ CONVERT = ("-m", "asa_format.converters.cli")
     ],
     ids=lambda argv: (
         " ".join(argv[1:])
-        .replace("asa_format.converters.cli", "asa-convert")
+        .replace("asa_format.cli.convert", "asa-convert")
         .replace("asa_format.cli", "asa")
     ),
 )

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from asa_format import destination
 from asa_format.converters.convert import convert_legacy
-from asa_format.destination import OWNER_SUFFIX, recover
+from asa_format.storage import destination
+from asa_format.storage.destination import OWNER_SUFFIX, recover
 
 # asa-convert runs in every test here: the convert extra.
 pytestmark = pytest.mark.convert
@@ -32,7 +32,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 
 def convert(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "asa_format.converters.cli", *args, "--samples", "64"],
+        [sys.executable, "-m", "asa_format.cli.convert", *args, "--samples", "64"],
         capture_output=True,
         text=True,
         env=ENV,
@@ -135,7 +135,7 @@ def test_force_replaces_a_bundle_in_one_atomic_exchange(
 
 KILL_AT_STEP = (
     "import os, signal, sys\n"
-    "from asa_format import destination\n"
+    "from asa_format.storage import destination\n"
     "from asa_format.converters.convert import convert_legacy\n"
     "destination._renameat2 = None  # a platform without an atomic exchange\n"
     "step = sys.argv[3]\n"
@@ -183,8 +183,8 @@ def test_the_next_cli_run_recovers_and_says_so(bundle: Path) -> None:
 
 SIGNAL_AFTER_FIRST_FILE = (
     "import os, signal, sys, time\n"
-    "from asa_format import writer\n"
-    "from asa_format.converters.cli import main\n"
+    "from asa_format.storage import writer\n"
+    "from asa_format.cli.convert import main\n"
     "sig = getattr(signal, sys.argv[1])\n"
     "def hook(name):\n"
     "    os.kill(os.getpid(), sig)\n"
@@ -234,7 +234,7 @@ def test_a_dead_runs_temporary_directory_is_removed_by_the_next_run(tmp_path: Pa
     out = tmp_path / "out"
     script = (
         "import os, signal, sys\n"
-        "from asa_format import writer\n"
+        "from asa_format.storage import writer\n"
         "from asa_format.converters.convert import convert_legacy\n"
         "writer._after_file_written = lambda name: os.kill(os.getpid(), signal.SIGKILL)\n"
         "convert_legacy(sys.argv[1], sys.argv[2], samples=64)\n"

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from asa_format.cli.run import run_command
 from asa_format.converters.convert import convert_legacy
-from asa_format.runtime.cli import run_command
 from asa_format.testing import make_test_bundle
 
 pytestmark = pytest.mark.runtime

@@ -29,7 +29,6 @@ from asa_format import constants as C
 from asa_format import load_bundle, validate_bundle
 from asa_format.cli import cli
 from asa_format.errors import CODES, BundleError
-from asa_format.intervention_bundle import load_interventions
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "spec" / "conformance"
@@ -183,19 +182,15 @@ def test_valid_case(name: str, sessions: list[Any]) -> None:
     doc = json.loads(result.stdout)
     assert doc["ok"] is True
     assert [w["code"] for w in doc["results"][0]["warnings"]] == exp["warnings"]
-    everything = load_interventions(bundle)  # format 1.1: any bundle, every intervention
-    assert everything.interventions
-    if everything.asa is None:  # no router/probes: load_bundle refuses it with a specific code
+    loaded = load_bundle(bundle)  # one loader: every bundle kind, every intervention
+    assert loaded.interventions and loaded.kinds == [
+        iv.kind for iv in (loaded.manifest.interventions or loaded.interventions)
+    ]
+    if not loaded.has_asa:  # no router/probes: the decision function refuses with a specific code
         with pytest.raises(BundleError) as info:
-            load_bundle(bundle)
+            loaded.decide(np.ones((1, loaded.hidden_size), np.float32))
         assert info.value.code == "NOT_AN_ASA_BUNDLE"
         return
-    others = [iv for iv in everything.interventions if iv.kind != "asa"]
-    if others:  # load_bundle would ignore them: refused unless asked for the asa part alone
-        with pytest.raises(BundleError) as info:
-            load_bundle(bundle)
-        assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
-    loaded = load_bundle(bundle, asa_only=bool(others))
     assert loaded.decide(np.ones((3, loaded.hidden_size), np.float32)).gate.shape == (3,)
     assert sessions, (
         "the session recorder saw no session: the static-case assertion would be vacuous"

@@ -15,12 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from asa_format import constants as C
-from asa_format import load_bundle, writer
-from asa_format.converters.cli import convert_command
+from asa_format import load_bundle
+from asa_format.cli.convert import convert_command
 from asa_format.converters.convert import convert_legacy
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.semantics import legacy_decide
 from asa_format.errors import AsaError, ConversionError, ParityError
+from asa_format.storage import writer
 
 pytestmark = pytest.mark.convert
 
@@ -43,7 +44,7 @@ def _sha(path: Path) -> dict[str, str]:
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "asa_format.converters.cli", *args],
+        [sys.executable, "-m", "asa_format.cli.convert", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -161,7 +162,7 @@ def test_fault_after_first_file_leaves_no_destination(
 def test_killed_converter_process_leaves_no_destination(tmp_path: Path) -> None:
     script = (
         "import os, signal, sys\n"
-        "from asa_format import writer\n"
+        "from asa_format.storage import writer\n"
         "from asa_format.converters.convert import convert_legacy\n"
         "writer._after_file_written = lambda name: os.kill(os.getpid(), signal.SIGKILL)\n"
         "convert_legacy(sys.argv[1], sys.argv[2], samples=64)\n"

@@ -62,3 +62,41 @@ def test_decision_vectors(name: str, backend: str) -> None:
             assert decision.gate == row["gate"], where
         vector = bundle.steering_vector(row["domain"])
         assert np.max(np.abs(vector.astype(np.float64) - np.array(row["vector"]))) <= tol_v, where
+
+
+CONDITION_CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "conditions.json").is_file())
+
+
+def test_condition_gates_have_decision_vectors_per_case() -> None:
+    """Every valid case with a condition intervention carries its condition decisions."""
+    with_conditions = []
+    for case in CORPUS.iterdir():
+        manifest = json.loads((case / "bundle" / "manifest.json").read_bytes())
+        if any(e["gate"]["kind"] == "condition" for e in manifest.get("interventions", [])):
+            with_conditions.append(case.name)
+    assert with_conditions and sorted(with_conditions) == CONDITION_CASES
+
+
+@pytest.mark.parametrize("name", CONDITION_CASES)
+def test_condition_decision_vectors(name: str) -> None:
+    """The runtime's condition rule (the one the hooks call) on each case's rows (spec 14.4)."""
+    from asa_format.runtime.program import Program, RowOutcomes, condition_outcome
+
+    doc = json.loads((CORPUS / name / "conditions.json").read_text("utf-8"))
+    tol = doc["tolerance"]["similarity"]
+    program = Program(load_bundle(CORPUS / name / "bundle"))
+    seen = set()
+    for iv, spec in doc["interventions"].items():
+        assert program.conditions[iv].blocks == tuple(spec["blocks"])
+        for row in spec["rows"]:
+            outcomes = RowOutcomes()
+            result = None
+            for block, hidden in zip(spec["blocks"], row["hidden"], strict=True):
+                read = next(r for r in program.reads[block] if r.intervention == iv)
+                result = condition_outcome(outcomes, read, np.array(hidden, dtype=np.float64))
+            where = f"{name} {iv} {row['kind']}: {row['description']}"
+            got = outcomes.similarities[iv]
+            assert np.allclose(got, row["similarities"], rtol=0, atol=tol), where
+            assert result is row["fires"] and outcomes.fires[iv] is row["fires"], where
+            seen.add(row["fires"])
+    assert seen == {True, False}

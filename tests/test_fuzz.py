@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 import fuzz_long as fz  # tests/ is on sys.path, as for tiny_models
 from asa_format import constants as C
 from asa_format.errors import CODES, Problem
-from asa_format.manifest import parse_manifest
-from asa_format.onnx_profile import check_onnx
-from asa_format.safetensors_profile import parse_vectors
+from asa_format.format.manifest import parse_manifest
+from asa_format.format.safetensors import parse_vectors
+from asa_format.graphs.profile import check_onnx
 
 SEEDS = fz.seed_bundles()
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from asa_format import destination, save_bundle, writer
+from asa_format import save_bundle
 from asa_format.errors import AsaError
+from asa_format.storage import destination, writer
 from asa_format.testing import make_test_contents
 
 

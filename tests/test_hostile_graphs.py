@@ -19,7 +19,7 @@ from onnx import helper
 from asa_format import constants as C
 from asa_format import load_bundle
 from asa_format.errors import BundleError
-from asa_format.onnx_profile import check_onnx
+from asa_format.graphs.profile import check_onnx
 from asa_format.validate import validate_bundle
 
 H, D = 8, 2

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from asa_format import constants as C
 from asa_format.converters.legacy import parse_legacy_config
 from asa_format.errors import AsaError, BundleError
-from asa_format.jsonio import loads_strict
-from asa_format.manifest import parse_manifest
+from asa_format.format.jsonio import loads_strict
+from asa_format.format.manifest import parse_manifest
 from asa_format.testing import make_test_bundle
 from asa_format.validate import validate_bundle
 

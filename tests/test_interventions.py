@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -13,21 +14,18 @@ import pytest
 
 import asa_format
 from asa_format import constants as C
+from asa_format import load_bundle
 from asa_format.errors import BundleError
-from asa_format.intervention_bundle import (
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.interventions import ConditionGate
-from asa_format.manifest import ModelBinding, parse_manifest
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.interventions import ConditionGate
+from asa_format.format.manifest import ModelBinding, parse_manifest
 from asa_format.testing import make_test_contents
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ModelBinding(hidden_size=8, id="org/tiny", type="llama", num_layers=4)
 
 
-def _contents(card: bool = True, asa: bool = False) -> InterventionContents:
+def _contents(card: bool = True, asa: bool = False) -> BundleContents:
     rng = np.random.default_rng(3)
     a = InterventionData(
         "a", {1: rng.standard_normal(8) * 5, 3: rng.standard_normal(8)}, coefficient=0.5
@@ -38,18 +36,18 @@ def _contents(card: bool = True, asa: bool = False) -> InterventionContents:
         condition=ConditionGate((1, 2), "less_than", -0.1, "last"),
         conditions={1: rng.standard_normal(8), 2: rng.standard_normal(8)},
     )
-    asa_part = (
-        make_test_contents(hidden_size=8, model_id="org/tiny", model_type="llama", num_layers=4)
-        if asa
-        else None
-    )
-    return InterventionContents(model=MODEL, interventions=[a, b], asa=asa_part, card=card)
+    if asa:  # the asa part beside the other interventions: one contents type for every kind
+        asa_part = make_test_contents(
+            hidden_size=8, model_id="org/tiny", model_type="llama", num_layers=4
+        )
+        return dataclasses.replace(asa_part, interventions=[a, b], card=card)
+    return BundleContents(model=MODEL, interventions=[a, b], card=card)
 
 
 def test_round_trip_keeps_every_value(tmp_path: Path) -> None:
     contents = _contents()
     path = asa_format.save_bundle(contents, tmp_path / "b")
-    loaded = load_interventions(path)
+    loaded = load_bundle(path)
     assert loaded.asa is None and loaded.manifest.format_version == "1.1"
     assert loaded.manifest.requires == ("card", "interventions")
     for src in contents.interventions:
@@ -60,8 +58,9 @@ def test_round_trip_keeps_every_value(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got.directions[blk], np.asarray(v, np.float32))
         for blk, v in src.conditions.items():
             np.testing.assert_array_equal(got.conditions[blk], np.asarray(v, np.float32))
-    with pytest.raises(BundleError) as info:
-        asa_format.load_bundle(path)
+    assert loaded.kinds == ["always", "condition"] and not loaded.has_asa
+    with pytest.raises(BundleError) as info:  # the decision function needs an asa part
+        loaded.decide(np.zeros((1, 8), np.float32))
     assert info.value.code == "NOT_AN_ASA_BUNDLE"
 
 
@@ -77,21 +76,21 @@ def test_same_contents_give_identical_bytes(tmp_path: Path) -> None:
 
 def test_asa_and_always_in_one_bundle(tmp_path: Path) -> None:
     path = asa_format.save_bundle(_contents(asa=True), tmp_path / "b")
-    loaded = load_interventions(path)
+    loaded = load_bundle(path)
     assert [iv.kind for iv in loaded.interventions] == ["asa", "always", "condition"]
     assert loaded.asa is not None and loaded.asa.root_digest == loaded.root_digest
     assert loaded.asa.decide(np.ones((2, 8))).gate.shape == (2,)
+    only = asa_format.load_bundle(path, asa_only=True)  # asked for: the asa part alone
+    assert only.kinds == ["asa"] and only.root_digest == loaded.root_digest
     with pytest.raises(BundleError) as info:
-        asa_format.load_bundle(
-            path
-        )  # a Bundle would silently drop the always/condition interventions
-    assert info.value.code == "BUNDLE_HAS_INTERVENTIONS"
+        asa_format.load_bundle(asa_format.save_bundle(_contents(), tmp_path / "c"), asa_only=True)
+    assert info.value.code == "NOT_AN_ASA_BUNDLE"
 
 
 def test_a_1_0_bundle_is_one_asa_intervention(tmp_path: Path) -> None:
     path = asa_format.save_bundle(make_test_contents(hidden_size=8), tmp_path / "b")
     assert json.loads((path / C.MANIFEST_FILE).read_text())["format_version"] == "1.0"
-    loaded = load_interventions(path)
+    loaded = load_bundle(path)
     assert [(iv.name, iv.kind) for iv in loaded.interventions] == [("asa", "asa")]
 
 
@@ -126,7 +125,7 @@ def test_card_states_binding_and_file_digests_but_no_root_digest(tmp_path: Path)
         and 'base_model: "org/tiny"' in front
         and "- asa-format" in front
     )
-    loaded = load_interventions(path)
+    loaded = load_bundle(path)
     assert loaded.card == card
     assert loaded.root_digest.split(":")[1] not in card
     manifest = loaded.manifest
@@ -137,15 +136,11 @@ def test_card_states_binding_and_file_digests_but_no_root_digest(tmp_path: Path)
 
 
 def test_writer_refuses_bad_names_and_shapes(tmp_path: Path) -> None:
-    bad = InterventionContents(
-        model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})]
-    )
+    bad = BundleContents(model=MODEL, interventions=[InterventionData("a/b", {1: np.ones(8)})])
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(bad, tmp_path / "x")
     assert info.value.code == "MANIFEST_SCHEMA" and not (tmp_path / "x").exists()
-    short = InterventionContents(
-        model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})]
-    )
+    short = BundleContents(model=MODEL, interventions=[InterventionData("a", {1: np.ones(7)})])
     with pytest.raises(BundleError) as info:
         asa_format.save_bundle(short, tmp_path / "x")
     assert info.value.code == "HIDDEN_SIZE_MISMATCH"

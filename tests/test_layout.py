@@ -1,4 +1,5 @@
-"""The package layout: converters/ and runtime/ exist once, as asa_format.converters/.runtime."""
+"""The package layout: converters/ and runtime/ exist once, as asa_format.converters/.runtime;
+docs/layout.md lists every module once."""
 
 from __future__ import annotations
 
@@ -49,14 +50,28 @@ def test_the_package_is_installed_as_asa_format_submodule(name: str, tmp_path: P
     assert (ROOT / "asa_format" / name).resolve() == (ROOT / name).resolve()
 
 
-def _readme_paths() -> set[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.M))
+def _layout_rows() -> list[str]:
+    text = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    return re.findall(r"^\| `([^`]+)` \|", text, flags=re.M)
 
 
-def test_the_readme_layout_table_matches_the_tree() -> None:
-    listed = _readme_paths()
+def test_docs_layout_is_what_the_tree_gives() -> None:
+    """docs/layout.md is generated: after moving modules, run python docs/make_layout.py --write."""
+    result = subprocess.run(
+        [sys.executable, "docs/make_layout.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_layout_table_lists_every_module_once_and_nothing_else() -> None:
+    rows = _layout_rows()
+    twice = sorted({p for p in rows if rows.count(p) > 1})
+    assert not twice, f"docs/layout.md lists these paths twice: {twice}"
+    listed = set(rows)
     modules = {
         f"{folder}/{p.relative_to(ROOT / folder).as_posix()}"
         for folder in ("asa_format", "converters", "runtime")
@@ -75,8 +90,10 @@ def test_the_readme_layout_table_matches_the_tree() -> None:
         "tests/",
         "tests/fixtures/",
         "benchmarks/",
+        "docs/",
+        "examples/",
     }
     missing = sorted((modules | folders) - listed)
-    assert not missing, f"README.md's layout table does not list: {missing}"
+    assert not missing, f"docs/layout.md does not list: {missing}"
     stale = sorted(p for p in listed if not (ROOT / p.rstrip("/")).exists())
-    assert not stale, f"README.md's layout table lists paths that do not exist: {stale}"
+    assert not stale, f"docs/layout.md lists paths that do not exist: {stale}"

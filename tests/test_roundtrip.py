@@ -16,11 +16,11 @@ from asa_format import (
     BundleError,
     UsageError,
     load_bundle,
-    load_interventions,
     read_bundle_contents,
     save_bundle,
 )
-from asa_format.jsonio import dumps_canonical
+from asa_format.format.contents import InterventionData
+from asa_format.format.jsonio import dumps_canonical
 from asa_format.testing import make_test_contents
 
 CORPUS = Path(__file__).resolve().parents[1] / "spec" / "conformance" / "valid"
@@ -32,7 +32,7 @@ def _files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
-# format 1.1: bundles with an interventions list round-trip through load_interventions
+# format 1.1: bundles with an interventions list round-trip through the same contents type
 V11 = [
     n
     for n in VALID
@@ -50,26 +50,25 @@ def test_save_of_load_is_byte_identical(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", V11)
-def test_save_of_load_interventions_is_byte_identical(name: str, tmp_path: Path) -> None:
+def test_save_of_load_of_a_v11_bundle_is_byte_identical(name: str, tmp_path: Path) -> None:
     source = CORPUS / name / "bundle"
-    saved = save_bundle(load_interventions(source).to_contents(), tmp_path / "a")
+    saved = save_bundle(load_bundle(source).to_contents(), tmp_path / "a")
     assert _files(saved) == _files(source)
-    with pytest.raises(UsageError) as info:  # BundleContents would drop the interventions
-        read_bundle_contents(source)
-    assert "load_interventions" in (info.value.hint or "")
+    again = save_bundle(read_bundle_contents(source), tmp_path / "b")  # one contents type
+    assert _files(again) == _files(source)
 
 
 def test_v11_edit_rerenders_the_card_and_keeps_a_hand_written_one(tmp_path: Path) -> None:
     source = CORPUS / "interventions_always_condition_card" / "bundle"
-    contents = load_interventions(source).to_contents()
+    contents = load_bundle(source).to_contents()
     contents.interventions = [
         dataclasses.replace(contents.interventions[0], coefficient=0.5),
         *contents.interventions[1:],
     ]
-    edited = load_interventions(save_bundle(contents, tmp_path / "edited"))
+    edited = load_bundle(save_bundle(contents, tmp_path / "edited"))
     assert edited.interventions[0].spec.coefficient == 0.5
     assert edited.card is not None and "0.5" in edited.card
-    assert edited.card != load_interventions(source).card
+    assert edited.card != load_bundle(source).card
     hand = tmp_path / "hand"
     shutil.copytree(source, hand)
     own = "---\nlibrary_name: asa-format\n---\n# my own card\n"
@@ -80,13 +79,22 @@ def test_v11_edit_rerenders_the_card_and_keeps_a_hand_written_one(tmp_path: Path
         "size": len(own.encode()),
     }
     (hand / "manifest.json").write_bytes(dumps_canonical(doc))
-    again = save_bundle(load_interventions(hand).to_contents(), tmp_path / "again")
+    again = save_bundle(load_bundle(hand).to_contents(), tmp_path / "again")
     assert _files(again) == _files(hand)
 
 
-def test_a_v10_bundle_is_not_written_as_v11(tmp_path: Path) -> None:
-    with pytest.raises(UsageError):
-        load_interventions(CORPUS / "minimal_two_domains" / "bundle").to_contents()
+def test_a_v10_bundle_stays_v10_until_it_needs_v11(tmp_path: Path) -> None:
+    contents = load_bundle(CORPUS / "minimal_two_domains" / "bundle").to_contents()
+    assert contents.format_version == "1.0" and contents.has_asa and not contents.interventions
+    v10 = load_bundle(save_bundle(contents, tmp_path / "v10"))
+    assert v10.manifest.format_version == "1.0" and v10.kinds == ["asa"]
+    extra = InterventionData("tone", {0: np.ones(contents.model.hidden_size, np.float32)})
+    with pytest.raises(UsageError) as info:  # 1.0 cannot hold a second intervention
+        save_bundle(dataclasses.replace(contents, interventions=[extra]), tmp_path / "no")
+    assert "1.1" in info.value.message and not (tmp_path / "no").exists()
+    upgraded = dataclasses.replace(contents, interventions=[extra], format_version=None)
+    v11 = load_bundle(save_bundle(upgraded, tmp_path / "v11"))
+    assert v11.manifest.format_version == "1.1" and v11.kinds == ["asa", "always"]
 
 
 def test_a_newer_minor_version_is_not_saved_without_its_unknown_members(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from asa_format.runtime.cli import run_command
+from asa_format.cli.run import run_command
 from asa_format.testing import make_test_bundle
 from tiny_models import save_tiny_model_and_tokenizer
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asa_format.manifest import manifest_schema
-from asa_format.schema_check import SchemaError, check_schema, iter_violations
+from asa_format.format.manifest import manifest_schema
+from asa_format.format.schema import SchemaError, check_schema, iter_violations
+from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents
-from asa_format.writer import bundle_files
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 REFERENCE = jsonschema.Draft202012Validator(manifest_schema())

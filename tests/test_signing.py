@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
+from asa_format.cli.sign import sign_command, verify_command
 from asa_format.errors import AsaError, BundleError, SignatureError, UsageError
+from asa_format.format.digest import root_digest
 from asa_format.signing import (
     DSSE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -39,7 +40,6 @@ from asa_format.signing import (
     sign_bundle,
     verify_bundle_signature,
 )
-from asa_format.signing_cli import sign_command, verify_command
 
 # --------------------------------------------------------------------- fixtures
 
@@ -633,7 +633,7 @@ def test_cli_untrusted_key_exit_code(bundle: Path, keys: dict[str, tuple[Path, P
 
 def test_signing_module_imports_no_heavy_dependency() -> None:
     code = (
-        "import sys, asa_format.signing, asa_format.signing_cli; "
+        "import sys, asa_format.signing, asa_format.cli.sign; "
         "bad = [m for m in ('model_signing', 'sigstore', 'torch', 'sklearn') if m in sys.modules]; "
         "print(','.join(bad))"
     )

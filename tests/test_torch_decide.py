@@ -15,7 +15,7 @@ from asa_format import constants as C
 from asa_format import load_bundle
 from asa_format.bundle import Bundle, gates
 from asa_format.errors import DecisionError
-from asa_format.fastpath import fused_product
+from asa_format.graphs.fastpath import fused_product
 from asa_format.runtime import torch_decide
 from asa_format.runtime.torch_decide import TorchDecider
 from asa_format.testing import linear_router_graph, make_test_contents

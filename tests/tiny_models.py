@@ -339,8 +339,8 @@ def separating_bundle(
     """
     import dataclasses
 
+    from asa_format.storage.writer import save_bundle
     from asa_format.testing import linear_router_graph, make_test_contents, scaler_graph
-    from asa_format.writer import save_bundle
 
     biases = probe_bias or {"search": 20.0, "math": -20.0, "chat": 0.0}
     hidden = len(next(iter(centroids.values())))

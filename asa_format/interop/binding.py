@@ -14,9 +14,9 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import ConversionError, RuntimeCompatError
-from asa_format.intervention_bundle import InterventionContents, InterventionData
-from asa_format.jsonio import loads_strict
-from asa_format.manifest import ModelBinding, Provenance
+from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.jsonio import loads_strict
+from asa_format.format.manifest import ModelBinding, Provenance
 
 __all__ = ["ImportBinding", "make_contents", "safe_name"]
 
@@ -160,7 +160,7 @@ def make_contents(
     metadata: Mapping[str, Any] | None = None,
     coefficient: float = 1.0,
     card: bool = True,
-) -> InterventionContents:
+) -> BundleContents:
     """One ``always`` intervention at every block of ``directions`` (all positions)."""
     if not directions:
         raise ConversionError(
@@ -208,4 +208,4 @@ def make_contents(
         coefficient=coefficient,
     )
     tool_prov = Provenance(source="other", metadata=json.loads(json.dumps(meta, sort_keys=True)))
-    return InterventionContents(model=model, interventions=[data], provenance=tool_prov, card=card)
+    return BundleContents(model=model, interventions=[data], provenance=tool_prov, card=card)

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.bundle import Bundle, load_bundle
 from asa_format.errors import AsaError, ConversionError, UsageError
 from asa_format.interop.gguf_cv import write_control_vector
-from asa_format.intervention_bundle import InterventionBundle, load_interventions
 
 __all__ = ["ExportReport", "export_gguf", "plan_gguf"]
 
@@ -60,7 +60,7 @@ def _unsupported(message: str, hint: str) -> ConversionError:
 
 
 def plan_gguf(
-    bundle: InterventionBundle,
+    bundle: Bundle,
     *,
     interventions: list[str] | None = None,
     domain: str | None = None,
@@ -105,8 +105,9 @@ def plan_gguf(
             )
         if iv.kind == C.GATE_ASA:
             vec = _asa_vector(bundle, domain, sign, report)
-            assert bundle.asa is not None
-            sums.setdefault(int(bundle.asa.manifest.layer.index), []).append(vec)
+            layer = bundle.manifest.layer
+            assert layer is not None  # the bundle has an asa intervention
+            sums.setdefault(int(layer.index), []).append(vec)
             continue
         if iv.spec.policy != C.POLICY_ALL_TOKENS:
             report.losses.append(
@@ -155,7 +156,7 @@ def plan_gguf(
 
 
 def _asa_vector(
-    bundle: InterventionBundle, domain: str | None, sign: int | None, report: ExportReport
+    bundle: Bundle, domain: str | None, sign: int | None, report: ExportReport
 ) -> np.ndarray:
     asa = bundle.asa
     assert asa is not None
@@ -166,6 +167,7 @@ def _asa_vector(
             hint=f"pass --domain (one of {asa.domains}) and --sign +1 or -1",
         )
     steering = asa.manifest.steering
+    assert steering is not None  # the bundle has an asa intervention
     v = asa.steering_vector(domain)  # raises DECISION_INPUT for an unknown domain
     report.losses.append(
         (
@@ -194,10 +196,10 @@ def export_gguf(
     model_hint: str | None = None,
     strict: bool = False,
     force: bool = False,
-    bundle: InterventionBundle | None = None,
+    bundle: Bundle | None = None,
 ) -> ExportReport:
     """Write the control vector at ``destination`` (atomically) and return the report."""
-    loaded = bundle or load_interventions(bundle_path)
+    loaded = bundle or load_bundle(bundle_path)
     report = plan_gguf(
         loaded, interventions=interventions, domain=domain, sign=sign, model_hint=model_hint
     )

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from asa_format.errors import AsaError, ConversionError
+from asa_format.format.contents import BundleContents
 from asa_format.interop.binding import ImportBinding, make_contents, safe_name
 from asa_format.interop.gguf_cv import GGUF_MAGIC, read_control_vector
 from asa_format.interop.svec import MAX_SVEC_BYTES, load_json, looks_like_svec, parse_svec
-from asa_format.intervention_bundle import InterventionContents
 
 __all__ = ["KINDS", "detect_kind", "import_file", "import_source"]
 
@@ -52,7 +52,7 @@ def import_source(
     name: str | None = None,
     coefficient: float = 1.0,
     card: bool = True,
-) -> InterventionContents:
+) -> BundleContents:
     """Bundle contents for the steering file at ``path``."""
     kind = detect_kind(path)
     binding = binding or ImportBinding()
@@ -86,7 +86,7 @@ def import_file(
     force: bool = False,
 ) -> Path:
     """Import ``source`` and write the bundle at ``destination`` (atomically)."""
-    from asa_format.writer import save_bundle
+    from asa_format.storage.writer import save_bundle
 
     return save_bundle(
         import_source(source, binding, name=name, coefficient=coefficient), destination, force=force

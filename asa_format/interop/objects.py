@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from asa_format.errors import ConversionError
+from asa_format.format.contents import BundleContents
 from asa_format.interop.binding import ImportBinding, make_contents
-from asa_format.intervention_bundle import InterventionContents
 
 __all__ = ["from_repeng", "from_steering_vectors"]
 
@@ -72,7 +72,7 @@ def from_repeng(
     name: str = "control",
     coefficient: float = 1.0,
     card: bool = True,
-) -> InterventionContents:
+) -> BundleContents:
     """A repeng ``ControlVector`` as bundle contents (``coefficient`` is repeng's ``coeff``)."""
     if not hasattr(vector, "directions") or not hasattr(vector, "model_type"):
         raise ConversionError(
@@ -103,7 +103,7 @@ def from_steering_vectors(
     name: str = "steering-vector",
     multiplier: float = 1.0,
     card: bool = True,
-) -> InterventionContents:
+) -> BundleContents:
     """A steering-vectors ``SteeringVector`` as bundle contents (``multiplier`` as in ``apply``)."""
     if not hasattr(vector, "layer_activations"):
         raise ConversionError(

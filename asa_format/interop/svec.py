@@ -20,7 +20,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import ConversionError
-from asa_format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
+from asa_format.format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
 
 __all__ = ["MAX_SVEC_BYTES", "looks_like_svec", "parse_svec"]
 

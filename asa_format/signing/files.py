@@ -2,7 +2,7 @@
 
 Every regular file of the bundle directory except the root ``model.sig`` is
 covered; symbolic links and special files are refused. Files are opened with
-:func:`asa_format.reader.open_regular`, the reader's no-follow access.
+:func:`asa_format.storage.reader.open_regular`, the reader's no-follow access.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from asa_format import constants as C
-from asa_format.digest import root_digest
 from asa_format.errors import BundleError, Problem, SignatureError
-from asa_format.reader import open_regular, size_cap
+from asa_format.format.digest import root_digest
+from asa_format.storage.reader import open_regular, size_cap
 
 __all__ = [
     "checked_bundle_dir",

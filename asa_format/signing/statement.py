@@ -15,7 +15,7 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import SignatureError
-from asa_format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
+from asa_format.format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
 from asa_format.signing.files import path_key
 
 __all__ = [

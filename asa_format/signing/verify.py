@@ -13,9 +13,8 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
-from asa_format.digest import DIGEST_PREFIX
 from asa_format.errors import BundleError, Problem, SignatureError, UsageError
-from asa_format.reader import open_regular
+from asa_format.format.digest import DIGEST_PREFIX
 from asa_format.signing.files import (
     checked_bundle_dir,
     default_signature_path,
@@ -37,6 +36,7 @@ from asa_format.signing.statement import (
     parse_statement,
     read_strict_json,
 )
+from asa_format.storage.reader import open_regular
 
 __all__ = ["VerifiedSignature", "verify_bundle_signature"]
 

@@ -282,3 +282,107 @@ def decision_vectors(
         "tolerance": {"probability": PROBABILITY_TOLERANCE, "vector": VECTOR_TOLERANCE},
         "rows": out_rows,
     }
+
+
+CONDITIONS_FILE = "conditions.json"
+SIMILARITY_TOLERANCE = 1e-12  # |s - expected| a conforming reader stays within
+THRESHOLD_MARGIN = 1e-7  # how close the near-threshold rows come to the threshold
+
+
+def _cos(h: list[float], c: list[float]) -> float:
+    """The spec 14.4 similarity with correctly rounded sums (0 when h is zero)."""
+    nh = math.sqrt(math.fsum(x * x for x in h))
+    nc = math.sqrt(math.fsum(x * x for x in c))
+    if nh == 0.0 or nc == 0.0:
+        return 0.0
+    return math.fsum(x * y for x, y in zip(h, c, strict=True)) / (nh * nc)
+
+
+def _holds(s: float, comparator: str, threshold: float) -> bool:
+    if not math.isfinite(s):
+        return False
+    return s > threshold if comparator == "greater_than" else s < threshold
+
+
+def _at_similarity(c: np.ndarray, other: np.ndarray, target: float) -> list[float]:
+    """A row whose cosine with ``c`` is ``target``: ``t c/|c| + sqrt(1-t^2) o`` (o orthogonal)."""
+    cu = c / np.linalg.norm(c)
+    o = other - np.dot(other, cu) * cu
+    o = o / np.linalg.norm(o)
+    row = target * cu + math.sqrt(max(0.0, 1.0 - target * target)) * o
+    return [float(x) for x in (row * 3.0)]
+
+
+def condition_vectors(
+    case: str, manifest: Mapping[str, Any], conditions: Mapping[str, Mapping[int, np.ndarray]]
+) -> dict[str, Any] | None:
+    """Per condition intervention of a valid case: rows of aggregated hidden states (one per
+    condition block) with the expected similarities and outcome (spec 14.4)."""
+    out: dict[str, Any] = {}
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    for entry in manifest.get("interventions", []):
+        gate = entry["gate"]
+        if gate["kind"] != "condition":
+            continue
+        blocks = [int(b) for b in gate["blocks"]]
+        vecs = {b: np.asarray(conditions[entry["name"]][b], dtype=np.float64) for b in blocks}
+        hidden = len(next(iter(vecs.values())))
+        rows: list[dict[str, Any]] = []
+
+        def add(
+            kind: str,
+            description: str,
+            per_block: dict[int, list[float]],
+            vecs: dict[int, np.ndarray] = vecs,
+            blocks: list[int] = blocks,
+            rows: list[dict[str, Any]] = rows,
+            gate: Mapping[str, Any] = gate,
+        ) -> None:
+            sims = [_cos(per_block[b], [float(x) for x in vecs[b]]) for b in blocks]
+            rows.append(
+                {
+                    "kind": kind,
+                    "description": description,
+                    "hidden": [per_block[b] for b in blocks],
+                    "similarities": sims,
+                    "fires": all(_holds(s, gate["comparator"], gate["threshold"]) for s in sims),
+                }
+            )
+
+        for i in range(N_RANDOM):
+            add(
+                "random",
+                f"random row {i}",
+                {b: [round(float(x), 4) for x in rng.standard_normal(hidden)] for b in blocks},
+            )
+        add(
+            "aligned",
+            "each hidden state equals its condition vector: s = 1",
+            {b: [float(x) for x in vecs[b]] for b in blocks},
+        )
+        add(
+            "opposite",
+            "each hidden state is minus its condition vector: s = -1",
+            {b: [float(-x) for x in vecs[b]] for b in blocks},
+        )
+        add("zero", "zero hidden states: s = 0", {b: [0.0] * hidden for b in blocks})
+        t = float(gate["threshold"])
+        for side, sign in (("above", 1.0), ("below", -1.0)):
+            target = min(1.0, max(-1.0, t + sign * THRESHOLD_MARGIN))
+            per = {b: _at_similarity(vecs[b], rng.standard_normal(hidden), target) for b in blocks}
+            add(f"near_threshold_{side}", f"s = threshold {'+' if sign > 0 else '-'} 1e-7", per)
+        out[entry["name"]] = {
+            "blocks": blocks,
+            "comparator": gate["comparator"],
+            "threshold": gate["threshold"],
+            "aggregate": gate["aggregate"],
+            "rows": rows,
+        }
+    if not out:
+        return None
+    return {
+        "description": "condition decisions of this case's condition interventions (SPEC 14.4): "
+        "each row gives the aggregated hidden state at every condition block",
+        "tolerance": {"similarity": SIMILARITY_TOLERANCE},
+        "interventions": out,
+    }

@@ -17,6 +17,7 @@ the 1 MiB cap) are built at test time by :func:`build_runtime_case`, listed by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,10 +33,15 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.jsonio import dumps_canonical
+from asa_format.format.jsonio import dumps_canonical
+from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents
-from asa_format.writer import bundle_files
-from decision_vectors import DECISIONS_FILE, decision_vectors  # next to this script
+from decision_vectors import (  # next to this script
+    CONDITIONS_FILE,
+    DECISIONS_FILE,
+    condition_vectors,
+    decision_vectors,
+)
 
 __all__ = [
     "Case",
@@ -1251,13 +1257,9 @@ def invalid_cases() -> list[Case]:
 
 def interventions_cases() -> tuple[list[Case], list[Case]]:
     """The 1.1 cases: ``(valid, invalid)``."""
-    from asa_format.intervention_bundle import (
-        InterventionContents,
-        InterventionData,
-        intervention_files,
-    )
-    from asa_format.interventions import ConditionGate
-    from asa_format.manifest import ModelBinding
+    from asa_format.format.contents import BundleContents, InterventionData, bundle_files
+    from asa_format.format.interventions import ConditionGate
+    from asa_format.format.manifest import ModelBinding
 
     model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
 
@@ -1273,15 +1275,15 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         conditions={2: vec(4)},
     )
 
-    def files_of(contents: InterventionContents) -> dict[str, bytes]:
-        _, files = intervention_files(contents)
+    def files_of(contents: BundleContents) -> dict[str, bytes]:
+        _, files = bundle_files(contents)
         doc = json.loads(files[C.MANIFEST_FILE])
         doc["producer"] = dict(PRODUCER)
         files[C.MANIFEST_FILE] = dumps_canonical(doc)
         return files
 
-    always = files_of(InterventionContents(model=model, interventions=[honesty], card=False))
-    both = files_of(InterventionContents(model=model, interventions=[honesty, refuse]))
+    always = files_of(BundleContents(model=model, interventions=[honesty], card=False))
+    both = files_of(BundleContents(model=model, interventions=[honesty, refuse]))
     asa = make_test_contents(
         hidden_size=HIDDEN,
         domains=DOMAINS,
@@ -1291,9 +1293,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         model_type="llama",
         num_layers=4,
     )
-    mixed = files_of(
-        InterventionContents(model=asa.model, interventions=[honesty, refuse], asa=asa)
-    )
+    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse]))
 
     def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
         return edit_manifest(files, fn)
@@ -1475,7 +1475,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
 
 def condition_decision_vectors() -> dict[str, Any]:
     """Decision test vectors for the condition gate (spec section 14.4)."""
-    from asa_format.interventions import (
+    from asa_format.format.interventions import (
         ConditionGate,
         aggregate_rows,
         condition_fires,
@@ -1561,6 +1561,20 @@ def write_case(case: Case, kind_dir: Path) -> Path:
         if "steering" in manifest:  # format 1.1: only a bundle with an asa intervention decides
             doc = decision_vectors(case.name, manifest, files)
             (case_dir / DECISIONS_FILE).write_bytes(dumps_canonical(doc))
+        if C.INTERVENTIONS_FILE in files:  # condition gates: their own decision vectors
+            from asa_format.format.safetensors import parse_vectors
+
+            tensors, _ = parse_vectors(
+                files[C.INTERVENTIONS_FILE], hidden_size=None, names=None, unit_norm=False
+            )
+            conditions: dict[str, dict[int, Any]] = {}
+            for name, arr in tensors.items():
+                iv, block, role = name.split("/")
+                if role == C.CONDITION_ROLE:
+                    conditions.setdefault(iv, {})[int(block)] = arr
+            cdoc = condition_vectors(case.name, manifest, conditions)
+            if cdoc is not None:
+                (case_dir / CONDITIONS_FILE).write_bytes(dumps_canonical(cdoc))
     return bundle
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode
-from asa_format.onnx_shapes import (
+from asa_format.graphs.shapes import (
     CLASSIFIERS,
     FLOAT_TYPES,
     HANDLERS,

@@ -21,12 +21,12 @@ from typing import Any
 import click
 
 from asa_format import constants as C
-from asa_format.cli_support import fail, require_extra
+from asa_format.cli.support import fail, require_extra
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
+from asa_format.format.jsonio import loads_strict
 from asa_format.hints import for_cli
-from asa_format.jsonio import loads_strict
 from asa_format.runtime.notes import BindingNote
-from asa_format.textsafe import safe_text
 
 __all__ = ["run_command"]
 
@@ -357,12 +357,22 @@ def _run(
         record = handle.last
     if record is None:  # pragma: no cover - generate always runs a prefill
         raise RuntimeCompatError("the steered layer never ran", code="LAYERS_NOT_FOUND")
+    from asa_format.validate import describe_interventions, intervention_text
+
     row = record.rows[0]
-    decision = {
-        "domain": str(row.domain),
-        "probability": float(row.probability),
-        "gate": int(row.gate),
-    }
+    outcomes = (record.interventions[0] if record.interventions else None) or {}
+    items = describe_interventions(bundle.manifest)
+    for item in items:
+        item["outcome"] = outcomes.get(item["name"])
+    decision = (
+        None
+        if row is None
+        else {
+            "domain": str(row.domain),
+            "probability": float(row.probability),
+            "gate": int(row.gate),
+        }
+    )
     if as_json:
         payload: dict[str, Any] = {
             "model": model_path,
@@ -372,20 +382,31 @@ def _run(
             "layer": record.layer,
             "layer_path": handle.layer_path,
             "policy": record.policy,
-            "alpha": record.alpha,
+            "alpha": None if record.alpha != record.alpha else record.alpha,
             "decision": decision,
+            "interventions": items,
             "steered": steered,
         }
         if baseline is not None:
             payload["baseline"] = baseline
         click.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=True))
         return
-    gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]
-    click.echo(
-        f"decision: domain={safe_text(decision['domain'])} p={decision['probability']:.4f} "
-        f"gate={gate}  (layer {handle.layer_path}, policy {record.policy}, "
-        f"alpha {record.alpha:g})"
-    )
+    if row is not None and decision is not None:
+        gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]
+        click.echo(
+            f"decision: domain={safe_text(decision['domain'])} p={decision['probability']:.4f} "
+            f"gate={gate}  (layer {handle.layer_path}, policy {record.policy}, "
+            f"alpha {record.alpha:g})"
+        )
+    for item in items:
+        if item["kind"] == "asa":
+            continue
+        outcome = item["outcome"]
+        said = {True: "applied", False: "not applied (condition did not hold)", None: "undecided"}
+        click.echo(
+            f"intervention {safe_text(intervention_text(item))}, coefficient "
+            f"{item['coefficient']:g}, policy {item['policy']}: {said[outcome]}"
+        )
     if baseline is not None:
         click.echo("--- baseline ---")
         click.echo(baseline)

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.interventions import Intervention
-from asa_format.manifest import ModelBinding
+from asa_format.format.interventions import Intervention
+from asa_format.format.manifest import ModelBinding
 
 __all__ = ["render_card"]
 
@@ -48,7 +48,7 @@ def render_card(
     body.append(
         "An [asa-format](https://pypi.org/project/asa-format/) bundle: activation-steering vectors "
         "and their gates, every file pinned by SHA-256 in `manifest.json`. Load it with "
-        "`asa_format.load_interventions(path)` and apply it with `asa_format.runtime.attach_interventions(model, path)`."
+        "`asa_format.load_bundle(path)` and apply it with `asa_format.runtime.attach(model, path)`."
     )
     body += ["", "## Model binding", ""]
     body.append(f"- model id: {model.id or 'unknown'}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
-from asa_format.onnx_cost import CostError, check_cost
+from asa_format.graphs.cost import CostError, check_cost
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
 

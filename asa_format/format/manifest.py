@@ -21,15 +21,15 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, ErrorCode, Problem
-from asa_format.interventions import Intervention, intervention_problems
-from asa_format.jsonio import (
+from asa_format.format.interventions import Intervention, intervention_problems
+from asa_format.format.jsonio import (
     DuplicateKeyError,
     JsonTextError,
     NonFiniteError,
     dumps_canonical,
     loads_strict,
 )
-from asa_format.schema_check import check_schema, iter_violations
+from asa_format.format.schema import check_schema, iter_violations
 
 __all__ = [
     "AsaManifest",

@@ -1,6 +1,6 @@
 """Bundles on the Hugging Face hub: ``org/name@revision`` references.
 
-``load_bundle("org/name@<commit>")`` (and ``load_interventions``,
+``load_bundle("org/name@<commit>")`` (and
 ``attach``) resolve the reference with ``huggingface_hub.snapshot_download``
 (revision pinned: a 40-hex commit, or any revision together with an
 ``expected_digest``), copy the bundle's files out of the hub cache into a

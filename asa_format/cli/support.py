@@ -1,6 +1,6 @@
 """What every command shares: exit codes, error lines, extras, signals.
 
-The convention (also in the README):
+The convention (also in docs/cli.md):
 
 * the report goes to stdout (text, or one JSON document with ``--json``);
   diagnostics (usage and environment errors, warnings, notes) go to stderr;
@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 
 import click
 
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, UsageError, problems_of
 from asa_format.hints import problem_for_cli
-from asa_format.textsafe import safe_text
 
 __all__ = [
     "EXIT_FAILED",
@@ -66,7 +66,7 @@ def exit_code_for(error: AsaError) -> int:
 
 def error_lines(error: AsaError) -> list[str]:
     """``error: [CODE] file: message (hint)`` lines, hints written for the command line
-    (strings from the input escaped, :mod:`asa_format.textsafe`)."""
+    (strings from the input escaped, :mod:`asa_format.cli.textsafe`)."""
     return [f"error: {safe_text(problem_for_cli(p))}" for p in problems_of(error)]
 
 

@@ -3,7 +3,7 @@
 Exit status: 0 converted, 1 refused input / destination / failed export /
 failed parity (nothing written), 2 usage or environment error (the
 ``convert`` extra missing), 130 interrupted. The report goes to stdout
-(``--json``: the envelope of ``asa_format.report``), diagnostics to stderr.
+(``--json``: the envelope of ``asa_format.cli.report``), diagnostics to stderr.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
-from asa_format import __version__
-from asa_format.cli_support import exit_code_for, fail, require_extra, run_main
+from asa_format._version import __version__
+from asa_format.cli.report import Result, failed_result, write_report
+from asa_format.cli.support import exit_code_for, fail, require_extra, run_main
 from asa_format.errors import AsaError
-from asa_format.report import Result, failed_result, write_report
 
 __all__ = ["convert_command", "main"]
 
@@ -73,7 +73,7 @@ def convert_command(
     """
     require_extra("convert", "asa-convert")
     from asa_format.converters.convert import check_not_source, convert_legacy
-    from asa_format.writer import check_destination
+    from asa_format.storage.writer import check_destination
 
     try:
         check_not_source(source, destination)

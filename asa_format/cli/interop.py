@@ -1,7 +1,7 @@
 """``asa import`` and ``asa export``: steering files in and out of bundles.
 
-Both follow the command-line convention of ``asa_format.cli_support``: the
-report on stdout (text, or the JSON envelope of ``asa_format.report`` with
+Both follow the command-line convention of ``asa_format.cli.support``: the
+report on stdout (text, or the JSON envelope of ``asa_format.cli.report`` with
 ``--json``), a refused input as a failed result (exit 1), usage and
 environment errors (a missing extra) on stderr (exit 2).
 """
@@ -12,9 +12,9 @@ import sys
 
 import click
 
-from asa_format.cli_support import exit_code_for, fail, require_extra
+from asa_format.cli.report import Result, failed_result, write_report
+from asa_format.cli.support import exit_code_for, fail, require_extra
 from asa_format.errors import AsaError
-from asa_format.report import Result, failed_result, write_report
 
 __all__ = ["export_command", "import_command"]
 
@@ -77,7 +77,7 @@ def import_command(
     environment error.
     """
     from asa_format.interop import ImportBinding, import_file
-    from asa_format.writer import check_destination
+    from asa_format.storage.writer import check_destination
 
     binding = ImportBinding(
         model_type=model_type,
@@ -154,11 +154,11 @@ def export_command(
     2 usage or environment error (the GGUF writer needs the interop extra).
     """
     require_extra("interop", "asa export")
+    from asa_format.bundle import load_bundle
     from asa_format.interop.export import export_gguf
-    from asa_format.intervention_bundle import load_interventions
 
     try:
-        loaded = load_interventions(bundle)
+        loaded = load_bundle(bundle)
         report = export_gguf(
             bundle,
             destination,

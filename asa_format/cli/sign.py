@@ -3,7 +3,7 @@
 Exit status: 0 success, 1 a check failed (the bundle or signature is bad,
 or the signature exists and --force was not given), 2 usage error (bad
 arguments, unreadable or unsupported key). The report goes to stdout
-(`asa verify --json`: the envelope of ``asa_format.report``, also on failure),
+(`asa verify --json`: the envelope of ``asa_format.cli.report``, also on failure),
 diagnostics to stderr.
 """
 
@@ -16,16 +16,16 @@ from pathlib import Path
 import click
 
 from asa_format import constants as C
-from asa_format.cli_support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, fail
+from asa_format.cli.report import Result, failed_result, write_report
+from asa_format.cli.support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, fail
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, UsageError
-from asa_format.report import Result, failed_result, write_report
 from asa_format.signing import (
     load_private_key,
     root_digest_of_dir,
     sign_bundle,
     verify_bundle_signature,
 )
-from asa_format.textsafe import safe_text
 
 __all__ = [
     "EXIT_FAILED",

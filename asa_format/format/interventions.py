@@ -37,6 +37,7 @@ from asa_format.errors import ErrorCode, Problem
 __all__ = [
     "ConditionGate",
     "Intervention",
+    "LoadedIntervention",
     "condition_fires",
     "condition_similarity",
     "intervention_problems",
@@ -350,3 +351,25 @@ def aggregate_rows(hidden: np.ndarray, real: np.ndarray, how: str) -> np.ndarray
             idx = np.arange(h.shape[1])
         out[r] = h[r, idx].mean(axis=0) if how == "mean" else h[r, idx[-1]]
     return out
+
+
+@dataclass(frozen=True)
+class LoadedIntervention:
+    """One intervention of a loaded bundle with its vectors (read-only float32 arrays).
+
+    For the ``asa`` intervention ``directions`` and ``conditions`` are empty:
+    its vectors and graphs are the bundle's asa part (``Bundle.decide``,
+    ``Bundle.steering_vector``).
+    """
+
+    spec: Intervention
+    directions: dict[int, np.ndarray]
+    conditions: dict[int, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind

@@ -29,10 +29,10 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
-from asa_format.interventions import tensor_problems, zero_condition_problems
-from asa_format.manifest import Manifest, parse_manifest
-from asa_format.onnx_profile import check_onnx
-from asa_format.safetensors_profile import parse_vectors
+from asa_format.format.interventions import tensor_problems, zero_condition_problems
+from asa_format.format.manifest import Manifest, parse_manifest
+from asa_format.format.safetensors import parse_vectors
+from asa_format.graphs.profile import check_onnx
 
 __all__ = [
     "ReadResult",

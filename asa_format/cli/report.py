@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from asa_format import __version__
+from asa_format._version import __version__
+from asa_format.cli.textsafe import safe_lines, safe_text
 from asa_format.errors import AsaError, Problem, problems_of
 from asa_format.hints import problem_for_cli
-from asa_format.textsafe import safe_lines, safe_text
 
 __all__ = ["Result", "envelope", "failed_result", "json_report", "text_report", "write_report"]
 
@@ -113,7 +113,7 @@ def write_report(
 ) -> int:
     """Print the report; return the exit status (0 every result ok, 1 otherwise).
 
-    Strings from bundles and file names are escaped (:mod:`asa_format.textsafe`)
+    Strings from bundles and file names are escaped (:mod:`asa_format.cli.textsafe`)
     in the text; the JSON is ASCII (``json.dumps`` escapes every other code point).
     """
     if as_json:

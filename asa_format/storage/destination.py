@@ -38,7 +38,7 @@ from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode, UsageError
-from asa_format.manifest import parse_manifest
+from asa_format.format.manifest import parse_manifest
 
 __all__ = ["Staging", "check_replaceable", "commit", "exchange_supported", "recover"]
 

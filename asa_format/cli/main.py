@@ -1,7 +1,7 @@
 """The ``asa`` command: a thin click layer over the library.
 
 The conventions every command follows (report on stdout, diagnostics on
-stderr, exit 0/1/2/130) are in ``asa_format.cli_support`` and the README.
+stderr, exit 0/1/2/130) are in ``asa_format.cli.support`` and docs/cli.md.
 Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 ``run``: torch and transformers) are imported only when invoked, so
 ``asa validate`` never imports them.
@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from asa_format import __version__
-from asa_format._lazy_group import LazyGroup
-from asa_format.cli_support import fail, run_main
+from asa_format._version import __version__
+from asa_format.cli._lazy_group import LazyGroup
+from asa_format.cli.report import Result, failed_result, write_report
+from asa_format.cli.support import fail, run_main
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError
-from asa_format.report import Result, failed_result, write_report
-from asa_format.textsafe import safe_text
 
 __all__ = ["cli", "fail", "main"]
 
@@ -27,12 +27,12 @@ __all__ = ["cli", "fail", "main"]
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={
-        "convert": "asa_format.converters.cli:convert_command",
-        "export": "asa_format.interop_cli:export_command",  # format 1.1 interoperability
-        "import": "asa_format.interop_cli:import_command",
-        "run": "asa_format.runtime.cli:run_command",
-        "sign": "asa_format.signing_cli:sign_command",
-        "verify": "asa_format.signing_cli:verify_command",
+        "convert": "asa_format.cli.convert:convert_command",
+        "export": "asa_format.cli.interop:export_command",  # format 1.1 interoperability
+        "import": "asa_format.cli.interop:import_command",
+        "run": "asa_format.cli.run:run_command",
+        "sign": "asa_format.cli.sign:sign_command",
+        "verify": "asa_format.cli.sign:verify_command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
     invoke_without_command=True,
@@ -51,7 +51,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _validation_result(path: str) -> Result:
-    from asa_format.validate import validate_bundle
+    from asa_format.validate import intervention_text, validate_bundle
 
     report = validate_bundle(path)
     result = Result(path=path, problems=list(report.problems), warnings=list(report.warnings))
@@ -60,9 +60,15 @@ def _validation_result(path: str) -> Result:
         s = report.summary
         model = s.get("model", {})
         what = safe_text(model.get("id") or model.get("type") or "model unknown")
+        items = s.get("interventions", [])
+        result.fields["interventions"] = items
+        if [i["kind"] for i in items] == ["asa"]:  # one asa intervention (every 1.0 bundle)
+            steers = f"layer {s.get('layer')}, {len(s.get('domains', []))} domains"
+        else:
+            steers = "; ".join(safe_text(intervention_text(i)) for i in items)
         result.text = (
-            f"ok    {safe_text(path)}  ({what}, hidden {model.get('hidden_size')}, layer {s.get('layer')}, "
-            f"{len(s.get('domains', []))} domains, {report.digest})\n"
+            f"ok    {safe_text(path)}  ({what}, hidden {model.get('hidden_size')}, {steers}, "
+            f"{report.digest})\n"
         )
     return result
 
@@ -73,7 +79,7 @@ def _validation_result(path: str) -> Result:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON report on stdout (format in the README).",
+    help="Print one JSON report on stdout (format: docs/cli.md).",
 )
 def validate_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Check bundles: schema, sizes, hashes, file profiles and consistency.

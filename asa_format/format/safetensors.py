@@ -38,7 +38,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, ErrorCode, Problem
-from asa_format.jsonio import DuplicateKeyError, loads_strict
+from asa_format.format.jsonio import DuplicateKeyError, loads_strict
 
 __all__ = ["METADATA", "parse_vectors", "serialize_vectors"]
 
