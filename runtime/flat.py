@@ -23,10 +23,11 @@ each sequence with its own bundle (by root digest) or none:
 Decisions are grouped by bundle and taken in one call per bundle, with the
 bundle's ``TorchDecider`` when one is given, else ``Bundle.decide``.
 
-:func:`steer_flat_block` does the same for every intervention kind of a
-format 1.1 bundle (``always``, ``condition``, ``asa``) at one decoder block,
-with the condition decisions aggregated across prefill chunks; a serving
-plugin calls it from each steered block's hook (asa_format.serving).
+:func:`steer_flat_block` applies every intervention kind of a bundle
+(``always``, ``condition``, ``asa``) at one decoder block, with the per-row
+semantics of :mod:`asa_format.runtime.program` (the transformers hooks use
+the same module) and the condition aggregates summed across prefill chunks;
+the vLLM plugin calls it from each steered block's hook (asa_format.serving).
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ import torch
 from asa_format import constants as C
 from asa_format.bundle import Decision
 from asa_format.errors import DecisionError
-from asa_format.interventions import ConditionGate, condition_fires, condition_similarity
+from asa_format.runtime.program import Program, RowOutcomes, condition_outcome, term_delta
 
 __all__ = [
-    "ConditionProgress",
-    "FlatBundle",
     "FlatState",
     "RequestSteering",
     "delta_of",
@@ -361,132 +360,27 @@ def _apply(hidden: torch.Tensor, rows: list[int], deltas: list[torch.Tensor]) ->
 
 
 # --------------------------------------------------------------------------
-# every intervention kind of a format 1.1 bundle (always, condition, asa) at one block
-
-
-@dataclass(frozen=True)
-class _Add:
-    """An always/condition intervention's addition at one block."""
-
-    name: str
-    policy: str
-    gated: bool  # a condition intervention: only rows whose condition fired
-    vector: np.ndarray  # float32(coefficient) x direction, float32 [H]
-
-
-@dataclass(frozen=True)
-class _Condition:
-    """A condition intervention's condition vector at one of its condition blocks."""
-
-    name: str
-    gate: ConditionGate
-    vector: np.ndarray  # [H]
-
-
-class FlatBundle:
-    """A loaded bundle (``load_interventions``) as the flattened batch path uses it.
-
-    Every intervention is indexed by block: the additions of ``always`` and
-    ``condition`` interventions (``float32(coefficient) x direction``, as
-    :func:`asa_format.runtime.interventions.attach_interventions` adds them),
-    the condition vectors, and the ``asa`` intervention's block.
-    """
-
-    def __init__(self, bundle: Any) -> None:
-        self.bundle = bundle
-        self.digest: str = bundle.root_digest
-        self.hidden_size = int(bundle.manifest.model.hidden_size)
-        self.asa: Any = bundle.asa
-        self.asa_block: int | None = (
-            None if bundle.asa is None else int(bundle.asa.manifest.layer.index)
-        )
-        self.adds: dict[int, list[_Add]] = {}
-        self.conditions: dict[int, list[_Condition]] = {}
-        self.gates: dict[str, ConditionGate] = {}
-        for iv in bundle.interventions:
-            if iv.kind == C.GATE_ASA:
-                continue
-            gate = iv.spec.condition
-            if gate is not None:
-                self.gates[iv.name] = gate
-                for b, vec in sorted(iv.conditions.items()):
-                    self.conditions.setdefault(int(b), []).append(_Condition(iv.name, gate, vec))
-            coef = np.float32(iv.spec.coefficient)
-            for b, vec in sorted(iv.directions.items()):
-                self.adds.setdefault(int(b), []).append(
-                    _Add(iv.name, iv.spec.policy, gate is not None, (vec * coef).astype(np.float32))
-                )
-        blocks = set(self.adds) | set(self.conditions)
-        if self.asa_block is not None:
-            blocks.add(self.asa_block)
-        self.blocks: tuple[int, ...] = tuple(sorted(blocks))
-        self._deltas: dict[tuple[str, int, torch.dtype, torch.device], torch.Tensor] = {}
-
-    def policies(self) -> set[str]:
-        """The policies of every intervention (the asa one's from its steering member)."""
-        out = {a.policy for adds in self.adds.values() for a in adds}
-        if self.asa is not None:
-            out.add(self.asa.manifest.steering.policy)
-        return out
-
-    def prompt_dependent_all_tokens(self) -> bool:
-        """Whether a gated intervention (asa, condition) steers every prompt token.
-
-        Its steering of the first prompt token depends on the decision, taken
-        on the whole prompt: the prompt must be computed in one chunk.
-        """
-        gated = [a.policy for adds in self.adds.values() for a in adds if a.gated]
-        if self.asa is not None:
-            gated.append(self.asa.manifest.steering.policy)
-        return C.POLICY_ALL_TOKENS in gated
-
-    def mean_condition(self) -> bool:
-        """Whether a condition aggregates the mean of every prompt position (no prefix reuse)."""
-        return any(g.aggregate == "mean" for g in self.gates.values())
-
-    def delta(
-        self, add: _Add, block: int, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
-        key = (add.name, block, dtype, device)
-        t = self._deltas.get(key)
-        if t is None:
-            t = torch.from_numpy(add.vector.copy()).to(device=device, dtype=dtype)
-            self._deltas[key] = t
-        return t
-
-
-@dataclass
-class ConditionProgress:
-    """One request's condition decision, built across the chunks of its prefill."""
-
-    seen: dict[int, int] = field(default_factory=dict)  # block -> prompt positions summed ("mean")
-    sums: dict[int, np.ndarray] = field(default_factory=dict)  # block -> float64 sum over them
-    similarities: dict[int, float] = field(default_factory=dict)
-    fires: bool | None = None
-
-    def copy(self) -> ConditionProgress:
-        return ConditionProgress(
-            dict(self.seen), dict(self.sums), dict(self.similarities), self.fires
-        )
+# every intervention kind of a bundle (always, condition, asa) at one block
 
 
 @dataclass
 class FlatState:
-    """Per worker: what each request decided, kept from its prefill to its end."""
+    """Per worker: what each request's prefill decided, kept from its prefill to its end."""
 
-    asa: dict[str, RequestSteering] = field(default_factory=dict)
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (digest, prompt_len)
-    conditions: dict[str, dict[str, ConditionProgress]] = field(default_factory=dict)
+    outcomes: dict[str, RowOutcomes] = field(default_factory=dict)
+    # id -> (condition intervention, block) -> (prompt positions summed, their float64 sum)
+    sums: dict[str, dict[tuple[str, int], tuple[int, np.ndarray]]] = field(default_factory=dict)
 
     def finish(self, request_ids: Iterable[str]) -> None:
         """Forget finished (or aborted) requests."""
         for rid in request_ids:
-            self.asa.pop(rid, None)
             self.bound.pop(rid, None)
-            self.conditions.pop(rid, None)
+            self.outcomes.pop(rid, None)
+            self.sums.pop(rid, None)
 
     def request_ids(self) -> set[str]:
-        return set(self.bound) | set(self.asa) | set(self.conditions)
+        return set(self.bound) | set(self.outcomes) | set(self.sums)
 
 
 def steer_flat_block(
@@ -496,36 +390,33 @@ def steer_flat_block(
     num_computed_tokens: Any,
     prompt_lens: Any,
     selections: Sequence[str | None],
-    registry: Mapping[str, FlatBundle],
+    registry: Mapping[str, Program],
     state: FlatState,
     request_ids: Sequence[str],
     *,
-    deciders: Mapping[str, Any] | None = None,
     cached_prefix_steered: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Apply, at decoder block ``block``, every intervention of each sequence's bundle.
 
     ``stream`` ``[T, H]`` is the block's output (the residual stream after the
     block) in the flattened layout of :func:`steer_flat`; ``registry`` maps
-    root digests to :class:`FlatBundle`. In the order
-    :func:`~asa_format.runtime.interventions.attach_interventions` hooks a
-    block: the conditions measured at this block, then the additions of the
-    always/condition interventions (in the bundle's order), then the asa
-    intervention (deciding on the stream after those additions).
+    root digests to compiled bundles (:class:`~asa_format.runtime.program.Program`).
+    The semantics are those of ``attach`` for each sequence alone (spec 14):
+    at the chunk that holds a request's last prompt token, the condition
+    reads and the asa decision of this block are taken on the block output;
+    then the deltas of this block's terms, summed in float32 per policy,
+    are added once where each policy steers, cast to the stream's dtype.
 
-    Conditions (spec 14.4): the similarity at each condition block is taken
-    when the chunk holding the last prompt token arrives, on the mean of the
-    request's prompt positions (summed in float64 across chunks: every
-    prompt position must be computed in this worker, so no reused prefix) or
-    on its last one; the decision is kept per request for its decode steps.
-    ``cached_prefix_steered``: prompt positions taken from a prefix cache
-    were computed with this request's own steering (the cache is salted per
-    bundle and prompt), so an ``all_tokens`` decision chunk may start after
-    position 0.
+    Conditions aggregated as a mean are summed in float64 across the
+    request's prefill chunks, so every prompt position must be computed in
+    this worker (no reused prefix). ``cached_prefix_steered``: prompt
+    positions taken from a prefix cache were computed with this request's
+    own steering (the cache is salted per bundle and prompt), so the chunk
+    that decides an ``all_tokens`` gated term may start after position 0.
 
     Returns the steered stream (a new tensor; ``stream`` is unchanged) and
-    the ``[T]`` mask of the rows that received an addition, or ``(stream,
-    None)`` when nothing was added. ``state`` is updated only on success.
+    the ``[T]`` mask of the rows that received a delta, or ``(stream, None)``
+    when nothing was added. ``state`` is updated only on success.
     """
     if stream.dim() != 2:
         raise DecisionError(
@@ -547,21 +438,21 @@ def steer_flat_block(
             f"query_start_loc {qsl} does not describe rows of a [{stream.shape[0]}, H] batch",
             code="DECISION_INPUT",
         )
-    seqs: list[tuple[_Seq, FlatBundle]] = []
+    seqs: list[tuple[_Seq, Program]] = []
     for s in range(s_count):
         digest = selections[s]
         if digest is None:
             continue
-        fb = registry.get(digest)
-        if fb is None:
+        program = registry.get(digest)
+        if program is None:
             raise DecisionError(
                 f"request {request_ids[s]!r} names bundle {digest}, which is not in the registry",
                 code="DECISION_INPUT",
                 hint="requests name a bundle by the root digest of one loaded and verified at startup",
             )
-        if fb.hidden_size != int(stream.shape[1]):
+        if program.hidden_size != int(stream.shape[1]):
             raise DecisionError(
-                f"bundle {digest} has hidden size {fb.hidden_size}, the batch {stream.shape[1]}",
+                f"bundle {digest} has hidden size {program.hidden_size}, the batch {stream.shape[1]}",
                 code="DECISION_INPUT",
             )
         seq = _Seq(
@@ -579,143 +470,176 @@ def steer_flat_block(
                 code="DECISION_FAILED",
                 hint="a request keeps the bundle it was admitted with; call finish() for ended requests",
             )
-        seqs.append((seq, fb))
+        if program.blocks and block in program.blocks:
+            seqs.append((seq, program))
     if not seqs:
         return stream, None
 
-    progress: dict[str, dict[str, ConditionProgress]] = {}
-    for seq, fb in seqs:
-        for cond in fb.conditions.get(block, ()):
-            mine = progress.setdefault(seq.request_id, {})
-            prog = mine.get(cond.name)
-            if prog is None:
-                known = state.conditions.get(seq.request_id, {}).get(cond.name)
-                prog = known.copy() if known is not None else ConditionProgress()
-                mine[cond.name] = prog
-            _measure(stream, block, seq, cond, prog)
-
-    def fires(seq: _Seq, name: str) -> bool | None:
-        prog = progress.get(seq.request_id, {}).get(name)
-        if prog is None:
-            prog = state.conditions.get(seq.request_id, {}).get(name)
-        return None if prog is None else prog.fires
-
-    out = stream
-    mask: torch.Tensor | None = None
-    rounds = max(len(fb.adds.get(block, ())) for _, fb in seqs)
-    for k in range(rounds):
-        rows: list[int] = []
-        deltas: list[torch.Tensor] = []
-        for seq, fb in seqs:
-            adds = fb.adds.get(block, ())
-            if k >= len(adds):
-                continue
-            add = adds[k]
-            here = [
-                j
-                for j in range(seq.length)
-                if _steers(add.policy, seq.computed + j, seq.prompt_len)
-            ]
-            if add.gated and add.policy == C.POLICY_ALL_TOKENS and seq.computed < seq.prompt_len:
-                if not seq.holds(seq.prompt_len - 1) or (
-                    seq.computed != 0 and not cached_prefix_steered
-                ):
-                    raise DecisionError(
-                        f"request {seq.request_id!r}: intervention {add.name!r} steers every prompt token once its "
-                        f"condition is decided, so the whole prompt must be in one chunk (this chunk covers positions "
-                        f"{seq.computed}..{seq.computed + seq.length - 1} of a {seq.prompt_len}-token prompt)",
-                        code="DECISION_FAILED",
-                        hint="disable chunked prefill for bundles with gated all_tokens interventions",
-                    )
-            if not here:
-                continue
-            if add.gated:
-                fired = fires(seq, add.name)
-                if fired is None:
-                    raise DecisionError(
-                        f"request {seq.request_id!r}: intervention {add.name!r} steers block {block} "
-                        "but its condition was not decided",
-                        code="DECISION_FAILED",
-                        hint="the state of a request must live from its prefill to its end",
-                    )
-                if not fired:
-                    continue
-            delta = fb.delta(add, block, stream.dtype, stream.device)
-            for j in here:
-                rows.append(seq.start + j)
-                deltas.append(delta)
-        if rows:
-            out = _apply(out, rows, deltas)
-            mask = _mark(mask, rows, stream)
-
-    decided: dict[str, RequestSteering] = {}
-    asa_seqs = [(seq, fb) for seq, fb in seqs if fb.asa_block == block]
-    if asa_seqs:
-        chosen = {seq.index for seq, _ in asa_seqs}
-        rows, deltas, decided = _asa_plan(
-            out,
-            qsl,
-            computed,
-            prompts,
-            [sel if s in chosen else None for s, sel in enumerate(selections)],
-            {fb.digest: fb.asa for _, fb in asa_seqs},
-            None,
-            state.asa,
-            request_ids,
-            deciders or {},
-            cached_prefix_steered,
+    # the prefill decisions of this block, on the block output (copies: committed on success)
+    outcomes: dict[str, RowOutcomes] = {}
+    sums: dict[str, dict[tuple[str, int], tuple[int, np.ndarray]]] = {}
+    for seq, program in seqs:
+        known = state.outcomes.get(seq.request_id)
+        mine = _copy_outcomes(known) if known is not None else RowOutcomes()
+        outcomes[seq.request_id] = mine
+        partial = dict(state.sums.get(seq.request_id, {}))
+        sums[seq.request_id] = partial
+        for read in program.reads.get(block, ()):
+            aggregated = _aggregate(
+                stream, seq, read.intervention, read.gate.aggregate, block, partial
+            )
+            if aggregated is not None:
+                if read.index == 0:  # a recomputed prefill (preemption) reads the gate again
+                    mine.similarities.pop(read.intervention, None)
+                    mine.fires.pop(read.intervention, None)
+                condition_outcome(mine, read, aggregated)
+    asa = [(seq, p) for seq, p in seqs if p.asa_block == block and seq.holds(seq.prompt_len - 1)]
+    groups: dict[str, list[_Seq]] = {}
+    for seq, _ in asa:
+        groups.setdefault(seq.digest, []).append(seq)
+    for digest, members in groups.items():
+        bundle = registry[digest].bundle
+        index = torch.tensor(
+            [m.start + m.prompt_len - 1 - m.computed for m in members],
+            dtype=torch.long,
+            device=stream.device,
         )
-        if rows:
-            out = _apply(out, rows, deltas)
-            mask = _mark(mask, rows, stream)
+        rows = stream.index_select(0, index).to(torch.float32).cpu().numpy()
+        for m, d in zip(members, bundle.decide(rows), strict=True):
+            outcomes[m.request_id].asa = d
+
+    # the deltas: per sequence and policy, the float32 sum of its terms at this block
+    table: list[torch.Tensor] = []
+    slots: list[tuple[int, int]] = []  # (row, slot)
+    for seq, program in seqs:
+        terms = program.terms.get(block, ())
+        if not terms:
+            continue
+        mine = outcomes[seq.request_id]
+        per_policy: dict[str, np.ndarray] = {}
+        for term in terms:
+            if (
+                term.kind != C.GATE_ALWAYS
+                and term.policy == C.POLICY_ALL_TOKENS
+                and seq.computed < seq.prompt_len
+                and (
+                    not seq.holds(seq.prompt_len - 1)
+                    or (seq.computed != 0 and not cached_prefix_steered)
+                )
+            ):
+                raise DecisionError(
+                    f"request {seq.request_id!r}: intervention {term.intervention!r} steers every prompt "
+                    "token with a decision taken on the whole prompt, so the prompt must be in one chunk "
+                    f"(this chunk covers positions {seq.computed}..{seq.computed + seq.length - 1} of a "
+                    f"{seq.prompt_len}-token prompt)",
+                    code="DECISION_FAILED",
+                    hint="disable chunked prefill for bundles with gated all_tokens interventions",
+                )
+            steers_here = any(
+                _steers(term.policy, seq.computed + j, seq.prompt_len) for j in range(seq.length)
+            )
+            if not steers_here:
+                continue
+            if term.kind == C.GATE_ASA and mine.asa is None:
+                raise DecisionError(
+                    f"request {seq.request_id!r} has steered positions in this step but no stored decision",
+                    code="DECISION_FAILED",
+                    hint="the state of a request must live from its prefill to its end",
+                )
+            if term.kind == C.GATE_CONDITION and term.intervention not in mine.fires:
+                raise DecisionError(
+                    f"request {seq.request_id!r}: intervention {term.intervention!r} steers block {block} "
+                    "but its condition was not decided",
+                    code="DECISION_FAILED",
+                    hint="the state of a request must live from its prefill to its end",
+                )
+            vector = None
+            if term.kind == C.GATE_ASA and mine.asa is not None and int(mine.asa.gate) != 0:
+                vector = program.bundle.steering_vector(mine.asa.domain_index)
+            delta = term_delta(program, term, mine, vector)
+            if delta is None:
+                continue
+            prev = per_policy.get(term.policy)
+            per_policy[term.policy] = (
+                np.asarray(delta, dtype=np.float32).copy() if prev is None else prev + delta
+            )
+        if not per_policy:
+            continue
+        totals: dict[tuple[str, ...], int] = {}
+        for j in range(seq.length):
+            position = seq.computed + j
+            applying = tuple(
+                p for p in POLICIES if p in per_policy and _steers(p, position, seq.prompt_len)
+            )
+            if not applying:
+                continue
+            slot = totals.get(applying)
+            if slot is None:
+                total = per_policy[applying[0]].copy()
+                for p in applying[1:]:
+                    total = total + per_policy[p]
+                table.append(torch.from_numpy(np.asarray(total, dtype=np.float32)))
+                slot = len(table)
+                totals[applying] = slot
+            slots.append((seq.start + j, slot))
 
     for seq, _ in seqs:
         state.bound[seq.request_id] = (seq.digest, seq.prompt_len)
-    for rid, mine in progress.items():
-        state.conditions.setdefault(rid, {}).update(mine)
-    state.asa.update(decided)
-    return out, mask
+    state.outcomes.update(outcomes)
+    state.sums.update(sums)
+    if not slots:
+        return stream, None
+    deltas = torch.cat(
+        [torch.zeros((1, stream.shape[1]), dtype=torch.float32), torch.stack(table)]
+    ).to(device=stream.device, dtype=stream.dtype)
+    which = torch.zeros(stream.shape[0], dtype=torch.long, device=stream.device)
+    rows_t = torch.tensor([r for r, _ in slots], dtype=torch.long, device=stream.device)
+    which[rows_t] = torch.tensor([k for _, k in slots], dtype=torch.long, device=stream.device)
+    mask = which > 0
+    return torch.where(mask.unsqueeze(1), stream + deltas[which], stream), mask
 
 
-def _mark(mask: torch.Tensor | None, rows: list[int], like: torch.Tensor) -> torch.Tensor:
-    if mask is None:
-        mask = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device)
-    mask[torch.tensor(rows, dtype=torch.long, device=like.device)] = True
-    return mask
+def _copy_outcomes(o: RowOutcomes) -> RowOutcomes:
+    return RowOutcomes(
+        asa=o.asa,
+        similarities={k: list(v) for k, v in o.similarities.items()},
+        fires=dict(o.fires),
+    )
 
 
-def _measure(
-    stream: torch.Tensor, block: int, seq: _Seq, cond: _Condition, prog: ConditionProgress
-) -> None:
-    """Update one request's condition at ``block`` with this chunk (spec 14.4)."""
-    gate = cond.gate
+def _aggregate(
+    stream: torch.Tensor,
+    seq: _Seq,
+    name: str,
+    how: str,
+    block: int,
+    partial: dict[tuple[str, int], tuple[int, np.ndarray]],
+) -> np.ndarray | None:
+    """The row's float64 aggregate at a condition block once its last prompt token is here (14.4).
+
+    ``mean``: the prompt positions of this chunk are added to the request's
+    running float64 sum (``partial``); ``last``: the decision position's row.
+    None while the last prompt token is still to come.
+    """
     last = seq.prompt_len - 1
-    if gate.aggregate == "mean":
-        seen = prog.seen.get(block, 0)
-        if seen < seq.computed < seq.prompt_len:
-            raise DecisionError(
-                f"request {seq.request_id!r}: prompt positions {seen}..{seq.computed - 1} were not computed "
-                f"here (a reused prefix), so the mean condition of {cond.name!r} cannot be taken",
-                code="DECISION_FAILED",
-                hint="a mean condition needs every prompt position: do not reuse cached prefixes for it",
-            )
-        lo, hi = max(seq.computed, seen), min(seq.computed + seq.length, seq.prompt_len)
-        if hi > lo:
-            part = (
-                stream[seq.start + lo - seq.computed : seq.start + hi - seq.computed]
-                .to(torch.float64)
-                .sum(dim=0)
-                .cpu()
-                .numpy()
-            )
-            prev = prog.sums.get(block)
-            prog.sums[block] = part if prev is None else prev + part
-            prog.seen[block] = hi
-        if seq.holds(last):
-            aggregate = prog.sums[block] / float(seq.prompt_len)
-            prog.similarities[block] = condition_similarity(aggregate, cond.vector)
-    elif seq.holds(last):
-        row = stream[seq.start + last - seq.computed].to(torch.float64).cpu().numpy()
-        prog.similarities[block] = condition_similarity(row, cond.vector)
-    if seq.holds(last) and all(b in prog.similarities for b in gate.blocks):
-        prog.fires = condition_fires([prog.similarities[b] for b in gate.blocks], gate)
+    if how != "mean":
+        if not seq.holds(last):
+            return None
+        return stream[seq.start + last - seq.computed].to(torch.float64).cpu().numpy()
+    seen, total = partial.get((name, block), (0, np.zeros(stream.shape[1], dtype=np.float64)))
+    if seen < seq.computed < seq.prompt_len:
+        raise DecisionError(
+            f"request {seq.request_id!r}: prompt positions {seen}..{seq.computed - 1} were not computed "
+            f"here (a reused prefix), so the mean condition of {name!r} cannot be taken",
+            code="DECISION_FAILED",
+            hint="a mean condition needs every prompt position: do not reuse cached prefixes for it",
+        )
+    lo, hi = max(seq.computed, seen), min(seq.computed + seq.length, seq.prompt_len)
+    if hi > lo:
+        part = stream[seq.start + lo - seq.computed : seq.start + hi - seq.computed]
+        total = total + part.to(torch.float64).sum(dim=0).cpu().numpy()
+        seen = hi
+        partial[(name, block)] = (seen, total)
+    if not seq.holds(last):
+        return None
+    return np.asarray(total / float(seq.prompt_len), dtype=np.float64)

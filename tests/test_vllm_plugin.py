@@ -70,7 +70,7 @@ def _unit(rng: np.random.Generator, scale: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    from asa_format.intervention_bundle import load_interventions
+    from asa_format import load_bundle
 
     root = tmp_path_factory.mktemp("vllm")
     model_dir = vs.make_tiny_llama(root / "model")
@@ -155,14 +155,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     ]
     for name in ("always_gen", "cond_mean", "cond_last", "cond_all"):
         bundles[name] = vs.save_interventions(root / name, model_dir, {name: items[name][0]})
-    # one bundle with an always and an asa intervention on the same block: the ASA decides on
-    # the block output after the addition
+    # one bundle with an asa and an always intervention on the same block: the ASA decides on the
+    # block output as the model produced it; both deltas are summed in float32 and added once
     multi_asa = vs.fit_asa(last["A"][2], last["B"][2], 2, 5 * scale, vs.POLICY_GEN, 4)
     multi_add = Always({2: _unit(rng, 0.1 * scale)}, 1.0, vs.POLICY_ALL)
     asa_dir = vs.save_asa(multi_asa, root / "multi_asa", model_dir)
     bundles["multi"] = vs.save_interventions(root / "multi", model_dir, {"add": multi_add}, asa_dir)
     items["multi"] = [multi_add, multi_asa]
-    digests = {n: load_interventions(p).root_digest for n, p in bundles.items()}
+    digests = {n: load_bundle(p).root_digest for n, p in bundles.items()}
     return World(model_dir, hf, prompts, bundles, items, digests)
 
 
@@ -359,12 +359,17 @@ def test_start_up_refusals(
     vs.save_interventions(other, world.model_dir, {"x": Always({1: np.ones(vs.HIDDEN)}, 1.0)})
     manifest = json.loads((other / "manifest.json").read_text())
     assert manifest["model"]["num_layers"] == vs.LAYERS
-    import asa_format
-    from asa_format.manifest import ModelBinding
+    import dataclasses
 
-    contents = asa_format.load_interventions(other).to_contents()
-    contents.model = ModelBinding(
-        hidden_size=vs.HIDDEN, id=str(world.model_dir), type="llama", num_layers=6
+    import asa_format
+    from asa_format.format.manifest import ModelBinding
+
+    contents = asa_format.read_bundle_contents(other)
+    contents = dataclasses.replace(
+        contents,
+        model=ModelBinding(
+            hidden_size=vs.HIDDEN, id=str(world.model_dir), type="llama", num_layers=6
+        ),
     )
     six = asa_format.save_bundle(contents, tmp_path / "six")
     env.setenv("ASA_VLLM_BUNDLES", json.dumps({"six": str(six)}))

@@ -19,9 +19,9 @@ from the runtime:
   with the threshold; when every comparison holds, the intervention's
   vectors are added as a control vector's, at the positions of its policy.
 
-At one block, as ``attach_interventions`` hooks it: conditions are measured
-first (on the block output), then the additions in the bundle's order, then
-the ASA decision on the result.
+At one block (spec 14.1): the conditions and the ASA decision read the
+block output as the model produced it (with the deltas of earlier blocks);
+the deltas that apply at a position are summed in float32 and added once.
 """
 
 from __future__ import annotations
@@ -190,37 +190,42 @@ class _Hooks:
             out = _first(output)
             seq = out.shape[1]
             last = seq - 1
-            new = out.clone()
-            if self.prefill:  # conditions, on the block output before any addition here
-                for item in self.items:
+            rows = out[0].double().numpy()
+            if self.prefill:  # the reads of this block, on its output as the model produced it
+                for i, item in enumerate(self.items):
                     cond = item.condition if isinstance(item, Always) else None
                     if cond is not None and block in cond.vectors:
-                        rows = out[0].double().numpy()
                         agg = rows.mean(axis=0) if cond.aggregate == "mean" else rows[-1]
                         c = cond.vectors[block].astype(np.float64)
                         nh, nc = math.sqrt(float(agg @ agg)), math.sqrt(float(c @ c))
                         cond.similarities[block] = 0.0 if nh == 0 else float(agg @ c) / (nh * nc)
-            for i, item in enumerate(self.items):
-                if isinstance(item, Always) and block in item.directions:
-                    if item.condition is not None and not item.condition.fires():
-                        continue
-                    d = torch.from_numpy(
-                        (item.directions[block] * np.float32(item.coefficient)).astype(np.float32)
-                    )
-                    for t in range(seq):
-                        if _steers(item.policy, self.prefill, t, last):
-                            new[0, t] = new[0, t] + d
-                elif isinstance(item, Asa) and item.layer == block:
-                    if self.prefill:
-                        domain, p, gate = item.decide(new[0, last].float().numpy())
+                    if isinstance(item, Asa) and item.layer == block:
+                        domain, p, gate = item.decide(out[0, last].float().numpy())
                         self.decisions.append((domain, p, gate))
                         self.asa_deltas[i] = None if gate == 0 else item.delta(domain, gate)
+            total = np.zeros((seq, out.shape[-1]), dtype=np.float32)
+            touched = np.zeros(seq, dtype=bool)
+            for i, item in enumerate(self.items):
+                delta: np.ndarray | None = None
+                if isinstance(item, Always) and block in item.directions:
+                    if item.condition is None or item.condition.fires():
+                        delta = (item.directions[block] * np.float32(item.coefficient)).astype(
+                            np.float32
+                        )
+                elif isinstance(item, Asa) and item.layer == block:
                     delta = self.asa_deltas[i]
-                    if delta is None:
-                        continue
-                    for t in range(seq):
-                        if _steers(item.policy, self.prefill, t, last):
-                            new[0, t] = new[0, t] + torch.from_numpy(delta)
+                if delta is None:
+                    continue
+                for t in range(seq):
+                    if _steers(item.policy, self.prefill, t, last):
+                        total[t] += delta
+                        touched[t] = True
+            if not touched.any():
+                return output
+            new = out.clone()
+            add = torch.from_numpy(total).to(out.dtype)
+            for t in np.flatnonzero(touched):
+                new[0, t] = out[0, t] + add[t]
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
@@ -348,16 +353,19 @@ def save_interventions(
     asa_dir: Path | None = None,
 ) -> Path:
     """A format 1.1 bundle of always/condition interventions (and an asa one from ``asa_dir``)."""
+    import dataclasses
+
     import asa_format
     from asa_format.bundle import read_bundle_contents
-    from asa_format.interventions import ConditionGate
-    from asa_format.manifest import ModelBinding
+    from asa_format.format.contents import BundleContents, InterventionData
+    from asa_format.format.interventions import ConditionGate
+    from asa_format.format.manifest import ModelBinding
 
     data = []
     for name, item in items.items():
         cond = item.condition
         data.append(
-            asa_format.InterventionData(
+            InterventionData(
                 name,
                 item.directions,
                 coefficient=item.coefficient,
@@ -370,9 +378,11 @@ def save_interventions(
                 conditions={} if cond is None else cond.vectors,
             )
         )
-    contents = asa_format.InterventionContents(
-        model=ModelBinding(hidden_size=HIDDEN, id=str(model_dir), type="llama", num_layers=LAYERS),
-        interventions=data,
-        asa=None if asa_dir is None else read_bundle_contents(asa_dir),
-    )
+    model = ModelBinding(hidden_size=HIDDEN, id=str(model_dir), type="llama", num_layers=LAYERS)
+    if asa_dir is None:
+        contents = BundleContents(model=model, interventions=data)
+    else:  # the asa part first, then the others (manifest order)
+        contents = dataclasses.replace(
+            read_bundle_contents(asa_dir), interventions=data, format_version=None
+        )
     return asa_format.save_bundle(contents, destination)

@@ -8,8 +8,9 @@ Configuration, read by every server process when its engine starts:
 * ``ASA_VLLM_TRUSTED_KEYS`` (optional): a JSON array of public key files;
   then every bundle must carry a signature by one of them.
 
-Every bundle is loaded with :func:`~asa_format.intervention_bundle.load_interventions`
-(sizes, hashes, profiles, signature) and checked against the served model as
+Every bundle is loaded with :func:`~asa_format.load_bundle` (sizes, hashes,
+profiles, signature), compiled (:class:`~asa_format.runtime.program.Program`)
+and checked against the served model as
 ``attach`` checks it (:func:`~asa_format.runtime.compat.check_compatibility`:
 hidden size, layer count, model type, model id). Any failure stops the
 start-up with the error's code and the bundle's name in the message.
@@ -32,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from asa_format.errors import AsaError, BundleError, UsageError
-from asa_format.interventions import NAME_PATTERN
+from asa_format.format.interventions import NAME_PATTERN
 
 __all__ = [
     "DIGEST_PATTERN",
@@ -134,8 +135,8 @@ class ServedBundle:
 
     name: str
     source: str
-    bundle: Any  # asa_format.intervention_bundle.InterventionBundle
-    flat: Any  # asa_format.runtime.flat.FlatBundle
+    bundle: Any  # asa_format.Bundle
+    program: Any  # asa_format.runtime.program.Program
 
     @property
     def digest(self) -> str:
@@ -180,9 +181,9 @@ class Registry:
         """name -> root digest, for the engine processes."""
         return {name: s.digest for name, s in sorted(self.by_name.items())}
 
-    def flat_bundles(self) -> dict[str, Any]:
-        """root digest -> FlatBundle."""
-        return {d: s.flat for d, s in self.by_digest.items()}
+    def programs(self) -> dict[str, Any]:
+        """root digest -> compiled bundle (Program)."""
+        return {d: s.program for d, s in self.by_digest.items()}
 
 
 def _named(exc: AsaError, name: str, source: str) -> AsaError:
@@ -203,8 +204,8 @@ def load_registry(
     ``pinned`` (name -> root digest) makes each bundle load only with that
     digest; a name missing from it, or from the configuration, is refused.
     """
-    from asa_format.intervention_bundle import load_interventions
-    from asa_format.runtime.flat import FlatBundle
+    from asa_format.bundle import load_bundle
+    from asa_format.runtime.program import Program
 
     config = read_config(environ)
     if pinned is not None and set(pinned) != set(config.bundles):
@@ -216,14 +217,15 @@ def load_registry(
     served: list[ServedBundle] = []
     for name, source in config.bundles.items():
         try:
-            bundle = load_interventions(
+            bundle = load_bundle(
                 source,
                 expected_digest=None if pinned is None else pinned[name],
                 trusted_keys=config.trusted_keys,
             )
+            program = Program(bundle)
         except AsaError as exc:
             raise _named(exc, name, source) from exc
-        served.append(ServedBundle(name, source, bundle, FlatBundle(bundle)))
+        served.append(ServedBundle(name, source, bundle, program))
         logger.info("serving bundle %r (%s) from %s", name, bundle.root_digest, source)
     return Registry(served)
 
@@ -233,18 +235,24 @@ def _view(served: ServedBundle) -> Any:
     return SimpleNamespace(
         manifest=SimpleNamespace(
             model=served.bundle.manifest.model,
-            layer=SimpleNamespace(index=max(served.flat.blocks)),
+            layer=SimpleNamespace(index=max(served.program.blocks)),
         )
     )
 
 
-def check_model(registry: Registry, model: Any, layers: Any) -> None:
-    """Refuse a bundle bound to another model (as ``attach`` refuses it), naming the bundle."""
+def check_model(registry: Registry, model: Any, layers: Any, dtype: str | None = None) -> None:
+    """Refuse a bundle bound to another model (as ``attach`` refuses it), naming the bundle.
+
+    ``dtype`` (the model's, e.g. ``"bfloat16"``): also refuse deltas that are
+    not finite in it (``STEERING_NONFINITE``), as ``attach`` does.
+    """
     from asa_format.runtime.compat import check_compatibility
 
     for name, served in registry.by_name.items():
         try:
             check_compatibility(model, _view(served), layers, strict_model_match=True)
+            if dtype is not None:
+                served.program.check_finite(dtype)
         except AsaError as exc:
             raise _named(exc, name, served.source) from exc
 

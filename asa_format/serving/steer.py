@@ -4,7 +4,8 @@ Engine-neutral: a step is described by a :class:`StepLayout` (the flattened
 batch of vLLM and similar engines), a block's output by the residual stream
 ``[T, H]`` after the block. What each request's bundle adds there is the
 semantics of ``attach`` / ``attach_interventions`` for that request alone,
-computed by :func:`asa_format.runtime.flat.steer_flat_block`:
+computed by :func:`asa_format.runtime.flat.steer_flat_block` with the
+per-row rules of :mod:`asa_format.runtime.program` (those of ``attach``):
 
 * ``always``: ``float32(coefficient) x direction`` at the positions of its
   policy, on every step;
@@ -26,19 +27,18 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from asa_format import constants as C
-from asa_format.runtime.flat import FlatBundle, FlatState, steer_flat_block
+from asa_format.runtime.flat import FlatState, steer_flat_block
+from asa_format.runtime.program import Program
 
 __all__ = [
     "SALT_PREFIX",
     "Steering",
     "StepLayout",
     "cache_salt",
-    "describe",
     "needs_whole_prompt",
     "salt_parts",
 ]
@@ -60,11 +60,11 @@ class StepLayout:
 class Steering:
     """The steering of one engine process: the served bundles and every request's decisions."""
 
-    def __init__(self, bundles: Mapping[str, FlatBundle]) -> None:
-        self.bundles = dict(bundles)  # root digest -> FlatBundle
+    def __init__(self, programs: Mapping[str, Program]) -> None:
+        self.programs = dict(programs)  # root digest -> compiled bundle
         self.state = FlatState()
         self.blocks: tuple[int, ...] = tuple(
-            sorted({b for fb in self.bundles.values() for b in fb.blocks})
+            sorted({b for p in self.programs.values() for b in p.blocks})
         )
 
     def steer(
@@ -83,14 +83,14 @@ class Steering:
             layout.num_computed_tokens,
             layout.prompt_lens,
             layout.selections,
-            self.bundles,
+            self.programs,
             self.state,
             layout.request_ids,
             cached_prefix_steered=True,
         )
 
     def has_state(self) -> bool:
-        return bool(self.state.bound or self.state.asa or self.state.conditions)
+        return bool(self.state.bound or self.state.outcomes or self.state.sums)
 
     def request_ids(self) -> set[str]:
         return self.state.request_ids()
@@ -99,16 +99,24 @@ class Steering:
         self.state.finish(request_ids)
 
 
-def needs_whole_prompt(bundle: FlatBundle) -> bool:
+def needs_whole_prompt(program: Program) -> bool:
     """Whether the bundle's requests must be computed in one prefill chunk.
 
     A gated intervention (asa, condition) with policy ``all_tokens`` steers
     the first prompt tokens with a decision taken on the whole prompt.
     """
-    return bundle.prompt_dependent_all_tokens()
+    return any(
+        t.kind != C.GATE_ALWAYS and t.policy == C.POLICY_ALL_TOKENS
+        for terms in program.terms.values()
+        for t in terms
+    )
 
 
-def salt_parts(bundle: FlatBundle) -> tuple[bool, bool, bool]:
+def _mean_condition(program: Program) -> bool:
+    return any(g.aggregate == "mean" for g in program.conditions.values())
+
+
+def salt_parts(program: Program) -> tuple[bool, bool, bool]:
     """(prompt length, prompt hash, per-request nonce): what a steered request's cache salt holds.
 
     Blocks of two requests may share KV only when both computed them with
@@ -125,16 +133,20 @@ def salt_parts(bundle: FlatBundle) -> tuple[bool, bool, bool]:
       positions: its decision needs every position computed, so such
       requests never reuse a prefix.
     """
-    uniform = bundle.asa is None and not bundle.gates and bundle.policies() <= {C.POLICY_ALL_TOKENS}
-    return (not uniform, needs_whole_prompt(bundle), bundle.mean_condition())
+    uniform = (
+        program.asa_name is None
+        and not program.conditions
+        and set(program.policies) <= {C.POLICY_ALL_TOKENS}
+    )
+    return (not uniform, needs_whole_prompt(program), _mean_condition(program))
 
 
 def cache_salt(
-    bundle: FlatBundle, prompt_token_ids: Sequence[int], user_salt: str | None = None
+    program: Program, prompt_token_ids: Sequence[int], user_salt: str | None = None
 ) -> str:
-    """The prefix-cache salt of a request steered by ``bundle`` (``user_salt`` kept at the end)."""
-    with_len, with_hash, with_nonce = salt_parts(bundle)
-    parts = [SALT_PREFIX, bundle.digest.removeprefix("sha256:")]
+    """The prefix-cache salt of a request steered by ``program``'s bundle (``user_salt`` last)."""
+    with_len, with_hash, with_nonce = salt_parts(program)
+    parts = [SALT_PREFIX, str(program.bundle.root_digest).removeprefix("sha256:")]
     if with_len:
         parts.append(f"n{len(prompt_token_ids)}")
     if with_hash:
@@ -146,10 +158,3 @@ def cache_salt(
         parts.append("r" + secrets.token_hex(16))
     salt = "-".join(parts)
     return salt if user_salt is None else f"{salt}-{user_salt}"
-
-
-def describe(bundle: FlatBundle) -> dict[str, Any]:
-    """A short summary of a served bundle for the start-up log."""
-    kinds = sorted({"asa"} if bundle.asa is not None else set())
-    kinds += sorted({"condition" if a.gated else "always" for v in bundle.adds.values() for a in v})
-    return {"blocks": list(bundle.blocks), "kinds": kinds, "policies": sorted(bundle.policies())}

@@ -142,7 +142,7 @@ class FrontEnd:
             return cls(registry, salts=False)
         _check_engine(vllm_config, registry)
         model, layers = config_model(vllm_config.model_config.hf_config)
-        check_model(registry, model, layers)
+        check_model(registry, model, layers, _dtype_name(vllm_config.model_config.dtype))
         # the engine processes are started after this: they load the same bytes or refuse
         os.environ[ENV_PINNED] = json.dumps(registry.pins(), sort_keys=True)
         logger.info(
@@ -188,8 +188,12 @@ class FrontEnd:
         params.extra_args = {**(params.extra_args or {}), EXTRA_KEY: served.digest}
         if self.salts:
             request.cache_salt = cache_salt(
-                served.flat, request.prompt_token_ids or [], request.cache_salt
+                served.program, request.prompt_token_ids or [], request.cache_salt
             )
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _check_engine(vllm_config: Any, registry: Any) -> None:
@@ -246,7 +250,7 @@ def _check_engine(vllm_config: Any, registry: Any) -> None:
         )
     scheduler = vllm_config.scheduler_config
     for name, served in sorted(registry.by_name.items()):
-        if needs_whole_prompt(served.flat) and (
+        if needs_whole_prompt(served.program) and (
             scheduler.enable_chunked_prefill or scheduler.long_prefill_token_threshold
         ):
             refuse(
@@ -331,8 +335,8 @@ class WorkerHooks:
         registry = load_registry(pinned=json.loads(pinned_raw))
         model = runner.get_model()
         layers = resolve_layers(model)
-        check_model(registry, model, layers)
-        steering = Steering(registry.flat_bundles())
+        check_model(registry, model, layers, _dtype_name(runner.model_config.dtype))
+        steering = Steering(registry.programs())
         for b in steering.blocks:
             layer = layers.layers[b]
             kind = type(layer)
@@ -371,7 +375,7 @@ class WorkerHooks:
         params = None if state is None else state.sampling_params
         extra = None if params is None else params.extra_args
         digest = None if not extra else extra.get(EXTRA_KEY)
-        if digest is not None and digest not in self.steering.bundles:
+        if digest is not None and digest not in self.steering.programs:
             from asa_format.errors import DecisionError
 
             raise DecisionError(
