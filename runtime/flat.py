@@ -1,4 +1,4 @@
-"""Steering in a serving engine's flattened batch layout, as a pure function (CPU simulation).
+"""Steering in a serving engine's flattened batch layout, as pure functions (the vLLM plugin's batch path).
 
 vLLM runs a batch as one ``[num_tokens, H]`` tensor: the scheduled tokens of
 every sequence, one after the other, with ``query_start_loc[s]`` the first

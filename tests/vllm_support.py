@@ -44,8 +44,42 @@ POLICY_GEN = "generated_tokens"
 POLICY_ALL = "all_tokens"
 
 
-def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """A random Llama (hidden 128, 2 heads: head_dim 64, vLLM's smallest on CPU) and a word tokenizer."""
+def _config(family: str) -> Any:
+    common: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=256,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if family == "llama":
+        return transformers.LlamaConfig(**common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common)
+    if family == "qwen3":
+        return transformers.Qwen3Config(head_dim=64, **common)
+    if family == "lfm2":
+        return transformers.Lfm2Config(
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+            block_auto_adjust_ff_dim=False,
+            # read by vLLM's LFM2 (as in the published configs); transformers keeps them as is
+            conv_dim=HIDDEN,
+            conv_dim_out=HIDDEN,
+            block_dim=HIDDEN,
+            block_multiple_of=256,
+            block_ffn_dim_multiplier=1.0,
+            **common,
+        )
+    raise ValueError(family)
+
+
+def make_tiny_llama(directory: Path, seed: int = 0, family: str = "llama") -> Path:
+    """A random model (hidden 128, 2 heads: head_dim 64, vLLM's smallest on CPU) and a word tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"])}
@@ -60,21 +94,10 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
         eos_token="</s>",
         unk_token="<unk>",
     )
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=256,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = _config(family)
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -351,6 +374,7 @@ def save_interventions(
     model_dir: Path,
     items: dict[str, Always],
     asa_dir: Path | None = None,
+    model_type: str = "llama",
 ) -> Path:
     """A format 1.1 bundle of always/condition interventions (and an asa one from ``asa_dir``)."""
     import dataclasses
@@ -378,7 +402,7 @@ def save_interventions(
                 conditions={} if cond is None else cond.vectors,
             )
         )
-    model = ModelBinding(hidden_size=HIDDEN, id=str(model_dir), type="llama", num_layers=LAYERS)
+    model = ModelBinding(hidden_size=HIDDEN, id=str(model_dir), type=model_type, num_layers=LAYERS)
     if asa_dir is None:
         contents = BundleContents(model=model, interventions=data)
     else:  # the asa part first, then the others (manifest order)
