@@ -27,39 +27,120 @@ bundles and in-memory scikit-learn objects into bundles;
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from asa_format._version import __version__
-from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
-from asa_format.errors import (
-    CODES,
-    AsaError,
-    BundleError,
-    ConversionError,
-    DecisionError,
-    DigestMismatchError,
-    ErrorCode,
-    LegacyFormatError,
-    ParityError,
-    Problem,
-    RuntimeCompatError,
-    SignatureError,
-    UnsafePickleError,
-    UsageError,
-)
-from asa_format.format.contents import BundleContents, InterventionData
-from asa_format.format.digest import root_digest
-from asa_format.format.interventions import ConditionGate, LoadedIntervention
-from asa_format.format.manifest import Manifest, ModelBinding, Provenance, Steering
-from asa_format.signing import (
-    VerifiedSignature,
-    load_private_key,
-    load_public_key,
-    sign_bundle,
-    verify_bundle_signature,
-)
-from asa_format.storage.writer import save_bundle
-from asa_format.validate import ValidationReport, validate_bundle
+
+# The public names are imported on first use (PEP 562), so that ``import asa_format`` (and
+# every ``asa_format.X`` module, the command-line entry points first of all) starts in a
+# millisecond: ``asa_format.entry`` installs its signal handlers before anything heavy loads.
+if TYPE_CHECKING:
+    from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
+    from asa_format.errors import (
+        CODES,
+        AsaError,
+        BundleError,
+        ConversionError,
+        DecisionError,
+        DigestMismatchError,
+        ErrorCode,
+        LegacyFormatError,
+        ParityError,
+        Problem,
+        RuntimeCompatError,
+        SignatureError,
+        UnsafePickleError,
+        UsageError,
+    )
+    from asa_format.format.contents import BundleContents, InterventionData
+    from asa_format.format.digest import root_digest
+    from asa_format.format.interventions import ConditionGate, LoadedIntervention
+    from asa_format.format.manifest import Manifest, ModelBinding, Provenance, Steering
+    from asa_format.signing import (
+        VerifiedSignature,
+        load_private_key,
+        load_public_key,
+        sign_bundle,
+        verify_bundle_signature,
+    )
+    from asa_format.storage.writer import save_bundle
+    from asa_format.validate import ValidationReport, validate_bundle
+
+_EXPORTS: dict[str, str] = {
+    "Bundle": "asa_format.bundle",
+    "Decision": "asa_format.bundle",
+    "DecisionBatch": "asa_format.bundle",
+    "load_bundle": "asa_format.bundle",
+    "read_bundle_contents": "asa_format.bundle",
+    "root_digest": "asa_format.format.digest",
+    "CODES": "asa_format.errors",
+    "AsaError": "asa_format.errors",
+    "BundleError": "asa_format.errors",
+    "ConversionError": "asa_format.errors",
+    "DecisionError": "asa_format.errors",
+    "DigestMismatchError": "asa_format.errors",
+    "ErrorCode": "asa_format.errors",
+    "LegacyFormatError": "asa_format.errors",
+    "ParityError": "asa_format.errors",
+    "Problem": "asa_format.errors",
+    "RuntimeCompatError": "asa_format.errors",
+    "SignatureError": "asa_format.errors",
+    "UnsafePickleError": "asa_format.errors",
+    "UsageError": "asa_format.errors",
+    "BundleContents": "asa_format.format.contents",
+    "InterventionData": "asa_format.format.contents",
+    "ConditionGate": "asa_format.format.interventions",
+    "LoadedIntervention": "asa_format.format.interventions",
+    "Manifest": "asa_format.format.manifest",
+    "ModelBinding": "asa_format.format.manifest",
+    "Provenance": "asa_format.format.manifest",
+    "Steering": "asa_format.format.manifest",
+    "VerifiedSignature": "asa_format.signing",
+    "load_private_key": "asa_format.signing",
+    "load_public_key": "asa_format.signing",
+    "sign_bundle": "asa_format.signing",
+    "verify_bundle_signature": "asa_format.signing",
+    "ValidationReport": "asa_format.validate",
+    "validate_bundle": "asa_format.validate",
+    "save_bundle": "asa_format.storage.writer",
+}
+
+# Names of the two-model era, kept for one minor version: each access warns and names its
+# replacement (asa_format._deprecated).
+_DEPRECATED = ("load_interventions", "InterventionContents", "InterventionBundle")
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name in _DEPRECATED:
+        deprecated = importlib.import_module("asa_format._deprecated")
+        warnings.warn(
+            f"asa_format.{name} is deprecated: use {deprecated.REPLACEMENTS[name]} "
+            "(one bundle model for every kind)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if name == "InterventionBundle":
+            return importlib.import_module("asa_format.bundle").Bundle
+        return getattr(deprecated, name)
+    if not name.startswith("__"):  # a submodule, as an eagerly importing package would have it
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "CODES",
@@ -100,24 +181,3 @@ __all__ = [
     "validate_bundle",
     "verify_bundle_signature",
 ]
-
-
-def _deprecated_module() -> Any:
-    import importlib
-
-    return importlib.import_module("asa_format._deprecated")
-
-
-def __getattr__(name: str) -> object:
-    """Deprecated names of the two-model era, for one minor version (with a warning)."""
-    import warnings
-
-    if name in ("load_interventions", "InterventionContents", "InterventionBundle"):
-        warnings.warn(
-            f"asa_format.{name} is deprecated: use {_deprecated_module().REPLACEMENTS[name]} "
-            "(one bundle model for every kind)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return Bundle if name == "InterventionBundle" else getattr(_deprecated_module(), name)
-    raise AttributeError(f"module 'asa_format' has no attribute {name!r}")

@@ -23,6 +23,13 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.argcheck import (
+    bool_arg,
+    digest_arg,
+    key_sources_arg,
+    optional_path_arg,
+    path_arg,
+)
 from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError, UsageError
 from asa_format.format.contents import BundleContents, contents_of
 from asa_format.format.digest import root_digest
@@ -479,6 +486,30 @@ def mix_vectors(domain_vec: np.ndarray, global_vec: np.ndarray, beta: float) -> 
     return (v / (norm + np.float32(C.NORM_EPS))).astype(np.float32)
 
 
+def check_load_args(
+    path: object,
+    verify: object,
+    expected_digest: object,
+    trusted_keys: object,
+    signature_path: object,
+    **flags: object,
+) -> list[Any] | None:
+    """The shared arguments of the loaders, checked before anything is read."""
+    path_arg(path, "path")
+    bool_arg(verify, "verify")
+    digest_arg(expected_digest, "expected_digest")
+    optional_path_arg(signature_path, "signature_path")
+    for name, value in flags.items():
+        bool_arg(value, name)
+    keys = key_sources_arg(trusted_keys, "trusted_keys")
+    if signature_path is not None and keys is None:
+        raise UsageError(
+            "signature_path is given but trusted_keys is not: the signature would not be checked",
+            hint="pass trusted_keys=[...] with signature_path",
+        )
+    return keys
+
+
 def read_checked(
     path: str | os.PathLike[str],
     *,
@@ -549,11 +580,9 @@ def load_bundle(
     """
     from asa_format.storage.hub import is_hub_reference, load_from_hub
 
-    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
-        raise UsageError(
-            f"load_bundle() needs a path (str or os.PathLike), got {type(path).__name__}",
-            hint="pass the bundle directory, or a hub reference org/name@revision",
-        )
+    trusted_keys = check_load_args(
+        path, verify, expected_digest, trusted_keys, signature_path, fast=fast, asa_only=asa_only
+    )
     if is_hub_reference(
         path
     ):  # org/name@revision: downloaded, copied, then loaded with every check
@@ -642,11 +671,8 @@ def read_bundle_contents(path: str | os.PathLike[str], *, verify: bool = True) -
     no session is kept). ``save_bundle(read_bundle_contents(p), q)`` writes
     the same bytes as ``p``.
     """
-    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
-        raise UsageError(
-            f"read_bundle_contents() needs a path (str or os.PathLike), got {type(path).__name__}",
-            hint="pass the bundle directory",
-        )
+    path_arg(path, "path")
+    bool_arg(verify, "verify")
     result = read_bundle_dir(path, verify=verify)
     if result.problems:
         raise BundleError.from_problems(result.problems)

@@ -48,6 +48,9 @@ ErrorCode = Literal[
     "EXTRA_MISSING",
     "INTERRUPTED",
     "IO_ERROR",
+    "INTERNAL_ERROR",
+    "INPUT_NOT_REGULAR",
+    "INPUT_TOO_LARGE",
     "BUNDLE_NOT_FOUND",
     "PATH_INVALID",
     "PATH_SYMLINK",
@@ -105,6 +108,7 @@ ErrorCode = Literal[
     "SIGNATURE_FORMAT",
     "SIGNATURE_KEY_INVALID",
     "SIGNATURE_EXISTS",
+    "SIGNATURE_BUNDLE_INVALID",
     "LEGACY_MISSING_FILE",
     "LEGACY_CONFIG",
     "LEGACY_CONTENT",
@@ -119,6 +123,9 @@ ErrorCode = Literal[
     "DESTINATION_EXISTS",
     "DESTINATION_NOT_BUNDLE",
     "DESTINATION_IS_SOURCE",
+    "DESTINATION_IN_SOURCE",
+    "DESTINATION_WRONG_KIND",
+    "SOURCE_NOT_FOUND",
     "PARITY_FAILED",
     "EXPORT_FAILED",
     "LAYERS_NOT_FOUND",
@@ -132,7 +139,6 @@ ErrorCode = Literal[
     "DECISION_FAILED",
     "PASS_UNCLASSIFIED",
     "SELF_TEST_FAILED",
-    "STEERING_NONFINITE",
     "BLOCK_OUTPUT_LAYOUT",
     "FORMAT_FEATURE_UNSUPPORTED",
     "CARD_INVALID",
@@ -143,6 +149,7 @@ ErrorCode = Literal[
     "IMPORT_BINDING",
     "EXPORT_UNSUPPORTED",
     "EXPORT_LOSSY",
+    "VALUE_OVERFLOW",
     "HUB_REFERENCE",
     "SERVING_CONFIG",
     "SERVING_EAGER_REQUIRED",
@@ -158,6 +165,9 @@ CODES: dict[ErrorCode, str] = {
     "EXTRA_MISSING": "the command needs an optional extra (asa-format[convert], [runtime], [interop] or [hub]) that is not installed",
     "INTERRUPTED": "the command was interrupted (SIGINT or SIGTERM); nothing was left half-written",
     "IO_ERROR": "a file could not be read or written",
+    "INTERNAL_ERROR": "an unexpected error in asa-format itself (a bug); the message names it",
+    "INPUT_NOT_REGULAR": "an input path is not a regular file (a directory, FIFO, device or socket)",
+    "INPUT_TOO_LARGE": "an input file exceeds the size cap for its role",
     # bundle layout and paths
     "BUNDLE_NOT_FOUND": "the bundle path does not exist or is not a directory",
     "PATH_INVALID": "a manifest path is absolute, contains '..' or is not in canonical form",
@@ -223,6 +233,7 @@ CODES: dict[ErrorCode, str] = {
         "a signing or verification key cannot be read or is not a supported ECDSA key"
     ),
     "SIGNATURE_EXISTS": "the signature file exists and --force was not given",
+    "SIGNATURE_BUNDLE_INVALID": "the bundle fails its own checks (files against the manifest, the manifest against the schema, nothing unlisted): it is not signed, and no signature makes it trusted",
     # conversion
     "LEGACY_MISSING_FILE": "a required legacy file is missing",
     "LEGACY_CONFIG": "the legacy config.json is missing keys or has bad values",
@@ -238,6 +249,9 @@ CODES: dict[ErrorCode, str] = {
     "DESTINATION_EXISTS": "the destination exists and --force was not given",
     "DESTINATION_NOT_BUNDLE": "the destination exists and is not an asa bundle that --force may replace",
     "DESTINATION_IS_SOURCE": "the destination is the source directory or contains it",
+    "DESTINATION_IN_SOURCE": "the destination lies inside the bundle being read",
+    "DESTINATION_WRONG_KIND": "the destination exists and is not of the kind the command writes (a GGUF control vector, a signature file); --force does not replace it",
+    "SOURCE_NOT_FOUND": "an input file named on the command line does not exist",
     "PARITY_FAILED": "the converted bundle does not reproduce the legacy decisions",
     "EXPORT_FAILED": "a graph could not be exported to ONNX",
     # runtime
@@ -252,7 +266,6 @@ CODES: dict[ErrorCode, str] = {
     "DECISION_FAILED": "evaluating the decision graphs failed",
     "PASS_UNCLASSIFIED": "a forward pass could not be classified as prefill or decode",
     "SELF_TEST_FAILED": "the attach self-test found steering that differs from the policy",
-    "STEERING_NONFINITE": "a steering delta is not finite in float32 or in the model's dtype",
     "BLOCK_OUTPUT_LAYOUT": "the steered block's output is not one [batch, sequence, hidden] hidden state",
     # format 1.1: interventions, import, export, hub
     "FORMAT_FEATURE_UNSUPPORTED": "the manifest requires a feature this reader does not implement",
@@ -264,6 +277,7 @@ CODES: dict[ErrorCode, str] = {
     "IMPORT_BINDING": "the import source lacks the model binding and none was given",
     "EXPORT_UNSUPPORTED": "the bundle cannot be expressed in the export format",
     "EXPORT_LOSSY": "the export would lose information and --strict was given",
+    "VALUE_OVERFLOW": "a coefficient (or alpha) times a vector is not finite in the dtype it is written or applied in",
     "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
     # serving (the vLLM plugin)
     "SERVING_CONFIG": "the serving configuration (ASA_VLLM_BUNDLES, trusted keys, engine settings) is invalid or unsupported",
@@ -359,9 +373,13 @@ class Problem:
 
 
 class AsaError(Exception):
-    """Base class of every error raised by asa-format; raised itself only for IO_ERROR."""
+    """Base class of every error raised by asa-format; raised itself only for the
+    input-file codes (IO_ERROR, INPUT_NOT_REGULAR, INPUT_TOO_LARGE), which any
+    command may report for a path it was given."""
 
-    codes: ClassVar[frozenset[ErrorCode]] = _codes("IO_ERROR")
+    codes: ClassVar[frozenset[ErrorCode]] = _codes(
+        "IO_ERROR", "INTERNAL_ERROR", "INPUT_NOT_REGULAR", "INPUT_TOO_LARGE"
+    )
     default_code: ClassVar[ErrorCode | None] = None
 
     def __init__(
@@ -396,6 +414,9 @@ class UsageError(AsaError):
         "DESTINATION_EXISTS",
         "DESTINATION_NOT_BUNDLE",
         "DESTINATION_IS_SOURCE",
+        "DESTINATION_IN_SOURCE",
+        "DESTINATION_WRONG_KIND",
+        "SOURCE_NOT_FOUND",
         "SIGNATURE_EXISTS",
         "EXTRA_MISSING",
         "INTERRUPTED",
@@ -451,6 +472,7 @@ class SignatureError(BundleError):
         "SIGNATURE_FILE_MISSING",
         "SIGNATURE_FORMAT",
         "SIGNATURE_KEY_INVALID",
+        "SIGNATURE_BUNDLE_INVALID",
     )
 
 
@@ -468,6 +490,7 @@ class ConversionError(AsaError):
         "IMPORT_BINDING",
         "EXPORT_UNSUPPORTED",
         "EXPORT_LOSSY",
+        "VALUE_OVERFLOW",
     )
 
 
@@ -522,7 +545,7 @@ class RuntimeCompatError(AsaError):
         "MODEL_NOT_FOUND",
         "SELF_TEST_FAILED",
         "BLOCK_OUTPUT_LAYOUT",
-        "STEERING_NONFINITE",
+        "VALUE_OVERFLOW",
     )
 
 

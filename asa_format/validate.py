@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asa_format import constants as C
+from asa_format.argcheck import bool_arg, path_arg
 from asa_format.errors import Problem
 from asa_format.format.digest import root_digest
 from asa_format.format.interventions import Intervention
@@ -95,6 +96,8 @@ def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> Valid
     graphs and evaluates them once, exactly as ``load_bundle`` does, so a
     bundle that validates also loads.
     """
+    path_arg(path, "path")
+    bool_arg(deep, "deep")
     result = read_bundle_dir(path, verify=True, create_sessions=deep)
     report = ValidationReport(
         path=str(path), problems=list(result.problems), warnings=list(result.warnings)

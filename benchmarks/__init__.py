@@ -1,7 +1,8 @@
 """Performance measurements of asa-format against the legacy pickle path.
 
 Run everything with ``python -m benchmarks`` (``--quick`` for a smoke run,
-``--out DIR`` for the output folder, ``--repeats N`` for whole-run repeats).
+``--out DIR`` for the output folder, default a fresh one; ``--update-results`` to
+replace the committed ``benchmarks/results/``; ``--repeats N`` for whole-run repeats).
 It writes ``results.json`` and ``results.md`` (see ``benchmarks/README.md``).
 """
 

@@ -31,9 +31,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .output import add_output_options, output_dir
+
 __all__ = ["CATEGORIES", "main", "probe_type", "summarize"]
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 JSON_NAME = "causal_lm_coverage.json"
 MD_NAME = "causal_lm_coverage.md"
 BATCH, SEQ = 2, 5
@@ -372,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.causal_lm_coverage", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
-    )
+    add_output_options(p, "causal_lm_coverage.json and .md")
     p.add_argument(
         "--timeout",
         type=float,
@@ -389,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--only", action="append", help="run only these types (repeatable)")
     args = p.parse_args(argv)
+    out = output_dir(p, args, "coverage")
     _quiet()
     import torch
     import transformers
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarize(results),
         "results": results,
     }
-    _write(args.out / JSON_NAME, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    _write(args.out / MD_NAME, markdown(doc))
+    _write(out / JSON_NAME, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    _write(out / MD_NAME, markdown(doc))
     print(json.dumps(doc["summary"], indent=2, sort_keys=True))
     return 0
 

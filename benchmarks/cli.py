@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .machine import machine_info
+from .output import add_output_options, output_dir
 from .settings import Settings, full_settings, quick_settings
 
 __all__ = ["SECTIONS", "main", "run_all"]
 
 SECTIONS = ("decision", "generation", "load", "cli", "scale")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,12 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)"
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="output folder for results.json and results.md (default: %(default)s)",
-    )
+    add_output_options(p, "results.json and results.md")
     p.add_argument(
         "--repeats",
         type=int,
@@ -111,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         from .vllm_serving import main as vllm_main
 
         return vllm_main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
-        _parser().error("--repeats must be at least 1")
+        parser.error("--repeats must be at least 1")
+    out = output_dir(parser, args, "results")
     settings = quick_settings(args.repeats) if args.quick else full_settings(args.repeats)
     from .report import markdown
 
     with tempfile.TemporaryDirectory(prefix="asa-bench-") as tmp:
         doc = run_all(settings, Path(tmp), args.only)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
         json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 
 from .machine import machine_info
+from .output import add_output_options, output_dir
 from .stats import summarize
 
 __all__ = ["main", "run_serving"]
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 64, 256)
 NOT_MEASURED_GPU = "not measured (no GPU lent)"
 PER_ROW_GROWTH_MAX = (
@@ -381,17 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="tiny sizes and few calls (smoke test); numbers are meaningless",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="output folder for serving.json and serving.md (default: %(default)s)",
-    )
+    add_output_options(p, "serving.json and serving.md")
     args = p.parse_args(argv)
+    out = output_dir(p, args, "serving")
     with tempfile.TemporaryDirectory(prefix="asa-bench-serving-") as tmp:
         doc = run_serving(args.quick, Path(tmp))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(
         json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -42,42 +42,42 @@ _RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     (re.compile(p), cap)
     for p, cap in (
         (
-            r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)$",
+            r"^(num_key_value_heads|n_kv_heads?|num_kv_heads|multi_query_group_num|n_head_kv|num_kv)\Z",
             KV_HEADS,
         ),
-        (r"(^|_)(num_attention_heads|n_heads?|num_heads|attention_heads|heads)$", HEADS),
-        (r"^rotary_dim$", HEAD_DIM),
-        (r"head_dim$|headdim$|d_head$|^attention_head_size$|^kv_channels$", HEAD_DIM),
+        (r"(^|_)(num_attention_heads|n_heads?|num_heads|attention_heads|heads)\Z", HEADS),
+        (r"^rotary_dim\Z", HEAD_DIM),
+        (r"head_dim\Z|headdim\Z|d_head\Z|^attention_head_size\Z|^kv_channels\Z", HEAD_DIM),
         (
-            r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim|adapter_input_size)$",
+            r"(^|_)(hidden_size|d_model|n_embd|embed_dim|embedding_size|dim|hidden_dim|width|projection_dim|n_embed|word_embed_proj_dim|adapter_input_size)\Z",
             HIDDEN,
         ),
         (
-            r"intermediate_size|ffn_dim|(^|_)d_ff$|^n_inner$|mlp_dim|ffn_hidden_size|^d_inner$|feed_forward_proj_dim",
+            r"intermediate_size|ffn_dim|(^|_)d_ff\Z|^n_inner\Z|mlp_dim|ffn_hidden_size|^d_inner\Z|feed_forward_proj_dim",
             INTERMEDIATE,
         ),
         (
-            r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|num_layers_per_stack)$",
+            r"(^|_)(num_hidden_layers|n_layers?|num_layers|decoder_layers|encoder_layers|num_decoder_layers|num_encoder_layers|depth|num_blocks|num_layers_per_stack)\Z",
             LAYERS,
         ),
         (
-            r"experts_per_tok$|experts_per_token$|^top_k$|^moe_topk$|^num_selected_experts$|^moe_k$",
+            r"experts_per_tok\Z|experts_per_token\Z|^top_k\Z|^moe_topk\Z|^num_selected_experts\Z|^moe_k\Z",
             2,
         ),
-        (r"shared_experts$", 1),
-        (r"experts$", EXPERTS),
+        (r"shared_experts\Z", 1),
+        (r"experts\Z", EXPERTS),
         (
-            r"^(n_group|topk_group|num_expert_groups?|num_groups_topk|n_groups|mamba_ngroups|mamba_n_groups)$",
+            r"^(n_group|topk_group|num_expert_groups?|num_groups_topk|n_groups|mamba_ngroups|mamba_n_groups)\Z",
             1,
         ),
-        (r"^(mamba_)?expand$", 1),
-        (r"lora_rank$|^time_step_rank$", RANK),
-        (r"^(d_state|state_size|ssm_state_size|mamba_d_state)$", RANK),
-        (r"vocab_size|_vocab$", VOCAB),
-        (r"^(max_position_embeddings|n_positions|n_ctx|max_seq_len)$", MAX_POSITIONS),
+        (r"^(mamba_)?expand\Z", 1),
+        (r"lora_rank\Z|^time_step_rank\Z", RANK),
+        (r"^(d_state|state_size|ssm_state_size|mamba_d_state)\Z", RANK),
+        (r"vocab_size|_vocab\Z", VOCAB),
+        (r"^(max_position_embeddings|n_positions|n_ctx|max_seq_len)\Z", MAX_POSITIONS),
     )
 )
-_TOKEN_ID = re.compile(r"(token_id|token_index|token_ids)$")
+_TOKEN_ID = re.compile(r"(token_id|token_index|token_ids)\Z")
 _SKIP_KEYS = frozenset(
     {"id2label", "label2id", "rope_parameters", "rope_scaling", "task_specific_params"}
 )

@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from .machine import machine_info
+from .output import add_output_options, output_dir
 from .stats import summarize
 
 __all__ = ["main", "run_vllm"]
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 BATCHES = (1, 8, 32)
 CONFIGS = ("base", "idle", "one", "three")
 PROMPT_LEN = 32
@@ -358,17 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Tokens/s served by vLLM with and without the asa plugin (needs vLLM).",
     )
     p.add_argument("--quick", action="store_true", help="2 rounds, 8 tokens (smoke test)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="output folder for vllm.json and vllm.md (default: %(default)s)",
-    )
+    add_output_options(p, "vllm.json and vllm.md")
     args = p.parse_args(argv)
+    out = output_dir(p, args, "vllm")
     with tempfile.TemporaryDirectory(prefix="asa-bench-vllm-") as tmp:
         doc = run_vllm(args.quick, Path(tmp))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     (out / "vllm.json").write_text(
         json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

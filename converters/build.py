@@ -28,7 +28,7 @@ from asa_format.converters.parity import (
     compare,
     sample_hidden_states,
 )
-from asa_format.errors import ConversionError, ParityError
+from asa_format.errors import ConversionError, ParityError, UsageError
 from asa_format.format.manifest import ModelBinding, Producer, Provenance, Steering
 from asa_format.storage.writer import BundleContents, save_bundle
 
@@ -136,8 +136,40 @@ def build_bundle(
     may have none); ``vectors`` maps every domain and ``"global"`` to a
     ``[hidden]`` vector (normalized here to unit length in float32).
     """
+    from asa_format.argcheck import (
+        binding_args,
+        bool_arg,
+        finite_number_arg,
+        int_arg,
+        path_arg,
+    )
     from asa_format.converters.export import export_fitted_classifier, export_fitted_scaler
 
+    path_arg(destination, "destination")
+    if (
+        isinstance(domains, (str, bytes))
+        or not isinstance(domains, Sequence)
+        or not all(isinstance(d, str) for d in domains)
+    ):
+        raise UsageError("domains must be a list of domain names (str)", hint="pass domains=[...]")
+    for what, mapping in (("probes", probes), ("vectors", vectors)):
+        if not isinstance(mapping, Mapping):
+            raise UsageError(
+                f"{what} must be a mapping, not {type(mapping).__name__}",
+                hint=f"pass {what}={{...}}",
+            )
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise UsageError("metadata must be a mapping or None", hint="pass metadata={...}")
+    int_arg(layer, "layer", 0, 99_999)
+    for name, value in (("alpha", alpha), ("tau", tau), ("beta", beta)):
+        finite_number_arg(value, name, -1e6, 1e6)
+    if not isinstance(policy, str):
+        raise UsageError(
+            f"policy must be a str, not {type(policy).__name__}", hint="pass a policy name"
+        )
+    binding_args(model_id, model_type, num_layers)
+    bool_arg(force, "force")
+    int_arg(samples, "samples", 1, 1_000_000)
     names = list(domains)
     hidden = _n_features(scaler, "the scaler")
     for what, est in [

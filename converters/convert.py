@@ -186,6 +186,14 @@ def convert_legacy(
     replaces an existing asa bundle only: never another directory, the
     source itself or a directory that contains it.
     """
+    from asa_format.argcheck import binding_args, bool_arg, int_arg, path_arg
+
+    path_arg(source, "source")
+    path_arg(destination, "destination")
+    binding_args(model_id, model_type, num_layers)
+    bool_arg(force, "force")
+    int_arg(samples, "samples", 1, 1_000_000)
+    int_arg(seed, "seed", 0, 2**32 - 1)
     check_not_source(source, destination)
     check_destination(destination, force=force)  # before reading: refuse early, nothing read
     assets = read_legacy_bundle(source)

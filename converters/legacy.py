@@ -42,8 +42,9 @@ from asa_format.converters.legacy_model import (
 from asa_format.converters.pickle_allowlist import MAX_PICKLE_BYTES
 from asa_format.converters.pickle_records import to_legacy_logistic, to_legacy_scaler
 from asa_format.converters.safe_pickle import safe_load_pickle
-from asa_format.errors import ErrorCode, LegacyFormatError, UnsafePickleError
+from asa_format.errors import AsaError, ErrorCode, LegacyFormatError, UnsafePickleError
 from asa_format.format.jsonio import DuplicateKeyError, JsonLimitError, loads_strict
+from asa_format.storage.inputs import read_input
 
 __all__ = [
     "LEGACY_CONFIG_FILE",
@@ -440,16 +441,15 @@ def _read_file(directory: Path, name: str) -> bytes:
             f"a legacy ASA asset directory holds {', '.join(LEGACY_FILES)}",
         )
     cap = _SIZE_CAPS[name]
-    try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            # read no more than the file holds: read(cap + 1) would allocate the whole cap first
-            data = handle.read(min(size, cap) + 1)
-    except OSError as exc:
-        raise LegacyFormatError(
-            f"{name} cannot be read: {exc.strerror or exc}", code="IO_ERROR", file=name
-        ) from exc
-    if len(data) > cap:
+    data: bytes | None = None
+    try:  # a regular file (never a FIFO swapped in after the check above), at most cap bytes
+        data = read_input(path, what=name, cap=cap)
+    except AsaError as exc:
+        if exc.code == "IO_ERROR":
+            raise LegacyFormatError(exc.message, code="IO_ERROR", file=name) from None
+        if exc.code != "INPUT_TOO_LARGE":
+            raise
+    if data is None:  # over the cap: reported with the codes of the legacy reader
         message = f"{name} is larger than the cap of {cap} bytes"
         if name.endswith(".pkl"):
             raise UnsafePickleError(

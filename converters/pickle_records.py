@@ -68,7 +68,7 @@ def _bool_value(state: dict[str, Any], key: str, filename: str, what: str) -> bo
     return bool(value)
 
 
-_VERSION = re.compile(r"\d{1,4}\.\d{1,4}([.+\-a-zA-Z0-9]{0,48})")
+_VERSION = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}([.+\-a-zA-Z0-9]{0,48})")
 
 
 def _opt_str(state: dict[str, Any], key: str, filename: str, what: str) -> str | None:

@@ -65,7 +65,9 @@ SIGMOID_BINARY_SINCE = (1, 8)
 # Probability used by the legacy code for a domain without a probe.
 NO_PROBE_PROBABILITY = 0.5
 
-_VERSION_RE = re.compile(r"^\s*(\d{1,6})\.(\d{1,6})(?!\d)")  # bounded: no int() of 5000 digits
+_VERSION_RE = re.compile(
+    r"^\s*([0-9]{1,6})\.([0-9]{1,6})(?![0-9])"
+)  # bounded: no int() of 5000 digits
 
 
 def sklearn_version_tuple(version: str | None) -> tuple[int, int] | None:

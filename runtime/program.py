@@ -29,6 +29,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format.errors import RuntimeCompatError, UsageError
+from asa_format.format.finite import FLOAT_DTYPES, check_finite_product
 from asa_format.format.interventions import ConditionGate, condition_fires, condition_similarity
 
 __all__ = [
@@ -42,14 +43,6 @@ __all__ = [
 ]
 
 POLICIES = C.POLICIES
-
-# the largest finite value of each floating dtype a model may run in
-_DTYPE_MAX = {
-    "float32": float(np.finfo(np.float32).max),
-    "float16": float(np.finfo(np.float16).max),
-    "bfloat16": 3.3895313892515355e38,
-    "float64": float(np.finfo(np.float64).max),
-}
 
 
 @dataclass(frozen=True)
@@ -175,36 +168,40 @@ class Program:
         return any(p != C.POLICY_PREFILL_LAST_TOKEN for p in self.policies)
 
     def check_finite(self, dtype_name: str) -> None:
-        """Refuse deltas that overflow float32 or ``dtype_name`` (``STEERING_NONFINITE``).
+        """Refuse deltas that overflow float32 or ``dtype_name`` (``VALUE_OVERFLOW``).
 
-        Checked once at attach: every ``coefficient x direction``, and
-        ``alpha x v[domain]`` for every domain of the asa part.
+        Checked once at attach, with the check every writer uses
+        (:func:`asa_format.format.finite.check_finite_product`): every
+        ``coefficient x direction``, and ``alpha x v[domain]`` for every
+        domain of the asa part.
         """
-        limit = _DTYPE_MAX.get(dtype_name, _DTYPE_MAX["float32"])
-        checks: list[tuple[str, np.ndarray]] = []
+        dtype = dtype_name if dtype_name in FLOAT_DTYPES else "float32"
+        hint = "lower the coefficient or alpha, or run the model in a wider dtype"
         for terms in self.terms.values():
             for t in terms:
-                if t.vector is not None:
-                    checks.append((f"intervention {t.intervention!r} block {t.block}", t.vector))
+                if t.vector is None:
+                    continue
+                for name in dict.fromkeys(("float32", dtype)):
+                    check_finite_product(
+                        1.0,
+                        t.vector,
+                        name,
+                        what=f"intervention {t.intervention!r} block {t.block}",
+                        hint=hint,
+                        error=RuntimeCompatError,
+                    )
         if self.asa_name is not None and self.asa_alpha is not None:
             for domain in self.bundle.domains:
                 v = np.asarray(self.bundle.steering_vector(domain), dtype=np.float32)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    checks.append(
-                        (
-                            f"the asa intervention, domain {domain!r}",
-                            v * np.float32(self.asa_alpha),
-                        )
+                for name in dict.fromkeys(("float32", dtype)):
+                    check_finite_product(
+                        self.asa_alpha,
+                        v,
+                        name,
+                        what=f"the asa intervention, domain {domain!r}",
+                        hint=hint,
+                        error=RuntimeCompatError,
                     )
-        for what, delta in checks:
-            a = np.abs(np.asarray(delta, dtype=np.float64))
-            if not np.isfinite(delta).all() or (a.size and float(a.max()) > limit):
-                raise RuntimeCompatError(
-                    f"{what}: the steering delta is not finite in "
-                    f"{'float32' if not np.isfinite(delta).all() else dtype_name}",
-                    code="STEERING_NONFINITE",
-                    hint="lower the coefficient or alpha, or run the model in a wider dtype",
-                )
 
 
 class _AsaOnly:

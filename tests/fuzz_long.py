@@ -8,6 +8,11 @@ reaches its parser), writes it to a work directory and runs
 ``validate_bundle`` and ``load_bundle``. Both must end in success or a clean
 ``AsaError`` and agree with each other; anything else is a finding.
 
+Other targets (``--target``): ``onnx`` and ``pickle`` (graph and opcode
+mutations), ``gguf`` and ``svec`` (structure-aware mutations of imported
+steering files; their workers run under a 2 GiB address-space limit, so a
+runaway allocation is a finding); see tests/fuzz_targets.py.
+
 Usage::
 
     python tests/fuzz_long.py --iterations 100000 --workers 2 --findings out/fuzz
@@ -79,6 +84,7 @@ SEEDS = (
     "newer_minor_version",
 )
 DELETE = object()  # manifest_edit value: remove the member
+MEMORY_LIMIT = 2 << 30  # address space of a gguf/svec worker
 
 
 def seed_bundles() -> dict[str, Files]:
@@ -433,6 +439,10 @@ def run_iteration(
         try:
             if target == "onnx":
                 outcome, steps = ft.onnx_iteration(rng, seeds, work, rehash, write_bundle, steps)
+            elif target == "gguf":
+                outcome, steps = ft.gguf_iteration(rng, seeds, work, steps)
+            elif target == "svec":
+                outcome, steps = ft.svec_iteration(rng, seeds, work, steps)
             else:
                 outcome, steps = ft.pickle_iteration(rng, seeds, steps)
         except Exception:
@@ -454,10 +464,14 @@ def run_iteration(
 
 
 def target_seeds(target: str) -> Any:
-    if target == "pickle":
-        import fuzz_targets as ft
+    import fuzz_targets as ft
 
+    if target == "pickle":
         return ft.pickle_seeds()
+    if target == "gguf":
+        return ft.gguf_seeds()
+    if target == "svec":
+        return ft.svec_seeds()
     return seed_bundles()
 
 
@@ -470,6 +484,10 @@ def worker(
     result: Path,
     target: str = "bundle",
 ) -> None:
+    if target in ("gguf", "svec"):  # bounded memory: a runaway allocation is a MemoryError finding
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     seeds = target_seeds(target)
     outcomes: dict[str, int] = {}
     findings: list[dict[str, Any]] = []
@@ -527,9 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--findings", type=Path, default=ROOT / "out" / "fuzz")
     parser.add_argument(
         "--target",
-        choices=("bundle", "onnx", "pickle"),
+        choices=("bundle", "onnx", "pickle", "gguf", "svec"),
         default="bundle",
-        help="bundle: byte/field mutations of bundles; onnx: graph mutations; pickle: opcode mutations",
+        help="bundle: byte/field mutations of bundles; onnx: graph mutations; pickle: opcode "
+        "mutations; gguf, svec: structure-aware mutations of imported steering files",
     )
     parser.add_argument(
         "--replay", type=int, help="run one iteration and print its steps and outcome"

@@ -9,6 +9,15 @@
 * ``pickle``: one to three opcode-level mutations of a legacy or hostile
   pickle; ``safe_load_pickle`` and the record conversion must return or
   raise an ``AsaError``.
+* ``gguf``: one to three structure-aware mutations of a control vector
+  (counts, lengths, types, offsets, names, data); the import must return
+  contents or raise an ``AsaError``. Accepted files are read again by ggml's
+  own Python reader (when ``gguf`` is installed), which must agree on every
+  tensor, and every accepted direction is finite float32.
+* ``svec``: one to three mutations of an activation-steering document (keys
+  that alias, values, lengths, members, raw text); the import must return
+  contents whose blocks are the file's canonical keys minus one, or raise
+  an ``AsaError``.
 
 Any other exception, a disagreement, or an iteration slower than
 ``SLOW_SECONDS`` is a finding.
@@ -23,12 +32,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fuzz_mutators import mutate_graph, mutate_pickle
+from fuzz_mutators import (
+    GFile,
+    garray,
+    gguf_seed,
+    gkv,
+    mutate_gguf,
+    mutate_graph,
+    mutate_pickle,
+    mutate_svec,
+)
 
 from asa_format import constants as C
 from asa_format.errors import AsaError
 
-__all__ = ["SLOW_SECONDS", "check_contract", "onnx_iteration", "pickle_iteration", "pickle_seeds"]
+__all__ = [
+    "SLOW_SECONDS",
+    "check_contract",
+    "gguf_iteration",
+    "gguf_seeds",
+    "onnx_iteration",
+    "pickle_iteration",
+    "pickle_seeds",
+    "svec_iteration",
+    "svec_seeds",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_SECONDS = 10.0
@@ -165,6 +193,100 @@ def pickle_iteration(
                 to_legacy_logistic(value, filename=name, what=f"probe {key!r}")
     except AsaError as exc:
         return f"refused:{exc.code}", steps
+    return "ok", steps
+
+
+def gguf_seeds() -> list[GFile]:
+    return [
+        gguf_seed(8, [1, 2]),
+        gguf_seed(7, [3, 5, 9], alignment=64, seed=1),
+        gguf_seed(16, [1], arch="steeringvector", seed=2),
+        gguf_seed(5, [2, 4], extra=[gkv("controlvector.method", "STRING", "pca"),
+                                    garray("x.list", "INT32", [1, 2, 3]),
+                                    garray("x.names", "STRING", ["a", "b"])], seed=3),
+    ]  # fmt: skip
+
+
+def gguf_iteration(
+    rng: random.Random, seeds: list[GFile], work: Path, steps: list[str]
+) -> tuple[str, list[str]]:
+    import copy
+
+    from asa_format.interop import import_source
+
+    base = rng.randrange(len(seeds))
+    f = copy.deepcopy(seeds[base])
+    steps.append(f"seed{base}")
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        steps.append(mutate_gguf(rng, f))
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "v.gguf"
+    path.write_bytes(f.encode())
+    try:
+        contents = import_source(path)
+    except AsaError as exc:
+        return f"refused:{exc.code}", steps
+    (iv,) = contents.interventions
+    for block, vec in iv.directions.items():
+        assert vec.dtype == np.float32 and np.isfinite(vec).all(), block
+    try:
+        import gguf
+    except ImportError:  # pragma: no cover - the interop extra
+        return "ok", steps
+    if path.stat().st_size > 1 << 16:  # ggml's reader walks long arrays element by element
+        return "ok", steps
+    reader = gguf.GGUFReader(path, "r")  # ggml's reader, on a file ours accepted
+    theirs = {t.name: np.array(t.data, copy=True).reshape(-1) for t in reader.tensors}
+    assert sorted(theirs) == sorted(f"direction.{b}" for b in iv.directions), sorted(theirs)
+    for block, vec in iv.directions.items():
+        np.testing.assert_array_equal(vec, theirs[f"direction.{block}"])
+    return "ok", steps
+
+
+def svec_seeds() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(4)
+    return [
+        {"model_type": "llama", "directions": {"2": rng.standard_normal(8).tolist(),
+                                               "5": rng.standard_normal(8).tolist()}},
+        {"model_type": "qwen2", "directions": {"0": [0.5] * 4, "1": [0.25] * 4},
+         "explained_variances": {"0": 0.5, "1": 0.25}},
+        {"model_type": None, "directions": {"31": [1.0, -1.0, 0.0]}},
+    ]  # fmt: skip
+
+
+def svec_iteration(
+    rng: random.Random, seeds: list[dict[str, Any]], work: Path, steps: list[str]
+) -> tuple[str, list[str]]:
+    import copy
+    import json
+
+    from asa_format.interop import import_source
+
+    base = rng.randrange(len(seeds))
+    doc: Any = copy.deepcopy(seeds[base])
+    steps.append(f"seed{base}")
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        if not isinstance(doc, dict):
+            break
+        doc, step = mutate_svec(rng, doc)
+        steps.append(step)
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "v.svec"
+    path.write_bytes(data)
+    try:
+        contents = import_source(path)
+    except AsaError as exc:
+        return f"refused:{exc.code}", steps
+    parsed = json.loads(data)  # accepted: it is JSON, with canonical block keys
+    keys = {int(k) for k in parsed["directions"]}
+    assert all(k == str(int(k)) for k in parsed["directions"]), parsed["directions"].keys()
+    (iv,) = contents.interventions
+    assert sorted(iv.directions) == sorted(k - 1 for k in keys if k != 0)
+    for block, vec in iv.directions.items():
+        assert vec.dtype == np.float32 and np.isfinite(vec).all(), block
+        expected = np.asarray(parsed["directions"][str(block + 1)], np.float32)
+        np.testing.assert_array_equal(vec, expected)
     return "ok", steps
 
 

@@ -249,13 +249,19 @@ def test_condition_gates_are_decided_per_generation(tmp_path: Path) -> None:
     path = _condition_bundle(tmp_path / "cond", model, first, second)
     direction = load_bundle(path)["refuse"].directions[2]
 
+    def new_cache() -> Any:
+        try:  # transformers >= 4.56 sizes the cache from the config
+            return DynamicCache(config=model.config)
+        except TypeError:  # the oldest supported release (4.45) takes no arguments
+            return DynamicCache()
+
     def step(ids: list[int], cache: Any) -> torch.Tensor:
         with torch.no_grad():
             out = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True)
         return out.logits[0, -1]
 
     def run_interleaved() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        caches = [DynamicCache(config=model.config), DynamicCache(config=model.config)]
+        caches = [new_cache(), new_cache()]
         logits: list[list[torch.Tensor]] = [[], []]
         logits[0].append(step(first, caches[0]))  # prefill of generation A
         logits[1].append(step(second, caches[1]))  # prefill of generation B
@@ -268,7 +274,7 @@ def test_condition_gates_are_decided_per_generation(tmp_path: Path) -> None:
     def run_alone(ids: list[int], steered: bool) -> list[torch.Tensor]:
         ref = _ControlVectorReference(model, {2: direction}, 1.0) if steered else None
         try:
-            cache = DynamicCache(config=model.config)
+            cache = new_cache()
             out = [step(ids, cache)]
             for _ in range(3):
                 out.append(step([int(out[-1].argmax())], cache))
@@ -434,3 +440,25 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
         if node not in state:
             visit(node, [node])
     assert not cycles, f"import cycles: {cycles[:5]}"
+
+
+@pytest.mark.parametrize(
+    ("scale", "coefficient", "dtype"),
+    [(3e38, 2.0, torch.float32), (1e5, 1.0, torch.float16), (30000.0, 3.0, torch.float16)],
+)
+def test_attach_refuses_a_delta_that_is_not_finite(
+    tmp_path: Path, scale: float, coefficient: float, dtype: torch.dtype
+) -> None:
+    """coefficient x direction overflowing float32, or the model's dtype: refused before any hook."""
+    model = _tiny_llama().to(dtype)
+    direction = np.full(HIDDEN, scale, dtype=np.float32)
+    contents = BundleContents(
+        model=ModelBinding(hidden_size=HIDDEN, type="llama", num_layers=LAYERS),
+        interventions=[InterventionData("loud", {2: direction}, coefficient=coefficient)],
+    )
+    path = asa_format.save_bundle(contents, tmp_path / "loud")
+    with pytest.raises(asa_format.AsaError) as info:
+        attach(model, path)
+    assert info.value.code == "VALUE_OVERFLOW" and "'loud' block 2" in info.value.message
+    assert not model.model.layers[2]._forward_hooks
+    assert not model._forward_pre_hooks

@@ -211,7 +211,7 @@ def test_sign_keeps_an_existing_signature_without_force(
     edited = sig.read_bytes()
     result = asa("sign", str(signed), "--private-key", str(keys[0]))
     assert result.returncode == 1
-    assert "SIGNATURE_EXISTS" in result.stderr and "--force" in result.stderr
+    assert "SIGNATURE_EXISTS" in result.stdout and "--force" in result.stdout  # the report
     assert sig.read_bytes() == edited
     result = asa("sign", str(signed), "--private-key", str(keys[0]), "--force")
     assert result.returncode == 0, result.stderr

@@ -157,17 +157,30 @@ def test_export_without_its_extra_names_it_before_reading_input(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_import_of_a_gguf_file_without_its_extra_names_it(
+def test_import_of_a_gguf_file_needs_no_extra_export_names_it(
     core_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """GGUF is read by asa-format's own bounded reader; only writing one needs gguf."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gguf_bytes import gguf_file
+
     source = tmp_path / "cv.gguf"
-    source.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(64))
+    source.write_bytes(gguf_file())
     result = run(core_env, *ASA, "import", str(source), str(tmp_path / "out"), "--num-layers", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    hostile = tmp_path / "hostile.gguf"
+    hostile.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(64))
+    result = run(core_env, *ASA, "import", str(hostile), str(tmp_path / "no"), "--num-layers", "4")
+    assert result.returncode == 1 and "IMPORT_UNKNOWN_KIND" in result.stdout, result.stdout
+    assert not (tmp_path / "no").exists()
+    result = run(
+        core_env, *ASA, "export", str(tmp_path / "out"), str(tmp_path / "x.gguf"), "--to", "gguf"
+    )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert 'pip install "asa-format[interop]"' in lines[0]
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_python_runtime_import_names_the_extra(core_env: dict[str, str]) -> None:

@@ -28,6 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "what is the weather in paris"
 
 
+def run_result(stdout: str) -> dict[str, Any]:
+    """The one result of ``asa run --json`` (the envelope every command prints)."""
+    doc = json.loads(stdout)
+    assert doc["command"] == "run" and doc["ok"] is True and len(doc["results"]) == 1
+    result: dict[str, Any] = doc["results"][0]
+    return result
+
+
 def _make_tiny_model() -> Any:
     spec = importlib.util.spec_from_file_location(
         "make_tiny_model", ROOT / "examples" / "make_tiny_model.py"
@@ -86,7 +94,7 @@ def test_bundle_is_positional_like_every_other_command(model_dir: Path, bundle: 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["layer"] == 4
+    assert run_result(result.stdout)["layer"] == 4
     code, out, _ = run(
         "--bundle",
         str(bundle),
@@ -98,7 +106,7 @@ def test_bundle_is_positional_like_every_other_command(model_dir: Path, bundle: 
         "1",
         "--json",
     )
-    assert code == 0 and json.loads(out)["layer"] == 4
+    assert code == 0 and run_result(out)["layer"] == 4
     code, _, err = run(
         str(bundle), "--bundle", str(model_dir), "--model", str(model_dir), "--prompt", PROMPT
     )
@@ -118,7 +126,7 @@ def test_a_matching_local_model_is_accepted_with_a_note(model_dir: Path, bundle:
         "--json",
     )
     assert code == 0, err
-    assert json.loads(out)["decision"]["domain"] in {
+    assert run_result(out)["decision"]["domain"] in {
         "web_search",
         "calculator",
         "calendar",
@@ -150,7 +158,7 @@ def test_system_and_messages_reach_the_model(model_dir: Path, bundle: Path, tmp_
             str(bundle), "--model", str(model_dir), "--max-new-tokens", "1", "--json", *extra
         )
         assert code == 0, err
-        return int(json.loads(out)["input_tokens"])
+        return int(run_result(out)["input_tokens"])
 
     plain = tokens("--prompt", PROMPT)
     with_system = tokens("--prompt", PROMPT, "--system", "you are a helpful assistant")
@@ -211,7 +219,7 @@ def test_dtype_defaults_to_the_models_own(model_dir: Path, bundle: Path) -> None
         "--json",
     )
     assert code == 0, err
-    assert json.loads(out)["dtype"] == "bfloat16"  # as saved; the old default forced float32
+    assert run_result(out)["dtype"] == "bfloat16"  # as saved; the old default forced float32
     code, out, err = run(
         str(bundle),
         "--model",
@@ -225,4 +233,4 @@ def test_dtype_defaults_to_the_models_own(model_dir: Path, bundle: Path) -> None
         "float32",
     )
     assert code == 0, err
-    assert json.loads(out)["dtype"] == "float32"
+    assert run_result(out)["dtype"] == "float32"

@@ -265,6 +265,22 @@ REPORT_SCHEMA = {
                     },
                     "problems": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
                     "warnings": {"type": "array", "items": {"$ref": "#/$defs/problem"}},
+                    "interventions": {  # a valid bundle: every intervention, in manifest order
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "kind", "blocks", "policy", "gate"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "kind": {"enum": ["asa", "always", "condition"]},
+                                "blocks": {"type": "array", "items": {"type": "integer"}},
+                                "policy": {"type": "string"},
+                                "coefficient": {"type": "number"},
+                                "gate": {"type": "object"},
+                            },
+                        },
+                    },
                 },
             },
         },

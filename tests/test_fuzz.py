@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the bundle reader (Hypothesis).
+"""Property-based fuzzing of the bundle reader (Hypothesis), and short deterministic runs
+of the structure-aware targets (ONNX graphs, pickles, GGUF and .svec imports).
 
 Mutated valid bundles (byte flips, truncations, insertions, safetensors
 header edits, manifest field edits, ONNX field edits, deleted and duplicated
@@ -224,3 +225,18 @@ def test_graph_mutations_keep_the_decision_contract() -> None:
 def test_pickle_opcode_mutations_end_in_data_or_a_coded_refusal() -> None:
     outcomes = _target_run("pickle", 400, seed=3)
     assert any(k.startswith("refused:") for k in outcomes), outcomes
+
+
+def test_gguf_structure_mutations_end_in_a_control_vector_or_a_coded_refusal() -> None:
+    """Counts, key/string/array lengths, value and element types, nested arrays, alignment,
+    tensor names, ranks, dimensions, types, offsets and data, mutated as structures; an
+    accepted file is read the same by ggml's Python reader (tests/fuzz_targets.py)."""
+    outcomes = _target_run("gguf", 400, seed=5)
+    assert outcomes.get("ok", 0) > 10, outcomes
+    assert outcomes.get("refused:IMPORT_INVALID", 0) > 100, outcomes
+
+
+def test_svec_mutations_end_in_canonical_blocks_or_a_coded_refusal() -> None:
+    outcomes = _target_run("svec", 200, seed=5)
+    assert outcomes.get("ok", 0) > 10, outcomes
+    assert outcomes.get("refused:IMPORT_INVALID", 0) > 20, outcomes

@@ -208,11 +208,19 @@ def key_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _verify_code(path: Path, public: Path) -> str:
-    from asa_format.signing import verify_bundle_signature
+    """The code of the refusal; for a bundle that fails its own checks (checked before the
+    signature: SIGNATURE_BUNDLE_INVALID), the code both the bundle check and the signature
+    check give."""
+    from asa_format.signing import verify_bundle, verify_bundle_signature
 
     with pytest.raises(BundleError) as info:  # SignatureError, or BundleError for entry rules
         verify_bundle_signature(path, [public])
-    return info.value.code
+    if info.value.code != "SIGNATURE_BUNDLE_INVALID":
+        return info.value.code
+    outcome = verify_bundle(path, [public])
+    both = {p.code for p in outcome.integrity} & {p.code for p in outcome.signature_problems}
+    assert len(both) == 1, (outcome.integrity, outcome.signature_problems)
+    return both.pop()
 
 
 def test_verify_refuses_deeply_nested_directories(

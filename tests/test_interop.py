@@ -371,9 +371,12 @@ def test_cli_import_export(tmp_path: Path) -> None:
     r = runner.invoke(
         cli, ["export", str(tmp_path / "b"), str(tmp_path / "b"), "--to", "gguf", "--force"]
     )
-    assert (
-        r.exit_code == 1 and "DESTINATION_NOT_BUNDLE" in r.stdout
-    )  # --force never replaces a directory
+    assert r.exit_code == 1 and "DESTINATION_IN_SOURCE" in r.stdout  # the bundle itself
+    (tmp_path / "d").mkdir()
+    r = runner.invoke(
+        cli, ["export", str(tmp_path / "b"), str(tmp_path / "d"), "--to", "gguf", "--force"]
+    )
+    assert r.exit_code == 1 and "DESTINATION_WRONG_KIND" in r.stdout  # never a directory
     assert (tmp_path / "b" / "manifest.json").is_file()
     r = runner.invoke(cli, ["import", str(tmp_path / "b" / "manifest.json"), str(tmp_path / "c")])
     assert r.exit_code == 1 and "IMPORT_UNKNOWN_KIND" in r.stdout

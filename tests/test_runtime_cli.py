@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,14 @@ from tiny_models import save_tiny_model_and_tokenizer
 pytestmark = pytest.mark.runtime
 
 PROMPT = "what is the weather in paris"
+
+
+def run_result(stdout: str) -> dict[str, Any]:
+    """The one result of ``asa run --json`` (the envelope every command prints)."""
+    doc = json.loads(stdout)
+    assert doc["command"] == "run" and doc["ok"] is True and len(doc["results"]) == 1
+    result: dict[str, Any] = doc["results"][0]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,7 @@ def test_run_json_compare(model_dir: Path, bundle_path: Path) -> None:
         "--json",
     )
     assert code == 0, err
-    payload = json.loads(out)
+    payload = run_result(out)
     assert payload["decision"]["domain"] == "search"
     assert payload["decision"]["gate"] == 1
     assert payload["decision"]["probability"] > 0.99
@@ -140,4 +149,4 @@ def test_incompatible_bundle_is_refused(model_dir: Path, tmp_path: Path) -> None
     )
     assert code == 0, err
     assert "warning: [MODEL_TYPE_MISMATCH]" in err
-    assert json.loads(out)["layer"] == 1
+    assert run_result(out)["layer"] == 1

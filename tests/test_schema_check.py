@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,22 @@ from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
-REFERENCE = jsonschema.Draft202012Validator(manifest_schema())
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """``pattern`` as JSON Schema means it (ECMA-262): jsonschema uses ``re.search``, whose ``$``
+    also matches before a final newline. Every pattern of the manifest schema is anchored
+    ``^X$``, and for those ECMA-262 ``search`` is exactly ``re.fullmatch(X)``."""
+    if not isinstance(instance, str):
+        return
+    assert pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")
+    if re.fullmatch(pattern[1:-1], instance) is None:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+REFERENCE = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern}
+)(manifest_schema())
 
 
 def _ours(doc: Any) -> set[tuple[str, ...]]:

@@ -210,7 +210,7 @@ def test_deltas_that_overflow_the_dtype_are_refused(tmp_path: Path) -> None:
     model, layers = config_model(config)
     registry = load_registry(_env(h=huge))
     check_model(registry, model, layers, "float32")
-    assert _code(lambda: check_model(registry, model, layers, "float16"))[0] == "STEERING_NONFINITE"
+    assert _code(lambda: check_model(registry, model, layers, "float16"))[0] == "VALUE_OVERFLOW"
 
 
 def test_salts_separate_what_steering_separates(bundles: dict[str, Path]) -> None:

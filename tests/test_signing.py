@@ -38,6 +38,7 @@ from asa_format.signing import (
     public_key_hint,
     root_digest_of_dir,
     sign_bundle,
+    verify_bundle,
     verify_bundle_signature,
 )
 
@@ -45,23 +46,10 @@ from asa_format.signing import (
 
 
 def make_bundle(directory: Path, seed: int = 0) -> Path:
-    """A bundle-shaped directory: a manifest listing its files, plus those files."""
-    directory.mkdir(parents=True)
-    payloads = {
-        C.VECTORS_FILE: bytes([seed]) * 64 + b"vectors",
-        C.SCALER_FILE: b"scaler-graph-%d" % seed,
-        C.ROUTER_FILE: b"router-graph-%d" % seed,
-        C.PROBE_FILE_TEMPLATE.format(index=0): b"probe-graph-%d" % seed,
-    }
-    for name, data in payloads.items():
-        (directory / name).write_bytes(data)
-    files = [
-        {"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        for name, data in sorted(payloads.items())
-    ]
-    manifest = {"format": C.FORMAT_NAME, "format_version": C.FORMAT_VERSION, "files": files}
-    (directory / C.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return directory
+    """A valid bundle (asa_format.testing), seeded: two seeds give two different bundles."""
+    from asa_format.testing import make_test_bundle
+
+    return make_test_bundle(directory, seed=seed)
 
 
 @pytest.fixture
@@ -212,12 +200,18 @@ def _other_bundle(b: Path, other: Path) -> None:
     os.replace(b / C.SIGNATURE_FILE, other / C.SIGNATURE_FILE)
 
 
-TAMPERINGS: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
-    # name: (tampering, expected code, file reported first)
-    "modified": (_modify, "SIGNATURE_FILE_MODIFIED", C.ROUTER_FILE),
-    "extra": (_extra, "SIGNATURE_FILE_EXTRA", "extra.bin"),
-    "missing": (_missing, "SIGNATURE_FILE_MISSING", C.PROBE_FILE_TEMPLATE.format(index=0)),
-    "other_bundle": (_other_bundle, "SIGNATURE_FILE_MODIFIED", C.MANIFEST_FILE),
+TAMPERINGS: dict[str, tuple[Callable[[Path, Path], None], str | None, str, str]] = {
+    # name: (tampering, the bundle's own finding (None: intact), the signature's finding,
+    #        file the signature reports first)
+    "modified": (_modify, "FILE_SIZE_MISMATCH", "SIGNATURE_FILE_MODIFIED", C.ROUTER_FILE),
+    "extra": (_extra, "FILE_UNLISTED", "SIGNATURE_FILE_EXTRA", "extra.bin"),
+    "missing": (
+        _missing,
+        "FILE_MISSING",
+        "SIGNATURE_FILE_MISSING",
+        C.PROBE_FILE_TEMPLATE.format(index=0),
+    ),
+    "other_bundle": (_other_bundle, None, "SIGNATURE_FILE_MODIFIED", C.MANIFEST_FILE),
 }
 
 
@@ -234,16 +228,23 @@ def test_tampering_fails_in_both_verifiers(
         sign_bundle(signed, load_private_key(private))
     else:
         ms_sign(signed, private, signed / C.SIGNATURE_FILE)
-    tamper, code, first_file = TAMPERINGS[case]
+    tamper, own, code, first_file = TAMPERINGS[case]
     tamper(signed, other)
     target = other if case == "other_bundle" else signed
 
+    outcome = verify_bundle(target, [public])
+    assert not outcome.ok and outcome.signature is None
+    assert outcome.signature_problems[0].code == code
+    assert outcome.signature_problems[0].file == first_file
+    assert [p.code for p in outcome.integrity] == ([own] if own else [])
     with pytest.raises(SignatureError) as info:
         verify_bundle_signature(target, [public])
-    assert info.value.code == code
-    assert info.value.problems[0].file == first_file
-    if case == "other_bundle":
-        assert "another bundle" in info.value.message
+    codes = [p.code for p in info.value.problems]
+    if own is None:  # an intact bundle: the signature's own finding comes first
+        assert info.value.code == code and "another bundle" in info.value.message
+    else:  # the bundle's own check comes first, then the signature's finding
+        assert info.value.code == "SIGNATURE_BUNDLE_INVALID"
+        assert codes[1:] == [own, code] and "the signature also fails" in info.value.message
 
     result = ms_verify(target, public, target / C.SIGNATURE_FILE)
     assert result.returncode == 1
@@ -307,7 +308,10 @@ def test_altered_statement_is_invalid(bundle: Path, keys: dict[str, tuple[Path, 
             resource["digest"] = hashlib.sha256(b"tampered").hexdigest()
     document["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
     path.write_text(json.dumps(document))
-    assert verify_code(bundle, public) == "SIGNATURE_INVALID"
+    outcome = verify_bundle(bundle, [public])
+    assert [p.code for p in outcome.signature_problems] == ["SIGNATURE_INVALID"]
+    assert [p.code for p in outcome.integrity] == ["FILE_SIZE_MISMATCH"]
+    assert verify_code(bundle, public) == "SIGNATURE_BUNDLE_INVALID"
 
 
 def test_signature_without_key_hint(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
@@ -491,26 +495,39 @@ def test_symlinks_are_refused(
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"x")
     (bundle / "link.bin").symlink_to(outside)
+    signature = (bundle / C.SIGNATURE_FILE).read_bytes()
     for action in (
         lambda: sign_bundle(bundle, load_private_key(private)),
         lambda: verify_bundle_signature(bundle, [public]),
     ):
-        with pytest.raises(BundleError) as info:
+        with pytest.raises(SignatureError) as info:
             action()
-        assert info.value.code == "PATH_SYMLINK"
-        assert info.value.file == "link.bin"
+        assert info.value.code == "SIGNATURE_BUNDLE_INVALID"
+        assert ("PATH_SYMLINK", "link.bin") in [(p.code, p.file) for p in info.value.problems]
+    assert (bundle / C.SIGNATURE_FILE).read_bytes() == signature  # nothing was re-signed
 
 
 @pytest.mark.interop
 def test_subdirectory_files_are_covered(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:
+    """model_signing covers a subdirectory; a bundle is flat, so asa neither signs nor trusts it."""
     private, public = keys["alice"]
     (bundle / "sub").mkdir()
     (bundle / "sub" / "note.txt").write_bytes(b"n")
-    sign_bundle(bundle, load_private_key(private))
+    with pytest.raises(SignatureError) as info:
+        sign_bundle(bundle, load_private_key(private))
+    assert info.value.code == "SIGNATURE_BUNDLE_INVALID"
+    assert ("PATH_NOT_REGULAR", "sub") in [(p.code, p.file) for p in info.value.problems]
+    assert not (bundle / C.SIGNATURE_FILE).exists()
+
+    ms_sign(bundle, private, bundle / C.SIGNATURE_FILE)
     assert ms_verify(bundle, public, bundle / C.SIGNATURE_FILE).returncode == 0
-    assert "sub/note.txt" in dict(verify_bundle_signature(bundle, [public]).files)
+    outcome = verify_bundle(bundle, [public])
+    assert outcome.signature is not None and "sub/note.txt" in dict(outcome.signature.files)
+    assert [p.code for p in outcome.integrity] == ["PATH_NOT_REGULAR"] and not outcome.ok
+    assert verify_code(bundle, public) == "SIGNATURE_BUNDLE_INVALID"
     (bundle / "sub" / "note.txt").write_bytes(b"changed")
-    assert verify_code(bundle, public) == "SIGNATURE_FILE_MODIFIED"
+    outcome = verify_bundle(bundle, [public])
+    assert [p.code for p in outcome.signature_problems] == ["SIGNATURE_FILE_MODIFIED"]
 
 
 def test_signature_inside_bundle_must_be_model_sig(
@@ -529,7 +546,9 @@ def test_missing_bundle_and_manifest(tmp_path: Path, keys: dict[str, tuple[Path,
     empty.mkdir()
     with pytest.raises(BundleError) as info:
         sign_bundle(empty, load_private_key(keys["alice"][0]))
-    assert info.value.code == "MANIFEST_MISSING"
+    assert info.value.code == "SIGNATURE_BUNDLE_INVALID"
+    assert [p.code for p in info.value.problems] == ["SIGNATURE_BUNDLE_INVALID", "MANIFEST_MISSING"]
+    assert list(empty.iterdir()) == []
 
 
 def test_encrypted_private_key(bundle: Path, tmp_path: Path) -> None:
@@ -590,13 +609,22 @@ def test_cli_sign_and_verify(bundle: Path, keys: dict[str, tuple[Path, Path]]) -
     assert bad.exit_code == 1
     failure = json.loads(bad.stdout)
     assert failure["ok"] is False
-    assert failure["results"][0]["problems"][0]["code"] == "SIGNATURE_FILE_MODIFIED"
-    assert failure["results"][0]["problems"][0]["file"] == C.VECTORS_FILE
+    problems = [(p["code"], p["file"]) for p in failure["results"][0]["problems"]]
+    assert problems == [
+        ("SIGNATURE_BUNDLE_INVALID", None),
+        ("FILE_SIZE_MISMATCH", C.VECTORS_FILE),
+        ("SIGNATURE_FILE_MODIFIED", C.VECTORS_FILE),
+    ]
+    assert failure["results"][0]["checks"] == {
+        "integrity": {"ok": False, "codes": ["FILE_SIZE_MISMATCH"]},
+        "signature": {"ok": False, "codes": ["SIGNATURE_FILE_MODIFIED"]},
+    }
 
     human = runner.invoke(verify_command, [str(bundle), "--public-key", str(public)])
     assert human.exit_code == 1
     assert human.stderr == ""  # the report, failures included, is on stdout
     assert "SIGNATURE_FILE_MODIFIED" in human.stdout and "vectors.safetensors:" in human.stdout
+    assert "the signature also fails" in human.stdout
 
 
 def test_cli_usage_errors(bundle: Path, keys: dict[str, tuple[Path, Path]]) -> None:

@@ -2,7 +2,7 @@
 
 Exit status: 0 converted, 1 refused input / destination / failed export /
 failed parity (nothing written), 2 usage or environment error (the
-``convert`` extra missing), 130 interrupted. The report goes to stdout
+``convert`` extra missing), 130 / 143 interrupted. The report goes to stdout
 (``--json``: the envelope of ``asa_format.cli.report``), diagnostics to stderr.
 """
 

@@ -2,25 +2,29 @@
 
 Both follow the command-line convention of ``asa_format.cli.support``: the
 report on stdout (text, or the JSON envelope of ``asa_format.cli.report`` with
-``--json``), a refused input as a failed result (exit 1), usage and
-environment errors (a missing extra) on stderr (exit 2).
+``--json``), a refused input as a failed result (exit 1; a missing input
+path too), usage and environment errors (a missing extra) on stderr (exit 2;
+with ``--json`` also the envelope on stdout).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import exit_code_for, fail, require_extra
-from asa_format.errors import AsaError
+from asa_format.errors import AsaError, UsageError
+from asa_format.storage.destination import inside
 
 __all__ = ["export_command", "import_command"]
 
 
 @click.command("import")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.argument("destination", type=click.Path())
 @click.option("--name", help="Intervention name (default: from the file name).")
 @click.option(
@@ -33,7 +37,7 @@ __all__ = ["export_command", "import_command"]
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(),
     help="Model directory: its config.json gives the binding (nothing else is read).",
 )
 @click.option("--model-type", help="The transformers model_type the vectors belong to.")
@@ -70,8 +74,8 @@ def import_command(
 ) -> None:
     """Import a llama.cpp control vector (GGUF) or an activation-steering .svec file.
 
-    The kind is detected from the content, not the extension (GGUF needs the
-    interop extra). The bundle holds one 'always' intervention that adds
+    The kind is detected from the content, not the extension; the source is
+    read bounded, and only if it is a regular file. The bundle holds one 'always' intervention that adds
     COEFFICIENT x direction to the output of every block the source names, at
     every token. Exit 0 imported, 1 refused (nothing written), 2 usage or
     environment error.
@@ -79,14 +83,29 @@ def import_command(
     from asa_format.interop import ImportBinding, import_file
     from asa_format.storage.writer import check_destination
 
-    binding = ImportBinding(
-        model_type=model_type,
-        num_layers=num_layers,
-        hidden_size=hidden_size,
-        model_id=model_id,
-        model_dir=model_dir,
-    )
     try:
+        if not (os.path.exists(source) or os.path.islink(source)):
+            raise UsageError(
+                f"the file to import, {source!r}, does not exist",
+                code="SOURCE_NOT_FOUND",
+                file=source,
+                hint="pass the path of a .gguf control vector or a .svec file",
+            )
+        if inside(Path(source), Path(destination)):
+            raise UsageError(
+                f"destination {destination!r} holds the file to import; "
+                "writing there would replace it",
+                code="DESTINATION_IS_SOURCE",
+                file=destination,
+                hint="write the bundle to a new directory",
+            )
+        binding = ImportBinding(  # checked: a model type or id with a newline is a usage error
+            model_type=model_type,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            model_id=model_id,
+            model_dir=model_dir,
+        )
         for note in check_destination(destination, force=force):
             click.echo(f"note: {note}", err=True)
         path = import_file(
@@ -112,7 +131,7 @@ def _sign(value: str | None) -> int | None:
 
 
 @click.command("export")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.argument("destination", type=click.Path())
 @click.option("--to", "target", type=click.Choice(["gguf"]), required=True, help="Target format.")
 @click.option(
@@ -128,7 +147,10 @@ def _sign(value: str | None) -> int | None:
 )
 @click.option("--strict", is_flag=True, help="Refuse if anything about the steering would be lost.")
 @click.option(
-    "--force", is_flag=True, help="Replace an existing destination file (never a directory)."
+    "--force",
+    is_flag=True,
+    help="Replace an existing GGUF control vector (never another file, a directory, or a "
+    "file inside the bundle).",
 )
 @click.option(
     "--json",

@@ -1,7 +1,9 @@
 """The ``asa`` command: a thin click layer over the library.
 
 The conventions every command follows (report on stdout, diagnostics on
-stderr, exit 0/1/2/130) are in ``asa_format.cli.support`` and docs/cli.md.
+stderr, one JSON document with ``--json``, exit 0/1/2/130/143) are in
+``asa_format.cli.support`` and ``docs/cli.md``. The console script starts in
+``asa_format.entry`` (signal handlers before any heavy import).
 Sub-commands that need heavy dependencies (``convert``: scikit-learn;
 ``run``: torch and transformers) are imported only when invoked, so
 ``asa validate`` never imports them.
@@ -43,8 +45,8 @@ def cli(ctx: click.Context) -> None:
     """Validate, inspect, convert, sign and run activation-steering bundles.
 
     The report goes to stdout (text, or JSON with --json), diagnostics to
-    stderr. Exit 0 ok, 1 a check failed, 2 usage or environment error,
-    130 interrupted.
+    stderr. Exit 0 ok, 1 a check failed or an input was refused, 2 usage or
+    environment error, 130 / 143 interrupted (SIGINT / SIGTERM).
     """
     if ctx.invoked_subcommand is None:  # plain `asa`: the help, and success
         click.echo(ctx.get_help())

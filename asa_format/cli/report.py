@@ -1,7 +1,9 @@
 """One report shape for ``asa validate``, ``inspect``, ``verify`` and ``asa-convert``.
 
 JSON (stdout, ``--json``), one document per run, one result per path given
-(missing paths included)::
+(missing paths included). A command that fails before it has a report (a
+usage or environment error, a signal) writes the same envelope with one
+failed result whose ``path`` is null or the path concerned::
 
     {
       "asa_format_version": "0.1.0",
@@ -42,7 +44,7 @@ __all__ = ["Result", "envelope", "failed_result", "json_report", "text_report", 
 class Result:
     """What a command found for one path."""
 
-    path: str
+    path: str | None  # None: the failure concerns no path (a usage error, a signal)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)  # the command's own data
@@ -108,6 +110,11 @@ def text_report(
         out.write(f"{good} of {len(results)} {noun} {verdict}\n")
 
 
+# The commands whose JSON document was written in this process (asa_format.cli.support reads it:
+# a command that ends after its report writes no failure envelope of its own).
+JSON_WRITTEN: list[str] = []
+
+
 def write_report(
     command: str, results: Sequence[Result], as_json: bool, out: TextIO, **text_options: str
 ) -> int:
@@ -118,6 +125,7 @@ def write_report(
     """
     if as_json:
         out.write(json_report(command, results) + "\n")
+        JSON_WRITTEN.append(command)  # asa_format.cli.support: no second document after this
     else:
         text_report(results, out, **text_options)
     out.flush()

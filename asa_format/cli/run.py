@@ -7,13 +7,16 @@ message), optionally after ``--system`` and the messages of ``--messages FILE``
 pipeline writes them); the tokenizer's chat template renders it. The model
 runs in its own dtype unless ``--dtype`` says otherwise. Errors go to stderr
 with their code; exit 1 for a refused bundle or model, 2 for usage or
-environment errors (the ``runtime`` extra missing), 130 interrupted.
+environment errors (the ``runtime`` extra missing), 130 / 143 interrupted.
+With ``--json`` stdout holds one document, the envelope of
+``asa_format.cli.report`` (the result's ``path`` is the bundle; its fields the
+decision, the texts and the model), on success and on every error.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,14 @@ from typing import Any
 import click
 
 from asa_format import constants as C
+from asa_format.cli.report import Result, write_report
 from asa_format.cli.support import fail, require_extra
 from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, RuntimeCompatError, UsageError
 from asa_format.format.jsonio import loads_strict
 from asa_format.hints import for_cli
 from asa_format.runtime.notes import BindingNote
+from asa_format.storage.inputs import MAX_JSON_INPUT_BYTES, check_model_dir, read_input
 
 __all__ = ["run_command"]
 
@@ -70,6 +75,10 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
             hint="pass a local model directory; asa run never downloads models",
         )
     source = str(path) if path.exists() else model
+    if path.is_dir():
+        check_model_dir(
+            path
+        )  # no FIFO, device or oversized config.json for the loaders to block on
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
         loaded = _from_pretrained(transformers, source, dtype)
@@ -92,15 +101,11 @@ def _load_model(model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
 
 def _read_messages(path: str) -> tuple[list[dict[str, Any]], list[Any] | None]:
     """(messages, tools) from a chat-messages JSON file."""
+    # a regular file under the cap, opened without blocking: never /dev/zero or a FIFO
+    data = read_input(path, what="the --messages file", cap=MAX_JSON_INPUT_BYTES)
     try:
-        doc = loads_strict(Path(path).read_text(encoding="utf-8"))  # depth, digits, text checked
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read --messages file {path!r}: {exc.strerror}",
-            file=path,
-            hint="pass a JSON file of chat messages",
-        ) from exc
-    except ValueError as exc:
+        doc = loads_strict(data.decode("utf-8"))  # depth, digits, text checked
+    except ValueError as exc:  # UnicodeDecodeError included
         raise UsageError(
             f"--messages file {path!r} is not valid JSON: {exc}",
             file=path,
@@ -268,7 +273,12 @@ def _device(name: str) -> Any:
     "--raw", is_flag=True, help="Do not apply the tokenizer's chat template (--prompt only)."
 )
 @click.option("--compare", is_flag=True, help="Also generate without steering and show both.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as one JSON document (the shape asa validate uses), errors included.",
+)
 def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -> None:
     """Generate with MODEL, steered by BUNDLE (a local model directory; nothing is downloaded).
 
@@ -286,7 +296,7 @@ def run_command(bundle: str | None, bundle_option: str | None, **options: Any) -
     try:
         _run(bundle_path=path, **options)
     except AsaError as exc:
-        fail(exc)
+        fail(exc, path=path)
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
@@ -389,7 +399,8 @@ def _run(
         }
         if baseline is not None:
             payload["baseline"] = baseline
-        click.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=True))
+        payload.pop("bundle")
+        write_report("run", [Result(path=str(bundle_path), fields=payload)], True, sys.stdout)
         return
     if row is not None and decision is not None:
         gate = {1: "+1", 0: "0", -1: "-1"}[int(row.gate)]

@@ -1,10 +1,15 @@
 """`asa sign` and `asa verify`: sign a bundle, verify its signature.
 
-Exit status: 0 success, 1 a check failed (the bundle or signature is bad,
-or the signature exists and --force was not given), 2 usage error (bad
-arguments, unreadable or unsupported key). The report goes to stdout
-(`asa verify --json`: the envelope of ``asa_format.cli.report``, also on failure),
-diagnostics to stderr.
+Both check the bundle first, as `asa validate` does: a bundle that fails is
+not signed, and `asa verify` fails on it even when the signature itself
+verifies (SIGNATURE_BUNDLE_INVALID; the report says which of the two checks
+failed: ``checks.integrity`` and ``checks.signature`` in the JSON).
+
+Exit status: 0 success, 1 a check failed or the input was refused (the
+bundle or signature is bad, or the signature exists and --force was not
+given), 2 usage error (bad arguments, unreadable or unsupported key). The
+report goes to stdout (text, or with --json the envelope of
+``asa_format.cli.report``, also on failure), diagnostics to stderr.
 """
 
 from __future__ import annotations
@@ -12,19 +17,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from asa_format import constants as C
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, fail
 from asa_format.cli.textsafe import safe_text
-from asa_format.errors import AsaError, UsageError
+from asa_format.errors import AsaError
 from asa_format.signing import (
     load_private_key,
     root_digest_of_dir,
     sign_bundle,
-    verify_bundle_signature,
+    verify_bundle,
 )
 
 __all__ = [
@@ -63,13 +68,24 @@ _path = click.Path(path_type=Path)
     default=None,
     help="Name of an environment variable holding the private key's password.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing signature file.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing signature file (only a signature file, never another file).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Write the result as JSON to stdout.")
 def sign_command(
-    bundle: Path, private_key: Path, signature: Path | None, password_env: str | None, force: bool
+    bundle: Path,
+    private_key: Path,
+    signature: Path | None,
+    password_env: str | None,
+    force: bool,
+    as_json: bool,
 ) -> None:
-    """Sign every file of BUNDLE (OpenSSF model-signing compatible signature).
+    """Check BUNDLE, then sign every file of it (OpenSSF model-signing compatible signature).
 
-    An existing signature is kept unless --force is given.
+    A bundle that fails its checks (those of asa validate) is not signed. An
+    existing signature is kept unless --force is given.
     """
     password: bytes | None = None
     if password_env is not None:
@@ -77,21 +93,21 @@ def sign_command(
         if value is None:
             raise click.UsageError(f"environment variable {password_env} is not set")
         password = value.encode("utf-8")
-    target = signature if signature is not None else bundle / C.SIGNATURE_FILE
     try:
         key = load_private_key(private_key, password=password)  # key errors (exit 2) come first
-        if not force and (target.exists() or target.is_symlink()):
-            raise UsageError(
-                f"the signature file {str(target)!r} already exists",
-                code="SIGNATURE_EXISTS",
-                file=str(target),
-                hint="pass --force to replace it, or --signature to write it elsewhere",
-            )
-        path = sign_bundle(bundle, key, signature_path=signature)
+        path = sign_bundle(bundle, key, signature_path=signature, replace=force)
         digest = root_digest_of_dir(bundle)
     except AsaError as error:
-        fail(error)
-    click.echo(f"signed {safe_text(bundle)}: signature {safe_text(path)}, root digest {digest}")
+        if exit_code_for(error) != EXIT_FAILED:
+            fail(error)
+        result = failed_result(str(bundle), error)
+    else:
+        result = Result(
+            path=str(bundle),
+            fields={"signature": str(path), "root_digest": digest},
+            text=f"signed {safe_text(bundle)}: signature {safe_text(path)}, root digest {digest}\n",
+        )
+    sys.exit(write_report("sign", [result], as_json, sys.stdout))
 
 
 @click.command("verify")
@@ -114,22 +130,31 @@ def sign_command(
 def verify_command(
     bundle: Path, public_keys: tuple[Path, ...], signature: Path | None, as_json: bool
 ) -> None:
-    """Verify the signature of BUNDLE against trusted public keys.
+    """Check BUNDLE and verify its signature against trusted public keys.
 
-    Exit 0 verified, 1 the bundle or signature failed a check, 2 usage error
-    (e.g. an unreadable key).
+    Both must pass: the bundle's own checks (those of asa validate) and the
+    signature. Exit 0 verified, 1 the bundle or its signature failed (the
+    report says which), 2 usage error (e.g. an unreadable key).
     """
     try:
-        verified = verify_bundle_signature(bundle, list(public_keys), signature_path=signature)
+        outcome = verify_bundle(bundle, list(public_keys), signature_path=signature)
     except AsaError as error:
         if exit_code_for(error) != EXIT_FAILED:
             fail(error)
         result = failed_result(str(bundle), error)
     else:
-        result = Result(
-            path=str(bundle),
-            fields=verified.to_dict(),
-            text=f"ok    {safe_text(bundle)}  (signature {safe_text(verified.signature_path)} verified: key "
-            f"{verified.key_hint[:16]}..., {len(verified.files)} files, {verified.root_digest})\n",
-        )
+        fields: dict[str, Any] = {"root_digest": outcome.root_digest, "checks": outcome.checks()}
+        if outcome.ok:
+            verified = outcome.signature
+            assert verified is not None
+            result = Result(
+                path=str(bundle),
+                fields={**verified.to_dict(), **fields},
+                text=f"ok    {safe_text(bundle)}  (bundle checked; signature "
+                f"{safe_text(verified.signature_path)} verified: key "
+                f"{verified.key_hint[:16]}..., {len(verified.files)} files, "
+                f"{verified.root_digest})\n",
+            )
+        else:
+            result = failed_result(str(bundle), outcome.error(), **fields)
     sys.exit(write_report("verify", [result], as_json, sys.stdout))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
+from asa_format.errors import UsageError
+
 __all__ = ["DIGEST_PREFIX", "root_digest"]
 
 DIGEST_PREFIX = "sha256:"
@@ -16,4 +18,9 @@ DIGEST_PREFIX = "sha256:"
 
 def root_digest(manifest_bytes: bytes) -> str:
     """Return the root digest of a bundle whose manifest is ``manifest_bytes``."""
+    if not isinstance(manifest_bytes, (bytes, bytearray, memoryview)):
+        raise UsageError(
+            f"manifest_bytes must be bytes, not {type(manifest_bytes).__name__}",
+            hint="pass the bytes of manifest.json",
+        )
     return DIGEST_PREFIX + hashlib.sha256(manifest_bytes).hexdigest()

@@ -44,7 +44,9 @@ __all__ = [
     "tensor_name",
 ]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
+)  # anchored by match, \Z: not before a newline
 
 
 def tensor_name(intervention: str, block: int, role: str = C.DIRECTION_ROLE) -> str:

@@ -94,16 +94,21 @@ def bad_text(text: str) -> str | None:
     return f"U+{cp:04X} ({kind}) at character {m.start()}"
 
 
+_DEPTH_CHUNK = 1 << 20
+
+
 def _max_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside strings; linear time."""
+    """Deepest nesting of [ and { outside strings; linear time, memory bounded by a chunk."""
     skeleton = _STRINGS.sub("", text).encode("utf-8", "surrogatepass")
-    if not skeleton:
-        return 0
-    arr = np.frombuffer(skeleton, dtype=np.uint8)
-    opens = (arr == ord("[")) | (arr == ord("{"))
-    closes = (arr == ord("]")) | (arr == ord("}"))
-    step = opens.astype(np.int32) - closes.astype(np.int32)
-    return int(np.cumsum(step).max(initial=0))
+    depth = best = 0
+    for start in range(0, len(skeleton), _DEPTH_CHUNK):
+        arr = np.frombuffer(skeleton, dtype=np.uint8)[start : start + _DEPTH_CHUNK]
+        opens = (arr == ord("[")) | (arr == ord("{"))
+        closes = (arr == ord("]")) | (arr == ord("}"))
+        running = np.cumsum(opens.astype(np.int64) - closes.astype(np.int64)) + depth
+        best = max(best, int(running.max()))
+        depth = int(running[-1])
+    return best
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

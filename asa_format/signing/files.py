@@ -14,6 +14,7 @@ from pathlib import Path
 from asa_format import constants as C
 from asa_format.errors import BundleError, Problem, SignatureError
 from asa_format.format.digest import root_digest
+from asa_format.storage.inputs import read_input
 from asa_format.storage.reader import open_regular, size_cap
 
 __all__ = [
@@ -189,7 +190,9 @@ def root_digest_of_dir(bundle_dir: str | os.PathLike[str]) -> str:
             code="MANIFEST_TOO_LARGE",
             file=C.MANIFEST_FILE,
         )
-    return root_digest(manifest.read_bytes())
+    # read bounded, without blocking on a FIFO or following a link
+    data = read_input(manifest, what="the manifest", cap=C.MAX_MANIFEST_BYTES, follow_links=False)
+    return root_digest(data)
 
 
 def is_inside(path: Path, directory: Path) -> bool:

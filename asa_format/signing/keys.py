@@ -12,7 +12,8 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from asa_format.errors import SignatureError
+from asa_format.errors import AsaError, SignatureError
+from asa_format.storage.inputs import MAX_KEY_BYTES, read_input
 
 __all__ = [
     "KeySource",
@@ -44,15 +45,15 @@ def _read_key_bytes(source: bytes | str | os.PathLike[str], what: str) -> tuple[
             hint=f"pass the path of a PEM-encoded {what}",
         )
     path = Path(source)
-    try:
-        return path.read_bytes(), str(path)
-    except OSError as exc:
+    try:  # a regular file under the cap: never a FIFO or a device
+        return read_input(path, what=f"the {what} file", cap=MAX_KEY_BYTES), str(path)
+    except AsaError as exc:
         raise SignatureError(
-            f"cannot read the {what} file: {exc.strerror or exc}",
+            f"cannot read the {what} file: {exc.message}",
             code="SIGNATURE_KEY_INVALID",
             file=str(path),
             hint=f"pass the path of a PEM-encoded {what}",
-        ) from exc
+        ) from None
 
 
 def _check_curve(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey, where: str) -> None:

@@ -13,7 +13,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from asa_format import constants as C
-from asa_format.errors import BundleError, Problem, SignatureError, UsageError
+from asa_format.errors import BundleError, Problem, SignatureError, UsageError, problems_of
 from asa_format.format.digest import DIGEST_PREFIX
 from asa_format.signing.files import (
     checked_bundle_dir,
@@ -24,6 +24,7 @@ from asa_format.signing.files import (
     root_digest_of_dir,
     sha256_file,
 )
+from asa_format.signing.integrity import BundleVerification, check_bundle, manifest_digest
 from asa_format.signing.keys import KeySource, ecdsa_algorithm, load_public_key, public_key_hint
 from asa_format.signing.statement import (
     DSSE_PAYLOAD_TYPE,
@@ -38,7 +39,7 @@ from asa_format.signing.statement import (
 )
 from asa_format.storage.reader import open_regular
 
-__all__ = ["VerifiedSignature", "verify_bundle_signature"]
+__all__ = ["BundleVerification", "VerifiedSignature", "verify_bundle", "verify_bundle_signature"]
 
 
 @dataclass(frozen=True)
@@ -262,50 +263,28 @@ def _compare(
     return problems
 
 
-def verify_bundle_signature(
-    bundle_dir: str | os.PathLike[str],
-    trusted_keys: Sequence[KeySource] | KeySource | None = None,
-    *,
-    signature_path: str | os.PathLike[str] | None = None,
-    file_digests: Mapping[str, str] | None = None,
-    public_keys: Sequence[KeySource] | None = None,
-) -> VerifiedSignature:
-    """Verify the signature of ``bundle_dir`` against ``trusted_keys`` (public keys).
+def _trusted_keys(
+    trusted_keys: Sequence[KeySource] | KeySource | None,
+) -> list[ec.EllipticCurvePublicKey]:
+    from asa_format.argcheck import key_sources_arg
 
-    ``trusted_keys`` are key objects, PEM/DER bytes or key file paths (the
-    same keyword as :func:`~asa_format.bundle.load_bundle`; ``public_keys=``
-    is its deprecated alias). ``file_digests`` maps every file of the bundle
-    (the signature excepted) to the sha256 its caller computed from the bytes
-    it read; the statement is then checked against exactly those bytes
-    instead of a second read.
-
-    Accepts signatures written by :func:`sign_bundle` and by
-    ``model_signing sign key``. Raises :class:`SignatureError` with code
-    SIGNATURE_MISSING, SIGNATURE_FORMAT, SIGNATURE_UNTRUSTED_KEY,
-    SIGNATURE_INVALID, SIGNATURE_FILE_MODIFIED, SIGNATURE_FILE_EXTRA,
-    SIGNATURE_FILE_MISSING (every file finding is in ``problems``; a signature
-    over another bundle reports ``manifest.json`` as modified, first) or
-    SIGNATURE_KEY_INVALID, or :class:`BundleError` with PATH_SYMLINK /
-    PATH_NOT_REGULAR / BUNDLE_NOT_FOUND / MANIFEST_MISSING.
-    """
-    if public_keys is not None:
-        warnings.warn(
-            "verify_bundle_signature(public_keys=...) is deprecated; use trusted_keys=",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if trusted_keys is not None:
-            raise UsageError("pass trusted_keys only (public_keys is its deprecated alias)")
-        trusted_keys = public_keys
-    if isinstance(trusted_keys, (bytes, str, os.PathLike, ec.EllipticCurvePublicKey)):
-        trusted_keys = [trusted_keys]
+    trusted_keys = key_sources_arg(trusted_keys, "trusted_keys")  # one key, or a list of them
     if not trusted_keys:
         raise UsageError("no trusted public key was given", hint="pass at least one --public-key")
-    trusted = [load_public_key(k) for k in trusted_keys]
-    bundle = checked_bundle_dir(bundle_dir)
-    sig_path = (
-        Path(signature_path) if signature_path is not None else default_signature_path(bundle)
-    )
+    return [load_public_key(k) for k in trusted_keys]
+
+
+def _signature_path(bundle: Path, signature_path: str | os.PathLike[str] | None) -> Path:
+    return Path(signature_path) if signature_path is not None else default_signature_path(bundle)
+
+
+def _verify_signature(
+    bundle: Path,
+    trusted: Sequence[ec.EllipticCurvePublicKey],
+    sig_path: Path,
+    file_digests: Mapping[str, str] | None,
+) -> VerifiedSignature:
+    """The signature alone: envelope, trusted key, statement, and the files it covers."""
     where = str(sig_path)
     document = read_strict_json(_read_signature_file(sig_path, bundle), where, "signature file")
     payload, material, key_hint = _verify_envelope(document, trusted, where)
@@ -344,3 +323,106 @@ def verify_bundle_signature(
         key_hint=key_hint,
         files=tuple((n, signed[n]) for n in sorted(signed, key=path_key)),
     )
+
+
+def _verification(
+    bundle: Path, trusted: Sequence[ec.EllipticCurvePublicKey], sig_path: Path
+) -> BundleVerification:
+    checked = check_bundle(bundle)
+    integrity = list(checked.problems)
+    signature: VerifiedSignature | None = None
+    signature_problems: list[Problem] = []
+    try:
+        # an intact bundle: the signature is checked against the bytes just checked (one read);
+        # otherwise against the files as they are, to say whether the signature holds as well
+        signature = _verify_signature(
+            bundle, trusted, sig_path, None if integrity else checked.file_sha256
+        )
+    except BundleError as exc:  # SignatureError included
+        signature_problems = problems_of(exc)
+    return BundleVerification(
+        integrity=tuple(integrity),
+        signature=signature,
+        signature_problems=tuple(signature_problems),
+        root_digest=manifest_digest(checked.file_sha256),
+    )
+
+
+def verify_bundle(
+    bundle_dir: str | os.PathLike[str],
+    trusted_keys: Sequence[KeySource] | KeySource,
+    *,
+    signature_path: str | os.PathLike[str] | None = None,
+) -> BundleVerification:
+    """Both verdicts on ``bundle_dir``: its own checks and its signature (nothing raised for them).
+
+    Raises only for what is not a verdict: no or unreadable trusted keys
+    (UsageError / SIGNATURE_KEY_INVALID) and a bundle path that is missing or
+    a link (BUNDLE_NOT_FOUND / PATH_SYMLINK).
+    """
+    from asa_format.argcheck import optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    optional_path_arg(signature_path, "signature_path")
+    trusted = _trusted_keys(trusted_keys)
+    bundle = checked_bundle_dir(bundle_dir)
+    return _verification(bundle, trusted, _signature_path(bundle, signature_path))
+
+
+def verify_bundle_signature(
+    bundle_dir: str | os.PathLike[str],
+    trusted_keys: Sequence[KeySource] | KeySource | None = None,
+    *,
+    signature_path: str | os.PathLike[str] | None = None,
+    file_digests: Mapping[str, str] | None = None,
+    public_keys: Sequence[KeySource] | None = None,
+) -> VerifiedSignature:
+    """Check ``bundle_dir`` and verify its signature against ``trusted_keys`` (public keys).
+
+    The bundle is checked first, as ``asa validate`` checks it (every file
+    against the manifest, the manifest against the schema, nothing unlisted):
+    a bundle that fails raises SIGNATURE_BUNDLE_INVALID even when the
+    signature itself verifies (its ``problems`` list the bundle's problems,
+    then the signature's; :func:`verify_bundle` returns both verdicts instead).
+
+    ``trusted_keys`` are key objects, PEM/DER bytes or key file paths (the
+    same keyword as :func:`~asa_format.bundle.load_bundle`; ``public_keys=``
+    is its deprecated alias). ``file_digests`` maps every file of the bundle
+    (the signature excepted) to the sha256 its caller computed from the bytes
+    it read *and checked* (``load_bundle`` does): the bundle check is then the
+    caller's, and the statement is checked against exactly those bytes
+    instead of a second read.
+
+    Accepts signatures written by :func:`sign_bundle` and by
+    ``model_signing sign key``. Raises :class:`SignatureError` with code
+    SIGNATURE_BUNDLE_INVALID, SIGNATURE_MISSING, SIGNATURE_FORMAT,
+    SIGNATURE_UNTRUSTED_KEY, SIGNATURE_INVALID, SIGNATURE_FILE_MODIFIED,
+    SIGNATURE_FILE_EXTRA, SIGNATURE_FILE_MISSING (every file finding is in
+    ``problems``; a signature over another bundle reports ``manifest.json`` as
+    modified, first) or SIGNATURE_KEY_INVALID, or :class:`BundleError` with
+    PATH_SYMLINK / BUNDLE_NOT_FOUND (the bundle path itself).
+    """
+    from asa_format.argcheck import digests_arg, optional_path_arg, path_arg
+
+    path_arg(bundle_dir, "bundle_dir")
+    optional_path_arg(signature_path, "signature_path")
+    digests_arg(file_digests, "file_digests")
+    if public_keys is not None:
+        warnings.warn(
+            "verify_bundle_signature(public_keys=...) is deprecated; use trusted_keys=",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if trusted_keys is not None:
+            raise UsageError("pass trusted_keys only (public_keys is its deprecated alias)")
+        trusted_keys = public_keys
+    trusted = _trusted_keys(trusted_keys)
+    bundle = checked_bundle_dir(bundle_dir)
+    sig_path = _signature_path(bundle, signature_path)
+    if file_digests is not None:
+        return _verify_signature(bundle, trusted, sig_path, file_digests)
+    outcome = _verification(bundle, trusted, sig_path)
+    if not outcome.ok:
+        raise outcome.error()
+    assert outcome.signature is not None
+    return outcome.signature

@@ -17,6 +17,16 @@ A user's files are never deleted or overwritten by accident:
   removed; an interrupted two-step swap is completed when the new bundle is
   whole, otherwise rolled back. Runs that are alive, or that ran on another
   host, are left alone.
+
+A single file (a signature, an exported GGUF) is written by ``StagedFile``: a
+private directory made by ``mkdtemp`` next to the destination (never inside
+the bundle being read), the file created in it with ``O_EXCL | O_NOFOLLOW``
+and mode 0644, then moved into place. Without ``--force`` every commit uses a
+no-replace primitive (``renameat2(RENAME_NOREPLACE)``; elsewhere ``link`` +
+``unlink`` for a file, an exclusive ``mkdir`` then moves for a directory), so
+a destination that another writer creates meanwhile is never replaced; the
+command reports it as existing. SIGINT and SIGTERM (``asa_format.cli.support.run_main``
+turns both into exceptions) remove the temporaries on the way out.
 """
 
 from __future__ import annotations
@@ -32,20 +42,37 @@ import secrets
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from asa_format import constants as C
-from asa_format.errors import ErrorCode, UsageError
+from asa_format.errors import AsaError, ErrorCode, UsageError
+from asa_format.format.jsonio import loads_strict
 from asa_format.format.manifest import parse_manifest
+from asa_format.storage.inputs import MAX_RECORD_BYTES, read_input
 
-__all__ = ["Staging", "check_replaceable", "commit", "exchange_supported", "recover"]
+__all__ = [
+    "StagedFile",
+    "Staging",
+    "check_replaceable",
+    "commit",
+    "exchange_supported",
+    "inside",
+    "normalized",
+    "recover",
+    "write_new_file",
+]
 
 TMP_TAG = ".asa-tmp-"  # .NAME.asa-tmp-TOKEN (the staged bundle)
 OLD_TAG = ".asa-old-"  # .NAME.asa-old-TOKEN (the replaced bundle during a two-step swap)
 OWNER_SUFFIX = ".owner"  # .NAME.asa-tmp-TOKEN.owner (who created the two above)
 
+_MAX_PID = (1 << 31) - 1  # pid_t is a signed 32-bit integer
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -53,6 +80,19 @@ _AT_FDCWD = -100
 # A test hook: called with the name of each step of a commit ("exchanged",
 # "moved-old", "moved-new"), so that a test can kill the process there.
 _after_step: Any = None
+# A test hook: called with the destination after the new content is complete and
+# just before it is committed (a test creates the destination there, as another
+# writer would, or signals the process).
+_before_commit: Callable[[Path], None] | None = None
+
+_NEW_FILE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 
 # --------------------------------------------------------------------------- renameat2
@@ -110,13 +150,11 @@ def check_replaceable(dest: Path) -> None:
             dest,
         )
     manifest_path = dest / C.MANIFEST_FILE
-    try:
-        data = (
-            manifest_path.read_bytes()
-            if manifest_path.is_file() and not manifest_path.is_symlink()
-            else None
+    try:  # bounded, no link followed, a FIFO does not block: anything else is "not a bundle"
+        data: bytes | None = read_input(
+            manifest_path, what="the manifest", cap=C.MAX_MANIFEST_BYTES, follow_links=False
         )
-    except OSError:
+    except AsaError:
         data = None
     manifest = parse_manifest(data)[0] if data is not None else None
     if manifest is None:
@@ -171,18 +209,36 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or current is None or current == start
 
 
-def _write_owner(path: Path, record: dict[str, Any], *, create: bool) -> None:
-    data = json.dumps(record, indent=2, sort_keys=True).encode("utf-8")
-    target = path if create else path.with_name(path.name + ".new")
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if create else os.O_TRUNC)
-    fd = os.open(target, flags, 0o644)
+def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (``O_EXCL | O_NOFOLLOW``: never an existing file or a link) and fsync it."""
+    fd = os.open(path, _NEW_FILE_FLAGS, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
-    if not create:
+
+
+_OWNER_NEW = ".new-"  # .NAME.asa-tmp-TOKEN.owner.new-TOKEN2: the next record, then renamed
+
+
+def _write_owner(path: Path, record: dict[str, Any], *, create: bool) -> None:
+    data = json.dumps(record, indent=2, sort_keys=True).encode("utf-8")
+    if create:
+        write_new_file(path, data)
+        return
+    # the next record goes to a fresh, unpredictable name, created exclusively, then replaces
+    # the owner file: a link planted at a name we use is never followed
+    target = path.with_name(f"{path.name}{_OWNER_NEW}{secrets.token_hex(6)}")
+    write_new_file(target, data)
+    try:
         os.replace(target, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise
 
 
 class Staging:
@@ -248,18 +304,60 @@ def _step(name: str) -> None:
         _after_step(name)
 
 
-def commit(staging: Staging, *, replace: bool) -> None:
-    """Move the staged bundle to the destination; the old one (if any) is removed."""
-    tmp, dest, old = staging.tmp, staging.dest, staging.old
-    if not replace:
+def _appeared(dest: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, "the destination appeared while it was written", str(dest))
+
+
+def _move_dir_no_replace(tmp: Path, dest: Path) -> None:
+    """Without renameat2: claim ``dest`` with an exclusive mkdir, then move the files in
+    (the manifest last, so a reader never sees a manifest without its files)."""
+    try:
+        os.mkdir(dest, 0o700)
+    except FileExistsError:
+        raise _appeared(dest) from None
+    try:
+        for name in sorted(os.listdir(tmp), key=lambda n: (n == C.MANIFEST_FILE, n)):
+            os.rename(tmp / name, dest / name)  # into our own new 0700 directory
+        os.chmod(dest, 0o755)
+    except BaseException:
+        with contextlib.suppress(OSError):  # put back what was moved, remove what we claimed
+            for name in os.listdir(dest):
+                os.rename(dest / name, tmp / name)
+            os.rmdir(dest)
+        raise
+
+
+def _move_file_no_replace(tmp: Path, dest: Path) -> None:
+    """Move the file ``tmp`` to ``dest`` unless ``dest`` exists (then FileExistsError)."""
+    try:
         if _rename2(tmp, dest, _RENAME_NOREPLACE):
-            staging.discard()
             return
-        if dest.exists() or dest.is_symlink():
-            raise OSError(
-                errno.EEXIST, "the destination appeared while the bundle was written", str(dest)
-            )
-        os.rename(tmp, dest)
+        os.link(tmp, dest, follow_symlinks=False)  # fails if dest exists, even as a dangling link
+    except FileExistsError:
+        raise _appeared(dest) from None
+    os.unlink(tmp)
+
+
+def commit(staging: Staging, *, replace: bool) -> None:
+    """Move the staged bundle to the destination; the old one (if any) is removed.
+
+    Without ``replace`` a destination that exists by now (another writer made
+    it while this one wrote) is left alone: FileExistsError.
+    """
+    tmp, dest, old = staging.tmp, staging.dest, staging.old
+    if _before_commit is not None:
+        _before_commit(dest)
+    if not replace:
+        try:
+            moved = _rename2(tmp, dest, _RENAME_NOREPLACE)
+        except FileExistsError:
+            raise _appeared(dest) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise _appeared(dest) from None
+        if not moved:
+            _move_dir_no_replace(tmp, dest)
         staging.discard()
         return
     if _rename2(tmp, dest, _RENAME_EXCHANGE):  # one atomic step; tmp now holds the old bundle
@@ -275,6 +373,103 @@ def commit(staging: Staging, *, replace: bool) -> None:
     staging.discard()
 
 
+# --------------------------------------------------------------------------- single files
+
+
+def normalized(dest: Path) -> Path:
+    """``dest`` as an absolute path whose last component is a real name.
+
+    The folder holding it is resolved (its links followed), the last
+    component never: a link at the destination is replaced as a link, never
+    followed. ``.`` and ``..`` name the directory they resolve to, so that its
+    temporaries go beside it, never inside it.
+    """
+    dest = Path(os.path.abspath(dest)) if dest.name in ("", ".", "..") else dest.absolute()
+    return dest.parent.resolve() / dest.name
+
+
+def inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (links resolved)."""
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+class StagedFile:
+    """A new file for ``dest``, written in a private directory and then moved into place.
+
+    The directory is made by ``mkdtemp`` (mode 0700, unpredictable name) in
+    ``near`` (default: the destination's folder; a signature inside a bundle
+    passes the bundle's parent, so that nothing temporary is ever inside the
+    bundle). ``path`` does not exist yet: :meth:`write` creates it with
+    ``O_EXCL | O_NOFOLLOW`` and mode 0644, or a writer that takes a path
+    creates it there. Used as a context manager, the directory and whatever
+    is left in it are removed on the way out, whether the commit happened or
+    not (an exception, SIGINT or SIGTERM).
+    """
+
+    def __init__(self, dest: Path, *, near: Path | None = None) -> None:
+        self.dest = dest
+        folder = near if near is not None else dest.parent
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_TAG}", dir=folder))
+        self.path = self.dir / dest.name
+
+    def write(self, data: bytes) -> None:
+        write_new_file(self.path, data)
+
+    def commit(self, *, replace: bool, check: Callable[[Path], None] | None = None) -> None:
+        """Move the file to ``dest``.
+
+        Without ``replace`` an existing destination (one that appeared while
+        the file was written included) is never replaced: FileExistsError.
+        With ``replace``, ``check(dest)`` runs first if the destination
+        exists and may refuse it by raising.
+        """
+        if _before_commit is not None:
+            _before_commit(self.dest)
+        if not replace:
+            _move_file_no_replace(self.path, self.dest)
+        else:
+            if check is not None and (self.dest.exists() or self.dest.is_symlink()):
+                check(self.dest)
+            os.replace(self.path, self.dest)  # replaces a link itself, never its target
+        _fsync_dir(self.dest.parent)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> StagedFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.discard()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every platform
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def regular_file(path: Path) -> os.stat_result | None:
+    """The ``lstat`` of ``path`` if it is a regular file (not a link), else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 # --------------------------------------------------------------------------- recovery
 
 
@@ -286,6 +481,34 @@ def _ours(parent: Path, name: str, dest_name: str, tag: str) -> Path | None:
         return None
     path = parent / name
     return path if path.is_dir() and not path.is_symlink() else None
+
+
+def _read_record(owner: Path) -> dict[str, Any] | None:
+    """The owner record at ``owner`` if it is one this version wrote, else None.
+
+    Read bounded (a few hundred bytes; no link followed, never a FIFO) and
+    checked member by member: the pid an integer in 1..2**31-1 (a pid of
+    10**30 would overflow ``os.kill``), the names and the phase strings, the
+    start time a string or null.
+    """
+    try:
+        doc = loads_strict(
+            read_input(
+                owner, what="the owner record", cap=MAX_RECORD_BYTES, follow_links=False
+            ).decode("utf-8")
+        )
+    except (AsaError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pid = doc.get("pid")
+    if type(pid) is not int or not 1 <= pid <= _MAX_PID:
+        return None
+    if not all(isinstance(doc.get(k), str) for k in ("tmp", "old", "phase", "destination", "host")):
+        return None
+    if doc.get("start") is not None and not isinstance(doc.get("start"), str):
+        return None
+    return doc
 
 
 def recover(dest: Path) -> list[str]:
@@ -305,13 +528,12 @@ def recover(dest: Path) -> list[str]:
     for owner in owners:
         if owner.is_symlink() or not owner.is_file():
             continue
-        try:
-            record = json.loads(owner.read_text(encoding="utf-8"))
-            pid = int(record["pid"])
-            tmp_name, old_name, phase = record["tmp"], record["old"], record["phase"]
-        except (OSError, ValueError, KeyError, TypeError):
+        record = _read_record(owner)
+        if record is None:
             notes.append(f"left {owner.name} alone: not an owner file this version can read")
             continue
+        pid = record["pid"]
+        tmp_name, old_name, phase = record["tmp"], record["old"], record["phase"]
         if owner.name != f"{tmp_name}{OWNER_SUFFIX}" or record.get("destination") != dest.name:
             notes.append(f"left {owner.name} alone: it names other paths")
             continue
@@ -335,6 +557,9 @@ def recover(dest: Path) -> list[str]:
                 notes.append(f"removed {path.name}, left by process {pid} that no longer runs")
         with contextlib.suppress(FileNotFoundError):
             owner.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            owner.with_name(owner.name + ".new").unlink()
+        pending = re.compile(re.escape(owner.name + _OWNER_NEW) + r"[0-9a-f]{12}")
+        for stale in parent.glob(glob_escape(owner.name) + _OWNER_NEW + "*"):
+            if pending.fullmatch(stale.name) and not stale.is_symlink() and stale.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
     return notes

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 from asa_format import constants as C
 from asa_format.errors import BundleError, UsageError
+from asa_format.storage.inputs import open_input
 
 __all__ = [
     "HUB_REFERENCE",
@@ -33,11 +33,11 @@ __all__ = [
 ]
 
 HUB_REFERENCE = re.compile(
-    r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})$"
+    r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})@(?P<rev>[A-Za-z0-9][A-Za-z0-9_./-]{0,127})\Z"
 )
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 _NAMES = re.compile(
-    r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)$"
+    r"^(manifest\.json|vectors\.safetensors|scaler\.onnx|router\.onnx|probe_(0|[1-9][0-9]{0,3})\.onnx|interventions\.safetensors|README\.md|model\.sig)\Z"
 )
 _MAX_COPY = C.MAX_VECTORS_BYTES
 T = TypeVar("T")
@@ -135,8 +135,27 @@ def download_bundle(
                 file=entry.name,
                 hint="see the spec's size caps",
             )
-        shutil.copyfile(real, dest / entry.name, follow_symlinks=True)
+        _copy_bounded(real, dest / entry.name)
     return dest
+
+
+def _copy_bounded(source: Path, target: Path) -> None:
+    """Copy a regular file of at most ``_MAX_COPY`` bytes (never a FIFO or device swapped in)."""
+    with (
+        open_input(source, what="a hub cache file", cap=_MAX_COPY) as (fd, _),
+        open(target, "xb") as out,
+    ):
+        copied = 0
+        while chunk := os.read(fd, 1 << 20):
+            copied += len(chunk)
+            if copied > _MAX_COPY:  # it grew while it was copied
+                raise BundleError(
+                    f"{target.name} grew past {_MAX_COPY} bytes while it was copied",
+                    code="FILE_TOO_LARGE",
+                    file=target.name,
+                    hint="clear the hub cache and download again",
+                )
+            out.write(chunk)
 
 
 def load_from_hub(ref: str, loader: Callable[..., T], **kwargs: Any) -> T:

@@ -20,7 +20,14 @@ from pathlib import Path
 from asa_format import constants as C
 from asa_format.errors import AsaError, BundleError, UsageError
 from asa_format.format.contents import BundleContents, bundle_files, contents_of
-from asa_format.storage.destination import Staging, check_replaceable, commit, recover
+from asa_format.storage.destination import (
+    Staging,
+    check_replaceable,
+    commit,
+    normalized,
+    recover,
+    write_new_file,
+)
 from asa_format.storage.reader import read_bundle_dir
 
 __all__ = ["BundleContents", "bundle_files", "check_destination", "contents_of", "save_bundle"]
@@ -31,15 +38,7 @@ _after_file_written: Callable[[str], None] | None = None
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_file(path, data)  # O_EXCL | O_NOFOLLOW, mode 0644
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,7 +57,7 @@ def check_destination(destination: str | os.PathLike[str], *, force: bool = Fals
     and only if it is an asa bundle (see ``asa_format.storage.destination``). Returns
     notes for a person about what was recovered.
     """
-    dest = Path(destination)
+    dest = normalized(Path(destination))
     notes = recover(dest)
     if dest.exists() or dest.is_symlink():
         if not force:
@@ -89,8 +88,19 @@ def save_bundle(
     moved into place. ``before_commit`` is called with the temporary
     directory after the check; if it raises, nothing is written at the
     destination (the converter's parity self-check runs there).
+
+    Wrong argument types, and contents with a wrong member type or a
+    non-finite number (a NaN coefficient, an infinite alpha), raise a coded
+    ``UsageError`` before anything is written.
     """
-    dest = Path(destination)
+    from asa_format.argcheck import bool_arg, callable_arg, path_arg
+    from asa_format.format.contents_check import check_contents
+
+    check_contents(contents)
+    dest = normalized(path_arg(destination, "destination"))
+    bool_arg(force, "force")
+    bool_arg(check, "check")
+    callable_arg(before_commit, "before_commit")
     check_destination(dest, force=force)
     if not isinstance(contents, BundleContents):
         raise UsageError(
@@ -128,6 +138,14 @@ def save_bundle(
             check_replaceable(dest)  # again: it may have changed while we wrote
         commit(staging, replace=replace)
         _fsync_dir(parent)
+    except FileExistsError as exc:  # another writer created the destination meanwhile
+        staging.discard()
+        raise UsageError(
+            f"destination {str(dest)!r} appeared while the bundle was written; it was left alone",
+            code="DESTINATION_EXISTS",
+            file=str(dest),
+            hint="choose another destination, or pass force=True to replace a bundle",
+        ) from exc
     except OSError as exc:
         staging.discard()
         raise AsaError(
@@ -138,4 +156,4 @@ def save_bundle(
     except BaseException:
         staging.discard()
         raise
-    return dest
+    return Path(destination)

@@ -278,6 +278,7 @@ def valid_cases() -> list[Case]:
             base_files(hidden_size=16, layer=0, alpha=-2.5),
         ),
         *interventions_cases()[0],  # format 1.1
+        *forward_compat_cases()[0],  # spec 9.2: unknown members of a newer minor version, by level
         Case(
             "newer_minor_version",
             "format 1.7 with members unknown to a 1.0 reader: valid, with warnings",
@@ -1244,6 +1245,8 @@ ALSO_REPORTED: dict[str, tuple[str, ...]] = {
 def invalid_cases() -> list[Case]:
     cases = _manifest_cases() + _file_cases() + _link_cases() + _vector_cases() + _onnx_cases()
     cases += interventions_cases()[1]  # format 1.1
+    cases += forward_compat_cases()[1]  # spec 9.2: the same members in the reader's own version
+    cases += trailing_newline_cases()
     cases = [replace_case(c, also=ALSO_REPORTED.get(c.name, ())) for c in cases]
     names = [c.name for c in cases]
     if len(names) != len(set(names)):  # pragma: no cover - programming error
@@ -1293,7 +1296,7 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         model_type="llama",
         num_layers=4,
     )
-    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse]))
+    mixed = files_of(dataclasses.replace(asa, interventions=[honesty, refuse], provenance=None))
 
     def e(files: dict[str, bytes], fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
         return edit_manifest(files, fn)
@@ -1471,6 +1474,161 @@ def interventions_cases() -> tuple[list[Case], list[Case]]:
         ),
     ]
     return valid, invalid
+
+
+# --------------------------------------------------------------------------
+# spec 9.2: an unknown member at every level of the manifest
+
+
+# level name -> (base bundle: "plain" (always + condition, provenance) or "asa", path of the object)
+FORWARD_LEVELS: dict[str, tuple[str, tuple[str | int, ...]]] = {
+    "producer": ("plain", ("producer",)),
+    "model": ("plain", ("model",)),
+    "files_entry": ("plain", ("files", C.INTERVENTIONS_FILE)),
+    "provenance": ("plain", ("provenance",)),
+    "provenance_tool": ("plain", ("provenance", "tool")),
+    "provenance_input": ("plain", ("provenance", "inputs", "source.gguf")),
+    "intervention_always": ("plain", ("interventions", 0)),
+    "gate_always": ("plain", ("interventions", 0, "gate")),
+    "intervention_condition": ("plain", ("interventions", 1)),
+    "gate_condition": ("plain", ("interventions", 1, "gate")),
+    "intervention_asa": ("asa", ("interventions", 0)),
+    "gate_asa": ("asa", ("interventions", 0, "gate")),
+    "layer": ("asa", ("layer",)),
+    "domain_entry": ("asa", ("domains", 0)),
+}
+
+
+def forward_compat_cases() -> tuple[list[Case], list[Case]]:
+    """One member no version defines, at each level of the manifest: ``(valid, invalid)``.
+
+    Valid: in a format 1.7 manifest (a newer minor version) the member is ignored
+    with one ``MANIFEST_SCHEMA`` warning, at every depth, inside the ``oneOf``
+    alternatives of an intervention entry and its gate too. Invalid: the same
+    member in a 1.1 manifest (the reader's own version) is ``MANIFEST_SCHEMA``.
+    """
+    from asa_format.format.contents import BundleContents, InterventionData, bundle_files
+    from asa_format.format.interventions import ConditionGate
+    from asa_format.format.manifest import FileEntry, ModelBinding, Producer, Provenance
+
+    model = ModelBinding(hidden_size=HIDDEN, id="org/tiny-model", type="llama", num_layers=4)
+
+    def vec(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(HIDDEN).astype(np.float32)
+
+    ivs = [
+        InterventionData("honesty", {1: vec(1)}, coefficient=1.5),
+        InterventionData(
+            "refuse",
+            {3: vec(3)},
+            coefficient=-2.0,
+            condition=ConditionGate((2,), "greater_than", 0.25, "mean"),
+            conditions={2: vec(4)},
+        ),
+    ]
+    provenance = Provenance(
+        source="other",
+        tool=Producer("asa-conformance", "1.0"),
+        inputs={"source.gguf": FileEntry(size=1, sha256="0" * 64)},
+    )
+    asa = make_test_contents(
+        hidden_size=HIDDEN, domains=DOMAINS, layer=1, seed=7, model_id="org/tiny-model",
+        model_type="llama", num_layers=4,
+    )  # fmt: skip
+    bases: dict[str, dict[str, bytes]] = {}
+    for key, contents in (
+        ("plain", BundleContents(model=model, interventions=ivs, provenance=provenance, card=False)),
+        ("asa", dataclasses.replace(asa, interventions=ivs, card=False, provenance=None)),
+    ):  # fmt: skip
+        _, files = bundle_files(contents)
+        doc = json.loads(files[C.MANIFEST_FILE])
+        doc["producer"] = dict(PRODUCER)
+        files[C.MANIFEST_FILE] = dumps_canonical(doc)
+        bases[key] = files
+
+    def with_member(
+        files: dict[str, bytes], path: tuple[str | int, ...], version: str
+    ) -> dict[str, bytes]:
+        def edit(doc: dict[str, Any]) -> None:
+            doc["format_version"] = version
+            target: Any = doc
+            for part in path:
+                target = target[part]
+            target["x_future_member"] = {"from": "a later minor version"}
+
+        return edit_manifest(files, edit)
+
+    valid, invalid = [], []
+    for level, (base, path) in FORWARD_LEVELS.items():
+        where = "$." + ".".join(str(p) for p in path)
+        valid.append(
+            Case(
+                f"newer_minor_unknown_in_{level}",
+                f"format 1.7: an unknown member in {where} is ignored, with a warning",
+                with_member(bases[base], path, "1.7"),
+                warnings=("MANIFEST_SCHEMA",),
+            )
+        )
+        invalid.append(
+            Case(
+                f"unknown_member_in_{level}",
+                f"format 1.1 (the reader's own version): an unknown member in {where}",
+                with_member(bases[base], path, C.FORMAT_VERSION),
+                "MANIFEST_SCHEMA",
+            )
+        )
+    return valid, invalid
+
+
+def trailing_newline_cases() -> list[Case]:
+    """Strings that end in a newline: a JSON Schema pattern (ECMA-262) ``^...$`` never
+    matches them (a Python ``re`` ``$`` would, before the final newline)."""
+    plain = base_files(model_id="org/tiny-model", model_type="llama", num_layers=4)
+
+    def e(fn: Callable[[dict[str, Any]], object]) -> dict[str, bytes]:
+        return edit_manifest(plain, fn)
+
+    def setitem(path: tuple[str | int, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+        def fn(doc: dict[str, Any]) -> None:
+            target: Any = doc
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = value
+
+        return fn
+
+    return [
+        Case(
+            "newline_model_type",
+            "model.type ends in a newline ('llama\\n'): not a label",
+            e(setitem(("model", "type"), "llama\n")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "newline_domain_name",
+            "a domain name ends in a newline ('math\\n'): not a domain name",
+            e(setitem(("domains", 0, "name"), "math\n")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "newline_producer_version",
+            "producer.version ends in a newline: not a label",
+            e(setitem(("producer", "version"), "1.0\n")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "newline_format_version",
+            "format_version is '1.0\\n'",
+            e(setitem(("format_version",), "1.0\n")),
+            "MANIFEST_SCHEMA",
+        ),
+        Case(
+            "newline_probe_name",
+            "a probe file name ends in a newline ('probe_0.onnx\\n')",
+            e(setitem(("domains", 0, "probe"), "probe_0.onnx\n")),
+            "MANIFEST_SCHEMA",
+        ),
+    ]
 
 
 def condition_decision_vectors() -> dict[str, Any]:
