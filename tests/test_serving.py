@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
+from test_hub import COMMIT, _cache
 
 import asa_format
 from asa_format import constants as C
@@ -263,3 +264,32 @@ def test_the_plugin_refuses_a_configuration_it_cannot_serve(
         pytest.skip("vLLM is installed: the refusal without it cannot be observed here")
     monkeypatch.setenv("ASA_VLLM_BUNDLES", '{"a": "/x"}')
     assert _code(vllm_plugin.register)[0] == "SERVING_CONFIG"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network; the hub cache in tmp_path (as tests/test_hub.py's fixture)."""
+    import socket
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+    def no_network(*_a: object, **_k: object) -> None:
+        raise AssertionError("the test touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    return tmp_path
+
+
+def test_hub_references_are_loaded_pinned(bundles: dict[str, Path], offline: Path) -> None:
+    """A configured hub reference (a prepared local hub cache, no network) loads with every check."""
+    _cache(offline, bundles["cv"])
+    digest = load_bundle(bundles["cv"]).root_digest
+    registry = load_registry(_env(hub=f"org/steer@{COMMIT}"))
+    assert registry.resolve("hub").digest == digest
+    # a moving revision is not pinned: refused, naming the bundle
+    code, message = _code(lambda: load_registry(_env(moving="org/steer@main")))
+    assert code == "HUB_REFERENCE" and "bundle 'moving'" in message

@@ -150,7 +150,7 @@ class FrontEnd:
         # the engine processes are started after this: they load the same bytes or refuse
         os.environ[ENV_PINNED] = json.dumps(registry.pins(), sort_keys=True)
         logger.info(
-            "asa plugin: serving %d bundle(s): %s",
+            "asa plugin: serving %d bundle(s), in eager mode (the steering hooks require it): %s",
             len(registry),
             ", ".join(f"{n} = {s.digest}" for n, s in sorted(registry.by_name.items())),
         )
@@ -234,10 +234,14 @@ def _check_engine(vllm_config: Any, registry: Registry) -> None:
             "set VLLM_USE_V2_MODEL_RUNNER=0",
         )
     parallel = vllm_config.parallel_config
-    if parallel.tensor_parallel_size != 1 or parallel.pipeline_parallel_size != 1:
+    if (
+        parallel.tensor_parallel_size != 1
+        or parallel.pipeline_parallel_size != 1
+        or parallel.data_parallel_size != 1
+    ):
         refuse(
-            "tensor and pipeline parallelism are not tested with the plugin",
-            "serve with tensor_parallel_size=1 and pipeline_parallel_size=1",
+            "tensor, pipeline and data parallelism are not tested with the plugin",
+            "serve with tensor_parallel_size, pipeline_parallel_size and data_parallel_size 1",
         )
     if vllm_config.speculative_config is not None:
         refuse(
