@@ -52,6 +52,7 @@ __all__ = [
     "finish",
     "steer_flat",
     "steer_flat_block",
+    "steer_flat_rows",
 ]
 
 POLICIES = C.POLICIES
@@ -371,6 +372,9 @@ class FlatState:
     outcomes: dict[str, RowOutcomes] = field(default_factory=dict)
     # id -> (condition intervention, block) -> (prompt positions summed, their float64 sum)
     sums: dict[str, dict[tuple[str, int], tuple[int, np.ndarray]]] = field(default_factory=dict)
+    # id -> (block, policies) -> the delta those policies add there, cast; id -> block -> policies
+    added: dict[str, dict[tuple[int, tuple[str, ...]], torch.Tensor]] = field(default_factory=dict)
+    present: dict[str, dict[int, tuple[str, ...]]] = field(default_factory=dict)
 
     def finish(self, request_ids: Iterable[str]) -> None:
         """Forget finished (or aborted) requests."""
@@ -378,9 +382,17 @@ class FlatState:
             self.bound.pop(rid, None)
             self.outcomes.pop(rid, None)
             self.sums.pop(rid, None)
+            self.added.pop(rid, None)
+            self.present.pop(rid, None)
 
     def request_ids(self) -> set[str]:
-        return set(self.bound) | set(self.outcomes) | set(self.sums)
+        return (
+            set(self.bound)
+            | set(self.outcomes)
+            | set(self.sums)
+            | set(self.added)
+            | set(self.present)
+        )
 
 
 def steer_flat_block(
@@ -396,6 +408,45 @@ def steer_flat_block(
     *,
     cached_prefix_steered: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`steer_flat_rows` applied: the steered stream (a new tensor) and its ``[T]`` row mask.
+
+    ``(stream, None)`` when nothing was added.
+    """
+    plan = steer_flat_rows(
+        stream,
+        block,
+        query_start_loc,
+        num_computed_tokens,
+        prompt_lens,
+        selections,
+        registry,
+        state,
+        request_ids,
+        cached_prefix_steered=cached_prefix_steered,
+    )
+    if plan is None:
+        return stream, None
+    index, values = plan
+    out = stream.clone()
+    out[index] = values
+    mask = torch.zeros(stream.shape[0], dtype=torch.bool, device=stream.device)
+    mask[index] = True
+    return out, mask
+
+
+def steer_flat_rows(
+    stream: torch.Tensor,
+    block: int,
+    query_start_loc: Any,
+    num_computed_tokens: Any,
+    prompt_lens: Any,
+    selections: Sequence[str | None],
+    registry: Mapping[str, Program],
+    state: FlatState,
+    request_ids: Sequence[str],
+    *,
+    cached_prefix_steered: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Apply, at decoder block ``block``, every intervention of each sequence's bundle.
 
     ``stream`` ``[T, H]`` is the block's output (the residual stream after the
@@ -414,9 +465,9 @@ def steer_flat_block(
     own steering (the cache is salted per bundle and prompt), so the chunk
     that decides an ``all_tokens`` gated term may start after position 0.
 
-    Returns the steered stream (a new tensor; ``stream`` is unchanged) and
-    the ``[T]`` mask of the rows that received a delta, or ``(stream, None)``
-    when nothing was added. ``state`` is updated only on success.
+    Returns the rows that receive a delta and their new values, ``(index
+    [n] long, stream[index] + delta [n, H])``, or None when nothing is added;
+    ``stream`` is not modified. ``state`` is updated only on success.
     """
     if stream.dim() != 2:
         raise DecisionError(
@@ -470,21 +521,28 @@ def steer_flat_block(
                 code="DECISION_FAILED",
                 hint="a request keeps the bundle it was admitted with; call finish() for ended requests",
             )
-        if program.blocks and block in program.blocks:
+        if block in program.terms or block in program.reads:
             seqs.append((seq, program))
     if not seqs:
-        return stream, None
+        return None
 
     # the prefill decisions of this block, on the block output (copies: committed on success)
     outcomes: dict[str, RowOutcomes] = {}
     sums: dict[str, dict[tuple[str, int], tuple[int, np.ndarray]]] = {}
     for seq, program in seqs:
         known = state.outcomes.get(seq.request_id)
+        reads = program.reads.get(block, ())
+        decides = seq.holds(seq.prompt_len - 1) and (bool(reads) or program.asa_block == block)
+        if known is not None and not decides and not (reads and seq.computed < seq.prompt_len):
+            outcomes[seq.request_id] = known  # read only: nothing is decided at this block here
+            continue
         mine = _copy_outcomes(known) if known is not None else RowOutcomes()
         outcomes[seq.request_id] = mine
+        if not reads:
+            continue
         partial = dict(state.sums.get(seq.request_id, {}))
         sums[seq.request_id] = partial
-        for read in program.reads.get(block, ()):
+        for read in reads:
             aggregated = _aggregate(
                 stream, seq, read.intervention, read.gate.aggregate, block, partial
             )
@@ -504,99 +562,126 @@ def steer_flat_block(
             dtype=torch.long,
             device=stream.device,
         )
-        rows = stream.index_select(0, index).to(torch.float32).cpu().numpy()
-        for m, d in zip(members, bundle.decide(rows), strict=True):
+        decision_rows = stream.index_select(0, index).to(torch.float32).cpu().numpy()
+        for m, d in zip(members, bundle.decide(decision_rows), strict=True):
             outcomes[m.request_id].asa = d
 
-    # the deltas: per sequence and policy, the float32 sum of its terms at this block
-    table: list[torch.Tensor] = []
-    slots: list[tuple[int, int]] = []  # (row, slot)
+    # the deltas: per sequence and policy, the float32 sum of its terms at this block, cast once;
+    # kept per request (state.added) while its decisions stand, so a decode step only gathers
+    rows: list[int] = []
+    gathered: list[torch.Tensor] = []
+    added: dict[str, dict[tuple[int, tuple[str, ...]], torch.Tensor]] = {}
+    present_now: dict[str, dict[int, tuple[str, ...]]] = {}
     for seq, program in seqs:
         terms = program.terms.get(block, ())
         if not terms:
             continue
-        mine = outcomes[seq.request_id]
-        per_policy: dict[str, np.ndarray] = {}
-        for term in terms:
-            if (
-                term.kind != C.GATE_ALWAYS
-                and term.policy == C.POLICY_ALL_TOKENS
-                and seq.computed < seq.prompt_len
-                and (
-                    not seq.holds(seq.prompt_len - 1)
-                    or (seq.computed != 0 and not cached_prefix_steered)
-                )
-            ):
-                raise DecisionError(
-                    f"request {seq.request_id!r}: intervention {term.intervention!r} steers every prompt "
-                    "token with a decision taken on the whole prompt, so the prompt must be in one chunk "
-                    f"(this chunk covers positions {seq.computed}..{seq.computed + seq.length - 1} of a "
-                    f"{seq.prompt_len}-token prompt)",
-                    code="DECISION_FAILED",
-                    hint="disable chunked prefill for bundles with gated all_tokens interventions",
-                )
-            steers_here = any(
-                _steers(term.policy, seq.computed + j, seq.prompt_len) for j in range(seq.length)
-            )
-            if not steers_here:
-                continue
-            if term.kind == C.GATE_ASA and mine.asa is None:
-                raise DecisionError(
-                    f"request {seq.request_id!r} has steered positions in this step but no stored decision",
-                    code="DECISION_FAILED",
-                    hint="the state of a request must live from its prefill to its end",
-                )
-            if term.kind == C.GATE_CONDITION and term.intervention not in mine.fires:
-                raise DecisionError(
-                    f"request {seq.request_id!r}: intervention {term.intervention!r} steers block {block} "
-                    "but its condition was not decided",
-                    code="DECISION_FAILED",
-                    hint="the state of a request must live from its prefill to its end",
-                )
-            vector = None
-            if term.kind == C.GATE_ASA and mine.asa is not None and int(mine.asa.gate) != 0:
-                vector = program.bundle.steering_vector(mine.asa.domain_index)
-            delta = term_delta(program, term, mine, vector)
-            if delta is None:
-                continue
-            prev = per_policy.get(term.policy)
-            per_policy[term.policy] = (
-                np.asarray(delta, dtype=np.float32).copy() if prev is None else prev + delta
-            )
-        if not per_policy:
-            continue
-        totals: dict[tuple[str, ...], int] = {}
-        for j in range(seq.length):
-            position = seq.computed + j
-            applying = tuple(
-                p for p in POLICIES if p in per_policy and _steers(p, position, seq.prompt_len)
-            )
-            if not applying:
-                continue
-            slot = totals.get(applying)
-            if slot is None:
+        rid = seq.request_id
+        mine = outcomes[rid]
+        fresh = mine is not state.outcomes.get(rid)  # decided (again) in this call
+        kept = {} if fresh else state.added.get(rid, {})
+        present = None if fresh else state.present.get(rid, {}).get(block)
+        if present is None or seq.computed < seq.prompt_len:
+            per_policy = _per_policy(seq, program, block, terms, mine, cached_prefix_steered)
+            present = tuple(p for p in POLICIES if p in per_policy)
+            mine_added = added.setdefault(rid, {k: v for k, v in kept.items() if k[0] != block})
+            for applying in _subsets(present):
                 total = per_policy[applying[0]].copy()
                 for p in applying[1:]:
                     total = total + per_policy[p]
-                table.append(torch.from_numpy(np.asarray(total, dtype=np.float32)))
-                slot = len(table)
-                totals[applying] = slot
-            slots.append((seq.start + j, slot))
+                mine_added[(block, applying)] = torch.from_numpy(total).to(
+                    device=stream.device, dtype=stream.dtype
+                )
+            present_now.setdefault(rid, {} if fresh else dict(state.present.get(rid, {})))[
+                block
+            ] = present
+            kept = mine_added
+        for j in range(seq.length):
+            applying = tuple(p for p in present if _steers(p, seq.computed + j, seq.prompt_len))
+            if applying:
+                rows.append(seq.start + j)
+                gathered.append(kept[(block, applying)])
 
     for seq, _ in seqs:
         state.bound[seq.request_id] = (seq.digest, seq.prompt_len)
+    for rid, mine in outcomes.items():
+        if mine is not state.outcomes.get(rid) and rid not in added:
+            state.added.pop(rid, None)  # decided again, nothing added at this block: void
+            state.present.pop(rid, None)
     state.outcomes.update(outcomes)
     state.sums.update(sums)
-    if not slots:
-        return stream, None
-    deltas = torch.cat(
-        [torch.zeros((1, stream.shape[1]), dtype=torch.float32), torch.stack(table)]
-    ).to(device=stream.device, dtype=stream.dtype)
-    which = torch.zeros(stream.shape[0], dtype=torch.long, device=stream.device)
-    rows_t = torch.tensor([r for r, _ in slots], dtype=torch.long, device=stream.device)
-    which[rows_t] = torch.tensor([k for _, k in slots], dtype=torch.long, device=stream.device)
-    mask = which > 0
-    return torch.where(mask.unsqueeze(1), stream + deltas[which], stream), mask
+    state.added.update(added)
+    state.present.update(present_now)
+    if not rows:
+        return None
+    index = torch.tensor(rows, dtype=torch.long, device=stream.device)
+    return index, stream.index_select(0, index) + torch.stack(gathered)
+
+
+def _subsets(present: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every non-empty ordered subset of the policies present (the ones a position may get)."""
+    return [
+        tuple(p for k, p in enumerate(present) if mask >> k & 1)
+        for mask in range(1, 1 << len(present))
+    ]
+
+
+def _per_policy(
+    seq: _Seq,
+    program: Program,
+    block: int,
+    terms: Sequence[Any],
+    outcomes: RowOutcomes,
+    cached_prefix_steered: bool,
+) -> dict[str, np.ndarray]:
+    """Per policy, the float32 sum of the request's deltas at ``block`` (terms in order)."""
+    per_policy: dict[str, np.ndarray] = {}
+    for term in terms:
+        if (
+            term.kind != C.GATE_ALWAYS
+            and term.policy == C.POLICY_ALL_TOKENS
+            and seq.computed < seq.prompt_len
+            and (
+                not seq.holds(seq.prompt_len - 1)
+                or (seq.computed != 0 and not cached_prefix_steered)
+            )
+        ):
+            raise DecisionError(
+                f"request {seq.request_id!r}: intervention {term.intervention!r} steers every prompt "
+                "token with a decision taken on the whole prompt, so the prompt must be in one chunk "
+                f"(this chunk covers positions {seq.computed}..{seq.computed + seq.length - 1} of a "
+                f"{seq.prompt_len}-token prompt)",
+                code="DECISION_FAILED",
+                hint="disable chunked prefill for bundles with gated all_tokens interventions",
+            )
+        if not any(
+            _steers(term.policy, seq.computed + j, seq.prompt_len) for j in range(seq.length)
+        ):
+            continue
+        if term.kind == C.GATE_ASA and outcomes.asa is None:
+            raise DecisionError(
+                f"request {seq.request_id!r} has steered positions in this step but no stored decision",
+                code="DECISION_FAILED",
+                hint="the state of a request must live from its prefill to its end",
+            )
+        if term.kind == C.GATE_CONDITION and term.intervention not in outcomes.fires:
+            raise DecisionError(
+                f"request {seq.request_id!r}: intervention {term.intervention!r} steers block {block} "
+                "but its condition was not decided",
+                code="DECISION_FAILED",
+                hint="the state of a request must live from its prefill to its end",
+            )
+        vector = None
+        if term.kind == C.GATE_ASA and outcomes.asa is not None and int(outcomes.asa.gate) != 0:
+            vector = program.bundle.steering_vector(outcomes.asa.domain_index)
+        delta = term_delta(program, term, outcomes, vector)
+        if delta is None:
+            continue
+        prev = per_policy.get(term.policy)
+        per_policy[term.policy] = (
+            np.asarray(delta, dtype=np.float32).copy() if prev is None else prev + delta
+        )
+    return per_policy
 
 
 def _copy_outcomes(o: RowOutcomes) -> RowOutcomes:

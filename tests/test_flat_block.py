@@ -12,6 +12,7 @@ prefill, decode steps, padding rows), mixed with unsteered requests.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import zlib
 from dataclasses import dataclass
@@ -345,3 +346,32 @@ def test_refusals_change_nothing(programs: dict[str, Program]) -> None:
         steer_flat_block(
             rows, 1, [0, 3, 2], [0, 0], [3, 3], [None, None], programs, state, ["a", "b"]
         )
+
+
+def test_a_recomputed_request_decides_again(programs: dict[str, Program]) -> None:
+    """After a preemption vLLM computes a request again from position 0: the same outputs."""
+    rng = np.random.default_rng(9)
+    requests = [r for r in _requests(rng, programs, 40, torch.float32) if r.digest is not None]
+    state = FlatState()
+    for r in requests:
+        expected = _expected(r, programs)
+        for _ in range(2):  # the second pass: the state of the first is still there
+            p, n = r.prompt_len, r.hidden[0].shape[0]
+            whole = _whole_prompt(programs[r.digest])  # type: ignore[index]
+            cuts = [0, p, *range(p + 1, n + 1)] if whole else [0, *range(1, n + 1)]
+            for a, b in itertools.pairwise(cuts):
+                for blk in range(BLOCKS):
+                    out, _ = steer_flat_block(
+                        r.hidden[blk][a:b],
+                        blk,
+                        [0, b - a],
+                        [a],
+                        [p],
+                        [r.digest],
+                        programs,
+                        state,
+                        [r.rid],
+                    )
+                    assert torch.equal(_bits(out), _bits(expected[blk][a:b])), (r.rid, blk, a)
+        state.finish([r.rid])
+    assert state.request_ids() == set()

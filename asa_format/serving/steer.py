@@ -4,7 +4,7 @@ Engine-neutral: a step is described by a :class:`StepLayout` (the flattened
 batch of vLLM and similar engines), a block's output by the residual stream
 ``[T, H]`` after the block. What each request's bundle adds there is the
 semantics of ``attach`` / ``attach_interventions`` for that request alone,
-computed by :func:`asa_format.runtime.flat.steer_flat_block` with the
+computed by :func:`asa_format.runtime.flat.steer_flat_rows` with the
 per-row rules of :mod:`asa_format.runtime.program` (those of ``attach``):
 
 * ``always``: ``float32(coefficient) x direction`` at the positions of its
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from asa_format import constants as C
-from asa_format.runtime.flat import FlatState, steer_flat_block
+from asa_format.runtime.flat import FlatState, steer_flat_rows
 from asa_format.runtime.program import Program
 
 __all__ = [
@@ -69,14 +69,15 @@ class Steering:
 
     def steer(
         self, block: int, stream: torch.Tensor, layout: StepLayout
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The stream after ``block`` with each sequence's additions, and the mask of changed rows.
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rows of the stream after ``block`` that get a delta, and their new values.
 
+        ``(index [n], stream[index] + delta)``, or None when no row changes.
         Prompt positions served from a prefix cache were computed with the
         request's own steering: :func:`cache_salt` keeps every other
         request's blocks apart.
         """
-        return steer_flat_block(
+        return steer_flat_rows(
             stream,
             block,
             layout.query_start_loc,

@@ -461,10 +461,8 @@ class WorkerHooks:
                 code="BLOCK_OUTPUT_LAYOUT",
                 hint="padded batches (CUDA graphs) are not supported: run with enforce_eager",
             )
-        stream = hidden + residual
-        steered, mask = self.steering.steer(block, stream, layout)
-        if mask is None:
+        plan = self.steering.steer(block, hidden + residual, layout)
+        if plan is None:
             return None
-        rows = mask.unsqueeze(1)
-        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        return torch.where(rows, zero, hidden), torch.where(rows, steered, residual)
+        index, values = plan  # the steered rows, and their stream plus delta
+        return hidden.index_fill(0, index, 0.0), residual.index_copy(0, index, values)
