@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The repeng interoperability tests. repeng 0.4 uses np.float_ and needs
+# The repeng interoperability tests (import, export, and asa fit's pca_center against
+# ControlVector.train). repeng 0.4 uses np.float_ and needs
 # numpy<2, so they run in a separate virtualenv (.venv-repeng), with the same
 # torch and transformers as the main one. Call from .ci/run:
 #     bash .ci/interop.sh
@@ -10,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 python3 -m venv .venv-repeng
 . .venv-repeng/bin/activate
 pip install torch==2.13.0 transformers==5.24.0 'numpy<2' 'repeng==0.4.0' -e ".[interop]" pytest
-PYTHONPATH="$PWD/tests" python -m pytest -q -p no:cacheprovider tests/test_interop_runtime.py -k repeng -rs
+PYTHONPATH="$PWD/tests" python -m pytest -q -p no:cacheprovider tests/test_interop_runtime.py tests/test_fit_interop.py -k repeng -rs
 
 deactivate
 

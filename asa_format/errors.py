@@ -28,6 +28,7 @@ __all__ = [
     "DecisionError",
     "DigestMismatchError",
     "ErrorCode",
+    "FitError",
     "LegacyFormatError",
     "ParityError",
     "Problem",
@@ -151,6 +152,13 @@ ErrorCode = Literal[
     "EXPORT_LOSSY",
     "VALUE_OVERFLOW",
     "HUB_REFERENCE",
+    "FIT_DATA_INVALID",
+    "FIT_SPLIT_MISSING",
+    "FIT_DOMAIN_ONE_LABEL",
+    "FIT_TOO_FEW_DOMAINS",
+    "FIT_EMPTY_PROMPT",
+    "FIT_NO_CHAT_TEMPLATE",
+    "FIT_DTYPE_UNSUPPORTED",
     "SERVING_CONFIG",
     "SERVING_EAGER_REQUIRED",
     "SERVING_BUNDLE_UNKNOWN",
@@ -279,6 +287,14 @@ CODES: dict[ErrorCode, str] = {
     "EXPORT_LOSSY": "the export would lose information and --strict was given",
     "VALUE_OVERFLOW": "a coefficient (or alpha) times a vector is not finite in the dtype it is written or applied in",
     "HUB_REFERENCE": "a hub reference is malformed or could not be resolved",
+    # fitting (asa fit)
+    "FIT_DATA_INVALID": "the fitting data is not readable or a row is malformed (fields, labels, ids, domains)",
+    "FIT_SPLIT_MISSING": "a split the fitting protocol needs is missing from the data",
+    "FIT_DOMAIN_ONE_LABEL": "a domain (or a whole split) has rows of only one label where the fitting protocol needs both",
+    "FIT_TOO_FEW_DOMAINS": "the data has fewer than 2 domains",
+    "FIT_EMPTY_PROMPT": "an instruction or prompt of the data is empty",
+    "FIT_NO_CHAT_TEMPLATE": "a system prompt was given but the model's tokenizer has no chat template",
+    "FIT_DTYPE_UNSUPPORTED": "the model cannot run in the requested dtype (an operation fails or hidden states are not finite)",
     # serving (the vLLM plugin)
     "SERVING_CONFIG": "the serving configuration (ASA_VLLM_BUNDLES, trusted keys, engine settings) is invalid or unsupported",
     "SERVING_EAGER_REQUIRED": "the serving engine would compile or capture the steered blocks; it must run in eager mode",
@@ -532,6 +548,20 @@ class ParityError(ConversionError):
     default_code = "PARITY_FAILED"
 
 
+class FitError(ConversionError):
+    """The data or the model given to ``asa fit`` cannot be fitted as asked."""
+
+    codes = _codes(
+        "FIT_DATA_INVALID",
+        "FIT_SPLIT_MISSING",
+        "FIT_DOMAIN_ONE_LABEL",
+        "FIT_TOO_FEW_DOMAINS",
+        "FIT_EMPTY_PROMPT",
+        "FIT_NO_CHAT_TEMPLATE",
+        "FIT_DTYPE_UNSUPPORTED",
+    )
+
+
 class RuntimeCompatError(AsaError):
     """The bundle does not fit the model it is attached to."""
 
@@ -566,6 +596,7 @@ ERROR_CLASSES: tuple[type[AsaError], ...] = (
     LegacyFormatError,
     UnsafePickleError,
     ParityError,
+    FitError,
     RuntimeCompatError,
     DecisionError,
 )

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Benchmark asa-format against the legacy pickle path. "
         "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone; "
+        "`python -m benchmarks fit [--quick] [--out DIR]` the asa fit benchmark; "
         "`python -m benchmarks vllm [--quick] [--out DIR]` the vLLM plugin benchmark (needs vLLM).",
     )
     p.add_argument(
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         from .serving import main as serving_main
 
         return serving_main(argv[1:])
+    if argv[:1] == ["fit"]:  # asa fit: extraction throughput and whole-fit wall time
+        from .fit import main as fit_main
+
+        return fit_main(argv[1:])
     if argv[:1] == ["vllm"]:  # needs vLLM: the virtualenv of .ci/vllm.sh
         from .vllm_serving import main as vllm_main
 

@@ -5,6 +5,7 @@
   read by a restricted, opcode-level reader (``safe_pickle``): no pickled
   code ever runs.
 * :func:`build_bundle`: fitted scikit-learn objects in memory -> bundle.
+* :func:`fit`: a local model and labelled prompts -> bundle (``asa fit``).
 
 Both export the graphs with skl2onnx and refuse to write a bundle that does
 not reproduce the source's decisions.
@@ -19,7 +20,7 @@ if __name__ != "asa_format.converters":  # pragma: no cover - guards against a s
 
 from typing import Any
 
-__all__ = ["build_bundle", "convert_legacy", "read_legacy_bundle"]
+__all__ = ["build_bundle", "convert_legacy", "fit", "read_legacy_bundle"]
 
 
 def __getattr__(name: str) -> Any:  # imported lazily: scikit-learn is heavy
@@ -31,6 +32,10 @@ def __getattr__(name: str) -> Any:  # imported lazily: scikit-learn is heavy
         from asa_format.converters.build import build_bundle
 
         return build_bundle
+    if name == "fit":
+        from asa_format.converters.fitting import fit
+
+        return fit
     if name == "read_legacy_bundle":
         from asa_format.converters.legacy import read_legacy_bundle
 

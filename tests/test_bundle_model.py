@@ -347,7 +347,7 @@ def test_the_cli_treats_an_imported_bundle_like_any_other(
         ],
     )
     assert as_json.exit_code == 0, as_json.output
-    payload = json.loads(as_json.stdout)
+    payload = json.loads(as_json.stdout)["results"][0]  # the envelope every command writes
     assert payload["decision"] is None and payload["interventions"][0]["outcome"] is True
 
 

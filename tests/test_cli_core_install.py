@@ -83,6 +83,7 @@ CONVERT = ("-m", "asa_format.cli.convert")
         (*ASA, "verify", "--help"),
         (*ASA, "import", "--help"),
         (*ASA, "export", "--help"),
+        (*ASA, "fit", "--help"),
         (*CONVERT, "--help"),
         (*CONVERT, "-h"),
         (*CONVERT, "--version"),
@@ -155,6 +156,20 @@ def test_export_without_its_extra_names_it_before_reading_input(
     assert 'pip install "asa-format[interop]"' in lines[0] and "gguf" in lines[0]
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_without_its_extras_names_them_before_reading_input(
+    core_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = run(
+        core_env, *ASA, "fit", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(out)
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert 'pip install "asa-format[convert]"' in lines[0] and result.stdout == ""
+    assert not out.exists()
 
 
 def test_import_of_a_gguf_file_needs_no_extra_export_names_it(

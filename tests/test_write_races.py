@@ -299,7 +299,7 @@ HOLD_BEFORE_COMMIT = (
     "import signal, sys, time\n"
     "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
     "from pathlib import Path\n"
-    "from asa_format import destination\n"
+    "from asa_format.storage import destination\n"
     "from asa_format.entry import install_startup_handlers\n"
     "install_startup_handlers()\n"
     "marker = Path(sys.argv[1])\n"

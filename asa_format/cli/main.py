@@ -31,6 +31,7 @@ __all__ = ["cli", "fail", "main"]
     lazy_subcommands={
         "convert": "asa_format.cli.convert:convert_command",
         "export": "asa_format.cli.interop:export_command",  # format 1.1 interoperability
+        "fit": "asa_format.cli.fit:fit_command",
         "import": "asa_format.cli.interop:import_command",
         "run": "asa_format.cli.run:run_command",
         "sign": "asa_format.cli.sign:sign_command",

@@ -142,6 +142,8 @@ def sign_bundle(
         # never replace a device, a FIFO, a directory or a link's target with a signature
         raise UsageError(
             f"signature_path {str(target_arg)!r} exists and is not a regular file",
+            code="DESTINATION_WRONG_KIND",
+            file=str(target_arg),
             hint="choose a new path for the signature",
         )
     if password is not None and not isinstance(password, bytes):
