@@ -159,6 +159,9 @@ ErrorCode = Literal[
     "FIT_EMPTY_PROMPT",
     "FIT_NO_CHAT_TEMPLATE",
     "FIT_DTYPE_UNSUPPORTED",
+    "SERVING_CONFIG",
+    "SERVING_EAGER_REQUIRED",
+    "SERVING_BUNDLE_UNKNOWN",
 ]
 
 
@@ -292,6 +295,10 @@ CODES: dict[ErrorCode, str] = {
     "FIT_EMPTY_PROMPT": "an instruction or prompt of the data is empty",
     "FIT_NO_CHAT_TEMPLATE": "a system prompt was given but the model's tokenizer has no chat template",
     "FIT_DTYPE_UNSUPPORTED": "the model cannot run in the requested dtype (an operation fails or hidden states are not finite)",
+    # serving (the vLLM plugin)
+    "SERVING_CONFIG": "the serving configuration (ASA_VLLM_BUNDLES, trusted keys, engine settings) is invalid or unsupported",
+    "SERVING_EAGER_REQUIRED": "the serving engine would compile or capture the steered blocks; it must run in eager mode",
+    "SERVING_BUNDLE_UNKNOWN": "a request names a bundle the server did not load",
 }
 
 
@@ -429,6 +436,9 @@ class UsageError(AsaError):
         "SIGNATURE_EXISTS",
         "EXTRA_MISSING",
         "INTERRUPTED",
+        "SERVING_CONFIG",
+        "SERVING_EAGER_REQUIRED",
+        "SERVING_BUNDLE_UNKNOWN",
     )
     default_code = "USAGE"
 

@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Benchmark asa-format against the legacy pickle path. "
         "`python -m benchmarks serving [--quick] [--out DIR]` runs the serving benchmark alone; "
-        "`python -m benchmarks fit [--quick] [--out DIR]` the asa fit benchmark.",
+        "`python -m benchmarks fit [--quick] [--out DIR]` the asa fit benchmark; "
+        "`python -m benchmarks vllm [--quick] [--out DIR]` the vLLM plugin benchmark (needs vLLM).",
     )
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes and few repeats (smoke test, < 60 s)"
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from .fit import main as fit_main
 
         return fit_main(argv[1:])
+    if argv[:1] == ["vllm"]:  # needs vLLM: the virtualenv of .ci/vllm.sh
+        from .vllm_serving import main as vllm_main
+
+        return vllm_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:

@@ -37,7 +37,7 @@ DESCRIPTIONS = {
     "SECURITY.md": "what is bounded, and how to report a vulnerability",
     "pyproject.toml": "the package, its extras, and the settings of pytest, ruff and mypy",
     ".pre-commit-hooks.yaml": "the `asa-validate` pre-commit hook",
-    ".ci/": "CI: `run` (the entry point: tests, ruff, mypy, the oldest transformers), `interop.sh` (repeng, steering-vectors), `llama_cpp.sh` (llama.cpp applies an exported vector)",
+    ".ci/": "CI: `run` (the entry point: tests, ruff, mypy, the oldest transformers), `interop.sh` (repeng, steering-vectors), `llama_cpp.sh` (llama.cpp applies an exported vector), `vllm.sh` (the vLLM plugin on vLLM's CPU build)",
     "benchmarks/": "performance measurements against the legacy pickle path (`python -m benchmarks`; see `benchmarks/README.md`); `hostile.py`: the worst-case inputs of spec 12.4",
     "benchmarks/results/": "the committed results that docs/performance.md quotes",
     "docs/": "user documentation; `layout.md`, this page, is written by `make_layout.py`",
