@@ -583,8 +583,8 @@ def _fit_contrastive(
 ) -> FitReport:
     from asa_format.converters.fit_contrastive import directions, fit_condition
     from asa_format.converters.fit_write import write_fitted
-    from asa_format.format.interventions import ConditionGate
     from asa_format.format.contents import InterventionData
+    from asa_format.format.interventions import ConditionGate
 
     n_blocks = len(loaded.layers)
     if blocks is not None:
