@@ -127,18 +127,16 @@ class Bundle:
                 0
             ]
             _, ref_index, ref_prob = self._decide_ort(probe)
-            scores, fast_prob, has_probe, near = plan.decide(probe, tau)
+            got = plan.evaluate(probe, tau, no_probe)
             fast_scaled = plan.scale(probe)
             ones = [plan.decide_one(probe[i : i + 1], tau) for i in range(min(12, probe.shape[0]))]
         except Exception:
             return False
         if fast_scaled.shape != scaled.shape or not np.array_equal(fast_scaled, scaled):
             return False
-        fast_index = np.argmax(scores, axis=1)
-        fast_prob = np.where(has_probe, fast_prob, no_probe)
-        ok = ~near
-        if not np.array_equal(fast_index[ok], ref_index[ok]) or not np.allclose(
-            fast_prob[ok], ref_prob[ok], rtol=0.0, atol=1e-9
+        ok = ~got.near
+        if not np.array_equal(got.index[ok], ref_index[ok]) or not np.allclose(
+            got.probability[ok], ref_prob[ok], rtol=0.0, atol=1e-9
         ):
             return False
         for i, one in enumerate(ones):
@@ -223,31 +221,10 @@ class Bundle:
                 np.zeros(0, np.int8),
             )
         try:
-            if plan is not None and n == 1:
-                one = plan.decide_one(h, steering.tau)
-                if one is not None:
-                    d, p, has_nan = one
-                    pv = steering.no_probe_probability if p is None else p
-                    g = 0 if has_nan else gate_of(pv, steering.tau)
-                    return DecisionBatch(
-                        self._domains_tuple,
-                        np.array([d], dtype=np.int64),
-                        np.array([pv], dtype=np.float64),
-                        np.array([g], dtype=np.int8),
-                    )
-                self._check_finite(h)
-                index, prob, gate = self._decide_alone(h, np.array([0]))
-                return DecisionBatch(self._domains_tuple, index, prob, gate)
             if plan is not None:
-                self._check_finite(h)
-                scores, prob, has_probe, near = plan.decide(h, steering.tau)
-                index = np.argmax(scores, axis=1).astype(np.int64)
-                prob = np.where(has_probe, prob, steering.no_probe_probability)
-            else:
-                scores, index, prob, x64 = self._decide_ort_scaled(h)
-                near = (
-                    self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
-                )
+                return self._decide_fast(plan, h)
+            scores, index, prob, x64 = self._decide_ort_scaled(h)
+            near = self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
             gate = gates(prob, steering.tau)
             gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
             rows = np.flatnonzero(near)
@@ -259,6 +236,32 @@ class Bundle:
             raise DecisionError(
                 f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED"
             ) from exc
+        return DecisionBatch(self._domains_tuple, index, prob, gate)
+
+    def _decide_fast(self, plan: FastPlan, h: np.ndarray) -> DecisionBatch:
+        """The checked NumPy plan; rows near a boundary by onnxruntime on the row alone."""
+        steering = self.manifest.steering
+        if h.shape[0] == 1:
+            one = plan.decide_one(h, steering.tau)
+            if one is not None:
+                d, p, has_nan = one
+                pv = steering.no_probe_probability if p is None else p
+                g = 0 if has_nan else gate_of(pv, steering.tau)
+                return DecisionBatch(
+                    self._domains_tuple,
+                    np.array([d], dtype=np.int64),
+                    np.array([pv], dtype=np.float64),
+                    np.array([g], dtype=np.int8),
+                )
+            self._check_finite(h)
+            index, prob, gate = self._decide_alone(h, np.array([0]))
+            return DecisionBatch(self._domains_tuple, index, prob, gate)
+        got = plan.evaluate(h, steering.tau, steering.no_probe_probability)
+        index, prob, gate = got.index, got.probability, got.gate
+        rows = np.flatnonzero(got.near)
+        if rows.size:  # the only rows that can hold NaN or infinity (FastPlan.evaluate)
+            self._check_finite(h[rows])
+            index[rows], prob[rows], gate[rows] = self._decide_alone(h, rows)
         return DecisionBatch(self._domains_tuple, index, prob, gate)
 
     def _decide_alone(

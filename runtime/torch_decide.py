@@ -407,21 +407,19 @@ class TorchDecider:
         return index, prob, gate, finite, near
 
     def _decide_host(self, h: torch.Tensor) -> TorchDecisions:
-        """CPU rows: the NumPy plan (``FastPlan.decide``) on a float32 view or block-wise copy;
+        """CPU rows: the NumPy plan (``FastPlan.evaluate``) on a float32 view or block-wise copy;
         its rows near a boundary decided by onnxruntime on the row alone, as ``Bundle.decide``."""
         h32 = _host_float32(h)
-        with np.errstate(all="ignore"):
-            scores, prob, has_probe, near = self.plan.decide(h32, self.tau)
-        nan = np.isnan(scores)
-        nan_row = nan.any(axis=1)
-        index = np.argmax(scores, axis=1).astype(np.int64)  # NumPy's argmax: the first NaN if any
-        prob = np.where(has_probe, prob, self.no_probe).astype(np.float64)
-        gate = gates(prob, self.tau)
-        finite = np.isfinite(h32).all(axis=1)
-        gate[nan_row | ~finite] = 0
-        redo = np.flatnonzero(near & finite)
-        if redo.size:
-            index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
+        got = self.plan.evaluate(h32, self.tau, self.no_probe)
+        index, prob, gate = got.index, got.probability, got.gate
+        finite = np.ones(h32.shape[0], dtype=bool)
+        near = np.flatnonzero(got.near)
+        if near.size:  # the only rows that can hold NaN or infinity (FastPlan.evaluate)
+            finite[near] = np.isfinite(h32[near]).all(axis=1)
+            gate[~finite] = 0
+            redo = near[finite[near]]
+            if redo.size:
+                index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
         return TorchDecisions(
             torch.from_numpy(index),
             torch.from_numpy(prob),
