@@ -295,6 +295,8 @@ class Bundle:
                     else GENERIC_MARGIN
                 )
                 near |= ~(top2[:, 1] - top2[:, 0] > margin)
+            if s is not None and s.router.needs_sum_check:
+                near |= ~_sigmoid_sums_ok(s.router, x64)
             for d in np.unique(index):
                 if self._probe_files[int(d)] is None:
                     continue
@@ -307,6 +309,8 @@ class Bundle:
                 )
                 p = prob[rows]
                 near[rows] |= ~((np.abs(p - tau) > m) & (np.abs(p - (1.0 - tau)) > m))
+                if head is not None and head.needs_sum_check:
+                    near[rows] |= ~_sigmoid_sums_ok(head, x64[rows])
         return np.asarray(near, dtype=bool)
 
     def _decide_ort(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,6 +371,15 @@ class Bundle:
                 cached.setflags(write=False)
                 self._mixed[i] = cached
         return cached
+
+
+def _sigmoid_sums_ok(head: Any, x64: np.ndarray) -> np.ndarray:
+    """Rows whose ``sigmoid(s0) + sigmoid(s1)`` is at least 1/2 (``LinearHead.needs_sum_check``:
+    below, onnxruntime's absolute-accuracy sigmoid makes the quotient depend on the batch)."""
+    with np.errstate(all="ignore"):
+        t = 1.0 / (1.0 + np.exp(-(x64 @ head.weight + head.bias)))
+        out: np.ndarray = t.sum(axis=1) >= 0.5
+    return out
 
 
 def gate_of(p: float, tau: float) -> int:

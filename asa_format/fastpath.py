@@ -200,6 +200,23 @@ class LinearHead:
         self.bias_max = float(np.abs(self.bias).max(initial=0.0))
 
     @property
+    def needs_sum_check(self) -> bool:
+        """``sigmoid_norm`` divides by ``sigmoid(s0) + sigmoid(s1)``; onnxruntime's sigmoid is
+        accurate in absolute terms only (it returns 0 below about -37), so a row whose sum
+        is small (both scores very negative) is decided by onnxruntime. Not needed for the
+        binary logistic regression form, columns and biases negations of each other: there
+        ``s0 == -s1`` bit for bit and the sum is 1."""
+        if self.post != "sigmoid_norm":
+            return False
+        w, b = self.weight, self.bias
+        balanced = (
+            w.shape[1] == 2
+            and (-w[:, 0]).tobytes() == w[:, 1].tobytes()
+            and (-b[0]).tobytes() == b[1].tobytes()
+        )
+        return not balanced
+
+    @property
     def width(self) -> int:
         return int(self.weight.shape[1])
 
@@ -485,13 +502,16 @@ class FastPlan:
             cols[1].append(a)
             cols[2].append(a + 1 if probe.width > 1 else a)
         self._forms = {k: tuple(np.asarray(c, dtype=np.intp) for c in v) for k, v in forms.items()}
+        checked = [i for i, p in enumerate(self.probes) if p is not None and p.needs_sum_check]
+        self._sum_checked = np.asarray(checked, dtype=np.intp)  # domains whose sum is checked
         r = self._router_width
         w = self.fused.shape[1]
-        # the common export (skl2onnx): every domain has a binary probe in the sigmoid_norm
-        # form, columns laid out in pairs after the router: strided views, no gathers
+        # the common export (skl2onnx): every domain has a binary logistic probe in the
+        # sigmoid_norm form, columns laid out in pairs after the router: strided views
         self._pairs = (
             list(forms) == ["sigmoid_norm"]
             and bool(self._has_probe.all())
+            and not any(p.needs_sum_check for p in self.probes if p is not None)
             and w == r + 2 * d
             and all(b - a == 2 for a, b in self.slices[1:])
         )
@@ -528,6 +548,8 @@ class FastPlan:
                 if not (top - second) / math.fsum(e) > margin:
                     return None
         else:
+            if self.router.needs_sum_check and not _sigmoid_sum(scores) >= 0.5:
+                return None
             probs = self.router.row_probabilities(scores)
             best = max(range(len(probs)), key=probs.__getitem__)
             if len(probs) > 1:
@@ -544,6 +566,8 @@ class FastPlan:
         if probe.post == "sigmoid_norm":
             t0 = 1.0 / (1.0 + math.exp(-pscores[0]))
             t1 = 1.0 / (1.0 + math.exp(-pscores[1]))
+            if not t0 + t1 >= 0.5 and probe.needs_sum_check:
+                return None
             p = t1 / (t0 + t1)
         else:
             p = probe.row_probabilities(pscores)[1]
@@ -600,11 +624,16 @@ class FastPlan:
             else:
                 scores = self.router.probabilities(s[:r].T)  # [N, D] (D = 2 for one column)
                 index = scores.argmax(axis=1)
+                if self.router.needs_sum_check:
+                    fine &= (1.0 / (1.0 + np.exp(-s[:r]))).sum(axis=0) >= 0.5
                 if scores.shape[1] > 1:
                     top2 = np.sort(scores, axis=1)[:, -2:]
                     fine &= top2[:, 1] - top2[:, 0] > slope_r * xnorm + offset_r
-            p_all = self._probe_probabilities(s, n, no_probe)  # [D, N]
-            p = p_all[index, np.arange(n)]
+            p_all, sums = self._probe_probabilities(s, n, no_probe)  # [D, N]
+            rows = np.arange(n)
+            p = p_all[index, rows]
+            if sums is not None:  # the normalising sums that must be >= 1/2 (needs_sum_check)
+                fine &= sums[index, rows] >= 0.5
             margin = np.take(slope_p, index) * xnorm + np.take(offset_p, index)
             fine &= np.abs(p - tau) > margin
             fine &= np.abs(p - (1.0 - tau)) > margin
@@ -620,9 +649,12 @@ class FastPlan:
         out: np.ndarray = np.abs(s).max(axis=0) < OVERFLOW_WINDOW
         return out
 
-    def _probe_probabilities(self, s: np.ndarray, n: int, no_probe: float) -> np.ndarray:
+    def _probe_probabilities(
+        self, s: np.ndarray, n: int, no_probe: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``[D, N]``: each domain's probe probability from the scores ``[W, N]``
-        (``no_probe`` for a domain without probe)."""
+        (``no_probe`` for a domain without probe), and the sums ``sigmoid(s0) +
+        sigmoid(s1)`` of the probes that need the check (1 elsewhere), or None."""
         r = self._router_width
         if self._pairs:  # t = sigmoid(scores); p = t1 / (|t0| + |t1|), and |t| = t in [0, 1]
             t = np.exp(-s[r:])
@@ -630,8 +662,9 @@ class FastPlan:
             np.divide(1.0, t, out=t)
             t1 = t[1::2]
             out: np.ndarray = t1 / (t[0::2] + t1)
-            return out
+            return out, None
         out = np.full((len(self.probes), n), no_probe)
+        sums = np.ones((len(self.probes), n)) if self._sum_checked.size else None
         for post, (domains, c0, c1) in self._forms.items():
             if post == "softmax":
                 s0, s1 = s[c0], s[c1]
@@ -642,10 +675,20 @@ class FastPlan:
             t1 = 1.0 / (1.0 + np.exp(-s[c1]))
             if post == "sigmoid_norm":
                 t0 = 1.0 / (1.0 + np.exp(-s[c0]))
-                out[domains] = t1 / (np.abs(t0) + np.abs(t1))
+                total = np.abs(t0) + np.abs(t1)
+                out[domains] = t1 / total
+                if sums is not None:
+                    sums[domains] = total
             else:  # sigmoid_pair
                 out[domains] = t1
-        return out
+        if sums is not None:
+            balanced = np.setdiff1d(np.arange(len(self.probes)), self._sum_checked)
+            sums[balanced] = 1.0
+        return out, sums
+
+
+def _sigmoid_sum(scores: list[float]) -> float:
+    return sum(1.0 / (1.0 + math.exp(-v)) for v in scores)
 
 
 def _row_dots(x: np.ndarray) -> np.ndarray:

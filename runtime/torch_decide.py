@@ -145,6 +145,13 @@ class _TorchHead:
             return t / t.abs().sum(dim=1, keepdim=True)
         return torch.cat([1.0 - t, t], dim=1)
 
+    def sum_ok(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Rows whose ``sigmoid(s0) + sigmoid(s1)`` is at least 1/2, for a head that needs the
+        check (``LinearHead.needs_sum_check``); None when it does not."""
+        if not self.head.needs_sum_check:
+            return None
+        return self.sigmoid(scores).sum(dim=1) >= 0.5
+
     def margin(self, xnorm: torch.Tensor, hidden_size: int) -> torch.Tensor:
         """Twice the proven error bound of a probability, per row (as ``FastPlan.decide``)."""
         bound: torch.Tensor = self.head.error(xnorm, hidden_size)
@@ -372,6 +379,9 @@ class TorchDecider:
         if scores.shape[1] > 1:
             top2 = torch.topk(scores, 2, dim=1).values
             near = near | ~((top2[:, 0] - top2[:, 1]) > state.router.margin(xnorm, hidden))
+        router_ok = state.router.sum_ok(rs)
+        if router_ok is not None:
+            near = near | ~router_ok
         nan = torch.isnan(scores)
         nan_row = nan.any(dim=1)
         # NumPy's argmax: the first maximum; the first NaN when the row has one
@@ -390,10 +400,11 @@ class TorchDecider:
             p = probe.probabilities(ps)[:, 1].to(torch.float64)
             m = probe.margin(xnorm, hidden)
             columns.append(p)
-            near_columns.append(
-                ~(ps.abs() < OVERFLOW_WINDOW).all(dim=1)
-                | ~(((p - self.tau).abs() > m) & ((p - (1.0 - self.tau)).abs() > m))
+            near_p = ~(ps.abs() < OVERFLOW_WINDOW).all(dim=1) | ~(
+                ((p - self.tau).abs() > m) & ((p - (1.0 - self.tau)).abs() > m)
             )
+            sum_ok = probe.sum_ok(ps)
+            near_columns.append(near_p if sum_ok is None else near_p | ~sum_ok)
         prob = torch.stack(columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         near = near | torch.stack(near_columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         gate = torch.where(prob >= self.tau, 1, torch.where(prob <= 1.0 - self.tau, -1, 0)).to(
