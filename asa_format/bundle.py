@@ -175,6 +175,16 @@ class Bundle:
 
     # -- decision ----------------------------------------------------------------
     def _check_hidden(self, hidden: Any, *, finite: bool = True) -> np.ndarray:
+        if (
+            type(hidden) is np.ndarray
+            and hidden.dtype == np.float32
+            and hidden.ndim == 2
+            and hidden.shape[1] == self.hidden_size
+            and hidden.flags.c_contiguous
+        ):  # the common case, checked with attribute reads only
+            if finite:
+                self._check_finite(hidden)
+            return hidden
         arr = np.asarray(hidden)
         if arr.ndim == 1:
             arr = arr[None, :]

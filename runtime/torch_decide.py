@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from asa_format import constants as C
-from asa_format.bundle import Decision, DecisionBatch, gates
+from asa_format.bundle import Decision, DecisionBatch, gate_of, gates
 from asa_format.errors import DecisionError
 from asa_format.fastpath import (
     OVERFLOW_WINDOW,
@@ -421,6 +421,17 @@ class TorchDecider:
         """CPU rows: the NumPy plan (``FastPlan.evaluate``) on a float32 view or block-wise copy;
         its rows near a boundary decided by onnxruntime on the row alone, as ``Bundle.decide``."""
         h32 = _host_float32(h)
+        if h32.shape[0] == 1:  # one row: the plan's plain-float path (fewer, smaller steps)
+            one = self.plan.decide_one(h32, self.tau)
+            if one is not None:
+                d, p, _ = one
+                pv = self.no_probe if p is None else p
+                return TorchDecisions(
+                    torch.tensor([d], dtype=torch.int64),
+                    torch.tensor([pv], dtype=torch.float64),
+                    torch.tensor([gate_of(pv, self.tau)], dtype=torch.int8),
+                    torch.tensor([True]),
+                )
         got = self.plan.evaluate(h32, self.tau, self.no_probe)
         index, prob, gate = got.index, got.probability, got.gate
         finite = np.ones(h32.shape[0], dtype=bool)
