@@ -26,40 +26,89 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
-from asa_format.digest import root_digest
-from asa_format.errors import (
-    CODES,
-    AsaError,
-    BundleError,
-    ConversionError,
-    DecisionError,
-    DigestMismatchError,
-    ErrorCode,
-    LegacyFormatError,
-    ParityError,
-    Problem,
-    RuntimeCompatError,
-    SignatureError,
-    UnsafePickleError,
-    UsageError,
-)
-from asa_format.intervention_bundle import (
-    InterventionBundle,
-    InterventionContents,
-    InterventionData,
-    load_interventions,
-)
-from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
-from asa_format.signing import (
-    VerifiedSignature,
-    load_private_key,
-    load_public_key,
-    sign_bundle,
-    verify_bundle_signature,
-)
-from asa_format.validate import ValidationReport, validate_bundle
-from asa_format.writer import BundleContents, save_bundle
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from asa_format.bundle import (
+        Bundle,
+        Decision,
+        DecisionBatch,
+        load_bundle,
+        read_bundle_contents,
+    )
+    from asa_format.digest import root_digest
+    from asa_format.errors import (
+        CODES,
+        AsaError,
+        BundleError,
+        ConversionError,
+        DecisionError,
+        DigestMismatchError,
+        ErrorCode,
+        LegacyFormatError,
+        ParityError,
+        Problem,
+        RuntimeCompatError,
+        SignatureError,
+        UnsafePickleError,
+        UsageError,
+    )
+    from asa_format.intervention_bundle import (
+        InterventionBundle,
+        InterventionContents,
+        InterventionData,
+        load_interventions,
+    )
+    from asa_format.manifest import Manifest, ModelBinding, Provenance, Steering
+    from asa_format.signing import (
+        VerifiedSignature,
+        load_private_key,
+        load_public_key,
+        sign_bundle,
+        verify_bundle_signature,
+    )
+    from asa_format.validate import ValidationReport, validate_bundle
+    from asa_format.writer import BundleContents, save_bundle
+
+# The public names, imported from their modules on first use: `asa validate` loads the
+# reader and its checks, not the signing library, the writer or the fast path.
+_SOURCES = {
+    "asa_format.bundle": (
+        "Bundle", "Decision", "DecisionBatch", "load_bundle", "read_bundle_contents",
+    ),
+    "asa_format.digest": ("root_digest",),
+    "asa_format.errors": (
+        "CODES", "AsaError", "BundleError", "ConversionError", "DecisionError",
+        "DigestMismatchError", "ErrorCode", "LegacyFormatError", "ParityError", "Problem",
+        "RuntimeCompatError", "SignatureError", "UnsafePickleError", "UsageError",
+    ),
+    "asa_format.intervention_bundle": (
+        "InterventionBundle", "InterventionContents", "InterventionData", "load_interventions",
+    ),
+    "asa_format.manifest": ("Manifest", "ModelBinding", "Provenance", "Steering"),
+    "asa_format.signing": (
+        "VerifiedSignature", "load_private_key", "load_public_key", "sign_bundle",
+        "verify_bundle_signature",
+    ),
+    "asa_format.validate": ("ValidationReport", "validate_bundle"),
+    "asa_format.writer": ("BundleContents", "save_bundle"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asa_format' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "CODES",

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.onnx_wire import array_of, value_of
 
 __all__ = [
     "SINGLE_THREAD_MNK",
@@ -57,11 +58,9 @@ _NP = {_FLOAT: np.float32, _DOUBLE: np.float64}
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == name:
-            return helper.get_attribute_value(a)
+            return value_of(a)
     return default
 
 
@@ -69,13 +68,11 @@ class _Graph:
     """Producers and constants of a checked ModelProto."""
 
     def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
         graph = model.graph
         self.input = graph.input[0].name
         self.inits = {t.name: t for t in graph.initializer}
         self.producers = {o: n for n in graph.node for o in n.output if o}
-        self._array = numpy_helper.to_array
+        self._array = array_of
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
