@@ -231,6 +231,7 @@ class TorchDecider:
         self.alpha = float(steering.alpha)
         self._lock = threading.Lock()
         self._states: dict[torch.device, _DeviceState] = {}
+        self._cpu_proven = False  # CPU rows go to the NumPy plan (host_numpy) without lookups
         self._refused: dict[torch.device, str] = {}
         self._vectors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -276,6 +277,7 @@ class TorchDecider:
                 )
             if reason is None:
                 self._states[dev] = state
+                self._cpu_proven = (self.host_numpy and dev.type == "cpu") or self._cpu_proven
             else:
                 self._refused[dev] = reason
             return reason
@@ -326,6 +328,15 @@ class TorchDecider:
         call on a new device proves it (one synchronisation) and raises
         ``DecisionError`` if the plan does not hold there.
         """
+        if (
+            self._cpu_proven
+            and rows.dtype == torch.float32
+            and rows.device.type == "cpu"
+            and rows.dim() == 2
+            and rows.shape[1] == self.hidden_size
+            and rows.is_contiguous()
+        ):  # the common case in a CPU hook, checked with few calls into torch
+            return self._decide_host(rows)
         h = rows if rows.dim() == 2 else rows.reshape(1, -1) if rows.dim() == 1 else rows
         if h.dim() != 2 or int(h.shape[1]) != self.hidden_size:
             raise DecisionError(
@@ -427,10 +438,10 @@ class TorchDecider:
                 d, p, _ = one
                 pv = self.no_probe if p is None else p
                 return TorchDecisions(
-                    torch.tensor([d], dtype=torch.int64),
-                    torch.tensor([pv], dtype=torch.float64),
-                    torch.tensor([gate_of(pv, self.tau)], dtype=torch.int8),
-                    torch.tensor([True]),
+                    torch.from_numpy(np.array([d], dtype=np.int64)),
+                    torch.from_numpy(np.array([pv], dtype=np.float64)),
+                    torch.from_numpy(np.array([gate_of(pv, self.tau)], dtype=np.int8)),
+                    torch.from_numpy(np.ones(1, dtype=bool)),
                 )
         got = self.plan.evaluate(h32, self.tau, self.no_probe)
         index, prob, gate = got.index, got.probability, got.gate
@@ -511,7 +522,7 @@ def _host_float32(h: torch.Tensor) -> np.ndarray:
     """``float32(h)`` as a NumPy array: a view when ``h`` is float32 and contiguous, else a
     copy converted in row blocks below torch's parallel grain (no entry into its pool)."""
     if h.dtype == torch.float32 and h.is_contiguous():
-        return h.detach().numpy()
+        return h.numpy(force=False) if not h.requires_grad else h.detach().numpy()
     n, width = int(h.shape[0]), int(h.shape[1])
     step = max(1, CPU_BLOCK_ELEMENTS // max(1, width))
     out = np.empty((n, width), dtype=np.float32)
