@@ -73,6 +73,18 @@ class DecisionBatch:
     def domain(self) -> list[str]:
         return [self.domains[int(d)] for d in self.domain_index]
 
+    @classmethod
+    def _one(cls, domains: tuple[str, ...], d: int, p: float, g: int) -> DecisionBatch:
+        """One row, without the frozen dataclass's per-field ``object.__setattr__`` calls."""
+        batch = object.__new__(cls)
+        batch.__dict__.update(
+            domains=domains,
+            domain_index=np.array([d], dtype=np.int64),
+            probability=np.array([p], dtype=np.float64),
+            gate=np.array([g], dtype=np.int8),
+        )
+        return batch
+
 
 class Bundle:
     """A verified asa bundle held in memory."""
@@ -257,12 +269,7 @@ class Bundle:
                 d, p, has_nan = one
                 pv = steering.no_probe_probability if p is None else p
                 g = 0 if has_nan else gate_of(pv, steering.tau)
-                return DecisionBatch(
-                    self._domains_tuple,
-                    np.array([d], dtype=np.int64),
-                    np.array([pv], dtype=np.float64),
-                    np.array([g], dtype=np.int8),
-                )
+                return DecisionBatch._one(self._domains_tuple, d, pv, g)
             self._check_finite(h)
             index, prob, gate = self._decide_alone(h, np.array([0]))
             return DecisionBatch(self._domains_tuple, index, prob, gate)

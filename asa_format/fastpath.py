@@ -28,6 +28,7 @@ inside any batch, and from onnxruntime.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -452,6 +453,7 @@ class FastPlan:
         unique, source, sign = _unique_columns(self.fused)
         self._unique = unique  # [H, U] float64
         self._unique_t = np.ascontiguousarray(unique.T)  # [U, H]: one row's product is a gemv
+        self._local = threading.local()  # per thread: the one-row buffer (_row_work)
         self._source = source
         self._sign = sign
         self._gathered = not (
@@ -523,10 +525,12 @@ class FastPlan:
         """One row: ``(domain index, probe probability or None, router output has NaN)``,
         or None when the row must be decided by onnxruntime (near a boundary, non-finite
         values, overflow window). After the matrix product, plain floats."""
+        work = self._row_work()
+        row = work[-1]
         with np.errstate(all="ignore"):
-            x = self.scaler.run(h32)[0].astype(np.float64)
-            ss = float(np.dot(x, x))
-            heads = np.dot(self._unique_t, x).tolist()
+            row[...] = self.scaler.run(h32)[0]  # float32 -> float64 is exact
+            # one product: every head and, from the row itself as the last line, x . x
+            *heads, ss = np.dot(work, row).tolist()
         xnorm = math.sqrt(ss)
         if not xnorm < math.inf:
             return None
@@ -572,6 +576,17 @@ class FastPlan:
         if not (abs(p - tau) > margin and abs(p - (1.0 - tau)) > margin):
             return None
         return best, p, False
+
+    def _row_work(self) -> np.ndarray:
+        """This thread's ``[U + 1, H]`` float64 buffer: the unique head columns, then a row
+        for the scaled input (threads never share it)."""
+        local = self._local
+        work: np.ndarray | None = getattr(local, "work", None)
+        if work is None:
+            work = np.empty((self._unique_t.shape[0] + 1, self.hidden_size))
+            work[:-1] = self._unique_t
+            local.work = work
+        return work
 
     # -- a batch ---------------------------------------------------------------------------
     def evaluate(self, h32: np.ndarray, tau: float, no_probe: float) -> HostDecisions:
