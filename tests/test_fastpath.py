@@ -246,3 +246,24 @@ def test_onnxruntime_backend_decides_small_sums_alone(tmp_path: Path) -> None:
         one = slow.decide(rows[i])[0]
         assert (one.domain_index, one.gate) == (int(batch.domain_index[i]), int(batch.gate[i]))
         assert one.probability == pytest.approx(float(batch.probability[i]), abs=1e-12, nan_ok=True)
+
+
+def test_threads_deciding_one_row_at_a_time_agree(tmp_path: Path) -> None:
+    """The one-row path keeps a buffer per thread: concurrent calls give sequential results."""
+    import threading
+
+    fast, _ = _bundle(tmp_path, "threads", **dict(FORMS["sigmoid_norm_probes"]))
+    rows = _rows(48, 15)
+    want = [fast.decide(r)[0] for r in rows]
+    got: dict[int, list[Any]] = {}
+
+    def work(k: int) -> None:
+        got[k] = [fast.decide(r)[0] for _ in range(20) for r in rows[k::4]]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        assert got[k] == [w for _ in range(20) for w in want[k::4]]
