@@ -373,7 +373,9 @@ def session_problems(model: Any, *, file: str, hidden_size: int, n_classes: int)
             ).items()
         }
         predict_session(model, ranks)
-    except (CheckFailure, CostError) as exc:
+    except Exception as exc:  # CheckFailure, CostError; anything else: not predictable, refused
+        if not isinstance(exc, (CheckFailure, CostError)):
+            exc = CheckFailure(f"cannot be predicted ({type(exc).__name__}: {exc})")
         return [
             Problem(
                 code="ONNX_SESSION",
