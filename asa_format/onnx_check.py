@@ -45,7 +45,9 @@ _FIELD = {
     **{t: ("int32_data", -8) for t in (21, 22, 23)},
     **{t: ("int32_data", -16) for t in (25, 26)},
     7: ("int64_data", 1), 12: ("uint64_data", 1), 13: ("uint64_data", 1), 8: ("string_data", 1),
+    27: ("int32_data", 1), 28: ("int32_data", 1),
 }  # fmt: skip
+_FLOAT6 = frozenset({27, 28})  # 6-bit types: packed 6 bits per element in raw data
 _VALUE_FIELDS = (
     "float_data",
     "int32_data",
@@ -109,7 +111,7 @@ def _show(value: Any) -> str:
 def _schema(op: str, domain: str, version: int) -> dict[str, Any] | None:
     from asa_format.onnx_ops import versions
 
-    key = f"{'' if domain == 'ai.onnx' else domain}::{op}"
+    key = f"{domain}::{op}"  # as onnx's registry: "ai.onnx" is not "" there
     best = None
     for entry in versions(key):
         if entry["since"] <= version:
@@ -147,6 +149,8 @@ def _check_tensor(tensor: Any) -> None:
             )
         per = _RAW_BYTES.get(data_type, 0)
         expected = -(-nelem // -per) if per < 0 else nelem * per
+        if data_type in _FLOAT6:
+            expected = -(-nelem * 6 // 8)
         if expected > _INT64_MAX:
             raise _fail(
                 "TensorProto (tensor name: ",
@@ -158,6 +162,12 @@ def _check_tensor(tensor: Any) -> None:
                 "TensorProto (tensor name: ", name, ") raw_data size (", len(tensor.raw_data),
                 " bytes) is too small for the declared shape and type (", expected,
                 " bytes required).",
+            )  # fmt: skip
+        bits = nelem * 6 % 8
+        if data_type in _FLOAT6 and bits and tensor.raw_data[expected - 1] & (0xFF << bits) & 0xFF:
+            raise _fail(
+                "TensorProto (tensor name: ", name, ") has non-zero padding bits in its packed",
+                " FLOAT6 raw_data.",
             )  # fmt: skip
         return
     stored = _FIELD.get(data_type)
@@ -183,6 +193,10 @@ def _check_tensor(tensor: Any) -> None:
                 len(getattr(tensor, field)), ") is too small for the declared shape (", need,
                 " values required).",
             )  # fmt: skip
+    if data_type in _FLOAT6 and any(not 0 <= v <= 63 for v in tensor.int32_data):
+        raise _fail(
+            "TensorProto (tensor name: ", name, ") FLOAT6 int32_data values must use only bits 0-5."
+        )
 
 
 def _check_attribute(attr: Any) -> None:
@@ -332,8 +346,10 @@ def check_model(model: Any) -> None:
         known.add(vi.name)
     initializers: set[Any] = set()
     for init in graph.initializer:
-        if not init.name:
+        if not init.HasField("name"):
             raise _fail("Field 'name' of 'init' is required but missing.")
+        if not init.name:
+            raise _fail("Tensor initializers must have a non-empty name")
         if init.name in initializers:
             raise _fail(_show(init.name), " initializer name is not unique")
         initializers.add(init.name)

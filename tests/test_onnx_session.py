@@ -175,3 +175,209 @@ def test_session_prediction_names_the_node() -> None:
     assert "MatMul" in problem.message and "tensor(double)" in problem.message
     assert "tensor(float)" in problem.message
     assert _old_graph(data, "probe_0.onnx", h, 2, 2) == ["ONNX_SESSION"]
+
+
+@pytest.mark.parametrize(
+    ("imports", "node_domain"),
+    [
+        ([("ai.onnx", 13)], "ai.onnx"),
+        ([("ai.onnx", 13)], ""),
+        ([("", 13)], "ai.onnx"),
+        ([("", 13), ("ai.onnx", 13)], "ai.onnx"),
+        ([("", 12)], ""),
+    ],
+)
+def test_default_domain_spellings(imports: list[tuple[str, int]], node_domain: str) -> None:
+    """'' and 'ai.onnx' name the same opset import but not the same operator registry entry."""
+    from onnx import helper
+
+    from asa_format.testing import make_test_contents
+
+    model = onnx.load_from_string(make_test_contents(hidden_size=8).scaler)
+    del model.opset_import[:]
+    for domain, version in imports:
+        model.opset_import.append(helper.make_opsetid(domain, version))
+    for node in model.graph.node:
+        node.domain = node_domain
+    data = model.SerializeToString()
+    assert _new_graph(data, C.SCALER_FILE, 8, 2) == _old_graph(data, C.SCALER_FILE, 8, 2, 2)
+
+
+def _probe_model() -> Any:
+    import numpy as np
+
+    from asa_format.testing import linear_probe_graph
+
+    return onnx.load_from_string(linear_probe_graph(np.linspace(-1.0, 1.0, 8), 0.25))
+
+
+def _edits() -> list[tuple[str, Any]]:
+    """Edits of a valid probe graph that reach the checker and the session: attributes,
+    node arity, names, value infos, tensors of every element type and storage."""
+    from onnx import AttributeProto, TensorProto, helper
+
+    def node(m: Any, op: str) -> Any:
+        return next(n for n in m.graph.node if n.op_type == op)
+
+    def init(m: Any, name: str) -> Any:
+        return next(t for t in m.graph.initializer if t.name == name)
+
+    out: list[tuple[str, Any]] = []
+
+    def edit(name: str) -> Any:
+        def register(fn: Any) -> Any:
+            out.append((name, fn))
+            return fn
+
+        return register
+
+    @edit("attr-without-type")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute[0].ClearField("type")
+
+    @edit("attr-type-mismatch")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute[0].type = AttributeProto.FLOAT
+
+    @edit("attr-two-values")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute[0].f = 1.0
+
+    @edit("attr-duplicate")
+    def _(m: Any) -> None:
+        n = node(m, "Concat")
+        n.attribute.append(helper.make_attribute("axis", 1))
+
+    @edit("attr-unknown")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute.append(helper.make_attribute("bogus", 1))
+
+    @edit("attr-internal")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute.append(helper.make_attribute("__note", 1))
+
+    @edit("attr-required-missing")
+    def _(m: Any) -> None:
+        del node(m, "Concat").attribute[:]
+
+    @edit("attr-empty-name")
+    def _(m: Any) -> None:
+        node(m, "Concat").attribute[0].name = ""
+
+    @edit("tensor-attr-without-t")
+    def _(m: Any) -> None:
+        n = m.graph.node.add()
+        n.CopyFrom(helper.make_node("Constant", [], ["unused"]))
+        n.attribute.append(AttributeProto(name="value", type=AttributeProto.TENSOR))
+
+    @edit("node-empty-required-input")
+    def _(m: Any) -> None:
+        node(m, "Sub").input[0] = ""
+
+    @edit("node-extra-input")
+    def _(m: Any) -> None:
+        node(m, "Sigmoid").input.append("score")
+
+    @edit("node-no-io")
+    def _(m: Any) -> None:
+        n = m.graph.node.add()
+        n.op_type = "Identity"
+
+    @edit("graph-name-empty")
+    def _(m: Any) -> None:
+        m.graph.name = ""
+
+    @edit("metadata-duplicate")
+    def _(m: Any) -> None:
+        for _ in range(2):
+            p = m.metadata_props.add()
+            p.key, p.value = "k", "v"
+
+    @edit("ssa-output-twice")
+    def _(m: Any) -> None:
+        node(m, "Sub").output[0] = "p"
+
+    @edit("not-sorted")
+    def _(m: Any) -> None:
+        nodes = list(m.graph.node)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes[::-1])
+
+    @edit("initializer-input-untyped")
+    def _(m: Any) -> None:
+        m.graph.input.add().name = "one"
+
+    @edit("initializer-input-typed")
+    def _(m: Any) -> None:
+        m.graph.input.append(helper.make_tensor_value_info("one", TensorProto.DOUBLE, [1]))
+
+    @edit("initializer-input-other-type")
+    def _(m: Any) -> None:
+        m.graph.input.append(helper.make_tensor_value_info("one", TensorProto.FLOAT, [1]))
+
+    @edit("initializer-unnamed")
+    def _(m: Any) -> None:
+        m.graph.initializer.add().CopyFrom(TensorProto(data_type=1, dims=[1], float_data=[1.0]))
+
+    @edit("initializer-duplicate")
+    def _(m: Any) -> None:
+        m.graph.initializer.append(init(m, "one"))
+
+    @edit("value-info-other-type")
+    def _(m: Any) -> None:
+        m.graph.value_info.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1]))
+
+    @edit("value-info-same-type")
+    def _(m: Any) -> None:
+        m.graph.value_info.append(helper.make_tensor_value_info("p", TensorProto.DOUBLE, ["N", 1]))
+
+    @edit("segment")
+    def _(m: Any) -> None:
+        init(m, "one").segment.begin = 0
+
+    for data_type in range(-1, 30):
+        for storage in (
+            "raw-short",
+            "raw-junk",
+            "raw",
+            "raw-long",
+            "typed",
+            "typed-long",
+            "two-fields",
+        ):
+
+            def retype(m: Any, data_type: int = data_type, storage: str = storage) -> None:
+                t = init(m, "one")
+                t.ClearField("double_data")
+                t.ClearField("raw_data")
+                t.data_type = data_type
+                t.dims[:] = [1]
+                raw = {
+                    "raw-short": bytes(1),
+                    "raw-junk": b"\\x0",
+                    "raw": bytes(8),
+                    "raw-long": bytes(16),
+                }
+                if storage in raw:
+                    t.raw_data = raw[storage]  # junk: 3 bytes 0x5c 0x78 0x30, padding bits set
+                elif storage.startswith("typed"):
+                    n = 2 if storage == "typed-long" else 1
+                    t.float_data.extend([1.0] * n)
+                    t.int32_data.extend([1] * n) if data_type not in (1, 14) else None
+                else:
+                    t.float_data.append(1.0)
+                    t.raw_data = bytes(4)
+
+            out.append((f"type-{data_type}-{storage}", retype))
+    return out
+
+
+@pytest.mark.parametrize(("name", "fn"), _edits(), ids=[n for n, _ in _edits()])
+def test_checker_and_session_edits(name: str, fn: Any) -> None:
+    model = _probe_model()
+    fn(model)
+    try:
+        data = model.SerializeToString()
+    except Exception:
+        pytest.skip("protobuf refuses to serialise this edit")
+    assert _new_graph(data, "probe_0.onnx", 8, 2) == _old_graph(data, "probe_0.onnx", 8, 2, 2)
