@@ -29,6 +29,7 @@ at most 100 deep (Python recursion well below its limit).
 from __future__ import annotations
 
 import struct
+from array import array
 from typing import Any
 
 __all__ = [
@@ -293,8 +294,9 @@ class Message:
             raise AttributeError(f"{self._type} has no field {name!r}")
         _, _, kind, repeated, sub, _ = spec
         if repeated:
-            value: Any = []
-            self._values[name] = value  # a list the caller may keep
+            code = _ARRAY.get(kind)
+            value: Any = array(code) if code else []
+            self._values[name] = value  # a container the caller may keep
             return value
         if kind == "message":
             return Message(sub)
@@ -329,6 +331,9 @@ _FIELDS_BY_NUMBER: dict[str, dict[int, _F]] = {
     t: {f[0]: f for f in fields} for t, fields in SCHEMA.items()
 }
 
+_FIXED = {"float": 4, "double": 8}
+# repeated numbers are held compactly (as protobuf holds them), not as lists of objects
+_ARRAY = {"float": "f", "double": "d", "int64": "q", "int32": "i", "uint64": "Q"}
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 _MASK64 = (1 << 64) - 1
@@ -458,7 +463,18 @@ def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
             if n > end - pos:
                 raise WireError(_CORRUPT)
             stop = pos + n
-            items = values.setdefault(name, [])
+            items = values.get(name)
+            if items is None:
+                code = _ARRAY.get(kind)
+                items = values[name] = array(code) if code else []
+            width = _FIXED.get(kind)
+            if width is not None:  # fixed-width elements: one call for the whole field
+                if n % width:
+                    raise WireError(_CORRUPT)
+                code = "f" if width == 4 else "d"
+                items.extend(struct.unpack_from(f"<{n // width}{code}", buf, pos))
+                pos = stop
+                continue
             while pos < stop:
                 value, pos = _scalar(kind, buf, pos, stop)
                 if kind != "enum" or value in sub:
@@ -501,7 +517,11 @@ def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
         if kind == "enum" and value not in sub:
             continue  # a closed enum: the value is kept as an unknown field
         if repeated:
-            values.setdefault(name, []).append(value)
+            items = values.get(name)
+            if items is None:
+                code = _ARRAY.get(kind)
+                items = values[name] = array(code) if code else []
+            items.append(value)
         else:
             _set_singular(msg, name, value, oneof)
 
