@@ -86,6 +86,18 @@ class DecisionBatch:
     def domain(self) -> list[str]:
         return [self.domains[int(d)] for d in self.domain_index]
 
+    @classmethod
+    def _one(cls, domains: tuple[str, ...], d: int, p: float, g: int) -> DecisionBatch:
+        """One row, without the frozen dataclass's per-field ``object.__setattr__`` calls."""
+        batch = object.__new__(cls)
+        batch.__dict__.update(
+            domains=domains,
+            domain_index=np.array([d], dtype=np.int64),
+            probability=np.array([p], dtype=np.float64),
+            gate=np.array([g], dtype=np.int8),
+        )
+        return batch
+
 
 class Bundle:
     """A verified bundle held in memory: every intervention, and the asa part's decision.
@@ -209,18 +221,16 @@ class Bundle:
                 0
             ]
             _, ref_index, ref_prob = self._decide_ort(probe)
-            scores, fast_prob, has_probe, near = plan.decide(probe, tau)
+            got = plan.evaluate(probe, tau, no_probe)
             fast_scaled = plan.scale(probe)
             ones = [plan.decide_one(probe[i : i + 1], tau) for i in range(min(12, probe.shape[0]))]
         except Exception:
             return False
         if fast_scaled.shape != scaled.shape or not np.array_equal(fast_scaled, scaled):
             return False
-        fast_index = np.argmax(scores, axis=1)
-        fast_prob = np.where(has_probe, fast_prob, no_probe)
-        ok = ~near
-        if not np.array_equal(fast_index[ok], ref_index[ok]) or not np.allclose(
-            fast_prob[ok], ref_prob[ok], rtol=0.0, atol=1e-9
+        ok = ~got.near
+        if not np.array_equal(got.index[ok], ref_index[ok]) or not np.allclose(
+            got.probability[ok], ref_prob[ok], rtol=0.0, atol=1e-9
         ):
             return False
         for i, one in enumerate(ones):
@@ -272,6 +282,16 @@ class Bundle:
 
     # -- decision ----------------------------------------------------------------
     def _check_hidden(self, hidden: Any, *, finite: bool = True) -> np.ndarray:
+        if (
+            type(hidden) is np.ndarray
+            and hidden.dtype == np.float32
+            and hidden.ndim == 2
+            and hidden.shape[1] == self.hidden_size
+            and hidden.flags.c_contiguous
+        ):  # the common case, checked with attribute reads only
+            if finite:
+                self._check_finite(hidden)
+            return hidden
         arr = np.asarray(hidden)
         if arr.ndim == 1:
             arr = arr[None, :]
@@ -319,31 +339,10 @@ class Bundle:
                 np.zeros(0, np.int8),
             )
         try:
-            if plan is not None and n == 1:
-                one = plan.decide_one(h, steering.tau)
-                if one is not None:
-                    d, p, has_nan = one
-                    pv = steering.no_probe_probability if p is None else p
-                    g = 0 if has_nan else gate_of(pv, steering.tau)
-                    return DecisionBatch(
-                        self._domains_tuple,
-                        np.array([d], dtype=np.int64),
-                        np.array([pv], dtype=np.float64),
-                        np.array([g], dtype=np.int8),
-                    )
-                self._check_finite(h)
-                index, prob, gate = self._decide_alone(h, np.array([0]))
-                return DecisionBatch(self._domains_tuple, index, prob, gate)
             if plan is not None:
-                self._check_finite(h)
-                scores, prob, has_probe, near = plan.decide(h, steering.tau)
-                index = np.argmax(scores, axis=1).astype(np.int64)
-                prob = np.where(has_probe, prob, steering.no_probe_probability)
-            else:
-                scores, index, prob, x64 = self._decide_ort_scaled(h)
-                near = (
-                    self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
-                )
+                return self._decide_fast(plan, h)
+            scores, index, prob, x64 = self._decide_ort_scaled(h)
+            near = self._near_ort(scores, index, prob, x64) if n > 1 else np.zeros(n, dtype=bool)
             gate = gates(prob, steering.tau)
             gate[np.isnan(scores).any(axis=1)] = 0  # no reliable routing: do not steer
             rows = np.flatnonzero(near)
@@ -355,6 +354,27 @@ class Bundle:
             raise DecisionError(
                 f"evaluating the decision graphs failed: {exc}", code="DECISION_FAILED"
             ) from exc
+        return DecisionBatch(self._domains_tuple, index, prob, gate)
+
+    def _decide_fast(self, plan: FastPlan, h: np.ndarray) -> DecisionBatch:
+        """The checked NumPy plan; rows near a boundary by onnxruntime on the row alone."""
+        steering = self._steering
+        if h.shape[0] == 1:
+            one = plan.decide_one(h, steering.tau)
+            if one is not None:
+                d, p, has_nan = one
+                pv = steering.no_probe_probability if p is None else p
+                g = 0 if has_nan else gate_of(pv, steering.tau)
+                return DecisionBatch._one(self._domains_tuple, d, pv, g)
+            self._check_finite(h)
+            index, prob, gate = self._decide_alone(h, np.array([0]))
+            return DecisionBatch(self._domains_tuple, index, prob, gate)
+        got = plan.evaluate(h, steering.tau, steering.no_probe_probability)
+        index, prob, gate = got.index, got.probability, got.gate
+        rows = np.flatnonzero(got.near)
+        if rows.size:  # the only rows that can hold NaN or infinity (FastPlan.evaluate)
+            self._check_finite(h[rows])
+            index[rows], prob[rows], gate[rows] = self._decide_alone(h, rows)
         return DecisionBatch(self._domains_tuple, index, prob, gate)
 
     def _decide_alone(
@@ -388,6 +408,8 @@ class Bundle:
                     else GENERIC_MARGIN
                 )
                 near |= ~(top2[:, 1] - top2[:, 0] > margin)
+            if s is not None and s.router.needs_sum_check:
+                near |= ~_sigmoid_sums_ok(s.router, x64)
             for d in np.unique(index):
                 if self._probe_files[int(d)] is None:
                     continue
@@ -400,6 +422,8 @@ class Bundle:
                 )
                 p = prob[rows]
                 near[rows] |= ~((np.abs(p - tau) > m) & (np.abs(p - (1.0 - tau)) > m))
+                if head is not None and head.needs_sum_check:
+                    near[rows] |= ~_sigmoid_sums_ok(head, x64[rows])
         return np.asarray(near, dtype=bool)
 
     def _decide_ort(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -462,6 +486,15 @@ class Bundle:
                 cached.setflags(write=False)
                 self._mixed[i] = cached
         return cached
+
+
+def _sigmoid_sums_ok(head: Any, x64: np.ndarray) -> np.ndarray:
+    """Rows whose ``sigmoid(s0) + sigmoid(s1)`` is at least 1/2 (``LinearHead.needs_sum_check``:
+    below, onnxruntime's absolute-accuracy sigmoid makes the quotient depend on the batch)."""
+    with np.errstate(all="ignore"):
+        t = 1.0 / (1.0 + np.exp(-(x64 @ head.weight + head.bias)))
+        out: np.ndarray = t.sum(axis=1) >= 0.5
+    return out
 
 
 def gate_of(p: float, tau: float) -> int:

@@ -89,16 +89,18 @@ def intervention_text(item: dict[str, Any]) -> str:
     return text
 
 
-def validate_bundle(path: str | os.PathLike[str], *, deep: bool = True) -> ValidationReport:
+def validate_bundle(path: str | os.PathLike[str], *, deep: bool = False) -> ValidationReport:
     """Check the bundle at ``path`` and collect every problem.
 
-    ``deep`` (the default) also creates onnxruntime sessions from the checked
-    graphs and evaluates them once, exactly as ``load_bundle`` does, so a
-    bundle that validates also loads.
+    By default every check is static and neither ``onnx`` nor onnxruntime is
+    imported: what ``load_bundle``'s onnxruntime sessions would refuse is
+    predicted from the graphs (``onnx_check.predict_session``), so a bundle
+    that validates also loads. ``deep=True`` creates the onnxruntime sessions
+    instead and evaluates each graph once, as ``load_bundle`` does.
     """
     path_arg(path, "path")
     bool_arg(deep, "deep")
-    result = read_bundle_dir(path, verify=True, create_sessions=deep)
+    result = read_bundle_dir(path, verify=True, create_sessions=deep, predict_sessions=not deep)
     report = ValidationReport(
         path=str(path), problems=list(result.problems), warnings=list(result.warnings)
     )

@@ -1,4 +1,4 @@
-"""Run a command and write its wall time and peak RSS (JSON) to a file.
+"""Run a command and write its wall time, CPU time and peak RSS (JSON) to a file.
 
 Started as a separate small interpreter so that the measured command is
 spawned from a small process: on Linux a child's ``ru_maxrss`` includes the
@@ -25,7 +25,15 @@ def main() -> int:
     wall = time.perf_counter() - start
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     with open(result, "w", encoding="utf-8") as f:
-        json.dump({"wall_s": wall, "maxrss_kib": usage.ru_maxrss, "exit": code}, f)
+        json.dump(
+            {
+                "wall_s": wall,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "maxrss_kib": usage.ru_maxrss,
+                "exit": code,
+            },
+            f,
+        )
     return 0
 
 

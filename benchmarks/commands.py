@@ -2,8 +2,11 @@
 
 ``asa validate`` on the benchmark bundle and ``asa-convert`` (parity
 self-check included) on the equivalent legacy bundle, timed as separate
-processes; plus, in one more process, which heavy modules ``asa validate``
-imported, and a ``python -X importtime`` breakdown of both commands.
+processes; the CPU time of ``asa validate`` on the README's example bundle
+(``examples/asa_assets`` converted) against ``python -c "import numpy"``,
+interleaved, 7 pairs; plus, in one more process, which heavy modules
+``asa validate`` imported, and a ``python -X importtime`` breakdown of both
+commands.
 """
 
 from __future__ import annotations
@@ -19,8 +22,19 @@ from .stats import summarize
 
 __all__ = ["HEAVY_MODULES", "run_commands", "validate_imports"]
 
-HEAVY_MODULES = ("torch", "transformers", "sklearn", "skl2onnx", "onnxruntime", "onnx", "scipy")
-FORBIDDEN = ("torch", "transformers", "sklearn")
+HEAVY_MODULES = (
+    "torch",
+    "transformers",
+    "sklearn",
+    "skl2onnx",
+    "onnxruntime",
+    "onnx",
+    "ml_dtypes",
+    "scipy",
+)
+FORBIDDEN = ("torch", "transformers", "sklearn", "onnx", "ml_dtypes", "onnxruntime")
+CPU_PAIRS = 7
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "asa_assets"
 
 _PROBE = """
 import json, sys
@@ -46,6 +60,40 @@ def validate_imports(bundle: Path) -> dict[str, Any]:
         "imported": imported,
         "forbidden_imported": [m for m in FORBIDDEN if m in imported],
     }
+
+
+def validate_cpu(bundle: Path, pairs: int = CPU_PAIRS) -> dict[str, Any]:
+    """CPU time (user + system) of ``asa validate BUNDLE`` and of ``python -c "import numpy"``,
+    as separate processes in alternation; the ratio of each pair and of the medians."""
+    validate = [*cli_command("asa"), "validate", str(bundle)]
+    numpy_only = [sys.executable, "-c", "import numpy"]
+    run_process(validate)  # warm the page cache and the bytecode caches
+    run_process(numpy_only)
+    v_cpu, n_cpu, codes = [], [], []
+    for _ in range(pairs):
+        run = run_process(validate)
+        v_cpu.append(run.cpu_s)
+        codes.append(run.returncode)
+        n_cpu.append(run_process(numpy_only).cpu_s)
+    ratios = [v / n for v, n in zip(v_cpu, n_cpu, strict=True) if n > 0]
+    v_med, n_med = summarize(v_cpu, "s")["median"], summarize(n_cpu, "s")["median"]
+    return {
+        "bundle": str(bundle),
+        "pairs": pairs,
+        "validate_cpu_s": summarize(v_cpu, "s"),
+        "import_numpy_cpu_s": summarize(n_cpu, "s"),
+        "pair_ratio": summarize(ratios, "x"),
+        "ratio_of_medians": v_med / n_med if n_med else None,
+        "exit_codes": sorted(set(codes)),
+    }
+
+
+def _example_bundle(work: Path) -> Path | None:
+    """The README's example bundle: examples/asa_assets converted (None if that fails)."""
+    dest = work / "example"
+    cmd = [*cli_command("asa-convert"), str(EXAMPLE), str(dest), "--model-type", "lfm2"]
+    run = run_process([*cmd, "--num-layers", "6", "--force"])
+    return dest if run.returncode == 0 else None
 
 
 def _timed(cmd: list[str], repeats: int) -> tuple[list[float], list[float], list[int]]:
@@ -77,7 +125,10 @@ def run_commands(settings: Settings, bundle: Path, legacy_dir: Path, work: Path)
             "--force",
         ]
     )
+    example = _example_bundle(work)
     return {
+        "validate_cpu": None if example is None else validate_cpu(example),
+        "validate_cpu_benchmark_bundle": validate_cpu(bundle, pairs=3 if settings.quick else 5),
         "validate": {
             "command": "asa validate BUNDLE",
             "wall_s": summarize(v_wall, "s"),

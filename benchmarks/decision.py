@@ -12,7 +12,10 @@ Four implementations decide on the same held-out hidden states:
   (scale, router scores, probe score).
 
 Methods are timed in alternating rounds so that drift of the machine
-affects all of them alike.
+affects all of them alike, in 7 blocks: each block gives a median per
+method, and the ratios against the legacy path are reported as the median
+(and range) of the 7 per-block ratios, all in the same process as
+scikit-learn.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ import numpy as np
 from .settings import Settings
 from .stats import summarize
 
-__all__ = ["Floor", "LegacyHook", "run_decision"]
+__all__ = ["BLOCKS", "Floor", "LegacyHook", "run_decision"]
 
 Decider = Callable[[np.ndarray], Any]
+BLOCKS = 7
 
 
 class LegacyHook:
@@ -128,6 +132,31 @@ def _time_rounds(
     return times
 
 
+def _in_blocks(
+    methods: dict[str, Decider], inputs: list[np.ndarray], calls: int, per_round: int
+) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """``_time_rounds`` in ``BLOCKS`` blocks: every call's time, and each block's medians."""
+    per_block = max(per_round, -(-calls // BLOCKS))
+    merged: dict[str, list[float]] = {name: [] for name in methods}
+    medians = []
+    for _ in range(BLOCKS):
+        block = _time_rounds(methods, inputs, per_block, per_round)
+        for name, ts in block.items():
+            merged[name] += ts
+        medians.append({name: float(np.median(ts)) for name, ts in block.items()})
+    return merged, medians
+
+
+def _block_ratio(medians: list[dict[str, float]], num: str, den: str) -> dict[str, Any]:
+    ratios = [m[num] / m[den] for m in medians]
+    return {
+        "median": float(np.median(ratios)),
+        "min": float(min(ratios)),
+        "max": float(max(ratios)),
+        "per_block": ratios,
+    }
+
+
 def _one_blas_thread(
     methods: dict[str, Decider], inputs: list[np.ndarray], settings: Settings
 ) -> tuple[list[Any], dict[str, list[float]]]:
@@ -196,8 +225,8 @@ def run_decision(
         "legacy": legacy.batch,
         "floor": floor.batch,
     }
-    t1 = _time_rounds(one, rows, settings.batch1_calls, settings.batch1_round)
-    tb = _time_rounds(batch, batches, settings.batch_calls, settings.batch_round)
+    t1, blocks1 = _in_blocks(one, rows, settings.batch1_calls, settings.batch1_round)
+    tb, blocksb = _in_blocks(batch, batches, settings.batch_calls, settings.batch_round)
     blas_threads, tb1 = _one_blas_thread(batch, batches, settings)
     batch1 = {name: summarize([t * 1e6 for t in ts], "us") for name, ts in t1.items()}
     batch_n = {name: summarize([b / t for t in ts], "rows/s") for name, ts in tb.items()}
@@ -214,7 +243,17 @@ def run_decision(
         "ours_ort_over_legacy_rows_per_s_batch": medb["ours_ort"] / medb["legacy"],
         "floor_over_ours_rows_per_s_batch": medb["floor"] / medb["ours"],
     }
+    protocol = {
+        "blocks": BLOCKS,
+        "legacy_over_ours_batch1": _block_ratio(blocks1, "legacy", "ours"),
+        "legacy_over_ours_batch": _block_ratio(blocksb, "legacy", "ours"),
+        "legacy_over_ours_ort_batch1": _block_ratio(blocks1, "legacy", "ours_ort"),
+        "legacy_over_ours_ort_batch": _block_ratio(blocksb, "legacy", "ours_ort"),
+        "ours_over_floor_batch1": _block_ratio(blocks1, "ours", "floor"),
+        "ours_over_floor_batch": _block_ratio(blocksb, "ours", "floor"),
+    }
     return {
+        "protocol": protocol,
         "hidden": pipe.hidden,
         "domains": len(pipe.domains),
         "batch": b,

@@ -23,6 +23,7 @@ class ProcessRun:
     peak_rss_mb: float  # ru_maxrss of this child alone
     stdout: str
     stderr: str
+    cpu_s: float = 0.0  # user + system CPU time of this child
 
 
 def run_process(cmd: Sequence[str], env: dict[str, str] | None = None) -> ProcessRun:
@@ -46,7 +47,12 @@ def run_process(cmd: Sequence[str], env: dict[str, str] | None = None) -> Proces
             raise RuntimeError(f"measuring {list(cmd)} failed: {stderr[-2000:]}") from exc
     # Linux reports ru_maxrss in KiB
     return ProcessRun(
-        int(data["exit"]), float(data["wall_s"]), data["maxrss_kib"] / 1024.0, stdout, stderr
+        int(data["exit"]),
+        float(data["wall_s"]),
+        data["maxrss_kib"] / 1024.0,
+        stdout,
+        stderr,
+        float(data.get("cpu_s", 0.0)),
     )
 
 

@@ -90,6 +90,26 @@ def _decision(d: dict[str, Any]) -> list[str]:
         ]
     r = d["ratios"]
     a = d["agreement"]
+    p = d.get("protocol")
+    if p:
+        lines += [
+            "",
+            f"Interleaved protocol ({p['blocks']} blocks, each the median of its calls; ratio = median "
+            "of the per-block ratios, min .. max): "
+            + "; ".join(
+                f"{label} {p[key]['median']:.1f}x ({p[key]['min']:.1f} .. {p[key]['max']:.1f})"
+                for key, label in (
+                    ("legacy_over_ours_batch1", "legacy / ours at batch 1"),
+                    ("legacy_over_ours_batch", f"legacy / ours at batch {d['batch']}"),
+                    ("legacy_over_ours_ort_batch1", "legacy / onnxruntime at batch 1"),
+                    ("legacy_over_ours_ort_batch", f"legacy / onnxruntime at batch {d['batch']}"),
+                    ("ours_over_floor_batch1", "ours / floor at batch 1"),
+                    ("ours_over_floor_batch", f"ours / floor at batch {d['batch']}"),
+                )
+                if key in p
+            )
+            + ".",
+        ]
     lines += [
         "",
         f"Ratios (medians): legacy / ours {r['legacy_over_ours_batch1']:.1f}x at batch 1; ours / floor "
@@ -178,8 +198,21 @@ def _cli(c: dict[str, Any]) -> list[str]:
     vi = c["validate_imports"]
     lines += [
         "",
-        f"`asa validate` imported (of torch, transformers, sklearn, skl2onnx, onnxruntime, onnx, scipy): {', '.join(vi['imported']) or 'none'}.",
+        f"`asa validate` imported (of torch, transformers, sklearn, skl2onnx, onnxruntime, onnx, ml_dtypes, scipy): {', '.join(vi['imported']) or 'none'}.",
     ]
+    for key, what in (
+        ("validate_cpu", "the README's example bundle"),
+        ("validate_cpu_benchmark_bundle", "the benchmark bundle"),
+    ):
+        cpu = c.get(key)
+        if cpu:
+            lines.append(
+                f"CPU time of `asa validate` on {what}: {cpu['validate_cpu_s']['median']:.3f} s against "
+                f"{cpu['import_numpy_cpu_s']['median']:.3f} s for `python -c 'import numpy'` "
+                f"({cpu['pairs']} interleaved pairs): {cpu['pair_ratio']['median']:.2f}x (median of the "
+                f"pair ratios, {cpu['pair_ratio']['min']:.2f} .. {cpu['pair_ratio']['max']:.2f}); ratio "
+                f"of medians {cpu['ratio_of_medians']:.2f}x."
+            )
     for key in ("validate", "convert"):
         top = c["importtime_top"][key][:5]
         if top:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from asa_format import constants as C
-from asa_format.bundle import Decision, DecisionBatch, gates
+from asa_format.bundle import Decision, DecisionBatch, gate_of, gates
 from asa_format.errors import DecisionError
 from asa_format.graphs.fastpath import (
     OVERFLOW_WINDOW,
@@ -145,6 +145,13 @@ class _TorchHead:
             return t / t.abs().sum(dim=1, keepdim=True)
         return torch.cat([1.0 - t, t], dim=1)
 
+    def sum_ok(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Rows whose ``sigmoid(s0) + sigmoid(s1)`` is at least 1/2, for a head that needs the
+        check (``LinearHead.needs_sum_check``); None when it does not."""
+        if not self.head.needs_sum_check:
+            return None
+        return self.sigmoid(scores).sum(dim=1) >= 0.5
+
     def margin(self, xnorm: torch.Tensor, hidden_size: int) -> torch.Tensor:
         """Twice the proven error bound of a probability, per row (as ``FastPlan.decide``)."""
         bound: torch.Tensor = self.head.error(xnorm, hidden_size)
@@ -224,6 +231,7 @@ class TorchDecider:
         self.alpha = float(steering.alpha)
         self._lock = threading.Lock()
         self._states: dict[torch.device, _DeviceState] = {}
+        self._cpu_proven = False  # CPU rows go to the NumPy plan (host_numpy) without lookups
         self._refused: dict[torch.device, str] = {}
         self._vectors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -269,6 +277,7 @@ class TorchDecider:
                 )
             if reason is None:
                 self._states[dev] = state
+                self._cpu_proven = (self.host_numpy and dev.type == "cpu") or self._cpu_proven
             else:
                 self._refused[dev] = reason
             return reason
@@ -319,6 +328,15 @@ class TorchDecider:
         call on a new device proves it (one synchronisation) and raises
         ``DecisionError`` if the plan does not hold there.
         """
+        if (
+            self._cpu_proven
+            and rows.dtype == torch.float32
+            and rows.device.type == "cpu"
+            and rows.dim() == 2
+            and rows.shape[1] == self.hidden_size
+            and rows.is_contiguous()
+        ):  # the common case in a CPU hook, checked with few calls into torch
+            return self._decide_host(rows)
         h = rows if rows.dim() == 2 else rows.reshape(1, -1) if rows.dim() == 1 else rows
         if h.dim() != 2 or int(h.shape[1]) != self.hidden_size:
             raise DecisionError(
@@ -372,6 +390,9 @@ class TorchDecider:
         if scores.shape[1] > 1:
             top2 = torch.topk(scores, 2, dim=1).values
             near = near | ~((top2[:, 0] - top2[:, 1]) > state.router.margin(xnorm, hidden))
+        router_ok = state.router.sum_ok(rs)
+        if router_ok is not None:
+            near = near | ~router_ok
         nan = torch.isnan(scores)
         nan_row = nan.any(dim=1)
         # NumPy's argmax: the first maximum; the first NaN when the row has one
@@ -390,10 +411,11 @@ class TorchDecider:
             p = probe.probabilities(ps)[:, 1].to(torch.float64)
             m = probe.margin(xnorm, hidden)
             columns.append(p)
-            near_columns.append(
-                ~(ps.abs() < OVERFLOW_WINDOW).all(dim=1)
-                | ~(((p - self.tau).abs() > m) & ((p - (1.0 - self.tau)).abs() > m))
+            near_p = ~(ps.abs() < OVERFLOW_WINDOW).all(dim=1) | ~(
+                ((p - self.tau).abs() > m) & ((p - (1.0 - self.tau)).abs() > m)
             )
+            sum_ok = probe.sum_ok(ps)
+            near_columns.append(near_p if sum_ok is None else near_p | ~sum_ok)
         prob = torch.stack(columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         near = near | torch.stack(near_columns, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         gate = torch.where(prob >= self.tau, 1, torch.where(prob <= 1.0 - self.tau, -1, 0)).to(
@@ -407,21 +429,30 @@ class TorchDecider:
         return index, prob, gate, finite, near
 
     def _decide_host(self, h: torch.Tensor) -> TorchDecisions:
-        """CPU rows: the NumPy plan (``FastPlan.decide``) on a float32 view or block-wise copy;
+        """CPU rows: the NumPy plan (``FastPlan.evaluate``) on a float32 view or block-wise copy;
         its rows near a boundary decided by onnxruntime on the row alone, as ``Bundle.decide``."""
         h32 = _host_float32(h)
-        with np.errstate(all="ignore"):
-            scores, prob, has_probe, near = self.plan.decide(h32, self.tau)
-        nan = np.isnan(scores)
-        nan_row = nan.any(axis=1)
-        index = np.argmax(scores, axis=1).astype(np.int64)  # NumPy's argmax: the first NaN if any
-        prob = np.where(has_probe, prob, self.no_probe).astype(np.float64)
-        gate = gates(prob, self.tau)
-        finite = np.isfinite(h32).all(axis=1)
-        gate[nan_row | ~finite] = 0
-        redo = np.flatnonzero(near & finite)
-        if redo.size:
-            index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
+        if h32.shape[0] == 1:  # one row: the plan's plain-float path (fewer, smaller steps)
+            one = self.plan.decide_one(h32, self.tau)
+            if one is not None:
+                d, p, _ = one
+                pv = self.no_probe if p is None else p
+                return TorchDecisions(
+                    torch.from_numpy(np.array([d], dtype=np.int64)),
+                    torch.from_numpy(np.array([pv], dtype=np.float64)),
+                    torch.from_numpy(np.array([gate_of(pv, self.tau)], dtype=np.int8)),
+                    torch.from_numpy(np.ones(1, dtype=bool)),
+                )
+        got = self.plan.evaluate(h32, self.tau, self.no_probe)
+        index, prob, gate = got.index, got.probability, got.gate
+        finite = np.ones(h32.shape[0], dtype=bool)
+        near = np.flatnonzero(got.near)
+        if near.size:  # the only rows that can hold NaN or infinity (FastPlan.evaluate)
+            finite[near] = np.isfinite(h32[near]).all(axis=1)
+            gate[~finite] = 0
+            redo = near[finite[near]]
+            if redo.size:
+                index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
         return TorchDecisions(
             torch.from_numpy(index),
             torch.from_numpy(prob),
@@ -491,7 +522,7 @@ def _host_float32(h: torch.Tensor) -> np.ndarray:
     """``float32(h)`` as a NumPy array: a view when ``h`` is float32 and contiguous, else a
     copy converted in row blocks below torch's parallel grain (no entry into its pool)."""
     if h.dtype == torch.float32 and h.is_contiguous():
-        return h.detach().numpy()
+        return h.numpy(force=False) if not h.requires_grad else h.detach().numpy()
     n, width = int(h.shape[0]), int(h.shape[1])
     step = max(1, CPU_BLOCK_ELEMENTS // max(1, width))
     out = np.empty((n, width), dtype=np.float32)

@@ -276,3 +276,37 @@ def test_fused_product_in_blocks(n: int) -> None:
     got = fused_product(x, w)
     assert got.shape == (n, 12) and got.dtype == np.float64
     np.testing.assert_allclose(got, x @ w, rtol=1e-13, atol=1e-12)
+
+
+def test_sigmoid_norm_probes_with_small_sums(tmp_path: Path) -> None:
+    """Probes whose two sigmoids are both tiny for some rows (onnxruntime's sigmoid is exact
+    in absolute terms only): those rows are decided by onnxruntime, on every path."""
+    import dataclasses
+
+    from hostile_graphs import sigmoid_norm
+
+    h = 24
+    rng = np.random.default_rng(21)
+    contents = make_test_contents(hidden_size=h, domains=("a", "b"), probe_scale=4.0, seed=6)
+    w = rng.standard_normal(h) * 3.0 / np.sqrt(h)
+    free = sigmoid_norm(np.stack([w, 0.5 * w], axis=1), np.array([-30.0, -31.0]))
+    path = asa_format.save_bundle(
+        dataclasses.replace(contents, probes={"a": free, "b": free}), tmp_path / "b"
+    )
+    bundle = load_bundle(path)
+    assert bundle.decision_backend == "numpy"
+    slow = load_bundle(path, fast=False)
+    rows = (rng.standard_normal((64, h)) * 4.0).astype(np.float32)
+    assert bundle._plan.evaluate(rows, bundle.manifest.steering.tau, 0.5).near.any()
+    index, prob, gate = _reference(slow, rows)
+    assert np.isnan(prob).any() and not np.isnan(prob).all()  # 0 / 0 in onnxruntime
+    for host_numpy in (True, False):
+        decider = TorchDecider.for_bundle(bundle, host_numpy=host_numpy)
+        assert decider is not None
+        got = decider.decide(torch.from_numpy(rows))
+        np.testing.assert_array_equal(got.domain_index.numpy(), index)
+        np.testing.assert_array_equal(got.gate.numpy(), gate)
+        np.testing.assert_allclose(got.probability.numpy(), prob, rtol=0, atol=1e-12)
+    ours = bundle.decide(rows)
+    np.testing.assert_array_equal(ours.gate, gate)
+    np.testing.assert_allclose(ours.probability, prob, rtol=0, atol=1e-12)

@@ -47,6 +47,7 @@ from asa_format.graphs.shapes import (
     shape_error,
     show,
 )
+from asa_format.graphs.wire import array_of
 
 __all__ = ["Budget", "CostError", "budget_for", "check_cost"]
 
@@ -86,8 +87,6 @@ class _Walker:
 
     # -- constants -------------------------------------------------------------
     def tensor(self, tensor: Any, where: str) -> Value:
-        from onnx import numpy_helper
-
         dims = tuple(int(d) for d in tensor.dims)
         if any(d < 0 for d in dims):
             raise shape_error(f"{where} has a negative dimension")
@@ -98,7 +97,7 @@ class _Walker:
         integer = tensor.data_type not in FLOAT_TYPES
         if tensor.data_type in INT_TYPES and n <= C.ONNX_COST_ALLOWANCE:
             try:
-                flat = numpy_helper.to_array(tensor).reshape(-1)
+                flat = array_of(tensor).reshape(-1)
             except (ValueError, TypeError) as exc:
                 raise shape_error(f"{where} cannot be read: {exc}") from exc
             if flat.size != n:
@@ -182,8 +181,9 @@ def check_cost(
     hidden_size: int,
     n_classes: int,
     width_code: ErrorCode = "ONNX_IO",
-) -> None:
-    """Raise :class:`CostError` unless the graph's shapes are static and its cost is in budget.
+) -> dict[str, Shape]:
+    """Raise :class:`CostError` unless the graph's shapes are static and its cost is in budget;
+    return the shape of every value.
 
     ``outputs`` maps each graph output to its required shape (``-1`` = the batch);
     an output whose only wrong dimension is the last is reported as ``width_code``.
@@ -226,3 +226,4 @@ def check_cost(
             raise shape_error(
                 f"output {name!r} combines values of different input rows (a decision must depend on its row alone)"
             )
+    return {name: value.shape for name, value in walker.env.items()}

@@ -28,12 +28,14 @@ inside any batch, and from onnxruntime.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.graphs.wire import array_of, value_of
 
 __all__ = [
     "SINGLE_THREAD_MNK",
@@ -57,11 +59,9 @@ _NP = {_FLOAT: np.float32, _DOUBLE: np.float64}
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == name:
-            return helper.get_attribute_value(a)
+            return value_of(a)
     return default
 
 
@@ -69,13 +69,11 @@ class _Graph:
     """Producers and constants of a checked ModelProto."""
 
     def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
         graph = model.graph
         self.input = graph.input[0].name
         self.inits = {t.name: t for t in graph.initializer}
         self.producers = {o: n for n in graph.node for o in n.output if o}
-        self._array = numpy_helper.to_array
+        self._array = array_of
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
@@ -97,12 +95,39 @@ class ScalerChain:
     """Element-wise steps from ``hidden`` (float32) to ``x`` (float32)."""
 
     steps: list[tuple[str, Any]]  # ("cast", dtype) or (ufunc name, constant [1, H] row)
+    _ops: list[tuple[Any, Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Compiled once: a cast to the dtype the value already has is the identity (skl2onnx
+        # writes several float32 -> float32 casts), and the ufuncs are looked up here.
+        ops: list[tuple[Any, Any]] = []
+        dtype: Any = np.dtype(np.float32)
+        for kind, arg in self.steps:
+            if kind == "cast":
+                if np.dtype(arg) != dtype:
+                    dtype = np.dtype(arg)
+                    ops.append((None, dtype))
+                continue
+            ops.append((getattr(np, kind), np.ascontiguousarray(arg)))
+        self._ops = ops
 
     def run(self, h32: np.ndarray) -> np.ndarray:
+        """The scaled rows (float32); a new array unless the chain is the identity.
+
+        The first step allocates, the others write in place: element-wise ufuncs give the
+        same values in place. Callers silence floating-point warnings (``np.errstate``).
+        """
         out = h32
-        with np.errstate(all="ignore"):
-            for kind, arg in self.steps:
-                out = out.astype(arg) if kind == "cast" else getattr(np, kind)(out, arg)
+        owned = False
+        for ufunc, arg in self._ops:
+            if ufunc is None:
+                out = out.astype(arg)
+                owned = True
+            elif owned:
+                ufunc(out, arg, out=out)
+            else:
+                out = ufunc(out, arg)
+                owned = True
         return out
 
 
@@ -171,6 +196,23 @@ class LinearHead:
     def __post_init__(self) -> None:
         self.column_norm = float(np.sqrt((self.weight * self.weight).sum(axis=0)).max(initial=0.0))
         self.bias_max = float(np.abs(self.bias).max(initial=0.0))
+
+    @property
+    def needs_sum_check(self) -> bool:
+        """``sigmoid_norm`` divides by ``sigmoid(s0) + sigmoid(s1)``; onnxruntime's sigmoid is
+        accurate in absolute terms only (it returns 0 below about -37), so a row whose sum
+        is small (both scores very negative) is decided by onnxruntime. Not needed for the
+        binary logistic regression form, columns and biases negations of each other: there
+        ``s0 == -s1`` bit for bit and the sum is 1."""
+        if self.post != "sigmoid_norm":
+            return False
+        w, b = self.weight, self.bias
+        balanced = (
+            w.shape[1] == 2
+            and (-w[:, 0]).tobytes() == w[:, 1].tobytes()
+            and (-b[0]).tobytes() == b[1].tobytes()
+        )
+        return not balanced
 
     @property
     def width(self) -> int:
@@ -332,7 +374,55 @@ def fused_product(x64: np.ndarray, fused: np.ndarray) -> np.ndarray:
     return out
 
 
+def transposed_product(x64: np.ndarray, fused_t: np.ndarray) -> np.ndarray:
+    """``fused_t @ x64.T`` (``[W, N]``), in column blocks of at most ``SINGLE_THREAD_MNK``
+    multiply-adds: the faster orientation for a few heads and many rows."""
+    n = x64.shape[0]
+    cols = max(1, SINGLE_THREAD_MNK // max(1, fused_t.shape[0] * fused_t.shape[1]))
+    if n <= cols:
+        return fused_t @ x64.T
+    out = np.empty((fused_t.shape[0], n), dtype=np.result_type(x64, fused_t))
+    for i in range(0, n, cols):
+        np.matmul(fused_t, x64[i : i + cols].T, out=out[:, i : i + cols])
+    return out
+
+
 # -- the plan ---------------------------------------------------------------------------------
+
+
+def _unique_columns(fused: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(unique [H, U], source [W], sign [W])`` with ``fused[:, j] == sign[j] * unique[:, source[j]]``
+    bit for bit: a column equal to an earlier one, or to its negation (the two columns of a
+    binary logistic regression), is not multiplied again. Negation is exact in IEEE 754 and
+    each product of a column is bounded on its own, so the error bound is unchanged."""
+    keep: list[int] = []
+    seen: dict[bytes, tuple[int, float]] = {}
+    source, sign = [], []
+    for j in range(fused.shape[1]):
+        col = np.ascontiguousarray(fused[:, j])
+        hit = seen.get(col.tobytes())
+        if hit is None:
+            neg = seen.get((-col).tobytes())
+            hit = None if neg is None else (neg[0], -1.0)
+        if hit is None:
+            hit = (len(keep), 1.0)
+            keep.append(j)
+            seen[col.tobytes()] = (hit[0], 1.0)
+        source.append(hit[0])
+        sign.append(hit[1])
+    unique = np.ascontiguousarray(fused[:, keep])
+    return unique, np.asarray(source, dtype=np.intp), np.asarray(sign, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class HostDecisions:
+    """Per-row results of :meth:`FastPlan.evaluate` (``N`` rows)."""
+
+    index: np.ndarray  # int64 [N]: routed domain (argmax of the router probabilities)
+    probability: np.ndarray  # float64 [N]: the routed probe's probability, or no-probe p
+    gate: np.ndarray  # int8 [N]
+    near: np.ndarray  # bool [N]: to be decided by onnxruntime on the row alone (every row
+    # whose input may hold NaN or infinity is near)
 
 
 @dataclass
@@ -355,78 +445,282 @@ class FastPlan:
             start += width
         self.fused = np.ascontiguousarray(np.concatenate(blocks, axis=1))
         self._fused_t = np.ascontiguousarray(self.fused.T)
+        self._prepare_host()
 
+    # -- precomputed once, for the host evaluation ------------------------------------------
+    def _prepare_host(self) -> None:
+        h = self.hidden_size
+        unique, source, sign = _unique_columns(self.fused)
+        self._unique = unique  # [H, U] float64
+        self._unique_t = np.ascontiguousarray(unique.T)  # [U, H]: one row's product is a gemv
+        self._local = threading.local()  # per thread: the one-row buffer (_row_work)
+        self._source = source
+        self._sign = sign
+        self._gathered = not (
+            np.array_equal(source, np.arange(source.size)) and bool(np.all(sign == 1.0))
+        )
+        self._negated = bool(np.any(sign < 0.0))
+        biases = [self.router.bias] + [p.bias for p in self.probes if p is not None]
+        self._bias = np.ascontiguousarray(np.concatenate(biases)).astype(np.float64)
+        # one row: (unique column, sign, bias) of each score, router first, then per domain
+        terms = list(zip(source.tolist(), sign.tolist(), self._bias.tolist(), strict=True))
+        self._router_terms = terms[: self.router.width]
+        self._probe_terms = [terms[a:b] for a, b in self.slices[1:]]
+        self._router_softmax = self.router.post == "softmax"
+        d = len(self.probes)
+        self._router_width = self.router.width
+        # 2 * LinearHead.error(xnorm) = slope * xnorm + offset, per head (router, then domains)
+        self._router_slope, self._router_offset = _margin_line(self.router, h)
+        slope = np.zeros(d)
+        offset = np.full(d, -1.0)  # a domain without probe: never near its (absent) thresholds
+        for i, probe in enumerate(self.probes):
+            if probe is not None:
+                slope[i], offset[i] = _margin_line(probe, h)
+        # the float32 sum of squares of a row, in any summation order, is within gamma_{H+1}
+        # (unit roundoff 2^-24) of the exact one; squares below 2^-126 lose at most 2^-150
+        # each: sqrt(ss * inflate) + tiny bounds the row's L2 norm from above
+        g = (h + 1) * 2.0**-24
+        self._norm32 = g < 0.25  # else the float64 sum (long rows)
+        inflate = (1.0 + 2.0**-40) / (1.0 - g / (1.0 - g)) if self._norm32 else 1.0
+        tiny = 2.0 * math.sqrt(h * 2.0**-150)  # sqrt(a + b) <= sqrt(a) + sqrt(b); x2 for inflate
+        root = math.sqrt(inflate) * (1.0 + 2.0**-40)
+        self._router_slope32 = self._router_slope * root
+        self._router_offset32 = self._router_offset + self._router_slope * tiny
+        self._probe_slope = slope
+        self._probe_offset = offset
+        self._probe_slope32 = slope * root
+        self._probe_offset32 = offset + slope * tiny
+        # the probe probability of every domain from the scores [N, W]: per output form
+        self._has_probe = np.array([p is not None for p in self.probes])
+        forms: dict[str, tuple[list[int], list[int], list[int]]] = {}
+        for i, (probe, (a, _)) in enumerate(zip(self.probes, self.slices[1:], strict=True)):
+            if probe is None:
+                continue
+            cols = forms.setdefault(probe.post, ([], [], []))
+            cols[0].append(i)
+            cols[1].append(a)
+            cols[2].append(a + 1 if probe.width > 1 else a)
+        self._forms = {k: tuple(np.asarray(c, dtype=np.intp) for c in v) for k, v in forms.items()}
+        checked = [i for i, p in enumerate(self.probes) if p is not None and p.needs_sum_check]
+        self._sum_checked = np.asarray(checked, dtype=np.intp)  # domains whose sum is checked
+        r = self._router_width
+        w = self.fused.shape[1]
+        # the common export (skl2onnx): every domain has a binary logistic probe in the
+        # sigmoid_norm form, columns laid out in pairs after the router: strided views
+        self._pairs = (
+            list(forms) == ["sigmoid_norm"]
+            and bool(self._has_probe.all())
+            and not any(p.needs_sum_check for p in self.probes if p is not None)
+            and w == r + 2 * d
+            and all(b - a == 2 for a, b in self.slices[1:])
+        )
+
+    # -- scaling -------------------------------------------------------------------------------
     def scale(self, h32: np.ndarray) -> np.ndarray:
-        return np.asarray(self.scaler.run(h32), dtype=np.float32)
+        with np.errstate(all="ignore"):
+            return np.asarray(self.scaler.run(h32), dtype=np.float32)
 
+    # -- one row -------------------------------------------------------------------------------
     def decide_one(self, h32: np.ndarray, tau: float) -> tuple[int, float | None, bool] | None:
         """One row: ``(domain index, probe probability or None, router output has NaN)``,
         or None when the row must be decided by onnxruntime (near a boundary, non-finite
-        values, overflow window)."""
-        x = self.scaler.run(h32)[0].astype(np.float64)
-        xnorm = math.sqrt(float(np.dot(x, x)))
+        values, overflow window). After the matrix product, plain floats."""
+        work = self._row_work()
+        row = work[-1]
+        with np.errstate(all="ignore"):
+            row[...] = self.scaler.run(h32)[0]  # float32 -> float64 is exact
+            # one product: every head and, from the row itself as the last line, x . x
+            *heads, ss = np.dot(work, row).tolist()
+        xnorm = math.sqrt(ss)
         if not xnorm < math.inf:
             return None
-        heads = np.dot(self._fused_t, x).tolist()
-        a, b = self.slices[0]
-        scores = [v + c for v, c in zip(heads[a:b], self.router.bias.tolist(), strict=True)]
-        if not all(-OVERFLOW_WINDOW < s < OVERFLOW_WINDOW for s in scores):
-            return None
-        probs = self.router.row_probabilities(scores)
-        best = max(range(len(probs)), key=probs.__getitem__)
-        if len(probs) > 1:
-            second = max(p for j, p in enumerate(probs) if j != best)
-            if probs[best] - second <= 2.0 * self.router.error(xnorm, self.hidden_size):
+        window = OVERFLOW_WINDOW
+        scores = [heads[k] * sign + b for k, sign, b in self._router_terms]
+        for v in scores:
+            if not -window < v < window:
                 return None
+        margin = self._router_slope * xnorm + self._router_offset
+        if self._router_softmax:  # exp-space, as in evaluate (|scores| < 700: no overflow)
+            e = [math.exp(v) for v in scores]
+            top = max(e)
+            best = e.index(top)
+            if len(e) > 1:
+                second = max(e[:best] + e[best + 1 :])
+                if not (top - second) / math.fsum(e) > margin:
+                    return None
+        else:
+            if self.router.needs_sum_check and not _sigmoid_sum(scores) >= 0.5:
+                return None
+            probs = self.router.row_probabilities(scores)
+            best = max(range(len(probs)), key=probs.__getitem__)
+            if len(probs) > 1:
+                second = max(p for j, p in enumerate(probs) if j != best)
+                if not probs[best] - second > margin:
+                    return None
         probe = self.probes[best]
         if probe is None:
             return best, None, False
-        a, b = self.slices[1 + best]
-        pscores = [v + c for v, c in zip(heads[a:b], probe.bias.tolist(), strict=True)]
-        if not all(-OVERFLOW_WINDOW < s < OVERFLOW_WINDOW for s in pscores):
-            return None
-        p = probe.row_probabilities(pscores)[1]
-        margin = 2.0 * probe.error(xnorm, self.hidden_size)
-        if abs(p - tau) <= margin or abs(p - (1.0 - tau)) <= margin:
+        pscores = [heads[k] * sign + b for k, sign, b in self._probe_terms[best]]
+        for v in pscores:
+            if not -window < v < window:
+                return None
+        if probe.post == "sigmoid_norm":
+            t0 = 1.0 / (1.0 + math.exp(-pscores[0]))
+            t1 = 1.0 / (1.0 + math.exp(-pscores[1]))
+            if not t0 + t1 >= 0.5 and probe.needs_sum_check:
+                return None
+            p = t1 / (t0 + t1)
+        else:
+            p = probe.row_probabilities(pscores)[1]
+        margin = self._probe_slope[best] * xnorm + self._probe_offset[best]
+        if not (abs(p - tau) > margin and abs(p - (1.0 - tau)) > margin):
             return None
         return best, p, False
 
-    def decide(
-        self, h32: np.ndarray, tau: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rows ``[N, H]``: ``(router probabilities [N, D], probe probability [N] (NaN: no
-        probe), has-probe mask [N], near mask [N])``; rows in the near mask must be
-        decided by onnxruntime, one at a time."""
+    def _row_work(self) -> np.ndarray:
+        """This thread's ``[U + 1, H]`` float64 buffer: the unique head columns, then a row
+        for the scaled input (threads never share it)."""
+        local = self._local
+        work: np.ndarray | None = getattr(local, "work", None)
+        if work is None:
+            work = np.empty((self._unique_t.shape[0] + 1, self.hidden_size))
+            work[:-1] = self._unique_t
+            local.work = work
+        return work
+
+    # -- a batch ---------------------------------------------------------------------------
+    def evaluate(self, h32: np.ndarray, tau: float, no_probe: float) -> HostDecisions:
+        """Decide rows ``[N, H]`` (float32, C-contiguous).
+
+        Rows in ``near`` lie within the proven error bound of a decision boundary, have a
+        score in the exponential's overflow window, or non-finite features: the caller
+        decides them with onnxruntime on the row alone. Only near rows can come from an
+        input holding NaN or infinity: a non-finite input value makes its scaled row,
+        hence its sum of squares and its error bound, non-finite (every scaler step keeps
+        it so), and a comparison with a non-finite bound fails.
+        """
+        n = h32.shape[0]
         with np.errstate(all="ignore"):
-            x = self.scale(h32).astype(np.float64)
-            xnorm = np.sqrt(np.einsum("ij,ij->i", x, x))
-            heads = fused_product(x, self.fused)
-            a, b = self.slices[0]
-            rs = heads[:, a:b] + self.router.bias
-            scores = self.router.probabilities(rs)
-            near = ~np.isfinite(xnorm) | ~(np.abs(rs) < OVERFLOW_WINDOW).all(axis=1)
-            if scores.shape[1] > 1:
-                top2 = np.sort(scores, axis=1)[:, -2:]
-                near |= ~(
-                    top2[:, 1] - top2[:, 0] > 2.0 * self.router.error(xnorm, self.hidden_size)
-                )
-            index = np.argmax(scores, axis=1)
-            prob = np.full(x.shape[0], np.nan)
-            has_probe = np.zeros(x.shape[0], dtype=bool)
-            for d in np.unique(index):
-                probe = self.probes[int(d)]
-                if probe is None:
-                    continue
-                rows = np.flatnonzero(index == d)
-                a, b = self.slices[1 + int(d)]
-                ps = heads[rows, a:b] + probe.bias
-                p = probe.probabilities(ps)[:, 1]
-                margin = 2.0 * probe.error(xnorm[rows], self.hidden_size)
-                near[rows] |= ~(np.abs(ps) < OVERFLOW_WINDOW).all(axis=1)
-                near[rows] |= ~((np.abs(p - tau) > margin) & (np.abs(p - (1.0 - tau)) > margin))
-                prob[rows] = p
-                has_probe[rows] = True
-        return scores, prob, has_probe, near
+            x32 = self.scaler.run(h32)
+            if self._norm32:
+                ss = _row_dots(x32)
+                slope_r, offset_r = self._router_slope32, self._router_offset32
+                slope_p, offset_p = self._probe_slope32, self._probe_offset32
+                x64 = x32.astype(np.float64)
+            else:
+                x64 = x32.astype(np.float64)
+                ss = _row_dots(x64)
+                slope_r, offset_r = self._router_slope, self._router_offset
+                slope_p, offset_p = self._probe_slope, self._probe_offset
+            xnorm = np.sqrt(ss, dtype=np.float64)
+            # [W, N]: one row per head column, the rows of the batch along the last axis
+            s = transposed_product(x64, self._unique_t)
+            if self._gathered:
+                s = np.take(s, self._source, axis=0)
+                if self._negated:
+                    s *= self._sign[:, None]
+            s += self._bias[:, None]
+            fine = self._within_window(s)
+            r = self._router_width
+            if self.router.post == "softmax":
+                # argmax and top-two gap of softmax(s) = e / sum(e), e = exp(s): on the rows
+                # within the window |s| < 700 no term overflows (D <= 1024), and no row outside
+                # it is fine; without the shift by the row maximum (an exact transformation in
+                # real arithmetic) each probability moves by a few ulps, within the slack
+                e = np.exp(s[:r])
+                top = np.sort(e, axis=0)[-2:] if r > 1 else e
+                index = e.argmax(axis=0)
+                if r > 1:
+                    gap = (top[1] - top[0]) / e.sum(axis=0)
+                    fine &= gap > slope_r * xnorm + offset_r
+            else:
+                scores = self.router.probabilities(s[:r].T)  # [N, D] (D = 2 for one column)
+                index = scores.argmax(axis=1)
+                if self.router.needs_sum_check:
+                    fine &= (1.0 / (1.0 + np.exp(-s[:r]))).sum(axis=0) >= 0.5
+                if scores.shape[1] > 1:
+                    top2 = np.sort(scores, axis=1)[:, -2:]
+                    fine &= top2[:, 1] - top2[:, 0] > slope_r * xnorm + offset_r
+            p_all, sums = self._probe_probabilities(s, n, no_probe)  # [D, N]
+            rows = np.arange(n)
+            p = p_all[index, rows]
+            if sums is not None:  # the normalising sums that must be >= 1/2 (needs_sum_check)
+                fine &= sums[index, rows] >= 0.5
+            margin = np.take(slope_p, index) * xnorm + np.take(offset_p, index)
+            fine &= np.abs(p - tau) > margin
+            fine &= np.abs(p - (1.0 - tau)) > margin
+            up = p >= tau  # +1 if p >= tau, else -1 if p <= 1 - tau (tau may be <= 0.5)
+            gate = up.view(np.int8) - ((p <= 1.0 - tau) > up).view(np.int8)
+        return HostDecisions(index.astype(np.int64, copy=False), p, gate, ~fine)
+
+    @staticmethod
+    def _within_window(s: np.ndarray) -> np.ndarray:
+        """Bool ``[N]``: every score of the row lies inside the overflow window (not NaN)."""
+        if s.max() < OVERFLOW_WINDOW and s.min() > -OVERFLOW_WINDOW:  # False with a NaN
+            return np.ones(s.shape[1], dtype=bool)
+        out: np.ndarray = np.abs(s).max(axis=0) < OVERFLOW_WINDOW
+        return out
+
+    def _probe_probabilities(
+        self, s: np.ndarray, n: int, no_probe: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``[D, N]``: each domain's probe probability from the scores ``[W, N]``
+        (``no_probe`` for a domain without probe), and the sums ``sigmoid(s0) +
+        sigmoid(s1)`` of the probes that need the check (1 elsewhere), or None."""
+        r = self._router_width
+        if self._pairs:  # t = sigmoid(scores); p = t1 / (|t0| + |t1|), and |t| = t in [0, 1]
+            t = np.exp(-s[r:])
+            t += 1.0
+            np.divide(1.0, t, out=t)
+            t1 = t[1::2]
+            out: np.ndarray = t1 / (t[0::2] + t1)
+            return out, None
+        out = np.full((len(self.probes), n), no_probe)
+        sums = np.ones((len(self.probes), n)) if self._sum_checked.size else None
+        for post, (domains, c0, c1) in self._forms.items():
+            if post == "softmax":
+                s0, s1 = s[c0], s[c1]
+                m = np.maximum(s0, s1)
+                e0, e1 = np.exp(s0 - m), np.exp(s1 - m)
+                out[domains] = e1 / (e0 + e1)
+                continue
+            t1 = 1.0 / (1.0 + np.exp(-s[c1]))
+            if post == "sigmoid_norm":
+                t0 = 1.0 / (1.0 + np.exp(-s[c0]))
+                total = np.abs(t0) + np.abs(t1)
+                out[domains] = t1 / total
+                if sums is not None:
+                    sums[domains] = total
+            else:  # sigmoid_pair
+                out[domains] = t1
+        if sums is not None:
+            balanced = np.setdiff1d(np.arange(len(self.probes)), self._sum_checked)
+            sums[balanced] = 1.0
+        return out, sums
+
+
+def _sigmoid_sum(scores: list[float]) -> float:
+    return sum(1.0 / (1.0 + math.exp(-v)) for v in scores)
+
+
+def _row_dots(x: np.ndarray) -> np.ndarray:
+    """Per row, the sum of squares (any summation order)."""
+    vecdot = getattr(np, "vecdot", None)  # NumPy >= 2.0: a SIMD dot per row
+    if vecdot is not None:
+        out: np.ndarray = vecdot(x, x)
+        return out
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _margin_line(head: LinearHead, hidden_size: int) -> tuple[float, float]:
+    """``(slope, offset)`` with ``2 * head.error(xnorm) <= slope * xnorm + offset`` for any
+    ``xnorm >= 0`` (the same expression, expanded; rounded up by a relative 2^-40)."""
+    n = (hidden_size + 2) * _UNIT_ROUNDOFF
+    gamma = n / (1.0 - n)
+    up = 1.0 + 2.0**-40
+    slope = 2.0 * 3.0 * 2.0 * (1.01 * gamma + 2.0 * _UNIT_ROUNDOFF) * head.column_norm * up
+    offset = 2.0 * (3.0 * 2.0 * 2.0 * _UNIT_ROUNDOFF * head.bias_max + PROBABILITY_SLACK) * up
+    return slope, offset
 
 
 def build_plan(

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
+from asa_format.graphs.check import CheckFailure, check_model, predict_session
 from asa_format.graphs.cost import CostError, check_cost
+from asa_format.graphs.wire import WireError, parse_model
 
-__all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file"]
+__all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file", "session_problems"]
 
 # Operators allowed per domain. The default-domain set covers what skl2onnx
 # emits for StandardScaler and linear classifiers (float and double), plus a
@@ -76,6 +79,8 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
 FLOAT = 1
 INT64 = 7
 DOUBLE = 11
+EXTERNAL = 1  # TensorProto.DataLocation
+ATTR_GRAPH, ATTR_GRAPHS, ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS = 5, 10, 11, 12  # AttributeProto
 _TYPE_NAMES = {FLOAT: "float32", INT64: "int64", DOUBLE: "float64"}
 
 COST_HINTS: dict[ErrorCode, str] = {
@@ -139,15 +144,16 @@ def check_onnx(
     file: str,
     hidden_size: int | None,
     n_classes: int | None,
+    engine: str = "wire",
 ) -> tuple[object | None, list[Problem]]:
     """Parse ``data`` and check it against the profile for ``file``'s role.
 
-    Returns the parsed ``onnx.ModelProto`` (or None when it could not be
-    parsed or is refused before deeper checks) and the problems found.
+    Returns the parsed model (or None when it could not be parsed or is
+    refused before deeper checks) and the problems found. ``engine="wire"``
+    (the default) parses with the bounded reader of ``onnx_wire`` and checks
+    with ``onnx_check``: no ``onnx`` import. ``engine="onnx"`` uses the ``onnx``
+    package's parser and checker (the reference the tests compare with).
     """
-    import onnx
-    from google.protobuf.message import DecodeError
-
     problems: list[Problem] = []
 
     def bad(code: ErrorCode, message: str, hint: str) -> None:
@@ -160,12 +166,23 @@ def check_onnx(
             "a linear graph is far smaller",
         )
         return None, problems
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        bad("ONNX_PARSE", f"not a valid ONNX protobuf: {exc}", "re-export the graph")
-        return None, problems
+    model: Any
+    if engine == "onnx":
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            bad("ONNX_PARSE", f"not a valid ONNX protobuf: {exc}", "re-export the graph")
+            return None, problems
+    else:
+        try:
+            model = parse_model(data)
+        except WireError as exc:
+            bad("ONNX_PARSE", f"not a valid ONNX protobuf: {exc}", "re-export the graph")
+            return None, problems
     if not model.HasField("graph"):
         bad("ONNX_PARSE", "the file holds no graph", "re-export the graph")
         return None, problems
@@ -233,7 +250,7 @@ def check_onnx(
             "linear graphs need a handful of nodes",
         )
     for where, tensor in _tensors_with_location(model):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):  # type: ignore[attr-defined]
+        if tensor.data_location == EXTERNAL or len(tensor.external_data):  # type: ignore[attr-defined]
             bad(
                 "ONNX_EXTERNAL_DATA",
                 f"{where} references external data",
@@ -250,18 +267,14 @@ def check_onnx(
             )
         # attributes first: a control-flow op (If, Loop) is refused for its subgraph
         for attr in node.attribute:
-            if (
-                attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                or attr.HasField("g")
-                or len(attr.graphs)
-            ):
+            if attr.type in (ATTR_GRAPH, ATTR_GRAPHS) or attr.HasField("g") or len(attr.graphs):
                 bad(
                     "ONNX_SUBGRAPH",
                     f"node {label!r} has graph-valued attribute {attr.name!r}",
                     "subgraphs are not allowed",
                 )
             if (
-                attr.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS)
+                attr.type in (ATTR_SPARSE_TENSOR, ATTR_SPARSE_TENSORS)
                 or attr.HasField("sparse_tensor")
                 or len(attr.sparse_tensors)
             ):
@@ -305,8 +318,13 @@ def check_onnx(
     if problems:
         return None, problems
     try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises ValidationError and others
+        if engine == "onnx":
+            import onnx
+
+            onnx.checker.check_model(model)
+        else:
+            check_model(model)
+    except Exception as exc:  # onnx raises ValidationError and others; ours CheckFailure
         bad(
             "ONNX_PARSE",
             f"fails the ONNX checker: {str(exc).splitlines()[0][:300]}",
@@ -337,6 +355,36 @@ def check_onnx(
             bad(exc.code, exc.message, COST_HINTS[exc.code])
             return None, problems
     return model, problems
+
+
+def session_problems(model: Any, *, file: str, hidden_size: int, n_classes: int) -> list[Problem]:
+    """What creating an onnxruntime session for the checked ``model`` would report, predicted
+    statically (``onnx_check.predict_session``): ``[]`` or one ``ONNX_SESSION`` problem."""
+    role = role_for_file(file)
+    try:
+        ranks = {
+            name: len(shape)
+            for name, shape in check_cost(
+                model,
+                input_name=role.inputs[0][0],
+                outputs={},
+                hidden_size=hidden_size,
+                n_classes=n_classes,
+            ).items()
+        }
+        predict_session(model, ranks)
+    except Exception as exc:  # CheckFailure, CostError; anything else: not predictable, refused
+        if not isinstance(exc, (CheckFailure, CostError)):
+            exc = CheckFailure(f"cannot be predicted ({type(exc).__name__}: {exc})")
+        return [
+            Problem(
+                code="ONNX_SESSION",
+                file=file,
+                message=f"onnxruntime would refuse the graph: {str(exc).splitlines()[0][:300]}",
+                hint="re-export the graph",
+            )
+        ]
+    return []
 
 
 def _check_io(

@@ -15,6 +15,7 @@ from math import prod
 from typing import Any, Protocol
 
 from asa_format.errors import ErrorCode
+from asa_format.graphs.wire import value_of
 
 __all__ = [
     "CLASSIFIERS",
@@ -117,11 +118,9 @@ def _show(shape: Shape) -> str:
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == name:
-            return helper.get_attribute_value(a)
+            return value_of(a)
     return default
 
 

@@ -32,7 +32,7 @@ from asa_format.errors import ErrorCode, Problem
 from asa_format.format.interventions import tensor_problems, zero_condition_problems
 from asa_format.format.manifest import Manifest, parse_manifest
 from asa_format.format.safetensors import parse_vectors
-from asa_format.graphs.profile import check_onnx
+from asa_format.graphs.profile import check_onnx, session_problems
 
 __all__ = [
     "ReadResult",
@@ -206,6 +206,11 @@ def session_options() -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    # No graph rewriting: the session runs the checked graph's own nodes, so what it accepts
+    # follows from the nodes alone (types, attributes, kernels) and the static checks predict
+    # it without onnxruntime (asa_format.onnx_session); fused kernels reject inputs the
+    # separate nodes accept (a MatMul and a Mul by an infinite constant, for one).
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.add_session_config_entry("session.load_model_format", "ONNX")
     return so
 
@@ -217,12 +222,15 @@ def read_bundle_dir(
     create_sessions: bool = True,
     signature_name: str = C.SIGNATURE_FILE,
     keep_models: bool = False,
+    predict_sessions: bool = False,
 ) -> ReadResult:
     """Read and check a bundle; collect every problem instead of stopping at the first.
 
     With ``create_sessions`` each checked graph is loaded into onnxruntime and
-    evaluated once, then released (validation). ``keep_models`` keeps the
-    parsed ModelProtos for the loader's fast path.
+    evaluated once, then released. ``predict_sessions`` (without
+    ``create_sessions``) predicts that step statically instead, without
+    importing onnxruntime (``onnx_profile.session_problems``). ``keep_models``
+    keeps the parsed models for the loader's fast path.
     """
     root = Path(path)
     result = ReadResult(path=root)
@@ -419,6 +427,7 @@ def read_bundle_dir(
     # 6. graphs ------------------------------------------------------------------------
     graph_files = [C.SCALER_FILE, C.ROUTER_FILE] + [d.probe for d in manifest.domains if d.probe]
     checked: dict[str, bytes] = {}
+    models: dict[str, Any] = {}
     for name in graph_files:
         if name not in contents:
             continue
@@ -429,14 +438,21 @@ def read_bundle_dir(
         problems.extend(gproblems)
         if model is not None and not gproblems:
             checked[name] = contents[name]
-            if keep_models:
-                result.models[name] = model
+            models[name] = model
         del model
     result.graph_bytes = checked
+    if keep_models:
+        result.models = models
 
     # 7. sessions -----------------------------------------------------------------------
     if create_sessions and not problems:
         _create_sessions(result, checked, hidden, len(names), keep=False)
+    elif predict_sessions and not problems:
+        for name, model in models.items():
+            n_classes = len(names) if name == C.ROUTER_FILE else 2
+            problems.extend(
+                session_problems(model, file=name, hidden_size=hidden, n_classes=n_classes)
+            )
     return result
 
 
