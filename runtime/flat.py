@@ -118,6 +118,40 @@ class _Seq:
         return self.computed <= position < self.computed + self.length
 
 
+def _layout(
+    tokens: torch.Tensor,
+    query_start_loc: Any,
+    num_computed_tokens: Any,
+    prompt_lens: Any,
+    selections: Sequence[Any],
+    request_ids: Sequence[str],
+) -> tuple[list[int], list[int], list[int]]:
+    """The flattened batch's layout, checked: ``(query_start_loc, num_computed, prompt_lens)``."""
+    if tokens.dim() != 2:
+        raise DecisionError(
+            f"the hidden states must be [num_tokens, H], got {list(tokens.shape)}",
+            code="DECISION_INPUT",
+        )
+    qsl = _ints(query_start_loc, "query_start_loc")
+    computed = _ints(num_computed_tokens, "num_computed_tokens")
+    prompts = _ints(prompt_lens, "prompt_lens")
+    s_count = len(qsl) - 1
+    if s_count < 0 or any(len(x) != s_count for x in (computed, prompts, selections, request_ids)):
+        raise DecisionError(
+            "query_start_loc must have one more entry than num_computed_tokens, prompt_lens, "
+            "selections and request_ids",
+            code="DECISION_INPUT",
+        )
+    if qsl and (
+        qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > tokens.shape[0]
+    ):
+        raise DecisionError(
+            f"query_start_loc {qsl} does not describe rows of a [{tokens.shape[0]}, H] batch",
+            code="DECISION_INPUT",
+        )
+    return qsl, computed, prompts
+
+
 def _schedule(
     hidden: torch.Tensor,
     query_start_loc: Any,
@@ -130,26 +164,10 @@ def _schedule(
     request_ids: Sequence[str],
     cached_prefix_steered: bool = False,
 ) -> list[_Seq]:
-    if hidden.dim() != 2:
-        raise DecisionError(
-            f"hidden must be [num_tokens, H], got {list(hidden.shape)}", code="DECISION_INPUT"
-        )
-    qsl = _ints(query_start_loc, "query_start_loc")
-    computed = _ints(num_computed_tokens, "num_computed_tokens")
-    prompts = _ints(prompt_lens, "prompt_lens")
+    qsl, computed, prompts = _layout(
+        hidden, query_start_loc, num_computed_tokens, prompt_lens, selections, request_ids
+    )
     s_count = len(qsl) - 1
-    if s_count < 0 or any(len(x) != s_count for x in (computed, prompts, selections, request_ids)):
-        raise DecisionError(
-            "query_start_loc must have one more entry than num_computed_tokens, prompt_lens, selections and request_ids",
-            code="DECISION_INPUT",
-        )
-    if qsl and (
-        qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > hidden.shape[0]
-    ):
-        raise DecisionError(
-            f"query_start_loc {qsl} does not describe rows of a [{hidden.shape[0]}, H] batch",
-            code="DECISION_INPUT",
-        )
     if policy is not None and policy not in POLICIES:
         raise DecisionError(
             f"unknown policy {policy!r}; expected one of {list(POLICIES)}", code="DECISION_INPUT"
@@ -469,26 +487,10 @@ def steer_flat_rows(
     [n] long, stream[index] + delta [n, H])``, or None when nothing is added;
     ``stream`` is not modified. ``state`` is updated only on success.
     """
-    if stream.dim() != 2:
-        raise DecisionError(
-            f"the stream must be [num_tokens, H], got {list(stream.shape)}", code="DECISION_INPUT"
-        )
-    qsl = _ints(query_start_loc, "query_start_loc")
-    computed = _ints(num_computed_tokens, "num_computed_tokens")
-    prompts = _ints(prompt_lens, "prompt_lens")
+    qsl, computed, prompts = _layout(
+        stream, query_start_loc, num_computed_tokens, prompt_lens, selections, request_ids
+    )
     s_count = len(qsl) - 1
-    if s_count < 0 or any(len(x) != s_count for x in (computed, prompts, selections, request_ids)):
-        raise DecisionError(
-            "query_start_loc must have one more entry than num_computed_tokens, prompt_lens, selections and request_ids",
-            code="DECISION_INPUT",
-        )
-    if qsl and (
-        qsl[0] != 0 or any(b < a for a, b in itertools.pairwise(qsl)) or qsl[-1] > stream.shape[0]
-    ):
-        raise DecisionError(
-            f"query_start_loc {qsl} does not describe rows of a [{stream.shape[0]}, H] batch",
-            code="DECISION_INPUT",
-        )
     seqs: list[tuple[_Seq, Program]] = []
     for s in range(s_count):
         digest = selections[s]
