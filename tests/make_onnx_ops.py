@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-OUT = ROOT / "asa_format" / "onnx_ops.py"
+OUT = ROOT / "asa_format" / "graphs" / "ops.py"
 ELEM_TYPES = tuple(range(1, 29))  # TensorProto.DataType, UNDEFINED excluded
 IR_VERSION = 11  # the newest the profile allows
 _BYTES = {

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from asa_format import onnx_wire as W
+from asa_format.graphs import wire as W
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = sorted(
