@@ -64,7 +64,7 @@ NORMALIZE: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     # a float printed in full (repr) follows the BLAS build in its last digits: 6 significant
     (re.compile(r"-?\d+\.\d{10,}(?:e-?\d+)?"), lambda m: f"{float(m.group(0)):.6g}"),
 )
-README_MAX_LINES = 280
+README_MAX_LINES = 290
 TIMEOUT_S = 300
 
 
