@@ -63,6 +63,8 @@ NORMALIZE: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     (re.compile(r"\bkey [0-9a-f]{16}\.\.\."), "key <key id>..."),  # a fresh key per run
     # a float printed in full (repr) follows the BLAS build in its last digits: 6 significant
     (re.compile(r"-?\d+\.\d{10,}(?:e-?\d+)?"), lambda m: f"{float(m.group(0)):.6g}"),
+    # a duration printed in seconds (asa fit's report): the machine's speed, not the result
+    (re.compile(r"\b\d+\.\d s$", re.M), "<seconds> s"),
 )
 README_MAX_LINES = 290
 TIMEOUT_S = 300
