@@ -17,7 +17,7 @@ from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
 from asa_format.onnx_check import CheckFailure, check_model, predict_session
 from asa_format.onnx_cost import CostError, check_cost
-from asa_format.onnx_wire import WireError, parse_model
+from asa_format.onnx_wire import WireError, WireLimit, parse_model
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file", "session_problems"]
 
@@ -182,6 +182,9 @@ def check_onnx(
             model = parse_model(data)
         except WireError as exc:
             bad("ONNX_PARSE", f"not a valid ONNX protobuf: {exc}", "re-export the graph")
+            return None, problems
+        except WireLimit as exc:
+            bad("ONNX_TOO_LARGE", str(exc), "a linear graph holds a few hundred messages")
             return None, problems
     if not model.HasField("graph"):
         bad("ONNX_PARSE", "the file holds no graph", "re-export the graph")
