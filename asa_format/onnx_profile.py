@@ -365,17 +365,14 @@ def session_problems(model: Any, *, file: str, hidden_size: int, n_classes: int)
     statically (``onnx_check.predict_session``): ``[]`` or one ``ONNX_SESSION`` problem."""
     role = role_for_file(file)
     try:
-        ranks = {
-            name: len(shape)
-            for name, shape in check_cost(
-                model,
-                input_name=role.inputs[0][0],
-                outputs={},
-                hidden_size=hidden_size,
-                n_classes=n_classes,
-            ).items()
-        }
-        predict_session(model, ranks)
+        shapes = check_cost(
+            model,
+            input_name=role.inputs[0][0],
+            outputs={},
+            hidden_size=hidden_size,
+            n_classes=n_classes,
+        )
+        predict_session(model, shapes)
     except Exception as exc:  # CheckFailure, CostError; anything else: not predictable, refused
         if not isinstance(exc, (CheckFailure, CostError)):
             exc = CheckFailure(f"cannot be predicted ({type(exc).__name__}: {exc})")
