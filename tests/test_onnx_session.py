@@ -381,3 +381,113 @@ def test_checker_and_session_edits(name: str, fn: Any) -> None:
     except Exception:
         pytest.skip("protobuf refuses to serialise this edit")
     assert _new_graph(data, "probe_0.onnx", 8, 2) == _old_graph(data, "probe_0.onnx", 8, 2, 2)
+
+
+def _ml_cases() -> dict[str, bytes]:
+    """ai.onnx.ml classifiers with the attributes their onnxruntime kernels check."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = 8
+    label = helper.make_node(
+        "ArgMax", [C.CLASSIFIER_PROBABILITIES], [C.CLASSIFIER_LABEL], axis=1, keepdims=0
+    )
+    to_double = helper.make_node("Cast", ["z"], [C.CLASSIFIER_PROBABILITIES], to=11)
+    cut = [numpy_helper.from_array(np.array([v]), k) for k, v in (("s", 0), ("e", 2), ("a", 1))]
+
+    def probe(nodes: list[Any], inits: list[Any]) -> bytes:
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info(C.CLASSIFIER_INPUT, TensorProto.DOUBLE, ["N", h])],
+            [
+                helper.make_tensor_value_info(C.CLASSIFIER_LABEL, TensorProto.INT64, ["N"]),
+                helper.make_tensor_value_info(
+                    C.CLASSIFIER_PROBABILITIES, TensorProto.DOUBLE, ["N", 2]
+                ),
+            ],
+            inits,
+        )
+        imports = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+        model = helper.make_model(graph, opset_imports=imports)
+        model.ir_version = 8
+        return bytes(model.SerializeToString())
+
+    def linear(**kw: Any) -> bytes:
+        attrs = {
+            "coefficients": [0.1] * (2 * h),
+            "intercepts": [0.0, 0.0],
+            "classlabels_ints": [0, 1],
+            **kw,
+        }
+        node = helper.make_node(
+            "LinearClassifier", [C.CLASSIFIER_INPUT], ["l", "z"], domain="ai.onnx.ml", **attrs
+        )
+        return probe([node, to_double, label], [])
+
+    def sliced(op: str, **kw: Any) -> bytes:
+        nodes = [
+            helper.make_node(op, [C.CLASSIFIER_INPUT], ["n"], domain="ai.onnx.ml", **kw),
+            helper.make_node("Slice", ["n", "s", "e", "a"], ["z"]),
+            to_double,
+            label,
+        ]
+        return probe(nodes, cut)
+
+    def tree(**kw: Any) -> bytes:
+        attrs = {
+            "nodes_treeids": [0, 0, 0],
+            "nodes_nodeids": [0, 1, 2],
+            "nodes_featureids": [0, 0, 0],
+            "nodes_modes": ["BRANCH_LEQ", "LEAF", "LEAF"],
+            "nodes_values": [0.0, 0.0, 0.0],
+            "nodes_truenodeids": [1, 0, 0],
+            "nodes_falsenodeids": [2, 0, 0],
+            "class_treeids": [0, 0],
+            "class_nodeids": [1, 2],
+            "class_ids": [0, 1],
+            "class_weights": [1.0, 1.0],
+            "classlabels_int64s": [0, 1],
+            **kw,
+        }
+        node = helper.make_node(
+            "TreeEnsembleClassifier", [C.CLASSIFIER_INPUT], ["l", "z"], domain="ai.onnx.ml", **attrs
+        )
+        return probe([node, to_double, label], [])
+
+    return {
+        "linear": linear(),
+        "linear-bad-transform": linear(post_transform="BOGUS"),
+        "linear-logistic": linear(post_transform="LOGISTIC"),
+        "linear-one-intercept": linear(intercepts=[0.0], coefficients=[0.1] * h),
+        "linear-three-intercepts": linear(intercepts=[0.0] * 3, coefficients=[0.1] * (3 * h)),
+        "normalizer": sliced("Normalizer", norm="L1"),
+        "normalizer-bad-norm": sliced("Normalizer", norm="BOGUS"),
+        "scaler": sliced("Scaler", scale=[1.0] * h, offset=[0.0] * h),
+        "scaler-one-value": sliced("Scaler", scale=[2.0], offset=[1.0]),
+        "scaler-lengths-differ": sliced("Scaler", scale=[1.0, 2.0, 3.0], offset=[0.0]),
+        "tree": tree(),
+        "tree-bad-mode": tree(nodes_modes=["BOGUS", "LEAF", "LEAF"]),
+        "tree-lengths-differ": tree(nodes_treeids=[0, 0]),
+        "tree-self-loop": tree(nodes_truenodeids=[0, 0, 0]),
+        "tree-missing-node": tree(nodes_falsenodeids=[7, 0, 0]),
+        "tree-class-id-too-big": tree(class_ids=[0, 5]),
+        "tree-bad-transform": tree(post_transform="BOGUS"),
+        "tree-repeated-id": tree(nodes_nodeids=[0, 1, 1]),
+        "tree-weight-on-missing-node": tree(class_nodeids=[1, 9]),
+        "tree-three-base-values": tree(base_values=[0.0, 0.0, 0.0]),
+        "tree-cycle": tree(
+            nodes_modes=["BRANCH_LEQ", "BRANCH_LEQ", "LEAF"],
+            nodes_truenodeids=[1, 0, 0],
+            nodes_falsenodeids=[2, 2, 0],
+        ),
+    }  # fmt: skip
+
+
+ML_CASES = _ml_cases()
+
+
+@pytest.mark.parametrize("name", sorted(ML_CASES))
+def test_ml_kernel_attributes(name: str) -> None:
+    data = ML_CASES[name]
+    assert _new_graph(data, "probe_0.onnx", 8, 2) == _old_graph(data, "probe_0.onnx", 8, 2, 2)

@@ -323,3 +323,17 @@ def test_attribute_values_are_helper_s() -> None:
     for a in attrs:
         got = W.attribute_value(W.parse(a.SerializeToString(), "AttributeProto"))
         assert got == onnx.helper.get_attribute_value(a)
+
+
+def test_message_count_is_bounded_before_building() -> None:
+    """Empty nodes take 2 bytes each on the wire: past MAX_MESSAGES the reader stops (a file
+    of the size cap could otherwise build hundreds of millions of objects)."""
+    from asa_format.graphs.profile import check_onnx
+
+    graph = _ld(1, b"") * (W.MAX_MESSAGES + 1)
+    data = _ld(7, graph)
+    with pytest.raises(W.WireLimit):
+        W.parse_model(data)
+    _, problems = check_onnx(data, file="probe_0.onnx", hidden_size=8, n_classes=2)
+    assert [p.code for p in problems] == ["ONNX_TOO_LARGE"]
+    assert W.parse_model(_ld(7, _ld(1, b"") * 1000)).graph.node  # well below: read as usual

@@ -490,10 +490,11 @@ def _constant_type(attrs: Mapping[Any, Any]) -> int | None:
     return None
 
 
-def predict_session(model: Any, ranks: Mapping[str, int] | None = None) -> None:
+def predict_session(model: Any, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Raise :class:`CheckFailure` where onnxruntime would refuse to create a session for a
-    model that passed the profile, the checker and the static shape walk. ``ranks`` maps
-    value names to their rank (from the walk), for attribute checks that need it."""
+    model that passed the profile, the checker and the static shape walk (or could not
+    evaluate it). ``shapes`` maps value names to their shapes from the walk (``-1`` = the
+    batch), for the attribute checks that need them."""
     graph = model.graph
     imports: dict[str, int] = {}
     for imp in model.opset_import:
@@ -514,7 +515,7 @@ def predict_session(model: Any, ranks: Mapping[str, int] | None = None) -> None:
             )  # fmt: skip
         types[init.name] = init.data_type
     for node in graph.node:
-        _predict_node(node, imports, types, expected, ranks or {})
+        _predict_node(node, imports, types, expected, shapes or {})
 
 
 def _type_name(elem: int) -> str:
@@ -526,7 +527,7 @@ def _predict_node(
     imports: Mapping[str, int],
     types: dict[Any, int],
     expected: Mapping[Any, int],
-    ranks: Mapping[str, int],
+    shapes: Mapping[str, tuple[int, ...]],
 ) -> None:
     domain = "" if node.domain == "ai.onnx" else node.domain
     version = imports[domain]
@@ -560,7 +561,11 @@ def _predict_node(
             f"{p}={_type_name(binding[p]) if p in binding else '?'}" for p in schema["params"]
         )
         raise _fail("no implementation of ", label, " version ", schema["since"], " for ", shown)
-    _attribute_rules(node, version, ranks, label)
+    features = None
+    shape = shapes.get(node.input[0]) if node.input else None
+    if shape is not None and len(shape) == 2 and shape[1] >= 0:
+        features = int(shape[1])
+    _attribute_rules(node, version, {k: len(v) for k, v in shapes.items()}, label, features)
     for i, name in enumerate(node.output):
         if not name:
             continue
@@ -598,11 +603,139 @@ def _elem_of(type_str: str) -> int:
     raise _fail("unknown type ", type_str)
 
 
-def _attribute_rules(node: Any, version: int, ranks: Mapping[str, int], label: str) -> None:
+_TRANSFORMS = frozenset({b"NONE", b"LOGISTIC", b"SOFTMAX", b"SOFTMAX_ZERO", b"PROBIT"})
+_NORMS = frozenset({b"MAX", b"L1", b"L2"})
+_NODE_MODES = frozenset(
+    {b"BRANCH_LEQ", b"BRANCH_LT", b"BRANCH_GTE", b"BRANCH_GT", b"BRANCH_EQ", b"BRANCH_NEQ", b"LEAF"}
+)
+
+
+def _strings(attrs: Mapping[Any, Any], name: str) -> list[bytes]:
+    a = attrs.get(name)
+    return [] if a is None else list(a.strings)
+
+
+def _ints(attrs: Mapping[Any, Any], name: str) -> list[int]:
+    a = attrs.get(name)
+    return [] if a is None else [int(v) for v in a.ints]
+
+
+def _floats(attrs: Mapping[Any, Any], name: str) -> int:
+    a = attrs.get(name)
+    return 0 if a is None else len(a.floats)
+
+
+def _string(attrs: Mapping[Any, Any], name: str, default: bytes) -> bytes:
+    a = attrs.get(name)
+    return default if a is None else bytes(a.s)
+
+
+def _ml_rules(node: Any, attrs: Mapping[Any, Any], features: int | None, label: str) -> None:
+    """The ai.onnx.ml kernels' own checks when onnxruntime creates them (and what they need
+    to evaluate without reading past their attributes): only the forms proven here pass."""
+    op = node.op_type
+    if op == "Normalizer" and _string(attrs, "norm", b"MAX") not in _NORMS:
+        raise _fail(label, ": Invalid normalize value")
+    if op == "Scaler":
+        scale, offset = _floats(attrs, "scale"), _floats(attrs, "offset")
+        if not scale or scale != offset or (scale != 1 and scale != features):
+            raise _fail(label, ": scale and offset must both hold 1 value or one per feature")
+    if op == "LinearClassifier":
+        if _string(attrs, "post_transform", b"NONE") not in _TRANSFORMS:
+            raise _fail(label, ": Unexpected value for post_eval_transform")
+        labels = len(_ints(attrs, "classlabels_ints")) or len(
+            _strings(attrs, "classlabels_strings")
+        )
+        classes = _floats(attrs, "intercepts")
+        agree = classes == labels or (classes == 1 and labels == 2)
+        if not agree or features is None or _floats(attrs, "coefficients") != classes * features:
+            raise _fail(label, ": coefficients, intercepts and class labels do not agree")
+    if op == "TreeEnsembleClassifier":
+        _tree_rules(attrs, label)
+
+
+def _tree_rules(attrs: Mapping[Any, Any], label: str) -> None:
+    """TreeEnsembleClassifier: consistent attribute lengths, known modes and transform, class
+    ids in range, and trees whose branches point to other existing nodes of the same tree
+    without a cycle (onnxruntime follows them without a bound when it evaluates)."""
+    if any(name.endswith("_as_tensor") for name in attrs if isinstance(name, str)):
+        raise _fail(label, ": tensor-valued tree attributes are outside the checked form")
+    if _string(attrs, "post_transform", b"NONE") not in _TRANSFORMS:
+        raise _fail(label, ": Unexpected value for post_transform")
+    tree, node = _ints(attrs, "nodes_treeids"), _ints(attrs, "nodes_nodeids")
+    true_ids, false_ids = _ints(attrs, "nodes_truenodeids"), _ints(attrs, "nodes_falsenodeids")
+    modes = _strings(attrs, "nodes_modes")
+    n = len(false_ids)
+    sizes = {len(tree), len(node), len(true_ids), len(_ints(attrs, "nodes_featureids")), len(modes),
+             _floats(attrs, "nodes_values")}  # fmt: skip
+    hit = _floats(attrs, "nodes_hitrates")
+    missing = len(_ints(attrs, "nodes_missing_value_tracks_true"))
+    if sizes != {n} or hit not in (0, n) or missing not in (0, n) or n == 0:
+        raise _fail(label, ": tree attributes of different lengths")
+    if any(m not in _NODE_MODES for m in modes):
+        raise _fail(label, ": Unexpected value for node_mode")
+    classes = len(_ints(attrs, "classlabels_int64s")) or len(_strings(attrs, "classlabels_strings"))
+    c_ids, c_nodes, c_trees = (
+        _ints(attrs, k) for k in ("class_ids", "class_nodeids", "class_treeids")
+    )
+    weights = _floats(attrs, "class_weights")
+    if (
+        classes < 1
+        or not len(c_ids) == len(c_nodes) == len(c_trees)
+        or weights not in (0, len(c_ids))
+    ):
+        raise _fail(label, ": class attributes of different lengths")
+    if any(not 0 <= c < classes for c in c_ids):
+        raise _fail(label, ": a class id is outside 0..", classes - 1)
+    base = _floats(attrs, "base_values")
+    if (classes <= 2 and base > 2) or (classes > 2 and base not in (0, classes)):
+        raise _fail(label, ": base_values of the wrong length")
+    index = {(t, i): k for k, (t, i) in enumerate(zip(tree, node, strict=True))}
+    if len(index) != n:
+        raise _fail(label, ": a tree node id is repeated")
+    children: dict[int, tuple[int, int]] = {}
+    for k in range(n):
+        if modes[k] == b"LEAF":
+            continue
+        pair = []
+        for child in (true_ids[k], false_ids[k]):
+            j = index.get((tree[k], child))
+            if j is None or j == k:
+                raise _fail(label, ": a branch points to a missing node or to itself")
+            pair.append(j)
+        children[k] = (pair[0], pair[1])
+    if any((t, i) not in index for t, i in zip(c_trees, c_nodes, strict=True)):
+        raise _fail(label, ": a class weight refers to a missing node")
+    state = [0] * n  # 0 new, 1 on the path, 2 done: every tree must be acyclic
+    for start in range(n):
+        stack = [(start, 0)]
+        while stack:
+            k, step = stack.pop()
+            if step == 0:
+                if state[k] == 2:
+                    continue
+                if state[k] == 1:
+                    raise _fail(label, ": a tree has a cycle")
+                state[k] = 1
+                stack.append((k, 1))
+                for j in children.get(k, ()):
+                    if state[j] == 1:
+                        raise _fail(label, ": a tree has a cycle")
+                    if state[j] == 0:
+                        stack.append((j, 0))
+            else:
+                state[k] = 2
+
+
+def _attribute_rules(
+    node: Any, version: int, ranks: Mapping[str, int], label: str, features: int | None = None
+) -> None:
     """Attributes that onnxruntime's shape inference or kernels refuse (at session creation
     or on the first evaluation); the static shape walk checks the other axes."""
     op = node.op_type
     attrs = {a.name: a for a in node.attribute}
+    if node.domain == "ai.onnx.ml":
+        _ml_rules(node, attrs, features, label)
     if op == "Softmax" and node.input and node.input[0] in ranks:
         rank = ranks[node.input[0]]
         axis_attr = attrs.get("axis")

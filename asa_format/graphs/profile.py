@@ -17,7 +17,7 @@ from asa_format import constants as C
 from asa_format.errors import ErrorCode, Problem
 from asa_format.graphs.check import CheckFailure, check_model, predict_session
 from asa_format.graphs.cost import CostError, check_cost
-from asa_format.graphs.wire import WireError, parse_model
+from asa_format.graphs.wire import WireError, WireLimit, parse_model
 
 __all__ = ["ALLOWED_OPS", "GraphRole", "check_onnx", "role_for_file", "session_problems"]
 
@@ -182,6 +182,9 @@ def check_onnx(
             model = parse_model(data)
         except WireError as exc:
             bad("ONNX_PARSE", f"not a valid ONNX protobuf: {exc}", "re-export the graph")
+            return None, problems
+        except WireLimit as exc:
+            bad("ONNX_TOO_LARGE", str(exc), "a linear graph holds a few hundred messages")
             return None, problems
     if not model.HasField("graph"):
         bad("ONNX_PARSE", "the file holds no graph", "re-export the graph")
@@ -362,17 +365,14 @@ def session_problems(model: Any, *, file: str, hidden_size: int, n_classes: int)
     statically (``onnx_check.predict_session``): ``[]`` or one ``ONNX_SESSION`` problem."""
     role = role_for_file(file)
     try:
-        ranks = {
-            name: len(shape)
-            for name, shape in check_cost(
-                model,
-                input_name=role.inputs[0][0],
-                outputs={},
-                hidden_size=hidden_size,
-                n_classes=n_classes,
-            ).items()
-        }
-        predict_session(model, ranks)
+        shapes = check_cost(
+            model,
+            input_name=role.inputs[0][0],
+            outputs={},
+            hidden_size=hidden_size,
+            n_classes=n_classes,
+        )
+        predict_session(model, shapes)
     except Exception as exc:  # CheckFailure, CostError; anything else: not predictable, refused
         if not isinstance(exc, (CheckFailure, CostError)):
             exc = CheckFailure(f"cannot be predicted ({type(exc).__name__}: {exc})")

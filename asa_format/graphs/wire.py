@@ -34,8 +34,10 @@ from typing import Any
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_MESSAGES",
     "Message",
     "WireError",
+    "WireLimit",
     "attribute_value",
     "is_message",
     "parse_model",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 MAX_DEPTH = 100
+MAX_MESSAGES = 1 << 18  # nested messages per graph (nodes, attributes, tensors, value infos)
 _CORRUPT = "Wire format was corrupt"
 _TOO_DEEP = "Exceeded upb_DecodeOptions_MaxDepth"
 
@@ -52,6 +55,15 @@ class WireError(ValueError):
 
     def __init__(self, reason: str, type_name: str = "onnx.ModelProto") -> None:
         super().__init__(f"Error parsing message with type '{type_name}': {reason}")
+
+
+class WireLimit(ValueError):
+    """The message holds more nested messages than :data:`MAX_MESSAGES` (refused before
+    they are built: an empty message takes 2 bytes on the wire, its object ~100)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the graph holds more than {limit} protobuf messages")
+        self.limit = limit
 
 
 # -- the schema: onnx-ml.proto as the onnx package compiles it --------------------------
@@ -274,13 +286,14 @@ class Message:
     ``HasField`` / ``WhichOneof``. Repeated fields are lists; a singular message field
     that is absent reads as an empty message of its type (never stored)."""
 
-    __slots__ = ("_oneof", "_set", "_type", "_values")
+    __slots__ = ("_oneof", "_type", "_values")
 
     def __init__(self, type_name: str) -> None:
         self._type = type_name
+        # fields present on the wire (a singular field is stored only when present) and the
+        # repeated fields read so far
         self._values: dict[str, Any] = {}
-        self._set: set[str] = set()  # singular fields present on the wire
-        self._oneof: dict[str, str] = {}  # oneof name -> member present
+        self._oneof: dict[str, str] | None = None  # oneof name -> member present
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -306,17 +319,17 @@ class Message:
         spec = _FIELDS_BY_NAME[self._type].get(name)
         if spec is None or spec[3]:
             raise ValueError(f"{self._type} has no singular field {name!r}")
-        return name in self._set
+        return name in self._values
 
     def WhichOneof(self, group: str) -> str | None:
-        return self._oneof.get(group)
+        return None if self._oneof is None else self._oneof.get(group)
 
     @property
     def type_name(self) -> str:
         return self._type
 
     def __repr__(self) -> str:
-        return f"<{self._type} {sorted(self._set | set(self._values))}>"
+        return f"<{self._type} {sorted(self._values)}>"
 
 
 def is_message(obj: Any) -> bool:
@@ -440,7 +453,7 @@ def _text(raw: bytes) -> str | bytes:
         return raw  # as the protobuf runtime returns a proto2 string that is not UTF-8
 
 
-def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
+def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int, budget: list[int]) -> None:
     fields = _FIELDS_BY_NUMBER[msg._type]
     values = msg._values
     while pos < end:
@@ -492,18 +505,19 @@ def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
                     child = Message(sub)
                     values.setdefault(name, []).append(child)
                 else:
-                    same = oneof is None or msg._oneof.get(oneof) == name
+                    same = oneof is None or (msg._oneof or {}).get(oneof) == name
                     found = values.get(name) if same else None
                     if found is not None:
                         child = found
                     else:
                         child = Message(sub)
                         if oneof is not None:
-                            _clear_oneof(msg, oneof)
-                            msg._oneof[oneof] = name
+                            _set_oneof(msg, oneof, name)
                         values[name] = child
-                        msg._set.add(name)
-                _decode(child, buf, pos, stop, depth + 1)
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise WireLimit(MAX_MESSAGES)
+                _decode(child, buf, pos, stop, depth + 1, budget)
             else:
                 raw = bytes(buf[pos:stop])
                 value = _text(raw) if kind == "string" else raw
@@ -526,26 +540,27 @@ def _decode(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
             _set_singular(msg, name, value, oneof)
 
 
-def _clear_oneof(msg: Message, oneof: str) -> None:
-    previous = msg._oneof.pop(oneof, None)
-    if previous is not None:
+def _set_oneof(msg: Message, oneof: str, name: str) -> None:
+    """``name`` becomes the member of ``oneof`` that is set; the previous one is cleared."""
+    if msg._oneof is None:
+        msg._oneof = {}
+    previous = msg._oneof.get(oneof)
+    if previous is not None and previous != name:
         msg._values.pop(previous, None)
-        msg._set.discard(previous)
+    msg._oneof[oneof] = name
 
 
 def _set_singular(msg: Message, name: str, value: Any, oneof: str | None) -> None:
-    if oneof is not None and msg._oneof.get(oneof) != name:
-        _clear_oneof(msg, oneof)
-        msg._oneof[oneof] = name
+    if oneof is not None:
+        _set_oneof(msg, oneof, name)
     msg._values[name] = value
-    msg._set.add(name)
 
 
 def parse_model(data: bytes) -> Message:
     """Decode a serialized ``ModelProto``; raises :class:`WireError` as the protobuf runtime
     would raise ``DecodeError`` (same message)."""
     msg = Message("ModelProto")
-    _decode(msg, data, 0, len(data), 0)
+    _decode(msg, data, 0, len(data), 0, [MAX_MESSAGES])
     return msg
 
 
@@ -553,7 +568,7 @@ def parse(data: bytes, type_name: str) -> Message:
     """Decode a serialized message of any type of :data:`SCHEMA`."""
     msg = Message(type_name)
     try:
-        _decode(msg, data, 0, len(data), 0)
+        _decode(msg, data, 0, len(data), 0, [MAX_MESSAGES])
     except WireError as exc:
         raise WireError(str(exc).rsplit(": ", 1)[-1], f"onnx.{type_name}") from None
     return msg
