@@ -35,7 +35,7 @@ def check_bundle(bundle: Path) -> ReadResult:
     """The checks of ``asa validate`` (and ``load_bundle``), graphs evaluated once."""
     from asa_format.storage.reader import read_bundle_dir
 
-    return read_bundle_dir(bundle, verify=True, create_sessions=True)
+    return read_bundle_dir(bundle, verify=True, create_sessions=False, predict_sessions=True)
 
 
 def _listing(problems: list[Problem], limit: int = 3) -> str:
