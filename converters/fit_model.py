@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float16", "bfloat16")
-_HF_SNAPSHOT = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+$")
+_HF_SNAPSHOT = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+\Z")
 
 
 @dataclass

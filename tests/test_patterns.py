@@ -168,6 +168,7 @@ NOT_VALIDATORS: dict[str, str] = {
     r"[^A-Za-z0-9_.-]+": "replaces characters a name cannot hold (safe_name)",
     r"(\S+) / \1(?!\S)": "rewrites a hint",
     r"models--([^/\\]+)--([^/\\]+)": "finds a hub cache folder inside a path",
+    r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\][^/\\]+\Z": "a hub snapshot folder at a path's end (search)",
     r"^\s*([0-9]{1,6})\.([0-9]{1,6})(?![0-9])": "reads the major.minor prefix of a version",
 }
 # Patterns built at run time: file -> what they are (checked by their own tests).

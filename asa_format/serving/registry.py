@@ -54,7 +54,7 @@ logger = logging.getLogger("asa_format.serving")
 ENV_BUNDLES = "ASA_VLLM_BUNDLES"
 ENV_TRUSTED_KEYS = "ASA_VLLM_TRUSTED_KEYS"
 ENV_PINNED = "ASA_VLLM_PINNED"  # set by the admitting process for the engine processes it starts
-DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")  # used with fullmatch
 MAX_BUNDLES = 64
 
 
@@ -164,7 +164,7 @@ class Registry:
         if isinstance(selection, str):
             found = (
                 self.by_digest.get(selection)
-                if DIGEST_PATTERN.match(selection)
+                if DIGEST_PATTERN.fullmatch(selection)
                 else self.by_name.get(selection)
             )
         if found is None:
