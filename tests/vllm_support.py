@@ -7,7 +7,7 @@ from the runtime:
 * a control vector (llama.cpp ``direction.N``, repeng's ControlModel):
   ``coefficient * direction`` added to the output of block N at every
   position of every forward pass;
-* an ASA bundle (the legacy hook, /work/shared/legacy-bundle.md): on the
+* an ASA bundle (the legacy hook, spec section 11.3): on the
   prefill pass, the StandardScaler / router / probe objects decide on the
   output of block L at the last prompt token, and ``gate * alpha * v``
   (``v`` the normalised mix of the domain and global vectors) is added at
