@@ -20,7 +20,6 @@ import gguf  # the interop extra: conftest marks this module "interop"
 import numpy as np
 import pytest
 import torch
-import transformers
 from click.testing import CliRunner
 
 import asa_format
@@ -34,7 +33,7 @@ from asa_format.format.interventions import ConditionGate
 from asa_format.format.manifest import ModelBinding
 from asa_format.interop import ImportBinding, import_file
 from asa_format.runtime import attach
-from tiny_models import first_tensor, save_tiny_model_and_tokenizer, token_batch
+from tiny_models import first_tensor, save_tiny_model_and_tokenizer, spread_llama, token_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "fixtures" / "legacy" / "sk16_np2_published_p4"  # hidden 48, L* 4
@@ -45,21 +44,7 @@ ROWS = [[5, 6, 7, 8, 9, 10, 11], [21, 22, 23, 24], [31, 32, 33, 34, 35]]
 
 
 def _tiny_llama() -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # spread the hidden states so that gates fire
-        model.model.embed_tokens.weight.mul_(25.0)
-    return model
+    return spread_llama(HIDDEN, LAYERS)
 
 
 def _write_gguf(

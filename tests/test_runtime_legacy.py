@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from asa_format import load_bundle
 from asa_format.converters.convert import convert_legacy
 from asa_format.converters.legacy import read_legacy_bundle
 from asa_format.converters.semantics import legacy_decide, legacy_steering_vector
 from asa_format.runtime import attach
-from tiny_models import first_tensor, token_batch
+from tiny_models import first_tensor, spread_llama, token_batch
 
 pytestmark = pytest.mark.runtime
 
@@ -41,25 +40,6 @@ def _converted(case: str, factory: pytest.TempPathFactory) -> Any:
         convert_legacy(FIXTURES / case, dest, samples=64)
         _CONVERTED[case] = load_bundle(dest)
     return _CONVERTED[case]
-
-
-def _tiny_llama(hidden: int, n_layers: int) -> Any:
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    # Spread the hidden states so the rows land in different domains and gates.
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(25.0)
-    return model
 
 
 class _LegacyHook:
@@ -90,7 +70,7 @@ class _LegacyHook:
 def test_runtime_matches_legacy_hook(case: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     assets = read_legacy_bundle(FIXTURES / case)
     bundle = _converted(case, tmp_path_factory)
-    model = _tiny_llama(assets.hidden_size, assets.layer + 1)
+    model = spread_llama(assets.hidden_size, assets.layer + 1)
     block = model.model.layers[assets.layer]
     ids, mask = token_batch(ROWS, side="left")
 
@@ -158,7 +138,7 @@ def test_runtime_generates_like_legacy_hook(
     """Whole generations, one prompt at a time: the same tokens as the legacy hook."""
     assets = read_legacy_bundle(FIXTURES / case)
     bundle = _converted(case, tmp_path_factory)
-    model = _tiny_llama(assets.hidden_size, assets.layer + 1)
+    model = spread_llama(assets.hidden_size, assets.layer + 1)
     block = model.model.layers[assets.layer]
     gates = set()
     for row in ROWS:

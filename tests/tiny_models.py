@@ -406,3 +406,23 @@ def no_hooks(model: torch.nn.Module) -> bool:
 # The architectures the installed transformers has (LFM2 and Gemma3 are newer than 4.45).
 AVAILABLE = _available_now()
 NEEDS_GEMMA3 = "gemma3_vl not in the installed transformers (added after 4.45)"
+
+
+def spread_llama(hidden: int, n_layers: int) -> Any:
+    """A tiny random Llama whose embeddings are scaled by 25, so that rows spread over an
+    asa bundle's domains and gates (the converted legacy fixtures' hidden sizes)."""
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(25.0)
+    return model
