@@ -65,6 +65,10 @@ NORMALIZE: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
     (re.compile(r"-?\d+\.\d{10,}(?:e-?\d+)?"), lambda m: f"{float(m.group(0)):.6g}"),
     # a duration printed in seconds (asa fit's report): the machine's speed, not the result
     (re.compile(r"\b\d+\.\d s$", re.M), "<seconds> s"),
+    # a fitted bundle records the versions of the libraries that fitted it (its provenance), so
+    # its digest follows what is installed; the data's and the system prompt's digests do not
+    (re.compile(r"^(fitted\s+-> \S+\ndigest\s+sha256:)[0-9a-f]{64}$", re.M), r"\1<digest>"),
+    (re.compile(r"^(ok\s+/tmp/asa-fit\b.*sha256:)[0-9a-f]{64}\)$", re.M), r"\1<digest>)"),
 )
 README_MAX_LINES = 290
 TIMEOUT_S = 300
@@ -389,6 +393,14 @@ def test_sample_matching_is_line_by_line() -> None:
     assert sample_mismatch("a\nd", "a\nb\nd") is not None
     assert sample_mismatch("a\n...\nd", "a\nb\nc") is not None
     assert sample_mismatch("key 0123456789abcdef...", "key fedcba9876543210...") is None
+    fitted = "fitted       -> /tmp/asa-fit\ndigest       sha256:{}\nkind         asa"
+    assert sample_mismatch(fitted.format("a" * 64), fitted.format("b" * 64)) is None
+    ok = "ok    /tmp/asa-fit  (tiny-lfm2, layer 5, sha256:{})"
+    assert sample_mismatch(ok.format("a" * 64), ok.format("b" * 64)) is None
+    converted = "ok    /tmp/asa-example  (layer 4, sha256:{})"
+    assert sample_mismatch(converted.format("a" * 64), converted.format("b" * 64)) is not None
+    data = "data         sha256:{}  (labelled)"
+    assert sample_mismatch(data.format("a" * 64), data.format("b" * 64)) is not None
     assert sample_mismatch('"p": 0.0012877815127688727', '"p": 0.0012877815127688731') is None
     assert sample_mismatch('"p": 0.0012877815127688727', '"p": 0.0012879815127688727') is not None
 
