@@ -19,9 +19,11 @@ A user's files are never deleted or overwritten by accident:
   host, are left alone.
 
 A single file (a signature, an exported GGUF) is written by ``StagedFile``: a
-private directory made by ``mkdtemp`` next to the destination (never inside
-the bundle being read), the file created in it with ``O_EXCL | O_NOFOLLOW``
-and mode 0644, then moved into place. Without ``--force`` every commit uses a
+private ``Staging`` directory (owner file included) next to the destination,
+never inside the bundle being read, the file created in it with ``O_EXCL |
+O_NOFOLLOW`` and mode 0644, then moved into place. What a killed run left
+there (SIGKILL included) is removed by ``recover`` before the next write of
+that file. Without ``--force`` every commit uses a
 no-replace primitive (``renameat2(RENAME_NOREPLACE)``; elsewhere ``link`` +
 ``unlink`` for a file, an exclusive ``mkdir`` then moves for a directory), so
 a destination that another writer creates meanwhile is never replaced; the
@@ -43,7 +45,6 @@ import shutil
 import signal
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from glob import escape as glob_escape
 from pathlib import Path
@@ -242,11 +243,16 @@ def _write_owner(path: Path, record: dict[str, Any], *, create: bool) -> None:
 
 
 class Staging:
-    """A temporary directory next to ``dest``, with an owner file naming it."""
+    """A temporary directory next to ``dest`` (or in ``near``), with an owner file naming it.
 
-    def __init__(self, dest: Path) -> None:
+    The directory is made by an exclusive ``mkdir`` (mode 0700) at a name with
+    48 random bits, after its owner file was created with ``O_EXCL |
+    O_NOFOLLOW``: never an existing path, never through a link.
+    """
+
+    def __init__(self, dest: Path, *, near: Path | None = None) -> None:
         self.dest = dest
-        self.parent = dest.parent
+        self.parent = near if near is not None else dest.parent
         for _ in range(16):
             token = secrets.token_hex(6)
             self.tmp = self.parent / f".{dest.name}{TMP_TAG}{token}"
@@ -400,10 +406,11 @@ def inside(path: Path, directory: Path) -> bool:
 class StagedFile:
     """A new file for ``dest``, written in a private directory and then moved into place.
 
-    The directory is made by ``mkdtemp`` (mode 0700, unpredictable name) in
-    ``near`` (default: the destination's folder; a signature inside a bundle
-    passes the bundle's parent, so that nothing temporary is ever inside the
-    bundle). ``path`` does not exist yet: :meth:`write` creates it with
+    The directory is a :class:`Staging` directory (mode 0700, unpredictable
+    name, an owner file naming this process) in ``near`` (default: the
+    destination's folder; a signature inside a bundle passes the bundle's
+    parent, so that nothing temporary is ever inside the bundle). What dead
+    runs left there for the same file name is recovered first. ``path`` does not exist yet: :meth:`write` creates it with
     ``O_EXCL | O_NOFOLLOW`` and mode 0644, or a writer that takes a path
     creates it there. Used as a context manager, the directory and whatever
     is left in it are removed on the way out, whether the commit happened or
@@ -412,8 +419,9 @@ class StagedFile:
 
     def __init__(self, dest: Path, *, near: Path | None = None) -> None:
         self.dest = dest
-        folder = near if near is not None else dest.parent
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_TAG}", dir=folder))
+        self.notes = recover(dest, near=near)
+        self._staging = Staging(dest, near=near)
+        self.dir = self._staging.tmp
         self.path = self.dir / dest.name
 
     def write(self, data: bytes) -> None:
@@ -438,7 +446,7 @@ class StagedFile:
         _fsync_dir(self.dest.parent)
 
     def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._staging.discard()
 
     def __enter__(self) -> StagedFile:
         return self
@@ -511,9 +519,13 @@ def _read_record(owner: Path) -> dict[str, Any] | None:
     return doc
 
 
-def recover(dest: Path) -> list[str]:
-    """Finish or roll back what dead runs left next to ``dest``; returns notes for a person."""
-    parent = dest.parent
+def recover(dest: Path, *, near: Path | None = None) -> list[str]:
+    """Finish or roll back what dead runs left next to ``dest``; returns notes for a person.
+
+    ``near`` is the folder a :class:`StagedFile` for ``dest`` stages in when it
+    is not ``dest``'s own (a signature inside a bundle).
+    """
+    parent = near if near is not None else dest.parent
     prefix = f".{dest.name}{TMP_TAG}"
     notes: list[str] = []
     try:
