@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import TYPE_CHECKING, Any
 
 from asa_format._version import __version__
 
 # The public names are imported on first use (PEP 562), so that ``import asa_format`` (and
 # every ``asa_format.X`` module, the command-line entry points first of all) starts in a
 # millisecond: ``asa_format.entry`` installs its signal handlers before anything heavy loads.
+# Not even ``typing`` (3 ms): type checkers treat a name ``TYPE_CHECKING`` as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from asa_format.bundle import Bundle, Decision, DecisionBatch, load_bundle, read_bundle_contents
     from asa_format.errors import (
         CODES,

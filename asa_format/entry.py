@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from types import FrameType
-from typing import NoReturn
+
+TYPE_CHECKING = False  # not ``typing`` (3 ms of start-up): type checkers treat the name as true
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import NoReturn
 
 __all__ = ["asa", "asa_convert", "install_startup_handlers"]
 
