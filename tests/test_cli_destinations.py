@@ -183,6 +183,7 @@ def test_the_next_cli_run_recovers_and_says_so(bundle: Path) -> None:
 
 SIGNAL_AFTER_FIRST_FILE = (
     "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
     "from asa_format.storage import writer\n"
     "from asa_format.cli.convert import main\n"
     "sig = getattr(signal, sys.argv[1])\n"
