@@ -55,6 +55,7 @@ from asa_format.runtime.evidence import cache_key, gather, output_cache
 from asa_format.runtime.positions import last_real_positions, real_token_mask
 from asa_format.runtime.program import Program, Read, RowOutcomes, Term, condition_outcome
 from asa_format.runtime.records import GenerationRecord, RecordLog
+from asa_format.runtime.torch_decide import CPU_BLOCK_ELEMENTS
 
 __all__ = ["UNSET", "Entry", "Steerer", "SteeringSkippedWarning", "split_output"]
 
@@ -97,6 +98,7 @@ class Entry:
     decider: Any = None
     _vectors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     _terms: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
+    _table: np.ndarray | None = None  # [domains, 3, H] float32 asa deltas (host path)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -139,6 +141,24 @@ class Entry:
         with self._lock:
             return self._vectors.setdefault(key, tensor)
 
+    def host_table(self) -> np.ndarray:
+        """``[domains, 3, H]`` float32: ``float32(g * alpha) * v[d]`` for g = -1, 0, +1, the
+        asa delta of a row routed to domain ``d`` with gate ``g`` (the products the device path
+        computes, in the same float32 arithmetic)."""
+        table = self._table
+        if table is None:
+            alpha = self.program.asa_alpha
+            assert alpha is not None
+            cpu = torch.device("cpu")
+            v = np.stack([self.vector(str(d), cpu).numpy() for d in self.bundle.domains]).astype(
+                np.float32, copy=False
+            )
+            scale = np.array([np.float32(g * alpha) for g in (-1, 0, 1)], dtype=np.float32)
+            table = np.ascontiguousarray(scale[None, :, None] * v[:, None, :])
+            table.setflags(write=False)
+            self._table = table
+        return table
+
     def term_vector(self, term: Term, device: torch.device) -> torch.Tensor:
         """The float32 ``coefficient x direction`` of an always/condition term on ``device``."""
         key = (term.block, term.intervention, str(device))
@@ -152,23 +172,88 @@ class Entry:
             return self._terms.setdefault(key, tensor)
 
 
+CPU_CHUNKS_MAX = 64  # more steered positions than this many blocks: whole-tensor operations
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _apply(hidden: torch.Tensor, delta: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
     """``hidden`` with ``delta[b]`` added at the positions ``add[b, s]``, every other value
-    unchanged (bit for bit). On the CPU, where reading the mask costs nothing, only the
-    steered positions are computed when they are few (a prefill steers one position per
-    row): the same sums as the whole-tensor ``torch.where``, without [B, S, H] temporaries."""
-    if hidden.device.type == "cpu":
+    unchanged (bit for bit).
+
+    In host memory, without autograd, when the steered positions are few (a prefill steers
+    one per row, a decode step one per row): the copy is one single-threaded ``memcpy``
+    and the sums run in row blocks below torch's parallel grain, so the hook never enters
+    torch's thread pool, whose workers may be descheduled right after the model's own
+    parallel work on a busy CPU (``benchmarks/results/serving.md``). The same sums as the
+    whole-tensor ``torch.where``, element by element, without ``[B, S, H]`` temporaries.
+    """
+    if hidden.device.type == "cpu" and not (hidden.requires_grad and torch.is_grad_enabled()):
         rows, cols = torch.nonzero(add, as_tuple=True)
-        if 2 * int(rows.numel()) <= int(add.numel()):
-            out = hidden.clone()
-            out[rows, cols] = hidden[rows, cols] + delta[rows]
+        n = int(rows.numel())
+        step = max(1, CPU_BLOCK_ELEMENTS // max(1, int(hidden.shape[-1])))
+        if n <= step * CPU_CHUNKS_MAX:
+            out = _host_copy(hidden)
+            for i in range(0, n, step):
+                r, c = rows[i : i + step], cols[i : i + step]
+                out[r, c] = hidden[r, c] + delta[r]
             return out
     return torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden)
 
 
+def _host_copy(hidden: torch.Tensor) -> torch.Tensor:
+    """A copy of a host tensor with the same strides where torch gives them, bit for bit, by
+    one NumPy copy of its bytes (``Tensor.clone`` enters torch's thread pool above its grain)."""
+    as_int = _SAME_SIZE_INT.get(hidden.element_size())
+    if as_int is None or hidden.is_complex() or not hidden.dtype.is_floating_point:
+        return hidden.clone()
+    out = torch.empty_like(hidden)
+    np.copyto(out.view(as_int).numpy(), hidden.detach().view(as_int).numpy())
+    return out
+
+
+def _host_rows(hidden: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
+    """``float32(hidden[b, positions[b]])`` for every row ``b``, ``[B, H]``, gathered in host
+    memory (exact: bfloat16 and float16 widen to float32 without rounding)."""
+    h = hidden.detach()
+    b = np.arange(len(positions), dtype=np.intp)
+    p = np.asarray(positions, dtype=np.intp)
+    if h.dtype == torch.float32:
+        return np.ascontiguousarray(h.numpy()[b, p])
+    if h.dtype == torch.bfloat16:  # the float32 whose upper 16 bits are the bfloat16's
+        bits = h.view(torch.int16).numpy()[b, p].view(np.uint16).astype(np.uint32)
+        return np.ascontiguousarray((bits << np.uint32(16)).view(np.float32))
+    if h.dtype == torch.float16:
+        return h.view(torch.int16).numpy()[b, p].view(np.float16).astype(np.float32)
+    return np.ascontiguousarray(
+        h[torch.from_numpy(b), torch.from_numpy(p)].to(torch.float32).numpy()
+    )
+
+
+def _host_delta(
+    state: GenerationState, key: tuple[int, str], batch: int, hidden_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The state's ``[B, H]`` float32 deltas and bool ``[B]`` mask of ``key`` as NumPy arrays
+    (created as zeros; the state's tensors share their memory)."""
+    delta = state.deltas.get(key)
+    if delta is None:
+        delta = torch.from_numpy(np.zeros((batch, hidden_size), dtype=np.float32))
+        state.deltas[key] = delta
+        state.active[key] = torch.from_numpy(np.zeros(batch, dtype=bool))
+    return delta.numpy(), state.active[key].numpy()
+
+
 def _decide(entry: Entry, rows: np.ndarray) -> list[Any]:
     """Decisions for ``rows``; identical rows get one decision (beams of one prompt)."""
-    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    # a row's bytes -> its index among the unique rows (np.unique(axis=0) sorts: 100x slower)
+    first: dict[bytes, int] = {}
+    keep: list[int] = []
+    inverse: list[int] = []
+    for i, row in enumerate(rows):
+        k = first.setdefault(row.tobytes(), len(first))
+        if k == len(keep):
+            keep.append(i)
+        inverse.append(k)
+    unique = rows[keep]
     try:
         decisions = entry.bundle.decide(unique)
     except DecisionError:
@@ -187,7 +272,7 @@ def _decide(entry: Entry, rows: np.ndarray) -> list[Any]:
             code="DECISION_FAILED",
         )
     listed = list(decisions)
-    return [listed[int(i)] for i in np.asarray(inverse).reshape(-1)]
+    return [listed[i] for i in inverse]
 
 
 class Steerer:
@@ -451,6 +536,9 @@ class Steerer:
         state = ctx.new_state
         if state is None:
             state = self._new_state(ctx, hidden, real, info)
+        if hidden.device.type == "cpu":
+            self._prefill_host(ctx, index, hidden, real, state, entries)
+            return state
         batch = hidden.shape[0]
         device = hidden.device
         for entry in entries:
@@ -499,6 +587,92 @@ class Steerer:
                 delta[rows_on] += entry.term_vector(term, device)
                 state.active[key][rows_on] = True
         return state
+
+    def _prefill_host(
+        self,
+        ctx: CallContext,
+        index: int,
+        hidden: torch.Tensor,
+        real: torch.Tensor,
+        state: GenerationState,
+        entries: list[Entry],
+    ) -> None:
+        """A prefill's decisions and deltas at one block, for hidden states in host memory.
+
+        The same values as the device path (the same float32 products and sums, in the same
+        order), computed with NumPy on host arrays that the state's tensors share: one
+        gather of every row's decision position per block, then per bundle a slice of it,
+        its decision, and one gather from its ``[domain, gate]`` delta table. Small torch
+        operations right after the model's own parallel work enter torch's thread pool and
+        wait for it on a busy CPU; these do not, and there are fewer of them per bundle.
+        """
+        batch = hidden.shape[0]
+        last: np.ndarray | None = None  # [B, H] float32: every row's decision position
+        for entry in entries:
+            idx = [i for i, name in enumerate(state.entries) if name == entry.name]
+            if not idx:
+                continue
+            program = entry.program
+            rows = np.asarray(idx, dtype=np.intp)
+            reads = program.reads.get(index, ())
+            if reads:
+                pos = torch.tensor([state.positions[i] for i in idx])
+                for read in reads:
+                    self._read_condition(state, read, hidden, real, idx, pos)
+            asa_rows: np.ndarray | None = None  # [len(idx), H] float32 asa deltas
+            asa_on: np.ndarray | None = None
+            if program.asa_block == index:
+                if last is None:
+                    last = _host_rows(hidden, state.positions)
+                asa_rows, asa_on = self._decide_host_rows(ctx, entry, idx, last[rows])
+            for term in program.terms.get(index, ()):
+                delta, active = _host_delta(state, (index, term.policy), batch, entry.hidden_size)
+                if term.kind == C.GATE_ASA:
+                    assert asa_rows is not None and asa_on is not None
+                    delta[rows] += asa_rows
+                    active[rows] |= asa_on
+                    continue
+                on = [
+                    k
+                    for k, i in enumerate(idx)
+                    if term.kind == C.GATE_ALWAYS
+                    or bool(state.outcomes[i].fires.get(term.intervention))
+                ]
+                if not on:
+                    continue
+                rows_on = rows[on]
+                delta[rows_on] += entry.term_vector(term, torch.device("cpu")).numpy()
+                active[rows_on] = True
+
+    def _decide_host_rows(
+        self, ctx: CallContext, entry: Entry, idx: list[int], rows32: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The asa decision of the rows ``idx`` from their float32 hidden states: their
+        float32 deltas ``[n, H]`` and whether each is steered."""
+        state = ctx.new_state
+        assert state is not None
+        if state.gate_t is None:
+            state.gate_t = torch.from_numpy(np.zeros(state.batch, dtype=np.int8))
+        gate_np = state.gate_t.numpy()
+        if entry.decider is None:
+            rows_t = torch.from_numpy(rows32)
+            index_t = torch.tensor(idx)
+            out, on = self._decide_on_host(ctx, entry, idx, index_t, rows_t)
+            return out.numpy(), on.numpy()
+        try:
+            got = entry.decider.decide(torch.from_numpy(rows32))
+        except AsaError:
+            raise
+        except Exception as exc:
+            raise DecisionError(
+                f"the bundle's decision failed with {type(exc).__name__}: {exc}",
+                code="DECISION_FAILED",
+            ) from exc
+        domain = got.domain_index.numpy()
+        gate = got.gate.numpy()
+        gate_np[np.asarray(idx, dtype=np.intp)] = gate
+        ctx.pending_device.append((entry, idx, got, np.arange(len(idx))))
+        return entry.host_table()[domain, gate.astype(np.intp) + 1], gate != 0
 
     def _read_condition(
         self,

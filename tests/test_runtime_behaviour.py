@@ -410,3 +410,91 @@ def test_loaded_bundle_digest_and_stacking_warning(
         with attach(model, bundle):
             assert "already steered" not in caplog.text
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_host_gather_is_the_exact_float32_of_every_dtype() -> None:
+    from asa_format.runtime.steering import _host_rows
+
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(4, 7, 40, generator=gen, dtype=torch.float64) * 1e3
+    base[0, 2, :6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-42])
+    base[1, 5, :3] = torch.tensor([6.0e-8, -3.0e-45, 3.4e38])  # subnormals, near the max
+    positions = [2, 5, 0, 6]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        full = base.to(dtype)
+        for hidden in (full, full.transpose(0, 1).contiguous().transpose(0, 1)):  # strided too
+            got = _host_rows(hidden, positions)
+            want = hidden[torch.arange(4), torch.tensor(positions)].to(torch.float32).numpy()
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            assert got.tobytes() == want.tobytes(), dtype  # bit for bit, NaN and -0.0 included
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_each_row_is_decided_on_its_hidden_state_in_the_models_dtype(
+    dtype: torch.dtype, tmp_path: Path
+) -> None:
+    model = build_model("llama", dtype=dtype)
+    layers = resolve_layers(model)
+    bundle = load_bundle(
+        make_test_bundle(
+            tmp_path / "b",
+            hidden_size=32,
+            layer=1,
+            alpha=ALPHA,
+            probe_scale=3.0,
+            model_type="llama",
+            num_layers=len(layers),
+            seed=3,
+        )
+    )
+    ids, mask = token_batch([PROMPTS[k] for k in ORDER], side="left")
+    expected = list(bundle.decide(last_hidden_rows(model, layers.layers[1], ids, mask)))
+    with attach(model, bundle) as handle, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    record = handle.last
+    assert record is not None
+    got = [(r.domain, r.probability, r.gate) for r in record.rows]
+    assert got == [(d.domain, d.probability, d.gate) for d in expected]  # exactly
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_the_host_add_equals_the_whole_tensor_select(dtype: torch.dtype) -> None:
+    from asa_format.runtime.steering import CPU_BLOCK_ELEMENTS, _apply
+
+    gen = torch.Generator().manual_seed(7)
+    width = 48
+    step = CPU_BLOCK_ELEMENTS // width
+    for batch, seq, where in (
+        (3, 5, "last"),  # a prefill: one position per row
+        (2 * step + 3, 1, "all"),  # a decode step over several row blocks
+        (2, 4, "all"),  # every position (all_tokens)
+        (4, 6, "none"),
+    ):
+        hidden = (torch.randn(batch, seq, width, generator=gen) * 50).to(dtype)
+        hidden[0, 0, :3] = torch.tensor([float("inf"), -0.0, 1e-30]).to(dtype)
+        delta = (torch.randn(batch, width, generator=gen) * 3).to(dtype)
+        add = torch.zeros(batch, seq, dtype=torch.bool)
+        if where == "last":
+            add[:, -1] = True
+            add[1, -1] = False
+        elif where == "all":
+            add[:] = True
+        want = torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden)
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[hidden.element_size()]
+        for h in (hidden, hidden.transpose(0, 1).contiguous().transpose(0, 1)):
+            before = h.clone()
+            got = _apply(h, delta, add)
+            assert got.dtype == dtype and got.shape == h.shape
+            assert torch.equal(got.view(bits), want.view(bits)), (dtype, where)  # bit for bit
+            assert torch.equal(h.view(bits), before.view(bits))  # the input is not changed
+
+
+def test_the_host_add_keeps_autograd() -> None:
+    from asa_format.runtime.steering import _apply
+
+    hidden = torch.randn(2, 3, 8, requires_grad=True)
+    add = torch.zeros(2, 3, dtype=torch.bool)
+    add[:, -1] = True
+    out = _apply(hidden, torch.ones(2, 8), add)
+    out.sum().backward()
+    assert hidden.grad is not None and torch.equal(hidden.grad, torch.ones(2, 3, 8))
