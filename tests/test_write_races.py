@@ -357,6 +357,7 @@ def test_a_signal_during_sign_leaves_the_bundle_valid(
         assert left and all(n.startswith(f".{C.SIGNATURE_FILE}.asa-tmp-") for n in left), left
         again = _cli("sign", str(bundle), "--private-key", str(keys["alice"][0]))
         assert again.returncode == 0, again.stderr
+        assert f"note: removed {left[0]}, left by process" in again.stderr, again.stderr
         assert sorted(p.name for p in work.iterdir()) == around  # the next sign removed it
         assert (bundle / C.SIGNATURE_FILE).is_file() and read_bundle_dir(bundle).ok
     else:
@@ -393,6 +394,7 @@ def test_a_signal_during_export_removes_the_temporary(
         assert len(left) == 2 and all(n.startswith(".cv.gguf.asa-tmp-") for n in left), left
         again = _cli(*args, "--sign", "+1")
         assert again.returncode == 0, again.stderr
+        assert "note: removed .cv.gguf.asa-tmp-" in again.stderr, again.stderr
         assert sorted(p.name for p in out.iterdir()) == ["cv.gguf"]
         return
     assert list(out.iterdir()) == []

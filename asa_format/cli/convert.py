@@ -17,6 +17,7 @@ import click
 from asa_format._version import __version__
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import exit_code_for, fail, require_extra, run_main
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError
 
 __all__ = ["convert_command", "main"]
@@ -78,7 +79,7 @@ def convert_command(
     try:
         check_not_source(source, destination)
         for note in check_destination(destination, force=force):
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {safe_text(note)}", err=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skl2onnx / sklearn chatter
             report = convert_legacy(

@@ -17,8 +17,9 @@ import click
 
 from asa_format.cli.report import Result, failed_result, write_report
 from asa_format.cli.support import exit_code_for, fail, require_extra
+from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError, UsageError
-from asa_format.storage.destination import inside
+from asa_format.storage.destination import inside, normalized, recover
 
 __all__ = ["export_command", "import_command"]
 
@@ -107,7 +108,7 @@ def import_command(
             model_dir=model_dir,
         )
         for note in check_destination(destination, force=force):
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {safe_text(note)}", err=True)
         path = import_file(
             source, destination, binding, name=name, coefficient=coefficient, force=force
         )
@@ -181,6 +182,8 @@ def export_command(
 
     try:
         loaded = load_bundle(bundle)
+        for note in recover(normalized(Path(destination))):
+            click.echo(f"note: {safe_text(note)}", err=True)
         report = export_gguf(
             bundle,
             destination,

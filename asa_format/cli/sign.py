@@ -27,6 +27,7 @@ from asa_format.cli.textsafe import safe_text
 from asa_format.errors import AsaError
 from asa_format.signing import (
     load_private_key,
+    recover_signature,
     root_digest_of_dir,
     sign_bundle,
     verify_bundle,
@@ -95,6 +96,8 @@ def sign_command(
         password = value.encode("utf-8")
     try:
         key = load_private_key(private_key, password=password)  # key errors (exit 2) come first
+        for note in recover_signature(bundle, signature):
+            click.echo(f"note: {safe_text(note)}", err=True)
         path = sign_bundle(bundle, key, signature_path=signature, replace=force)
         digest = root_digest_of_dir(bundle)
     except AsaError as error:

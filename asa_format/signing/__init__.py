@@ -45,7 +45,7 @@ from asa_format.signing.keys import (
     load_public_key,
     public_key_hint,
 )
-from asa_format.signing.sign import sign_bundle
+from asa_format.signing.sign import recover_signature, sign_bundle
 from asa_format.signing.statement import (
     DSSE_PAYLOAD_TYPE,
     HASH_TYPE,
@@ -83,6 +83,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "public_key_hint",
+    "recover_signature",
     "root_digest_of_dir",
     "sign_bundle",
     "verify_bundle",

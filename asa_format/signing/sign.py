@@ -32,10 +32,10 @@ from asa_format.signing.statement import (
     build_statement,
     dsse_pae,
 )
-from asa_format.storage.destination import StagedFile, regular_file
+from asa_format.storage.destination import StagedFile, recover, regular_file
 from asa_format.storage.reader import open_regular
 
-__all__ = ["sign_bundle"]
+__all__ = ["recover_signature", "sign_bundle"]
 
 
 def _resolve_signature_path(bundle: Path, signature_path: str | os.PathLike[str] | None) -> Path:
@@ -213,9 +213,25 @@ def _exists(target: Path) -> UsageError:
     )
 
 
+def _staging_folder(bundle: Path, target: Path) -> Path:
+    """Where the signature is prepared: never inside the bundle (beside it for
+    ``<bundle>/model.sig``), else the signature's own folder."""
+    return bundle.resolve().parent if is_inside(target.parent, bundle) else target.parent
+
+
+def recover_signature(
+    bundle_dir: str | os.PathLike[str], signature_path: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Remove what a killed ``sign_bundle`` of this signature left (only its own temporary
+    folder, only once that process no longer runs); returns notes for a person.
+    ``sign_bundle`` does it too, silently."""
+    bundle = Path(bundle_dir)
+    target = _resolve_signature_path(bundle, signature_path)
+    return recover(target, near=_staging_folder(bundle, target))
+
+
 def _write_signature(bundle: Path, target: Path, data: bytes, *, replace: bool) -> None:
-    # the temporary folder is never inside the bundle: beside it for <bundle>/model.sig
-    near = bundle.resolve().parent if is_inside(target.parent, bundle) else target.parent
+    near = _staging_folder(bundle, target)
     try:
         with StagedFile(target, near=near) as staged:
             staged.write(data)
