@@ -172,6 +172,10 @@ class Entry:
             return self._terms.setdefault(key, tensor)
 
 
+# Hidden states in host memory take the NumPy path (_prefill_host, _where_host, _apply's row
+# blocks); the torch path serves every other device. Tests turn this off to check on the CPU
+# that the torch path gives the same bits.
+HOST_PATH_ON_CPU = True
 CPU_CHUNKS_MAX = 64  # more steered positions than this many blocks: whole-tensor operations
 _SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -187,7 +191,11 @@ def _apply(hidden: torch.Tensor, delta: torch.Tensor, add: torch.Tensor) -> torc
     parallel work on a busy CPU (``benchmarks/results/serving.md``). The same sums as the
     whole-tensor ``torch.where``, element by element, without ``[B, S, H]`` temporaries.
     """
-    if hidden.device.type == "cpu" and not (hidden.requires_grad and torch.is_grad_enabled()):
+    if (
+        HOST_PATH_ON_CPU
+        and hidden.device.type == "cpu"
+        and not (hidden.requires_grad and torch.is_grad_enabled())
+    ):
         rows, cols = torch.nonzero(add, as_tuple=True)
         n = int(rows.numel())
         step = max(1, CPU_BLOCK_ELEMENTS // max(1, int(hidden.shape[-1])))
@@ -240,6 +248,23 @@ def _host_delta(
         state.deltas[key] = delta
         state.active[key] = torch.from_numpy(np.zeros(batch, dtype=bool))
     return delta.numpy(), state.active[key].numpy()
+
+
+def _where_host(
+    state: GenerationState, info: PassInfo, policy: str, real: np.ndarray, query: int
+) -> np.ndarray:
+    """:meth:`Steerer._where` with NumPy, for host tensors: bool ``[batch, query]``."""
+    batch = real.shape[0]
+    generated = policy in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+    if info.kind is PassKind.DECODE:
+        return real.copy() if generated else np.zeros((batch, query), dtype=bool)
+    where = np.zeros((batch, query), dtype=bool)
+    where[np.arange(batch), np.asarray(state.positions, dtype=np.intp)] = True
+    if policy == C.POLICY_ALL_TOKENS:
+        where |= real
+    elif generated:
+        where |= (np.arange(query) >= state.prompt_len)[None, :] & real
+    return where
 
 
 def _decide(entry: Entry, rows: np.ndarray) -> list[Any]:
@@ -536,7 +561,7 @@ class Steerer:
         state = ctx.new_state
         if state is None:
             state = self._new_state(ctx, hidden, real, info)
-        if hidden.device.type == "cpu":
+        if HOST_PATH_ON_CPU and hidden.device.type == "cpu":
             self._prefill_host(ctx, index, hidden, real, state, entries)
             return state
         batch = hidden.shape[0]
@@ -660,7 +685,9 @@ class Steerer:
             out, on = self._decide_on_host(ctx, entry, idx, index_t, rows_t)
             return out.numpy(), on.numpy()
         try:
-            got = entry.decider.decide(torch.from_numpy(rows32))
+            got = entry.decider.decide_host(rows32)  # the CPU rows' NumPy plan, as arrays
+            if got is None:
+                got = entry.decider.decide(torch.from_numpy(rows32)).on_host()
         except AsaError:
             raise
         except Exception as exc:
@@ -668,8 +695,7 @@ class Steerer:
                 f"the bundle's decision failed with {type(exc).__name__}: {exc}",
                 code="DECISION_FAILED",
             ) from exc
-        domain = got.domain_index.numpy()
-        gate = got.gate.numpy()
+        domain, gate = got.domain_index, got.gate
         gate_np[np.asarray(idx, dtype=np.intp)] = gate
         ctx.pending_device.append((entry, idx, got, np.arange(len(idx))))
         return entry.host_table()[domain, gate.astype(np.intp) + 1], gate != 0
@@ -777,6 +803,8 @@ class Steerer:
         device: torch.device,
     ) -> torch.Tensor:
         """Bool ``[batch, query]``: where a delta of ``policy`` is added in this pass (3.7.1)."""
+        if HOST_PATH_ON_CPU and device.type == "cpu":  # host masks: NumPy (see _prefill_host)
+            return torch.from_numpy(_where_host(state, info, policy, real.numpy(), query))
         batch = real.shape[0]
         generated = policy in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
         if info.kind is PassKind.DECODE:

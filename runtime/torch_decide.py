@@ -49,7 +49,7 @@ from asa_format.graphs.fastpath import (
     fused_product,
 )
 
-__all__ = ["TorchDecider", "TorchDecisions"]
+__all__ = ["HostDecisions", "TorchDecider", "TorchDecisions"]
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,38 @@ class TorchDecisions:
         Raises ``DecisionError`` (``DECISION_INPUT``) if a row was not finite,
         as ``Bundle.decide`` does.
         """
-        finite = self.finite.cpu().numpy()
-        if not finite.all():
-            rows = np.flatnonzero(~finite).tolist()
+        return self.on_host().to_batch(domains)
+
+    def to_numpy_records(self, domains: Sequence[str]) -> list[Decision]:
+        """The ``Decision`` of every row (one copy to the host, now)."""
+        return list(self.to_batch(domains))
+
+    def on_host(self) -> HostDecisions:
+        return HostDecisions(
+            self.domain_index.cpu().numpy(),
+            self.probability.cpu().numpy(),
+            self.gate.cpu().numpy(),
+            self.finite.cpu().numpy(),
+        )
+
+
+@dataclass(frozen=True)
+class HostDecisions:
+    """:class:`TorchDecisions` as NumPy arrays (CPU rows decided by the NumPy plan)."""
+
+    domain_index: np.ndarray  # int64 [N]
+    probability: np.ndarray  # float64 [N]
+    gate: np.ndarray  # int8 [N]
+    finite: np.ndarray  # bool [N]
+
+    def __len__(self) -> int:
+        return int(self.domain_index.shape[0])
+
+    def to_batch(self, domains: Sequence[str]) -> DecisionBatch:
+        """The ``DecisionBatch`` ``Bundle.decide`` returns; ``DecisionError``
+        (``DECISION_INPUT``) if a row was not finite, as ``Bundle.decide`` raises."""
+        if not self.finite.all():
+            rows = np.flatnonzero(~self.finite).tolist()
             raise DecisionError(
                 f"decide() got NaN or Infinity in the hidden states (rows {rows[:8]})",
                 code="DECISION_INPUT",
@@ -206,13 +235,13 @@ class TorchDecisions:
             )
         return DecisionBatch(
             tuple(domains),
-            self.domain_index.cpu().numpy().astype(np.int64),
-            self.probability.cpu().numpy().astype(np.float64),
-            self.gate.cpu().numpy().astype(np.int8),
+            self.domain_index.astype(np.int64),
+            self.probability.astype(np.float64),
+            self.gate.astype(np.int8),
         )
 
     def to_numpy_records(self, domains: Sequence[str]) -> list[Decision]:
-        """The ``Decision`` of every row (one copy to the host, now)."""
+        """The ``Decision`` of every row."""
         return list(self.to_batch(domains))
 
 
@@ -429,19 +458,44 @@ class TorchDecider:
         return index, prob, gate, finite, near
 
     def _decide_host(self, h: torch.Tensor) -> TorchDecisions:
-        """CPU rows: the NumPy plan (``FastPlan.evaluate``) on a float32 view or block-wise copy;
-        its rows near a boundary decided by onnxruntime on the row alone, as ``Bundle.decide``."""
-        h32 = _host_float32(h)
+        """CPU rows: :meth:`decide_host` on a float32 view or block-wise copy, as tensors."""
+        got = self._host_arrays(_host_float32(h))
+        return TorchDecisions(
+            torch.from_numpy(got.domain_index),
+            torch.from_numpy(got.probability),
+            torch.from_numpy(got.gate),
+            torch.from_numpy(got.finite),
+        )
+
+    def decide_host(self, h32: np.ndarray) -> HostDecisions | None:
+        """Decide float32 C-contiguous rows ``[N, H]`` in host memory with the NumPy plan, as
+        :meth:`decide` decides CPU rows; None when this decider does not decide CPU rows that
+        way (``host_numpy=False``, or the plan was refused on the CPU): call :meth:`decide`."""
+        if not self._cpu_proven:
+            if not self.host_numpy or self.prepare(torch.device("cpu")) is not None:
+                return None
+        if (
+            h32.dtype != np.float32
+            or h32.ndim != 2
+            or h32.shape[1] != self.hidden_size
+            or not h32.flags.c_contiguous
+        ):
+            return None
+        return self._host_arrays(h32)
+
+    def _host_arrays(self, h32: np.ndarray) -> HostDecisions:
+        """The NumPy plan (``FastPlan.evaluate``) on float32 rows; its rows near a boundary
+        decided by onnxruntime on the row alone, as ``Bundle.decide``."""
         if h32.shape[0] == 1:  # one row: the plan's plain-float path (fewer, smaller steps)
             one = self.plan.decide_one(h32, self.tau)
             if one is not None:
                 d, p, _ = one
                 pv = self.no_probe if p is None else p
-                return TorchDecisions(
-                    torch.from_numpy(np.array([d], dtype=np.int64)),
-                    torch.from_numpy(np.array([pv], dtype=np.float64)),
-                    torch.from_numpy(np.array([gate_of(pv, self.tau)], dtype=np.int8)),
-                    torch.from_numpy(np.ones(1, dtype=bool)),
+                return HostDecisions(
+                    np.array([d], dtype=np.int64),
+                    np.array([pv], dtype=np.float64),
+                    np.array([gate_of(pv, self.tau)], dtype=np.int8),
+                    np.ones(1, dtype=bool),
                 )
         got = self.plan.evaluate(h32, self.tau, self.no_probe)
         index, prob, gate = got.index, got.probability, got.gate
@@ -453,12 +507,7 @@ class TorchDecider:
             redo = near[finite[near]]
             if redo.size:
                 index[redo], prob[redo], gate[redo] = self.bundle._decide_alone(h32, redo)
-        return TorchDecisions(
-            torch.from_numpy(index),
-            torch.from_numpy(prob),
-            torch.from_numpy(gate),
-            torch.from_numpy(finite),
-        )
+        return HostDecisions(index, prob, gate, finite)
 
     @staticmethod
     def _features(state: _DeviceState, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

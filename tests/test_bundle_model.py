@@ -447,3 +447,49 @@ def test_attach_refuses_a_delta_that_is_not_finite(
     assert info.value.code == "VALUE_OVERFLOW" and "'loud' block 2" in info.value.message
     assert not model.model.layers[2]._forward_hooks
     assert not model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("policy", [None, "all_tokens", "generated_tokens"])
+def test_the_host_and_torch_paths_steer_to_the_same_bits(
+    assets: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+    policy: str | None,
+) -> None:
+    """Hidden states in host memory are steered with NumPy (``steering.HOST_PATH_ON_CPU``),
+    on any other device with torch operations. Both, run here on the CPU on a batch of every
+    kind (a control vector, an asa bundle, a condition gate, nothing), give the same tokens,
+    the same logits bit for bit and the same records."""
+    from asa_format.runtime import steering
+
+    model = _tiny_llama().to(dtype)
+    cond = _condition_bundle(tmp_path / "cond", _tiny_llama(), ROWS[0], ROWS[1])
+    rows = [*ROWS, [41, 42, 43, 44, 45, 46]]
+    ids, mask = token_batch(rows, side="left")
+    bundles = {"cv": assets["cv"], "asa": assets["asa"], "cond": cond}
+
+    def run(host: bool) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        monkeypatch.setattr(steering, "HOST_PATH_ON_CPU", host)
+        with attach(model, bundles=bundles, policy=policy) as handle:
+            with handle.select(["cv", "asa", "cond", None]), torch.no_grad():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=4,
+                    min_new_tokens=4,
+                    do_sample=False,
+                    pad_token_id=0,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+            records = [(r.rows, r.gates, r.interventions) for r in handle.records]
+        return out.sequences, torch.stack(out.logits), records
+
+    host_tokens, host_logits, host_records = run(True)
+    torch_tokens, torch_logits, torch_records = run(False)
+    assert torch.equal(host_tokens, torch_tokens)
+    assert torch.equal(host_logits.view(torch.uint8), torch_logits.view(torch.uint8))  # bits
+    assert host_records == torch_records
+    assert host_records[0][1][1] != 0  # the asa row was steered: the comparison means something
