@@ -250,12 +250,15 @@ def _host_delta(
     return delta.numpy(), state.active[key].numpy()
 
 
+_GENERATED_POLICIES = (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+
+
 def _where_host(
     state: GenerationState, info: PassInfo, policy: str, real: np.ndarray, query: int
 ) -> np.ndarray:
     """:meth:`Steerer._where` with NumPy, for host tensors: bool ``[batch, query]``."""
     batch = real.shape[0]
-    generated = policy in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+    generated = policy in _GENERATED_POLICIES
     if info.kind is PassKind.DECODE:
         return real.copy() if generated else np.zeros((batch, query), dtype=bool)
     where = np.zeros((batch, query), dtype=bool)
@@ -502,6 +505,13 @@ class Steerer:
                 return None  # no policy of this handle changes a decode step: nothing is lost
             self._skip(info.reason)
             return None
+        if info.kind is PassKind.DECODE and self.trace is None:
+            assert ctx.state is not None
+            # a decode step gets only the deltas of policies that steer generated tokens
+            # (3.7.1; _where selects nothing for the others): the rest leave the output as it is
+            keys = [(index, p) for p in _GENERATED_POLICIES if (index, p) in ctx.state.deltas]
+            if not keys:
+                return None
         real = real_token_mask(ctx.evidence.attention_mask, batch, query, hidden.device, info.past)
         if info.kind is PassKind.PREFILL:
             state = self._prefill_state(ctx, index, hidden, real, info, entries)
@@ -509,6 +519,8 @@ class Steerer:
             assert ctx.state is not None
             state = ctx.state
         keys = [(index, p) for p in C.POLICIES if (index, p) in state.deltas]
+        if info.kind is PassKind.DECODE and self.trace is None:
+            keys = [k for k in keys if k[1] in _GENERATED_POLICIES]
         wheres = {
             key[1]: self._where(state, info, key[1], real, query, hidden.device)
             & state.active[key].to(hidden.device)[:, None]
@@ -806,7 +818,7 @@ class Steerer:
         if HOST_PATH_ON_CPU and device.type == "cpu":  # host masks: NumPy (see _prefill_host)
             return torch.from_numpy(_where_host(state, info, policy, real.numpy(), query))
         batch = real.shape[0]
-        generated = policy in (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+        generated = policy in _GENERATED_POLICIES
         if info.kind is PassKind.DECODE:
             if not generated:
                 return torch.zeros((batch, query), dtype=torch.bool, device=device)
