@@ -142,19 +142,14 @@ class Entry:
             return self._vectors.setdefault(key, tensor)
 
     def host_table(self) -> np.ndarray:
-        """``[domains, 3, H]`` float32: ``float32(g * alpha) * v[d]`` for g = -1, 0, +1, the
-        asa delta of a row routed to domain ``d`` with gate ``g`` (the products the device path
-        computes, in the same float32 arithmetic)."""
+        """The decider's ``[domains, 3, H]`` float32 delta table on the host (the one the device
+        path gathers from: ``table[domain, gate + 1]``), computed once."""
         table = self._table
         if table is None:
-            alpha = self.program.asa_alpha
-            assert alpha is not None
-            cpu = torch.device("cpu")
-            v = np.stack([self.vector(str(d), cpu).numpy() for d in self.bundle.domains]).astype(
-                np.float32, copy=False
-            )
-            scale = np.array([np.float32(g * alpha) for g in (-1, 0, 1)], dtype=np.float32)
-            table = np.ascontiguousarray(scale[None, :, None] * v[:, None, :])
+            assert self.decider is not None
+            table = self.decider.delta_table(
+                torch.float32, torch.device("cpu"), alpha=self.program.asa_alpha
+            ).numpy()
             table.setflags(write=False)
             self._table = table
         return table
@@ -251,6 +246,15 @@ def _host_delta(
 
 
 _GENERATED_POLICIES = (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
+
+
+def _term_rows(term: Term, idx: Sequence[int], state: GenerationState) -> list[int]:
+    """The positions ``k`` in ``idx`` whose row gets an always or condition ``term``."""
+    return [
+        k
+        for k, i in enumerate(idx)
+        if term.kind == C.GATE_ALWAYS or bool(state.outcomes[i].fires.get(term.intervention))
+    ]
 
 
 def _where_host(
@@ -612,12 +616,7 @@ class Steerer:
                     delta[index_t] += asa_rows
                     state.active[key][index_t] |= asa_gated
                     continue
-                on = [
-                    k
-                    for k, i in enumerate(idx)
-                    if term.kind == C.GATE_ALWAYS
-                    or bool(state.outcomes[i].fires.get(term.intervention))
-                ]
+                on = _term_rows(term, idx, state)
                 if not on:
                     continue
                 rows_on = index_t[torch.tensor(on, device=device)]
@@ -669,12 +668,7 @@ class Steerer:
                     delta[rows] += asa_rows
                     active[rows] |= asa_on
                     continue
-                on = [
-                    k
-                    for k, i in enumerate(idx)
-                    if term.kind == C.GATE_ALWAYS
-                    or bool(state.outcomes[i].fires.get(term.intervention))
-                ]
+                on = _term_rows(term, idx, state)
                 if not on:
                     continue
                 rows_on = rows[on]
