@@ -22,7 +22,7 @@ from typing import Any
 
 from .stats import summarize
 
-__all__ = ["run_mixed_hooks"]
+__all__ = ["run_lone_row", "run_mixed_hooks"]
 
 ROWS = 64
 PROMPT = 6
@@ -33,12 +33,13 @@ class _Sandwich:
 
     def __init__(self) -> None:
         self.spent = 0.0
-        self._t0: dict[int, float] = {}
+        self.cpu = 0.0  # the calling thread's CPU time (time the scheduler took away excluded)
+        self._t0: dict[int, tuple[float, float]] = {}
         self.handles: list[Any] = []
 
     def enter(self, key: int) -> Callable[..., None]:
         def hook(*_: Any, **__: Any) -> None:
-            self._t0[key] = time.perf_counter()
+            self._t0[key] = (time.perf_counter(), time.thread_time())
 
         return hook
 
@@ -46,7 +47,8 @@ class _Sandwich:
         def hook(*_: Any, **__: Any) -> None:
             t0 = self._t0.pop(key, None)
             if t0 is not None:
-                self.spent += time.perf_counter() - t0
+                self.spent += time.perf_counter() - t0[0]
+                self.cpu += time.thread_time() - t0[1]
 
         return hook
 
@@ -73,14 +75,14 @@ def _model(hidden: int) -> Any:
     return model.eval()
 
 
-def _bundles(work: Path, hidden: int) -> dict[str, Any]:
+def _bundles(work: Path, hidden: int, prefix: str = "mixed-hooks") -> dict[str, Any]:
     from asa_format import load_bundle
     from asa_format.testing import make_test_bundle
 
     out = {}
     for name, layer, seed in (("a", 1, 0), ("b", 1, 1), ("c", 2, 2)):
         path = make_test_bundle(
-            work / f"mixed-hooks-{name}",
+            work / f"{prefix}-{name}",
             hidden_size=hidden,
             layer=layer,
             num_layers=3,
@@ -126,11 +128,17 @@ def run_mixed_hooks(work: Path, quick: bool) -> dict[str, Any]:
     }
     rounds, per_round = (2, 1) if quick else (10, 3)
 
+    cpu: dict[str, list[float]] = {}
+
     def forward(selection: list[str]) -> float:
-        timer.spent = 0.0
+        timer.spent = timer.cpu = 0.0
         with handle.select(selection), torch.no_grad():
             model(input_ids=ids, attention_mask=mask)
+        cpu.setdefault(_way(selection), []).append(timer.cpu * 1e6)
         return timer.spent
+
+    def _way(selection: list[str]) -> str:
+        return "uniform" if len(set(selection)) == 1 else "mixed"
 
     out: dict[str, Any] = {"rows": ROWS, "prompt_tokens": PROMPT, "hidden": hidden, "blocks": 3}
     try:
@@ -143,6 +151,7 @@ def run_mixed_hooks(work: Path, quick: bool) -> dict[str, Any]:
                 if procs:
                     time.sleep(0.5)
                 times: dict[str, list[float]] = {w: [] for w in ways}
+                cpu.clear()
                 pairs = []
                 for _ in range(rounds):
                     medians = {}
@@ -158,6 +167,10 @@ def run_mixed_hooks(work: Path, quick: bool) -> dict[str, Any]:
             res: dict[str, Any] = {w: summarize(ts, "us") for w, ts in times.items()}
             res["mixed_over_uniform"] = res["mixed"]["median"] / res["uniform"]["median"]
             res["round_ratios"] = summarize(pairs, "x")  # per alternation round: mixed / uniform
+            res["cpu"] = {w: summarize(ts, "us") for w, ts in cpu.items()}
+            res["cpu_mixed_over_uniform"] = (
+                res["cpu"]["mixed"]["median"] / res["cpu"]["uniform"]["median"]
+            )
             out[condition] = res
         last = handle.last
         out["decided_every_prefill"] = last is not None and last is not before
@@ -166,3 +179,92 @@ def run_mixed_hooks(work: Path, quick: bool) -> dict[str, Any]:
         handle.remove()
         timer.remove()
     return out
+
+
+def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
+    """The decision of a prompt alone (batch 1) inside a real forward pass.
+
+    The same model, one bundle on block 1, prefills of one prompt of ``PROMPT`` tokens.
+    Timed inside the runtime's own hook: the row's gather (``steering._host_row``) and its
+    decision (``steering.decide_host_row``), wrapped for the measurement. In other forward
+    passes, alternating with those, the runtime is detached and a hook on the same block
+    times one 2048-element NumPy operation: the floor of any array operation at that point
+    (the layer's own work has just evicted the caches).
+    """
+    import numpy as np
+    import torch
+
+    from asa_format.runtime import attach, steering
+
+    hidden = 64 if quick else 2048
+    model = _model(hidden)
+    bundle = _bundles(work, hidden, "lone-row")["a"]
+    ids = torch.randint(3, 128, (1, PROMPT))
+    mask = torch.ones_like(ids)
+    spent = {"gather": 0.0, "decision": 0.0, "lane": 0.0}
+    real_row, real_decide = steering._host_row, steering.decide_host_row
+
+    def timed_row(*args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real_row(*args)
+        finally:
+            spent["gather"] += time.perf_counter() - t0
+
+    def timed_decide(*args: Any) -> Any:
+        t0 = time.perf_counter()
+        got = real_decide(*args)
+        spent["decision"] += time.perf_counter() - t0
+        spent["lane"] += got is not None
+        return got
+
+    row = np.ones(hidden, dtype=np.float32)
+    floor: list[float] = []
+
+    def floor_hook(*_: Any) -> None:
+        t0 = time.perf_counter()
+        np.add(row, 1.0)
+        floor.append(time.perf_counter() - t0)
+
+    rounds, per_round = (2, 2) if quick else (10, 20)
+    gathers: list[float] = []
+    decisions: list[float] = []
+    lane = 0
+    handle = attach(model, bundle)
+    steering._host_row, steering.decide_host_row = timed_row, timed_decide  # type: ignore[assignment]
+    try:
+        with torch.no_grad():
+            for _ in range(2):  # warm
+                model(input_ids=ids, attention_mask=mask)
+            spent["lane"] = 0.0
+            for _ in range(rounds):
+                for _ in range(per_round):
+                    spent["gather"] = spent["decision"] = 0.0
+                    model(input_ids=ids, attention_mask=mask)
+                    gathers.append(spent["gather"] * 1e6)
+                    decisions.append(spent["decision"] * 1e6)
+                last = handle.last
+                lane += int(last is not None and last.rows[0] is not None)
+                handle.remove()
+                floor_handle = model.model.layers[1].register_forward_hook(floor_hook)
+                for _ in range(per_round):
+                    model(input_ids=ids, attention_mask=mask)
+                floor_handle.remove()
+                handle = attach(model, bundle)
+    finally:
+        steering._host_row, steering.decide_host_row = real_row, real_decide
+        handle.remove()
+    both = [g + d for g, d in zip(gathers, decisions, strict=True)]
+    return {
+        "hidden": hidden,
+        "prompt_tokens": PROMPT,
+        "torch_threads": torch.get_num_threads(),
+        "gather_us": summarize(gathers, "us"),
+        "decision_us": summarize(decisions, "us"),
+        "in_hook_us": summarize(both, "us"),
+        "numpy_op_floor_us": summarize([t * 1e6 for t in floor], "us"),
+        "decided_rounds": lane,
+        "rounds": rounds,
+        "prefills": len(decisions),
+        "decided_by_the_lane": int(spent["lane"]),
+    }

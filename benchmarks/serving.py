@@ -49,6 +49,7 @@ from .stats import summarize
 __all__ = ["main", "run_serving"]
 
 BATCHES = (1, 8, 64, 256)
+PROMPT_TOKENS = 6  # the hook's hidden states: [N, 6, H], decided at the last position
 NOT_MEASURED_GPU = "not measured (no GPU lent)"
 PER_ROW_GROWTH_MAX = (
     1.10  # per-row cost at a batch may exceed the previous batch's by this factor (noise)
@@ -75,8 +76,33 @@ def _us(ts: list[float], rows: int = 1) -> dict[str, Any]:
     return summarize([t * 1e6 / rows for t in ts], "us")
 
 
+def _runtime_path(entry: Any, hidden: Any, fallbacks: list[int]) -> Callable[[], Any]:
+    """The runtime's decision of a CPU prefill at one block, from the hook's hidden states
+    ``[N, T, H]`` (every row decided at its last position) to each row's float32 delta and
+    gate: a lone row by the one-row lane (``decide_host_row``), more rows by the batch path
+    (``_host_rows``, ``TorchDecider.decide_host``, the delta table's gather)."""
+    from asa_format.runtime.steering import _host_row, _host_rows, decide_host_row
+
+    n, t = int(hidden.shape[0]), int(hidden.shape[1])
+    positions = [t - 1] * n
+    decider, table = entry.decider, entry.host_table()
+
+    def batch() -> Any:
+        got = decider.decide_host(_host_rows(hidden, positions))
+        return table[got.domain_index, got.gate.astype(np.intp) + 1], got.gate != 0
+
+    def lone() -> Any:
+        got = decide_host_row(entry, _host_row(hidden, 0, t - 1))
+        if got is None:  # near a boundary: the runtime's batch path decides it
+            fallbacks[0] += 1
+            return batch()
+        return got
+
+    return lone if n == 1 else batch
+
+
 def _in_hook(
-    bundle: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool
+    bundle: Any, entry: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool
 ) -> dict[str, Any]:
     import torch
 
@@ -87,9 +113,12 @@ def _in_hook(
         torch.mm(a, w)
 
     out: dict[str, Any] = {}
+    fallbacks = [0]
     for n in BATCHES:
         rows = torch.from_numpy(np.ascontiguousarray(np.resize(pool, (n, pool.shape[1]))))
+        hidden = rows[:, None, :].expand(n, PROMPT_TOKENS, pool.shape[1]).contiguous()
         calls = (20 if quick else 300) if n <= 64 else (10 if quick else 120)
+        runtime_path = _runtime_path(entry, hidden, fallbacks)
 
         def numpy_path(rows: Any = rows) -> Any:
             return bundle.decide(rows.to(torch.float32).cpu().numpy())  # the runtime's host copy
@@ -101,6 +130,7 @@ def _in_hook(
             return ops_decider.decide(rows)
 
         paths: dict[str, tuple[Callable[[], Any], int]] = {
+            "runtime": (runtime_path, calls),
             "numpy": (numpy_path, calls),
             "torch": (torch_path, calls),
             "torch_ops": (torch_ops_path, max(4, calls // 8)),  # slow on a busy CPU: fewer calls
@@ -123,6 +153,7 @@ def _in_hook(
         "python_call_us": _us(_time(nothing, hook_matmul, floor_calls)),
         "numpy_op_us": _us(_time(lambda: np.add(row, 1.0), hook_matmul, floor_calls)),
     }
+    out["lone_row_fallbacks"] = fallbacks[0]
     return out
 
 
@@ -254,6 +285,8 @@ def run_serving(quick: bool, work: Path) -> dict[str, Any]:
     import torch
 
     from asa_format import load_bundle
+    from asa_format.runtime.program import Program
+    from asa_format.runtime.steering import Entry
     from asa_format.runtime.torch_decide import TorchDecider
 
     from .decision import LegacyHook
@@ -268,6 +301,9 @@ def run_serving(quick: bool, work: Path) -> dict[str, Any]:
     ops_decider = TorchDecider.for_bundle(bundle, host_numpy=False)
     if decider is None or ops_decider is None:
         raise RuntimeError("the torch decision was not proven on the benchmark bundle")
+    entry = Entry(
+        name="bench", bundle=bundle, program=Program(bundle), hidden_size=hidden, decider=decider
+    )
     doc: dict[str, Any] = {
         "machine": machine_info(),
         "quick": quick,
@@ -278,12 +314,13 @@ def run_serving(quick: bool, work: Path) -> dict[str, Any]:
         "gpu": NOT_MEASURED_GPU,
     }
     start = time.perf_counter()
-    doc["in_hook"] = _in_hook(bundle, decider, ops_decider, pipe.held_out, quick)
+    doc["in_hook"] = _in_hook(bundle, entry, decider, ops_decider, pipe.held_out, quick)
     doc["busy"] = _busy(bundle, legacy, pipe.held_out, quick)
     doc["mixed"] = _mixed(work, hidden, quick)
-    from .mixed_hooks import run_mixed_hooks
+    from .mixed_hooks import run_lone_row, run_mixed_hooks
 
     doc["mixed_hooks"] = run_mixed_hooks(work, quick)
+    doc["lone_row"] = run_lone_row(work, quick)
     doc["elapsed_s"] = time.perf_counter() - start
     doc["machine"]["load_average_end"] = list(os.getloadavg())
     doc["targets"] = _targets(doc)
@@ -303,29 +340,45 @@ def _targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": ratio >= 50.0,
             }
         )
-    for path, label in (("numpy", "Bundle.decide on a host copy"), ("torch", "TorchDecider")):
-        one = doc["in_hook"]["1"][path]["per_row_us"]["median"]
-        out.append(
-            {
-                "name": f"in-hook cost per row at batch 1 ({label}), torch threads live",
-                "value": one,
-                "display": f"{one:.0f} us (floor: first NumPy op {doc['in_hook']['floor']['numpy_op_us']['median']:.0f} us)",
-                "target": "<= 60 us",
-                "met": one <= 60.0,
-            }
-        )
+    floor = doc["in_hook"]["floor"]["numpy_op_us"]["median"]
+    one = doc["in_hook"]["1"]["runtime"]["per_row_us"]["median"]
+    out.append(
+        {
+            "name": "in-hook decision at batch 1 (the runtime: gather + one-row lane), after a 2-thread torch product",
+            "value": one,
+            "display": f"{one:.0f} us (floor: one NumPy op {floor:.0f} us, ratio {one / floor:.1f})",
+            "target": "<= 60 us",
+            "met": one <= 60.0,
+        }
+    )
+    lone = doc["lone_row"]
+    real = lone["in_hook_us"]["median"]
+    real_floor = lone["numpy_op_floor_us"]["median"]
+    out.append(
+        {
+            "name": "in-hook decision at batch 1, inside a real forward pass (Llama, 2 torch threads)",
+            "value": real,
+            "display": f"{real:.0f} us (floor: one NumPy op in the same hook {real_floor:.0f} us, ratio {real / real_floor:.1f})",
+            "target": "<= 60 us",
+            "met": real <= 60.0,
+        }
+    )
     for cond in ("idle", "busy"):
-        ratio = doc["mixed_hooks"][cond]["mixed_over_uniform"]
-        out.append(
-            {
-                "name": f"hook cost, 64 rows on 3 bundles / on 1 bundle ({cond})",
-                "value": ratio,
-                "display": f"{ratio:.2f}x",
-                "target": "<= 1.5x",
-                "met": ratio <= 1.5,
-            }
-        )
-    for path in ("numpy", "torch"):
+        for key, what in (
+            ("mixed_over_uniform", "wall time"),
+            ("cpu_mixed_over_uniform", "CPU time"),
+        ):
+            ratio = doc["mixed_hooks"][cond][key]
+            out.append(
+                {
+                    "name": f"hook cost, 64 rows on 3 bundles / on 1 bundle ({cond}, {what})",
+                    "value": ratio,
+                    "display": f"{ratio:.2f}x",
+                    "target": "<= 1.5x",
+                    "met": ratio <= 1.5,
+                }
+            )
+    for path in ("runtime", "torch"):
         per_row = [doc["in_hook"][str(n)][path]["per_row_us"]["median"] for n in BATCHES]
         growth = max(b / a for a, b in itertools.pairwise(per_row))
         out.append(
@@ -364,8 +417,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "## In-hook decision cost (after a 2-thread torch matmul), CPU",
         "",
-        "| batch | `Bundle.decide` on a host copy: µs per call | µs per row | `TorchDecider` (CPU rows in place): µs per call | µs per row | `TorchDecider`, torch ops: µs per call | µs per row |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| batch | the runtime's host decision: µs per call | µs per row | `Bundle.decide` on a host copy: µs per call | µs per row | `TorchDecider` (CPU rows in place): µs per call | µs per row | `TorchDecider`, torch ops: µs per call | µs per row |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in BATCHES:
         r = doc["in_hook"][str(n)]
@@ -373,7 +426,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {n} | "
             + " | ".join(
                 f"{r[k]['call_us']['median']:.0f} | {r[k]['per_row_us']['median']:.1f}"
-                for k in ("numpy", "torch", "torch_ops")
+                for k in ("runtime", "numpy", "torch", "torch_ops")
             )
             + " |"
         )
@@ -382,6 +435,22 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Floor after the same product: a no-op Python call {fl['python_call_us']['median']:.1f} µs, one "
         f"2048-element NumPy operation {fl['numpy_op_us']['median']:.1f} µs (medians).",
+    ]
+    lone = doc["lone_row"]
+    lines += [
+        "",
+        "The runtime's host decision takes the hook's hidden states `[N, 6, H]` to each row's float32 delta and gate: "
+        "a lone row through the one-row lane (`steering._host_row`, `steering.decide_host_row`: the scaler's steps "
+        "into preallocated buffers, one product, plain floats), more rows through the batch path (`_host_rows`, "
+        "`TorchDecider.decide_host`, the delta table's gather). Rows the lane declined (near a boundary): "
+        f"{doc['in_hook']['lone_row_fallbacks']}.",
+        "",
+        f"Inside a real forward pass (random-weight Llama, hidden {lone['hidden']}, a prompt of {lone['prompt_tokens']} "
+        f"tokens alone, {lone['torch_threads']} torch threads; {lone['prefills']} prefills, {lone['decided_by_the_lane']} "
+        "decided by the lane): the row's gather "
+        f"{lone['gather_us']['median']:.1f} µs, its decision {lone['decision_us']['median']:.1f} µs, together "
+        f"{lone['in_hook_us']['median']:.1f} µs (p10 {lone['in_hook_us']['p10']:.1f}, p90 {lone['in_hook_us']['p90']:.1f}); "
+        f"one {lone['hidden']}-element NumPy operation in a hook at the same block: {lone['numpy_op_floor_us']['median']:.1f} µs.",
     ]
     lines += [
         "",
@@ -424,16 +493,24 @@ def markdown(doc: dict[str, Any]) -> str:
         f"## Mixed batches through `attach` (hook time per prefill of {mh['rows']} prompts x "
         f"{mh['prompt_tokens']} tokens, Llama with hidden {mh['hidden']}, 3 blocks)",
         "",
-        "| machine | all rows on one bundle: µs (p10 .. p90) | rows on 3 bundles, 2 blocks: µs (p10 .. p90) | mixed / uniform |",
-        "| --- | --- | --- | --- |",
+        "| machine | all rows on one bundle: µs (p10 .. p90) | rows on 3 bundles, 2 blocks: µs (p10 .. p90) | mixed / uniform | the same in the hooks' CPU time: µs, µs, ratio |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for cond, label in (("idle", "idle"), ("busy", "both cores busy (2 spinning processes)")):
         r = mh[cond]
         u, m = r["uniform"], r["mixed"]
+        cu, cm = r["cpu"]["uniform"], r["cpu"]["mixed"]
         lines.append(
             f"| {label} | {u['median']:.0f} ({u['p10']:.0f} .. {u['p90']:.0f}) | "
-            f"{m['median']:.0f} ({m['p10']:.0f} .. {m['p90']:.0f}) | {r['mixed_over_uniform']:.2f}x |"
+            f"{m['median']:.0f} ({m['p10']:.0f} .. {m['p90']:.0f}) | {r['mixed_over_uniform']:.2f}x | "
+            f"{cu['median']:.0f}, {cm['median']:.0f}, {r['cpu_mixed_over_uniform']:.2f}x |"
         )
+    lines += [
+        "",
+        "Wall time counts the time the scheduler gives the spinning processes while a hook runs; CPU time "
+        "(`time.thread_time`, the hooks' own thread: on the CPU they never enter torch's thread pool) "
+        "counts the work the hooks do.",
+    ]
     return "\n".join(lines) + "\n"
 
 

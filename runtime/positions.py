@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from asa_format.errors import DecisionError
@@ -51,8 +52,15 @@ def real_token_mask(
 
 
 def last_real_positions(real: torch.Tensor) -> torch.Tensor:
-    """Int64 ``[batch]``: index of the last True of each row (last index if none)."""
+    """Int64 ``[batch]``: index of the last True of each row (last index if none).
+
+    In host memory with NumPy: torch's reductions enter its thread pool even on a few
+    hundred elements, and a hook that waits there on a busy CPU spins for milliseconds."""
     seq = real.shape[1]
+    if real.device.type == "cpu" and real.dtype == torch.bool and real.dim() == 2 and seq > 0:
+        # the first True from the end; a row without one gives argmax 0, hence seq - 1
+        flipped = real.detach().numpy()[:, ::-1]
+        return torch.from_numpy((seq - 1 - flipped.argmax(axis=1)).astype(np.int64))
     idx = torch.arange(seq, device=real.device).expand_as(real)
     last = torch.where(real, idx, torch.full_like(idx, -1)).max(dim=1).values
     return torch.where(last < 0, torch.full_like(last, seq - 1), last)

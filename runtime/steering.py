@@ -55,9 +55,9 @@ from asa_format.runtime.evidence import cache_key, gather, output_cache
 from asa_format.runtime.positions import last_real_positions, real_token_mask
 from asa_format.runtime.program import Program, Read, RowOutcomes, Term, condition_outcome
 from asa_format.runtime.records import GenerationRecord, RecordLog
-from asa_format.runtime.torch_decide import CPU_BLOCK_ELEMENTS
+from asa_format.runtime.torch_decide import CPU_BLOCK_ELEMENTS, RowDecision
 
-__all__ = ["UNSET", "Entry", "Steerer", "SteeringSkippedWarning", "split_output"]
+__all__ = ["UNSET", "Entry", "Steerer", "SteeringSkippedWarning", "decide_host_row", "split_output"]
 
 logger = logging.getLogger("asa_format.runtime")
 
@@ -184,21 +184,43 @@ def _apply(hidden: torch.Tensor, delta: torch.Tensor, add: torch.Tensor) -> torc
     and the sums run in row blocks below torch's parallel grain, so the hook never enters
     torch's thread pool, whose workers may be descheduled right after the model's own
     parallel work on a busy CPU (``benchmarks/results/serving.md``). The same sums as the
-    whole-tensor ``torch.where``, element by element, without ``[B, S, H]`` temporaries.
+    whole-tensor ``torch.where``, element by element, without ``[B, S, H]`` temporaries
+    (bit for bit; for bfloat16 and float16 a NaN the sum makes may carry another payload,
+    as torch's own vector and scalar lanes differ there).
     """
+    as_int = _SAME_SIZE_INT.get(hidden.element_size())
     if (
         HOST_PATH_ON_CPU
         and hidden.device.type == "cpu"
         and not (hidden.requires_grad and torch.is_grad_enabled())
+        and as_int is not None
+        and hidden.dtype.is_floating_point
+        and not hidden.is_complex()
+        and delta.dtype == hidden.dtype
+        and delta.device.type == "cpu"
     ):
-        rows, cols = torch.nonzero(add, as_tuple=True)
-        n = int(rows.numel())
+        rows, cols = np.nonzero(add.numpy())
+        n = int(rows.size)
         step = max(1, CPU_BLOCK_ELEMENTS // max(1, int(hidden.shape[-1])))
         if n <= step * CPU_CHUNKS_MAX:
+            # Gathers and scatters move bits with NumPy: torch's indexing kernels enter its
+            # thread pool even below the parallel grain (measured: milliseconds of spinning
+            # per call with both cores busy). The sums stay torch's own additions, on
+            # contiguous row blocks below the grain: the same kernel, hence the same bits
+            # (NaN payloads of bfloat16 and float16 included), as the whole-tensor select.
             out = _host_copy(hidden)
+            if n == 0:
+                return out
+            src = hidden.detach().view(as_int).numpy()
+            dst = out.view(as_int).numpy()
+            d_bits = delta.detach().view(as_int).numpy()
+            dtype = hidden.dtype
             for i in range(0, n, step):
                 r, c = rows[i : i + step], cols[i : i + step]
-                out[r, c] = hidden[r, c] + delta[r]
+                total = torch.from_numpy(src[r, c]).view(dtype) + torch.from_numpy(d_bits[r]).view(
+                    dtype
+                )
+                dst[r, c] = total.view(as_int).numpy()
             return out
     return torch.where(add.unsqueeze(-1), hidden + delta[:, None, :], hidden)
 
@@ -232,6 +254,46 @@ def _host_rows(hidden: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
     )
 
 
+def _host_row(hidden: torch.Tensor, b: int, position: int) -> np.ndarray:
+    """``float32(hidden[b, position])`` as a NumPy row ``[H]``: a view of a float32 tensor
+    (no copy), else widened exactly as :func:`_host_rows` widens."""
+    h = hidden.detach() if hidden.requires_grad else hidden
+    if h.dtype == torch.float32:
+        row: np.ndarray = h.numpy()[b, position]
+        return row
+    if h.dtype == torch.bfloat16:
+        bits = h.view(torch.int16).numpy()[b, position].view(np.uint16).astype(np.uint32)
+        row = (bits << np.uint32(16)).view(np.float32)
+    elif h.dtype == torch.float16:
+        row = h.view(torch.int16).numpy()[b, position].view(np.float16).astype(np.float32)
+    else:
+        row = np.ascontiguousarray(h[b, position].to(torch.float32).numpy())
+    return row
+
+
+def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndarray] | None:
+    """One row's asa decision in host memory (``row``: float32 ``[H]``) and its float32 delta
+    ``[H]`` (a row of the entry's delta table, read-only); None when the row needs the batch
+    path (no proven decider, a row near a boundary or non-finite). The whole decision of a
+    lone row inside a hook: a handful of NumPy calls (``benchmarks.serving`` times it)."""
+    decider = entry.decider
+    if decider is None:
+        return None
+    try:
+        got = decider.decide_host_row(row)
+    except AsaError:
+        raise
+    except Exception as exc:
+        raise DecisionError(
+            f"the bundle's decision failed with {type(exc).__name__}: {exc}",
+            code="DECISION_FAILED",
+        ) from exc
+    if got is None:
+        return None
+    d, p, g = got
+    return RowDecision(d, p, g), entry.host_table()[d, g + 1]
+
+
 def _host_delta(
     state: GenerationState, key: tuple[int, str], batch: int, hidden_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +307,7 @@ def _host_delta(
     return delta.numpy(), state.active[key].numpy()
 
 
+_ONE_ROW = np.zeros(1, dtype=np.intp)  # the inverse index of a lone row's decision
 _GENERATED_POLICIES = (C.POLICY_ALL_TOKENS, C.POLICY_GENERATED_TOKENS)
 
 
@@ -657,13 +720,30 @@ class Steerer:
                     self._read_condition(state, read, hidden, real, idx, pos)
             asa_rows: np.ndarray | None = None  # [len(idx), H] float32 asa deltas
             asa_on: np.ndarray | None = None
+            lone: tuple[RowDecision, np.ndarray] | None = None  # a bundle's only row
             if program.asa_block == index:
-                if last is None:
-                    last = _host_rows(hidden, state.positions)
-                asa_rows, asa_on = self._decide_host_rows(ctx, entry, idx, last[rows])
+                if len(idx) == 1:
+                    i = idx[0]
+                    row = last[i] if last is not None else _host_row(hidden, i, state.positions[i])
+                    lone = decide_host_row(entry, row)
+                    if lone is not None:
+                        self._keep_row(ctx, entry, i, lone[0])
+                    else:
+                        asa_rows, asa_on = self._decide_host_rows(
+                            ctx, entry, idx, np.ascontiguousarray(row, dtype=np.float32)[None]
+                        )
+                else:
+                    if last is None:
+                        last = _host_rows(hidden, state.positions)
+                    asa_rows, asa_on = self._decide_host_rows(ctx, entry, idx, last[rows])
             for term in program.terms.get(index, ()):
                 delta, active = _host_delta(state, (index, term.policy), batch, entry.hidden_size)
                 if term.kind == C.GATE_ASA:
+                    if lone is not None:  # the same float32 sum as below, for one row
+                        i = idx[0]
+                        delta[i] += lone[1]
+                        active[i] |= lone[0].gate != 0
+                        continue
                     assert asa_rows is not None and asa_on is not None
                     delta[rows] += asa_rows
                     active[rows] |= asa_on
@@ -674,6 +754,15 @@ class Steerer:
                 rows_on = rows[on]
                 delta[rows_on] += entry.term_vector(term, torch.device("cpu")).numpy()
                 active[rows_on] = True
+
+    def _keep_row(self, ctx: CallContext, entry: Entry, i: int, got: RowDecision) -> None:
+        """Keep a lone row's decision as :meth:`_decide_host_rows` keeps a batch's."""
+        state = ctx.new_state
+        assert state is not None
+        if state.gate_t is None:
+            state.gate_t = torch.from_numpy(np.zeros(state.batch, dtype=np.int8))
+        state.gate_t.numpy()[i] = got.gate
+        ctx.pending_device.append((entry, [i], got, _ONE_ROW))
 
     def _decide_host_rows(
         self, ctx: CallContext, entry: Entry, idx: list[int], rows32: np.ndarray

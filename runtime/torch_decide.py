@@ -49,7 +49,7 @@ from asa_format.graphs.fastpath import (
     fused_product,
 )
 
-__all__ = ["HostDecisions", "TorchDecider", "TorchDecisions"]
+__all__ = ["HostDecisions", "RowDecision", "TorchDecider", "TorchDecisions"]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,25 @@ class TorchDecisions:
             self.gate.cpu().numpy(),
             self.finite.cpu().numpy(),
         )
+
+
+class RowDecision:
+    """One row decided by :meth:`TorchDecider.decide_host_row`: plain values, with the
+    :class:`HostDecisions` method the runtime's records use."""
+
+    __slots__ = ("domain_index", "gate", "probability")
+
+    def __init__(self, domain_index: int, probability: float, gate: int) -> None:
+        self.domain_index = domain_index
+        self.probability = probability
+        self.gate = gate
+
+    def __len__(self) -> int:
+        return 1
+
+    def to_numpy_records(self, domains: Sequence[str]) -> list[Decision]:
+        d = self.domain_index
+        return [Decision(domains[d], d, float(self.probability), int(self.gate))]
 
 
 @dataclass(frozen=True)
@@ -482,6 +501,20 @@ class TorchDecider:
         ):
             return None
         return self._host_arrays(h32)
+
+    def decide_host_row(self, h: np.ndarray) -> tuple[int, float, int] | None:
+        """One row ``[H]`` (float32, any stride) in host memory: ``(domain index,
+        probability, gate)`` from the plan's one-row path, as :meth:`decide_host` decides
+        it; None when the row needs :meth:`decide_host` (near a boundary, non-finite values)
+        or this decider does not decide CPU rows with NumPy."""
+        if not self._cpu_proven or h.dtype != np.float32 or h.shape != (self.hidden_size,):
+            return None
+        one = self.plan.decide_one(h, self.tau)
+        if one is None:
+            return None
+        d, p, _ = one
+        pv = self.no_probe if p is None else p
+        return d, pv, gate_of(pv, self.tau)
 
     def _host_arrays(self, h32: np.ndarray) -> HostDecisions:
         """The NumPy plan (``FastPlan.evaluate``) on float32 rows; its rows near a boundary

@@ -493,3 +493,55 @@ def test_the_host_and_torch_paths_steer_to_the_same_bits(
     assert torch.equal(host_logits.view(torch.uint8), torch_logits.view(torch.uint8))  # bits
     assert host_records == torch_records
     assert host_records[0][1][1] != 0  # the asa row was steered: the comparison means something
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_lone_row_is_decided_by_the_one_row_lane_to_the_same_bits(
+    assets: dict[str, Any], monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """A prompt alone (batch 1) is decided by the one-row lane (``decide_host_row``): the
+    same tokens, logits bit for bit and records as the torch path, and as the batch path
+    it falls back to when the lane declines a row (near a boundary, non-finite)."""
+    from asa_format.runtime import steering
+    from asa_format.runtime.torch_decide import TorchDecider
+
+    model = _tiny_llama().to(dtype)
+    ids, mask = token_batch([ROWS[0]], side="left")
+    lane = {"taken": 0}
+    real = steering.decide_host_row
+
+    def spy(entry: Any, row: np.ndarray) -> Any:
+        got = real(entry, row)
+        lane["taken"] += got is not None
+        return got
+
+    monkeypatch.setattr(steering, "decide_host_row", spy)
+
+    def run(host: bool, declines: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        monkeypatch.setattr(steering, "HOST_PATH_ON_CPU", host)
+        if declines:
+            monkeypatch.setattr(TorchDecider, "decide_host_row", lambda self, h: None)
+        with attach(model, assets["asa"]) as handle, torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=3,
+                min_new_tokens=3,
+                do_sample=False,
+                pad_token_id=0,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            records = [(r.rows, r.gates, r.interventions) for r in handle.records]
+        return out.sequences, torch.stack(out.logits), records
+
+    lane_out = run(True)
+    assert lane["taken"] == 1  # one prefill, one decision, by the lane
+    torch_out = run(False)
+    fallback_out = run(True, declines=True)
+    assert lane["taken"] == 1
+    for other in (torch_out, fallback_out):
+        assert torch.equal(lane_out[0], other[0])
+        assert torch.equal(lane_out[1].view(torch.uint8), other[1].view(torch.uint8))
+        assert lane_out[2] == other[2]
+    assert lane_out[2][0][1][0] != 0  # steered: the comparison means something

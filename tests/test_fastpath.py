@@ -9,6 +9,7 @@ within 1e-12; rows near a boundary are decided by onnxruntime on the row alone.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,45 @@ def test_threads_deciding_one_row_at_a_time_agree(tmp_path: Path) -> None:
         t.join()
     for k in range(4):
         assert got[k] == [w for _ in range(20) for w in want[k::4]]
+
+
+@pytest.mark.parametrize("form", ["default", "cast_chain_scaler"])
+@pytest.mark.parametrize("fast_state", [True, False])
+def test_the_one_row_path_is_exact_quiet_and_keeps_the_callers_error_state(
+    form: str, fast_state: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decide_one`` (the runtime's one-row lane) scales into preallocated buffers with the
+    error state set directly: the scaled row is ``ScalerChain.run``'s bit for bit, a row
+    that overflows float32 warns nothing (warnings as errors, and under the caller's own
+    ``np.seterr(all="raise")``), and the caller's error state is the same afterwards. With
+    ``np.errstate`` instead (NumPy without the context variable), the same."""
+    from asa_format.graphs import fastpath
+
+    if not fast_state:
+        monkeypatch.setattr(fastpath, "_ERR_VAR", None)
+    fast, slow = _bundle(tmp_path, form, **dict(FORMS[form]))
+    plan = fast._plan
+    rows = _rows(24, 11, scale=50.0)
+    rows[3] = 3.0e38  # overflows the scaler's float32 steps
+    rows[4, :5] = [np.nan, np.inf, -np.inf, 1e-45, -0.0]
+    rows[5] = 1e-42  # subnormal inputs
+    buf32, buf64 = np.empty(H, np.float32), np.empty(H, np.float64)
+    with np.errstate(all="ignore"):
+        for i, row in enumerate(rows):
+            want = plan.scaler.run(rows[i : i + 1])[0]
+            got = plan.scaler.run_row(row, buf32, buf64)
+            assert got.dtype == np.float32 and got.tobytes() == want.tobytes(), i
+    raising = {"divide": "raise", "over": "raise", "under": "raise", "invalid": "raise"}
+    old = np.seterr(all="raise")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for i, row in enumerate(rows):
+                one = plan.decide_one(row, 0.6)
+                assert one == plan.decide_one(rows[i : i + 1], 0.6), i
+                if i in (3, 4):
+                    assert one is None, i  # non-finite: decided by onnxruntime
+                assert np.geterr() == raising
+    finally:
+        np.seterr(**old)
+    _agree(fast, slow, rows[np.r_[0:3, 5:24]])

@@ -429,6 +429,50 @@ def test_the_host_gather_is_the_exact_float32_of_every_dtype() -> None:
             assert got.tobytes() == want.tobytes(), dtype  # bit for bit, NaN and -0.0 included
 
 
+def test_last_real_positions_on_the_host_equal_the_torch_reduction() -> None:
+    """The host path (NumPy) of ``last_real_positions`` gives the torch reduction's index of
+    every row: padding on either side, rows without a real token, one column."""
+    from asa_format.runtime.positions import last_real_positions
+
+    def by_torch(real: torch.Tensor) -> torch.Tensor:
+        seq = real.shape[1]
+        idx = torch.arange(seq).expand_as(real)
+        last = torch.where(real, idx, torch.full_like(idx, -1)).max(dim=1).values
+        return torch.where(last < 0, torch.full_like(last, seq - 1), last)
+
+    gen = torch.Generator().manual_seed(8)
+    for batch, seq in ((1, 1), (5, 1), (7, 6), (64, 9)):
+        real = torch.rand(batch, seq, generator=gen) > 0.4
+        real[0] = False  # no real token at all
+        if batch > 2:
+            real[1] = True
+            real[2, :] = False
+            real[2, 0] = True  # right padding
+        got = last_real_positions(real)
+        assert got.dtype == torch.int64 and torch.equal(got, by_torch(real)), (batch, seq)
+        assert torch.equal(last_real_positions(real.t().contiguous().t()), by_torch(real))
+
+
+def test_the_lone_row_gather_is_the_batch_gather() -> None:
+    """``_host_row`` (a bundle's only row, the runtime's one-row lane) gives the bits of
+    ``_host_rows`` for every dtype and layout, grad-requiring tensors included."""
+    from asa_format.runtime.steering import _host_row, _host_rows
+
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(3, 5, 40, generator=gen, dtype=torch.float64) * 1e3
+    base[2, 4, :6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-42])
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        full = base.to(dtype)
+        for hidden in (full, full.transpose(0, 1).contiguous().transpose(0, 1)):
+            for b, pos in ((0, 0), (1, 3), (2, 4)):
+                want = _host_rows(hidden, [pos] * 3)[b]
+                got = _host_row(hidden, b, pos)
+                assert got.dtype == np.float32 and got.shape == (40,)
+                assert got.tobytes() == want.tobytes(), (dtype, b, pos)
+        leaf = full.clone().requires_grad_(dtype.is_floating_point)
+        assert _host_row(leaf, 1, 2).tobytes() == _host_rows(full, [2] * 3)[1].tobytes()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_each_row_is_decided_on_its_hidden_state_in_the_models_dtype(
     dtype: torch.dtype, tmp_path: Path
@@ -472,7 +516,12 @@ def test_the_host_add_equals_the_whole_tensor_select(dtype: torch.dtype) -> None
     ):
         hidden = (torch.randn(batch, seq, width, generator=gen) * 50).to(dtype)
         hidden[0, 0, :3] = torch.tensor([float("inf"), -0.0, 1e-30]).to(dtype)
+        hidden[:, :, 3] = float("inf")  # inf + -inf below: a NaN made by the sum itself
+        hidden[:, :, 4] = float("nan")  # a NaN operand (its payload propagates)
+        hidden[:, :, 5] = -float("nan")
         delta = (torch.randn(batch, width, generator=gen) * 3).to(dtype)
+        delta[:, 3] = -float("inf")
+        delta[:, 6] = float("nan")
         add = torch.zeros(batch, seq, dtype=torch.bool)
         if where == "last":
             add[:, -1] = True
@@ -485,7 +534,13 @@ def test_the_host_add_equals_the_whole_tensor_select(dtype: torch.dtype) -> None
             before = h.clone()
             got = _apply(h, delta, add)
             assert got.dtype == dtype and got.shape == h.shape
-            assert torch.equal(got.view(bits), want.view(bits)), (dtype, where)  # bit for bit
+            if dtype.itemsize >= 4:  # bit for bit, NaN payloads included
+                assert torch.equal(got.view(bits), want.view(bits)), (dtype, where)
+            else:  # bit for bit but NaN payloads: torch's own half-precision kernels give a
+                # made NaN one payload in vector lanes and another in scalar ones
+                nan = torch.isnan(want)
+                assert torch.equal(torch.isnan(got), nan), (dtype, where)
+                assert torch.equal(got.view(bits)[~nan], want.view(bits)[~nan]), (dtype, where)
             assert torch.equal(h.view(bits), before.view(bits))  # the input is not changed
 
 

@@ -31,14 +31,20 @@ def test_quick_serving_run(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "serving.json").read_text(encoding="utf-8"))
     assert doc["quick"] is True and doc["backend"] == "numpy"
     for n in ("1", "8", "64", "256"):
-        for path in ("numpy", "torch"):
+        for path in ("runtime", "numpy", "torch"):
             assert doc["in_hook"][n][path]["call_us"]["median"] > 0
+    lone = doc["lone_row"]  # a prompt alone inside a real forward: decided by the one-row lane
+    assert (
+        lone["decided_rounds"] == lone["rounds"] and lone["decided_by_the_lane"] == lone["prefills"]
+    )
+    assert lone["decision_us"]["median"] > 0 and lone["numpy_op_floor_us"]["median"] > 0
     for cond in ("alone", "after_numpy_blas", "after_torch"):
         assert doc["busy"][cond]["legacy"]["median"] > doc["busy"][cond]["ours"]["median"] > 0
     assert set(doc["mixed"]["bundles"]) == {"1", "2", "4"}
     assert doc["gpu"].startswith("not measured")
     names = [t["name"] for t in doc["targets"]]
     assert any("legacy / ours" in n for n in names) and any("per-row" in n for n in names)
+    assert any("inside a real forward pass" in n for n in names)
     md = (tmp_path / "serving.md").read_text(encoding="utf-8")
     for heading in (
         "## Targets",

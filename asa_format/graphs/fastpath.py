@@ -55,6 +55,36 @@ OVERFLOW_WINDOW = (
 )
 PROBABILITY_SLACK = 1e-12  # added to every margin: transcendental functions differ by a few ulps
 _FLOAT, _DOUBLE = 1, 11
+
+# NumPy >= 2 keeps the floating-point error state in a context variable: setting it directly
+# costs two C calls, where ``np.errstate`` runs Python frames (about 10 us on a cold cache,
+# which is what a decision inside a forward hook meets). Used only where ``np.geterr()``
+# confirms that the value set is the state "ignore everything"; else ``np.errstate``.
+_ERR_VAR: Any = None
+_ERR_IGNORE: Any = None
+_IGNORE_ALL = {"divide": "ignore", "over": "ignore", "under": "ignore", "invalid": "ignore"}
+
+
+def _fast_error_state() -> bool:
+    global _ERR_VAR, _ERR_IGNORE
+    if _ERR_VAR is not None:
+        return True
+    try:
+        from numpy._core.umath import _extobj_contextvar, _make_extobj
+
+        value = _make_extobj(all="ignore")
+        token = _extobj_contextvar.set(value)
+        try:
+            ok = np.geterr() == _IGNORE_ALL
+        finally:
+            _extobj_contextvar.reset(token)
+    except Exception:
+        return False
+    if ok:
+        _ERR_VAR, _ERR_IGNORE = _extobj_contextvar, value
+    return ok
+
+
 _NP = {_FLOAT: np.float32, _DOUBLE: np.float64}
 
 
@@ -110,6 +140,17 @@ class ScalerChain:
                 continue
             ops.append((getattr(np, kind), np.ascontiguousarray(arg)))
         self._ops = ops
+        # one row into preallocated buffers: (ufunc or None for a cast, constant row, output
+        # is float64); every step keeps its input's dtype (match_scaler checks it)
+        row_ops: list[tuple[Any, Any, bool]] = []
+        dtype = np.dtype(np.float32)
+        for ufunc, arg in ops:
+            if ufunc is None:
+                dtype = arg
+                row_ops.append((None, None, dtype == np.float64))
+            else:
+                row_ops.append((ufunc, np.ascontiguousarray(arg.reshape(-1)), dtype == np.float64))
+        self._row_ops = row_ops
 
     def run(self, h32: np.ndarray) -> np.ndarray:
         """The scaled rows (float32); a new array unless the chain is the identity.
@@ -128,6 +169,20 @@ class ScalerChain:
             else:
                 out = ufunc(out, arg)
                 owned = True
+        return out
+
+    def run_row(self, h: np.ndarray, buf32: np.ndarray, buf64: np.ndarray) -> np.ndarray:
+        """:meth:`run` on one row ``[H]`` (float32), written into the buffer of each step's
+        dtype (the same element-wise operations, so the same values): the input itself when
+        the chain is the identity, else ``buf32``. Callers silence floating-point warnings."""
+        out = h
+        for ufunc, arg, wide in self._row_ops:
+            dst = buf64 if wide else buf32
+            if ufunc is None:
+                dst[...] = out
+            else:
+                ufunc(out, arg, out=dst)
+            out = dst
         return out
 
 
@@ -453,7 +508,8 @@ class FastPlan:
         unique, source, sign = _unique_columns(self.fused)
         self._unique = unique  # [H, U] float64
         self._unique_t = np.ascontiguousarray(unique.T)  # [U, H]: one row's product is a gemv
-        self._local = threading.local()  # per thread: the one-row buffer (_row_work)
+        self._local = threading.local()  # per thread: the one-row buffers (_row_work)
+        _fast_error_state()
         self._source = source
         self._sign = sign
         self._gathered = not (
@@ -487,6 +543,8 @@ class FastPlan:
         self._router_slope32 = self._router_slope * root
         self._router_offset32 = self._router_offset + self._router_slope * tiny
         self._probe_slope = slope
+        self._row_probe_slope = slope.tolist()  # plain floats for decide_one
+        self._row_probe_offset = offset.tolist()
         self._probe_offset = offset
         self._probe_slope32 = slope * root
         self._probe_offset32 = offset + slope * tiny
@@ -522,15 +580,28 @@ class FastPlan:
 
     # -- one row -------------------------------------------------------------------------------
     def decide_one(self, h32: np.ndarray, tau: float) -> tuple[int, float | None, bool] | None:
-        """One row: ``(domain index, probe probability or None, router output has NaN)``,
-        or None when the row must be decided by onnxruntime (near a boundary, non-finite
-        values, overflow window). After the matrix product, plain floats."""
-        work = self._row_work()
-        row = work[-1]
-        with np.errstate(all="ignore"):
-            row[...] = self.scaler.run(h32)[0]  # float32 -> float64 is exact
-            # one product: every head and, from the row itself as the last line, x . x
-            *heads, ss = np.dot(work, row).tolist()
+        """One row (``[1, H]`` or ``[H]``, float32): ``(domain index, probe probability or
+        None, router output has NaN)``, or None when the row must be decided by onnxruntime
+        (near a boundary, non-finite values, overflow window). After the matrix product,
+        plain floats.
+
+        Few NumPy calls, into this thread's preallocated buffers: in a forward hook the
+        model's own work has just evicted the caches, and each call then costs several
+        microseconds however small its array."""
+        work, row, buf32, buf64 = self._row_work()
+        var = _ERR_VAR
+        if var is None:
+            with np.errstate(all="ignore"):
+                row[...] = self.scaler.run_row(h32[0] if h32.ndim == 2 else h32, buf32, buf64)
+                # one product: every head and, from the row itself as the last line, x . x
+                *heads, ss = np.dot(work, row).tolist()
+        else:
+            token = var.set(_ERR_IGNORE)
+            try:
+                row[...] = self.scaler.run_row(h32[0] if h32.ndim == 2 else h32, buf32, buf64)
+                *heads, ss = np.dot(work, row).tolist()
+            finally:
+                var.reset(token)
         xnorm = math.sqrt(ss)
         if not xnorm < math.inf:
             return None
@@ -572,21 +643,24 @@ class FastPlan:
             p = t1 / (t0 + t1)
         else:
             p = probe.row_probabilities(pscores)[1]
-        margin = self._probe_slope[best] * xnorm + self._probe_offset[best]
+        margin = self._row_probe_slope[best] * xnorm + self._row_probe_offset[best]
         if not (abs(p - tau) > margin and abs(p - (1.0 - tau)) > margin):
             return None
         return best, p, False
 
-    def _row_work(self) -> np.ndarray:
-        """This thread's ``[U + 1, H]`` float64 buffer: the unique head columns, then a row
-        for the scaled input (threads never share it)."""
-        local = self._local
-        work: np.ndarray | None = getattr(local, "work", None)
-        if work is None:
+    def _row_work(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's buffers (threads never share them): ``[U + 1, H]`` float64, the
+        unique head columns then a line for the scaled row; that line; and float32 and
+        float64 rows for the scaler's steps."""
+        got: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = getattr(
+            self._local, "work", None
+        )
+        if got is None:
             work = np.empty((self._unique_t.shape[0] + 1, self.hidden_size))
             work[:-1] = self._unique_t
-            local.work = work
-        return work
+            got = (work, work[-1], np.empty(self.hidden_size, np.float32), work[-1].copy())
+            self._local.work = got
+        return got
 
     # -- a batch ---------------------------------------------------------------------------
     def evaluate(self, h32: np.ndarray, tau: float, no_probe: float) -> HostDecisions:
