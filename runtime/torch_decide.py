@@ -54,6 +54,7 @@ __all__ = ["HostDecisions", "RowDecision", "TorchDecider", "TorchDecisions"]
 log = logging.getLogger(__name__)
 
 PROBABILITY_TOLERANCE = 1e-12  # on the check rows off the margins
+_FLOAT32 = np.dtype(np.float32)
 CPU_BLOCK_ELEMENTS = 16384  # below torch's parallel grain (32768): one thread per operation
 
 
@@ -507,8 +508,8 @@ class TorchDecider:
         probability, gate)`` from the plan's one-row path, as :meth:`decide_host` decides
         it; None when the row needs :meth:`decide_host` (near a boundary, non-finite values)
         or this decider does not decide CPU rows with NumPy."""
-        if not self._cpu_proven or h.dtype != np.float32 or h.shape != (self.hidden_size,):
-            return None
+        if not self._cpu_proven or h.dtype is not _FLOAT32 or h.shape != (self.hidden_size,):
+            return None  # (a builtin dtype is a singleton: no comparison through NumPy)
         one = self.plan.decide_one(h, self.tau)
         if one is None:
             return None

@@ -523,6 +523,9 @@ class FastPlan:
         self._router_terms = terms[: self.router.width]
         self._probe_terms = [terms[a:b] for a, b in self.slices[1:]]
         self._router_softmax = self.router.post == "softmax"
+        # LinearHead.needs_sum_check compares the weights each time: once here for decide_one
+        self._router_sum_check = self.router.needs_sum_check
+        self._probe_sum_check = [p is not None and p.needs_sum_check for p in self.probes]
         d = len(self.probes)
         self._router_width = self.router.width
         # 2 * LinearHead.error(xnorm) = slope * xnorm + offset, per head (router, then domains)
@@ -606,13 +609,14 @@ class FastPlan:
         if not xnorm < math.inf:
             return None
         window = OVERFLOW_WINDOW
-        scores = [heads[k] * sign + b for k, sign, b in self._router_terms]
-        for v in scores:
-            if not -window < v < window:
-                return None
         margin = self._router_slope * xnorm + self._router_offset
         if self._router_softmax:  # exp-space, as in evaluate (|scores| < 700: no overflow)
-            e = [math.exp(v) for v in scores]
+            e = []
+            for k, sign, b in self._router_terms:
+                v = heads[k] * sign + b
+                if not -window < v < window:
+                    return None
+                e.append(math.exp(v))
             top = max(e)
             best = e.index(top)
             if len(e) > 1:
@@ -620,7 +624,11 @@ class FastPlan:
                 if not (top - second) / math.fsum(e) > margin:
                     return None
         else:
-            if self.router.needs_sum_check and not _sigmoid_sum(scores) >= 0.5:
+            scores = [heads[k] * sign + b for k, sign, b in self._router_terms]
+            for v in scores:
+                if not -window < v < window:
+                    return None
+            if self._router_sum_check and not _sigmoid_sum(scores) >= 0.5:
                 return None
             probs = self.router.row_probabilities(scores)
             best = max(range(len(probs)), key=probs.__getitem__)
@@ -638,7 +646,7 @@ class FastPlan:
         if probe.post == "sigmoid_norm":
             t0 = 1.0 / (1.0 + math.exp(-pscores[0]))
             t1 = 1.0 / (1.0 + math.exp(-pscores[1]))
-            if not t0 + t1 >= 0.5 and probe.needs_sum_check:
+            if not t0 + t1 >= 0.5 and self._probe_sum_check[best]:
                 return None
             p = t1 / (t0 + t1)
         else:
