@@ -195,7 +195,6 @@ def _apply(hidden: torch.Tensor, delta: torch.Tensor, add: torch.Tensor) -> torc
         and not (hidden.requires_grad and torch.is_grad_enabled())
         and as_int is not None
         and hidden.dtype.is_floating_point
-        and not hidden.is_complex()
         and delta.dtype == hidden.dtype
         and delta.device.type == "cpu"
     ):
@@ -236,39 +235,47 @@ def _host_copy(hidden: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _host_rows(hidden: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
-    """``float32(hidden[b, positions[b]])`` for every row ``b``, ``[B, H]``, gathered in host
-    memory (exact: bfloat16 and float16 widen to float32 without rounding)."""
-    h = hidden.detach()
-    b = np.arange(len(positions), dtype=np.intp)
-    p = np.asarray(positions, dtype=np.intp)
+def _gather_float32(hidden: torch.Tensor, b: Any, p: Any) -> np.ndarray:
+    """``float32(hidden[b, p])`` in host memory, for ints ``b, p`` (a row ``[H]``, a view of a
+    float32 tensor) or intp arrays (rows ``[B, H]``): bfloat16 and float16 widen to float32
+    without rounding, other dtypes through torch's cast."""
+    h = hidden.detach() if hidden.requires_grad else hidden
     if h.dtype == torch.float32:
-        return np.ascontiguousarray(h.numpy()[b, p])
-    if h.dtype == torch.bfloat16:  # the float32 whose upper 16 bits are the bfloat16's
+        out: np.ndarray = h.numpy()[b, p]
+    elif h.dtype == torch.bfloat16:  # the float32 whose upper 16 bits are the bfloat16's
         bits = h.view(torch.int16).numpy()[b, p].view(np.uint16).astype(np.uint32)
-        return np.ascontiguousarray((bits << np.uint32(16)).view(np.float32))
-    if h.dtype == torch.float16:
-        return h.view(torch.int16).numpy()[b, p].view(np.float16).astype(np.float32)
-    return np.ascontiguousarray(
-        h[torch.from_numpy(b), torch.from_numpy(p)].to(torch.float32).numpy()
-    )
+        out = (bits << np.uint32(16)).view(np.float32)
+    elif h.dtype == torch.float16:
+        out = h.view(torch.int16).numpy()[b, p].view(np.float16).astype(np.float32)
+    elif isinstance(b, int):
+        out = h[b, p].to(torch.float32).numpy()
+    else:
+        out = h[torch.from_numpy(b), torch.from_numpy(p)].to(torch.float32).numpy()
+    return out
+
+
+def _host_rows(hidden: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
+    """``float32(hidden[b, positions[b]])`` for every row ``b``, ``[B, H]``, C-contiguous."""
+    b = np.arange(len(positions), dtype=np.intp)
+    return np.ascontiguousarray(_gather_float32(hidden, b, np.asarray(positions, dtype=np.intp)))
 
 
 def _host_row(hidden: torch.Tensor, b: int, position: int) -> np.ndarray:
-    """``float32(hidden[b, position])`` as a NumPy row ``[H]``: a view of a float32 tensor
-    (no copy), else widened exactly as :func:`_host_rows` widens."""
-    h = hidden.detach() if hidden.requires_grad else hidden
-    if h.dtype == torch.float32:
-        row: np.ndarray = h.numpy()[b, position]
-        return row
-    if h.dtype == torch.bfloat16:
-        bits = h.view(torch.int16).numpy()[b, position].view(np.uint16).astype(np.uint32)
-        row = (bits << np.uint32(16)).view(np.float32)
-    elif h.dtype == torch.float16:
-        row = h.view(torch.int16).numpy()[b, position].view(np.float16).astype(np.float32)
-    else:
-        row = np.ascontiguousarray(h[b, position].to(torch.float32).numpy())
-    return row
+    """``float32(hidden[b, position])`` as a NumPy row ``[H]`` (a view of a float32 tensor)."""
+    return _gather_float32(hidden, b, position)
+
+
+def _call_decider(decide: Callable[[Any], Any], rows: Any) -> Any:
+    """``decide(rows)`` with any failure but an ``AsaError`` as ``DECISION_FAILED``."""
+    try:
+        return decide(rows)
+    except AsaError:
+        raise
+    except Exception as exc:
+        raise DecisionError(
+            f"the bundle's decision failed with {type(exc).__name__}: {exc}",
+            code="DECISION_FAILED",
+        ) from exc
 
 
 def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndarray] | None:
@@ -279,15 +286,7 @@ def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndar
     decider = entry.decider
     if decider is None:
         return None
-    try:
-        got = decider.decide_host_row(row)
-    except AsaError:
-        raise
-    except Exception as exc:
-        raise DecisionError(
-            f"the bundle's decision failed with {type(exc).__name__}: {exc}",
-            code="DECISION_FAILED",
-        ) from exc
+    got = _call_decider(decider.decide_host_row, row)
     if got is None:
         return None
     d, p, g = got
@@ -305,6 +304,17 @@ def _host_delta(
         state.deltas[key] = delta
         state.active[key] = torch.from_numpy(np.zeros(batch, dtype=bool))
     return delta.numpy(), state.active[key].numpy()
+
+
+def _host_gates(ctx: CallContext) -> np.ndarray:
+    """The new generation's int8 ``[B]`` asa gates as a NumPy array (the state's tensor
+    shares its memory; created as zeros)."""
+    state = ctx.new_state
+    assert state is not None
+    if state.gate_t is None:
+        state.gate_t = torch.from_numpy(np.zeros(state.batch, dtype=np.int8))
+    gates: np.ndarray = state.gate_t.numpy()
+    return gates
 
 
 _ONE_ROW = np.zeros(1, dtype=np.intp)  # the inverse index of a lone row's decision
@@ -757,11 +767,7 @@ class Steerer:
 
     def _keep_row(self, ctx: CallContext, entry: Entry, i: int, got: RowDecision) -> None:
         """Keep a lone row's decision as :meth:`_decide_host_rows` keeps a batch's."""
-        state = ctx.new_state
-        assert state is not None
-        if state.gate_t is None:
-            state.gate_t = torch.from_numpy(np.zeros(state.batch, dtype=np.int8))
-        state.gate_t.numpy()[i] = got.gate
+        _host_gates(ctx)[i] = got.gate
         ctx.pending_device.append((entry, [i], got, _ONE_ROW))
 
     def _decide_host_rows(
@@ -769,27 +775,16 @@ class Steerer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The asa decision of the rows ``idx`` from their float32 hidden states: their
         float32 deltas ``[n, H]`` and whether each is steered."""
-        state = ctx.new_state
-        assert state is not None
-        if state.gate_t is None:
-            state.gate_t = torch.from_numpy(np.zeros(state.batch, dtype=np.int8))
-        gate_np = state.gate_t.numpy()
+        gate_np = _host_gates(ctx)
         if entry.decider is None:
             rows_t = torch.from_numpy(rows32)
             index_t = torch.tensor(idx)
             out, on = self._decide_on_host(ctx, entry, idx, index_t, rows_t)
             return out.numpy(), on.numpy()
-        try:
-            got = entry.decider.decide_host(rows32)  # the CPU rows' NumPy plan, as arrays
-            if got is None:
-                got = entry.decider.decide(torch.from_numpy(rows32)).on_host()
-        except AsaError:
-            raise
-        except Exception as exc:
-            raise DecisionError(
-                f"the bundle's decision failed with {type(exc).__name__}: {exc}",
-                code="DECISION_FAILED",
-            ) from exc
+        decider = entry.decider
+        got = _call_decider(decider.decide_host, rows32)  # the CPU rows' NumPy plan, as arrays
+        if got is None:
+            got = _call_decider(lambda r: decider.decide(torch.from_numpy(r)).on_host(), rows32)
         domain, gate = got.domain_index, got.gate
         gate_np[np.asarray(idx, dtype=np.intp)] = gate
         ctx.pending_device.append((entry, idx, got, np.arange(len(idx))))
@@ -870,15 +865,7 @@ class Steerer:
         state = ctx.new_state
         assert state is not None and state.gate_t is not None
         unique, inverse = torch.unique(rows_t, dim=0, return_inverse=True)
-        try:
-            got = entry.decider.decide(unique)
-        except AsaError:
-            raise
-        except Exception as exc:
-            raise DecisionError(
-                f"the bundle's decision failed with {type(exc).__name__}: {exc}",
-                code="DECISION_FAILED",
-            ) from exc
+        got = _call_decider(entry.decider.decide, unique)
         domain = got.domain_index[inverse]
         gate = got.gate[inverse].to(torch.int64)
         table = entry.decider.delta_table(

@@ -122,6 +122,7 @@ class _LegacyAsaReference:
 
 
 def _greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int = 5) -> Any:
+    """Greedy tokens after the prompt ``[B, steps]`` and every step's logits ``[steps, B, V]``."""
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
@@ -133,7 +134,7 @@ def _greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int = 5) -
             output_logits=True,
             return_dict_in_generate=True,
         )
-    return out.sequences[:, ids.shape[1] :], out.logits[0]
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,7 @@ def test_mixed_batch_matches_each_row_alone_with_its_reference(assets: dict[str,
     try:
         with handle.select(selection):
             tokens, logits = _greedy(model, ids, mask)
+            logits = logits[0]
         record = handle.last
     finally:
         handle.remove()
@@ -186,10 +188,10 @@ def test_mixed_batch_matches_each_row_alone_with_its_reference(assets: dict[str,
             if ref is not None:
                 ref.remove()
         assert torch.equal(tokens[row], ref_tokens[0]), f"row {row} ({name}): greedy tokens differ"
-        torch.testing.assert_close(logits[row], ref_logits[0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(logits[row], ref_logits[0][0], atol=1e-3, rtol=0)
         if name == "asa":
             assert record.gates[row] == ref.gates[0] != 0, "the asa row's gate must fire"
-    _, plain_logits = _greedy(model, ids, mask)
+    plain_logits = _greedy(model, ids, mask)[1][0]
     for row in (0, 1):  # steering visibly changed the steered rows
         assert not torch.allclose(plain_logits[row], logits[row], atol=1e-3)
     torch.testing.assert_close(plain_logits[2], logits[2], atol=0, rtol=0)
@@ -473,19 +475,10 @@ def test_the_host_and_torch_paths_steer_to_the_same_bits(
     def run(host: bool) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         monkeypatch.setattr(steering, "HOST_PATH_ON_CPU", host)
         with attach(model, bundles=bundles, policy=policy) as handle:
-            with handle.select(["cv", "asa", "cond", None]), torch.no_grad():
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=4,
-                    min_new_tokens=4,
-                    do_sample=False,
-                    pad_token_id=0,
-                    output_logits=True,
-                    return_dict_in_generate=True,
-                )
+            with handle.select(["cv", "asa", "cond", None]):
+                tokens, logits = _greedy(model, ids, mask, steps=4)
             records = [(r.rows, r.gates, r.interventions) for r in handle.records]
-        return out.sequences, torch.stack(out.logits), records
+        return tokens, logits, records
 
     host_tokens, host_logits, host_records = run(True)
     torch_tokens, torch_logits, torch_records = run(False)
@@ -521,19 +514,10 @@ def test_a_lone_row_is_decided_by_the_one_row_lane_to_the_same_bits(
         monkeypatch.setattr(steering, "HOST_PATH_ON_CPU", host)
         if declines:
             monkeypatch.setattr(TorchDecider, "decide_host_row", lambda self, h: None)
-        with attach(model, assets["asa"]) as handle, torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=3,
-                min_new_tokens=3,
-                do_sample=False,
-                pad_token_id=0,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
+        with attach(model, assets["asa"]) as handle:
+            tokens, logits = _greedy(model, ids, mask, steps=3)
             records = [(r.rows, r.gates, r.interventions) for r in handle.records]
-        return out.sequences, torch.stack(out.logits), records
+        return tokens, logits, records
 
     lane_out = run(True)
     assert lane["taken"] == 1  # one prefill, one decision, by the lane

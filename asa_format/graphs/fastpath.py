@@ -523,7 +523,7 @@ class FastPlan:
         self._router_terms = terms[: self.router.width]
         self._probe_terms = [terms[a:b] for a, b in self.slices[1:]]
         self._router_softmax = self.router.post == "softmax"
-        # LinearHead.needs_sum_check compares the weights each time: once here for decide_one
+        # LinearHead.needs_sum_check compares the weights each time: once here
         self._router_sum_check = self.router.needs_sum_check
         self._probe_sum_check = [p is not None and p.needs_sum_check for p in self.probes]
         d = len(self.probes)
@@ -562,7 +562,7 @@ class FastPlan:
             cols[1].append(a)
             cols[2].append(a + 1 if probe.width > 1 else a)
         self._forms = {k: tuple(np.asarray(c, dtype=np.intp) for c in v) for k, v in forms.items()}
-        checked = [i for i, p in enumerate(self.probes) if p is not None and p.needs_sum_check]
+        checked = [i for i, c in enumerate(self._probe_sum_check) if c]
         self._sum_checked = np.asarray(checked, dtype=np.intp)  # domains whose sum is checked
         r = self._router_width
         w = self.fused.shape[1]
@@ -571,7 +571,7 @@ class FastPlan:
         self._pairs = (
             list(forms) == ["sigmoid_norm"]
             and bool(self._has_probe.all())
-            and not any(p.needs_sum_check for p in self.probes if p is not None)
+            and not any(self._probe_sum_check)
             and w == r + 2 * d
             and all(b - a == 2 for a, b in self.slices[1:])
         )
@@ -591,18 +591,15 @@ class FastPlan:
         Few NumPy calls, into this thread's preallocated buffers: in a forward hook the
         model's own work has just evicted the caches, and each call then costs several
         microseconds however small its array."""
-        work, row, buf32, buf64 = self._row_work()
+        h = h32[0] if h32.ndim == 2 else h32
         var = _ERR_VAR
         if var is None:
             with np.errstate(all="ignore"):
-                row[...] = self.scaler.run_row(h32[0] if h32.ndim == 2 else h32, buf32, buf64)
-                # one product: every head and, from the row itself as the last line, x . x
-                *heads, ss = np.dot(work, row).tolist()
+                *heads, ss = self._row_product(h)
         else:
             token = var.set(_ERR_IGNORE)
             try:
-                row[...] = self.scaler.run_row(h32[0] if h32.ndim == 2 else h32, buf32, buf64)
-                *heads, ss = np.dot(work, row).tolist()
+                *heads, ss = self._row_product(h)
             finally:
                 var.reset(token)
         xnorm = math.sqrt(ss)
@@ -655,6 +652,15 @@ class FastPlan:
         if not (abs(p - tau) > margin and abs(p - (1.0 - tau)) > margin):
             return None
         return best, p, False
+
+    def _row_product(self, h: np.ndarray) -> list[float]:
+        """The row's scaled values in this thread's buffers, then one product: every head and,
+        from the row itself as the last line of the work matrix, ``x . x``. Callers silence
+        floating-point warnings."""
+        work, row, buf32, buf64 = self._row_work()
+        row[...] = self.scaler.run_row(h, buf32, buf64)  # float32 -> float64 is exact
+        heads: list[float] = np.dot(work, row).tolist()
+        return heads
 
     def _row_work(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """This thread's buffers (threads never share them): ``[U + 1, H]`` float64, the
@@ -718,7 +724,7 @@ class FastPlan:
             else:
                 scores = self.router.probabilities(s[:r].T)  # [N, D] (D = 2 for one column)
                 index = scores.argmax(axis=1)
-                if self.router.needs_sum_check:
+                if self._router_sum_check:
                     fine &= (1.0 / (1.0 + np.exp(-s[:r]))).sum(axis=0) >= 0.5
                 if scores.shape[1] > 1:
                     top2 = np.sort(scores, axis=1)[:, -2:]
