@@ -35,6 +35,7 @@ from asa_format.format.contents import BundleContents, contents_of
 from asa_format.format.digest import root_digest
 from asa_format.format.interventions import Intervention, LoadedIntervention, tensor_name
 from asa_format.format.manifest import AsaManifest, Manifest
+from asa_format.gating import gate_of, gates
 from asa_format.graphs.fastpath import FastPlan, build_plan, check_inputs
 from asa_format.storage.reader import read_bundle_dir
 
@@ -495,19 +496,6 @@ def _sigmoid_sums_ok(head: Any, x64: np.ndarray) -> np.ndarray:
         t = 1.0 / (1.0 + np.exp(-(x64 @ head.weight + head.bias)))
         out: np.ndarray = t.sum(axis=1) >= 0.5
     return out
-
-
-def gate_of(p: float, tau: float) -> int:
-    """The gate rule for one probability: +1 if p >= tau, else -1 if p <= 1 - tau, else 0."""
-    return 1 if p >= tau else (-1 if p <= 1.0 - tau else 0)
-
-
-def gates(probability: np.ndarray, tau: float) -> np.ndarray:
-    """:func:`gate_of` for every element (int8)."""
-    p = np.asarray(probability, dtype=np.float64)
-    if p.shape == (1,):
-        return np.array([gate_of(float(p[0]), tau)], dtype=np.int8)
-    return np.where(p >= tau, 1, np.where(p <= 1.0 - tau, -1, 0)).astype(np.int8)
 
 
 def mix_vectors(domain_vec: np.ndarray, global_vec: np.ndarray, beta: float) -> np.ndarray:

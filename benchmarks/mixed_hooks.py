@@ -229,7 +229,10 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
     rounds, per_round = (2, 2) if quick else (10, 20)
     gathers: list[float] = []
     decisions: list[float] = []
+    python_lane: list[float] = []  # gather + decision with the plan's C lane switched off
     lane = 0
+    plan = bundle._plan
+    c_lane = plan._lane
     handle = attach(model, bundle)
     steering._host_row, steering.decide_host_row = timed_row, timed_decide  # type: ignore[assignment]
     try:
@@ -243,6 +246,15 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
                     model(input_ids=ids, attention_mask=mask)
                     gathers.append(spent["gather"] * 1e6)
                     decisions.append(spent["decision"] * 1e6)
+                if c_lane is not None:
+                    plan._lane = None
+                    counted = spent["lane"]  # decided_by_the_lane counts the C lane's prefills
+                    for _ in range(per_round):
+                        spent["gather"] = spent["decision"] = 0.0
+                        model(input_ids=ids, attention_mask=mask)
+                        python_lane.append((spent["gather"] + spent["decision"]) * 1e6)
+                    plan._lane = c_lane
+                    spent["lane"] = counted
                 last = handle.last
                 lane += int(last is not None and last.rows[0] is not None)
                 handle.remove()
@@ -252,6 +264,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
                 floor_handle.remove()
                 handle = attach(model, bundle)
     finally:
+        plan._lane = c_lane
         steering._host_row, steering.decide_host_row = real_row, real_decide
         handle.remove()
     both = [g + d for g, d in zip(gathers, decisions, strict=True)]
@@ -263,6 +276,8 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
         "decision_us": summarize(decisions, "us"),
         "in_hook_us": summarize(both, "us"),
         "numpy_op_floor_us": summarize([t * 1e6 for t in floor], "us"),
+        "lane": "C" if c_lane is not None else "Python",
+        "python_lane_us": summarize(python_lane, "us") if python_lane else None,
         "decided_rounds": lane,
         "rounds": rounds,
         "prefills": len(decisions),

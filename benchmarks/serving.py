@@ -29,6 +29,7 @@ Writes ``serving.json`` and ``serving.md`` to the output folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -36,7 +37,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,18 @@ def _runtime_path(entry: Any, hidden: Any, fallbacks: list[int]) -> Callable[[],
     return lone if n == 1 else batch
 
 
+@contextlib.contextmanager
+def _python_lane(plan: Any, on: bool) -> Iterator[None]:
+    """With ``on``, the plan's one-row decisions in Python (its C lane switched off)."""
+    lane = plan._lane
+    if on:
+        plan._lane = None
+    try:
+        yield
+    finally:
+        plan._lane = lane
+
+
 def _in_hook(
     bundle: Any, entry: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool
 ) -> dict[str, Any]:
@@ -114,6 +127,8 @@ def _in_hook(
 
     out: dict[str, Any] = {}
     fallbacks = [0]
+    plan = entry.decider.plan
+    out["lane"] = "C" if plan._lane is not None else "Python"
     row = np.ascontiguousarray(pool[:1])
     floor_ts: list[float] = []
     for n in BATCHES:
@@ -139,15 +154,18 @@ def _in_hook(
         }
         if n == 1:  # the floor, in the same rounds: one 2048-element NumPy operation
             paths["floor"] = (lambda: np.add(row, 1.0), calls)
+            paths["python_lane"] = (runtime_path, calls)  # the same, the C lane switched off
         res: dict[str, Any] = {name: [] for name in paths}
         for fn, _ in paths.values():
             fn()  # warm
         rounds = 4 if n > 1 else 8
         for _ in range(rounds):  # alternate the paths in rounds
             for name, (fn, k) in paths.items():
-                res[name] += _time(fn, hook_matmul, max(1, k // rounds))
+                with _python_lane(plan, name == "python_lane"):
+                    res[name] += _time(fn, hook_matmul, max(1, k // rounds))
         if n == 1:
             floor_ts = res.pop("floor")
+            out["python_lane_1"] = _us(res.pop("python_lane"))
         res = {name: {"call_us": _us(ts), "per_row_us": _us(ts, n)} for name, ts in res.items()}
         out[str(n)] = res
     floor_calls = 20 if quick else 300
@@ -446,17 +464,29 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "The runtime's host decision takes the hook's hidden states `[N, 6, H]` to each row's float32 delta and gate: "
-        "a lone row through the one-row lane (`steering._host_row`, `steering.decide_host_row`: the scaler's steps "
-        "into preallocated buffers, one product, plain floats), more rows through the batch path (`_host_rows`, "
+        "a lone row through the one-row lane (`steering._host_row`, `steering.decide_host_row`: "
+        f"here the {doc['in_hook']['lane']} lane, `FastPlan.decide_gated`), more rows through the batch path (`_host_rows`, "
         "`TorchDecider.decide_host`, the delta table's gather). Rows the lane declined (near a boundary): "
-        f"{doc['in_hook']['lone_row_fallbacks']}.",
+        f"{doc['in_hook']['lone_row_fallbacks']}."
+        + (
+            f" The same at batch 1 with the C lane switched off (the Python lane, in the same rounds): "
+            f"{doc['in_hook']['python_lane_1']['median']:.0f} µs per call."
+            if doc["in_hook"].get("python_lane_1")
+            else ""
+        ),
         "",
         f"Inside a real forward pass (random-weight Llama, hidden {lone['hidden']}, a prompt of {lone['prompt_tokens']} "
         f"tokens alone, {lone['torch_threads']} torch threads; {lone['prefills']} prefills, {lone['decided_by_the_lane']} "
         "decided by the lane): the row's gather "
         f"{lone['gather_us']['median']:.1f} µs, its decision {lone['decision_us']['median']:.1f} µs, together "
         f"{lone['in_hook_us']['median']:.1f} µs (p10 {lone['in_hook_us']['p10']:.1f}, p90 {lone['in_hook_us']['p90']:.1f}); "
-        f"one {lone['hidden']}-element NumPy operation in a hook at the same block: {lone['numpy_op_floor_us']['median']:.1f} µs.",
+        f"one {lone['hidden']}-element NumPy operation in a hook at the same block: {lone['numpy_op_floor_us']['median']:.1f} µs."
+        + (
+            f" With the C lane switched off (the Python lane, in alternate prefills of the same rounds): "
+            f"{lone['python_lane_us']['median']:.1f} µs (p10 {lone['python_lane_us']['p10']:.1f}, p90 {lone['python_lane_us']['p90']:.1f})."
+            if lone.get("python_lane_us")
+            else ""
+        ),
     ]
     lines += [
         "",

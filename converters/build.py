@@ -19,7 +19,7 @@ import numpy as np
 
 from asa_format import constants as C
 from asa_format._version import __version__
-from asa_format.bundle import gates, load_bundle
+from asa_format.bundle import load_bundle
 from asa_format.converters.parity import (
     DEFAULT_SAMPLES,
     FLOAT32_PARITY_TOLERANCE,
@@ -30,6 +30,7 @@ from asa_format.converters.parity import (
 )
 from asa_format.errors import ConversionError, ParityError, UsageError
 from asa_format.format.manifest import ModelBinding, Producer, Provenance, Steering
+from asa_format.gating import gates
 from asa_format.storage.writer import BundleContents, save_bundle
 
 __all__ = ["build_bundle"]

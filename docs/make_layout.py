@@ -28,11 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "layout.md"
 PACKAGE = "asa_format"
 SKIP = {"__pycache__"}
+BUILT = {".so", ".pyd"}  # compiled extensions an install leaves in the tree (not tracked)
 
 # what has no docstring to say it: data folders and files, and the top-level folders
 DESCRIPTIONS = {
     "asa_format/schema/": "the packaged copy of `spec/manifest.schema.json` (byte-identical)",
     "asa_format/py.typed": "marks the package as typed (PEP 561)",
+    "asa_format/graphs/_lane.c": "the fast path's one-row lane in C: an optional extension (built by `setup.py`; used through `native.py`)",
+    "asa_format/graphs/_lane.pyi": "the type stub of the `_lane` extension",
+    "setup.py": "the optional C extension (`asa_format/graphs/_lane.c`); everything else is in `pyproject.toml`",
     "README.md": "what and why, set-up, install, quick start",
     "SECURITY.md": "what is bounded, and how to report a vulnerability",
     "pyproject.toml": "the package, its extras, and the settings of pytest, ruff and mypy",
@@ -107,7 +111,7 @@ def _package_rows(folder: Path, seen: set[Path]) -> Iterator[tuple[str, str]]:
     yield _rel(real), _describe(real)
     links: list[tuple[Path, Path]] = []
     for entry in sorted(folder.iterdir(), key=lambda p: (p.is_dir(), p.name)):
-        if entry.name in SKIP or entry.name.startswith("."):
+        if entry.name in SKIP or entry.name.startswith(".") or entry.suffix in BUILT:
             continue
         if entry.is_symlink() and entry.is_dir():
             target = entry.resolve()

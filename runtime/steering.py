@@ -99,6 +99,7 @@ class Entry:
     _vectors: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     _terms: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
     _table: np.ndarray | None = None  # [domains, 3, H] float32 asa deltas (host path)
+    _rows: tuple[tuple[np.ndarray, ...], ...] | None = None  # its rows, [domain][gate + 1]
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -153,6 +154,16 @@ class Entry:
             table.setflags(write=False)
             self._table = table
         return table
+
+    def host_rows(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """:meth:`host_table`'s rows as ``rows[domain][gate + 1]`` (read-only views): a lone
+        row's delta by two tuple lookups, where a NumPy index costs microseconds in a hook."""
+        rows = self._rows
+        if rows is None:
+            table = self.host_table()
+            rows = tuple(tuple(table[d, k] for k in range(3)) for d in range(table.shape[0]))
+            self._rows = rows
+        return rows
 
     def term_vector(self, term: Term, device: torch.device) -> torch.Tensor:
         """The float32 ``coefficient x direction`` of an always/condition term on ``device``."""
@@ -272,10 +283,13 @@ def _call_decider(decide: Callable[[Any], Any], rows: Any) -> Any:
     except AsaError:
         raise
     except Exception as exc:
-        raise DecisionError(
-            f"the bundle's decision failed with {type(exc).__name__}: {exc}",
-            code="DECISION_FAILED",
-        ) from exc
+        raise _decision_failed(exc) from exc
+
+
+def _decision_failed(exc: Exception) -> DecisionError:
+    return DecisionError(
+        f"the bundle's decision failed with {type(exc).__name__}: {exc}", code="DECISION_FAILED"
+    )
 
 
 def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndarray] | None:
@@ -286,11 +300,16 @@ def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndar
     decider = entry.decider
     if decider is None:
         return None
-    got = _call_decider(decider.decide_host_row, row)
+    try:  # _call_decider's rule, without its frame (each costs microseconds in a hook)
+        got = decider.decide_host_row(row)
+    except AsaError:
+        raise
+    except Exception as exc:
+        raise _decision_failed(exc) from exc
     if got is None:
         return None
     d, p, g = got
-    return RowDecision(d, p, g), entry.host_table()[d, g + 1]
+    return RowDecision(d, p, g), entry.host_rows()[d][g + 1]
 
 
 def _host_delta(

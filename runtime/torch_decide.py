@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from asa_format import constants as C
-from asa_format.bundle import Decision, DecisionBatch, gate_of, gates
+from asa_format.bundle import Decision, DecisionBatch
 from asa_format.errors import DecisionError
+from asa_format.gating import gate_of, gates
 from asa_format.graphs.fastpath import (
     OVERFLOW_WINDOW,
     FastPlan,
@@ -510,12 +511,7 @@ class TorchDecider:
         or this decider does not decide CPU rows with NumPy."""
         if not self._cpu_proven or h.dtype is not _FLOAT32 or h.shape != (self.hidden_size,):
             return None  # (a builtin dtype is a singleton: no comparison through NumPy)
-        one = self.plan.decide_one(h, self.tau)
-        if one is None:
-            return None
-        d, p, _ = one
-        pv = self.no_probe if p is None else p
-        return d, pv, gate_of(pv, self.tau)
+        return self.plan.decide_gated(h, self.tau, self.no_probe)
 
     def _host_arrays(self, h32: np.ndarray) -> HostDecisions:
         """The NumPy plan (``FastPlan.evaluate``) on float32 rows; its rows near a boundary

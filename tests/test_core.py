@@ -12,10 +12,11 @@ import pytest
 
 import asa_format
 from asa_format import constants as C
-from asa_format.bundle import gates, load_bundle, mix_vectors
+from asa_format.bundle import load_bundle, mix_vectors
 from asa_format.errors import AsaError, BundleError, DecisionError, DigestMismatchError
 from asa_format.format.manifest import Manifest, parse_manifest
 from asa_format.format.safetensors import parse_vectors, serialize_vectors
+from asa_format.gating import gates
 from asa_format.storage import writer
 from asa_format.testing import make_test_bundle, make_test_contents
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from asa_format import constants as C
-from asa_format.bundle import gates, mix_vectors
+from asa_format.bundle import mix_vectors
 from asa_format.errors import CODES
 from asa_format.format.jsonio import dumps_canonical
 from asa_format.format.manifest import manifest_schema
+from asa_format.gating import gates
 from asa_format.graphs.profile import ALLOWED_OPS
 from asa_format.storage.writer import bundle_files
 from asa_format.testing import make_test_contents

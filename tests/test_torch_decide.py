@@ -13,8 +13,9 @@ import torch
 import asa_format
 from asa_format import constants as C
 from asa_format import load_bundle
-from asa_format.bundle import Bundle, gates
+from asa_format.bundle import Bundle
 from asa_format.errors import DecisionError
+from asa_format.gating import gates
 from asa_format.graphs.fastpath import fused_product
 from asa_format.runtime import torch_decide
 from asa_format.runtime.torch_decide import TorchDecider

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from asa_format import constants as C
+from asa_format.gating import gate_of
+from asa_format.graphs.native import compile_lane
 from asa_format.graphs.wire import array_of, value_of
 
 __all__ = [
@@ -575,6 +577,8 @@ class FastPlan:
             and w == r + 2 * d
             and all(b - a == 2 for a, b in self.slices[1:])
         )
+        # the one-row lane in C when it is built, checked against the Python lane (native.py)
+        self._lane = compile_lane(self, self._decide_one_python, _lane_check_rows(h))
 
     # -- scaling -------------------------------------------------------------------------------
     def scale(self, h32: np.ndarray) -> np.ndarray:
@@ -585,12 +589,43 @@ class FastPlan:
     def decide_one(self, h32: np.ndarray, tau: float) -> tuple[int, float | None, bool] | None:
         """One row (``[1, H]`` or ``[H]``, float32): ``(domain index, probe probability or
         None, router output has NaN)``, or None when the row must be decided by onnxruntime
-        (near a boundary, non-finite values, overflow window). After the matrix product,
-        plain floats.
+        (near a boundary, non-finite values, overflow window).
 
-        Few NumPy calls, into this thread's preallocated buffers: in a forward hook the
-        model's own work has just evicted the caches, and each call then costs several
-        microseconds however small its array."""
+        In a forward hook the model's own work has just evicted the caches, and each NumPy
+        call or line of Python then costs microseconds: the C lane (``native.py``) does the
+        whole decision in one call when it is built; else, and for a row it does not take
+        (not C-contiguous), the Python lane below, with the same steps."""
+        lane = self._lane
+        if lane is not None:
+            got = lane.decide(h32, tau)
+            if got is not NotImplemented:
+                return got
+        return self._decide_one_python(h32, tau)
+
+    def decide_gated(
+        self, h32: np.ndarray, tau: float, no_probe: float
+    ) -> tuple[int, float, int] | None:
+        """:meth:`decide_one` with its gate: ``(domain index, probability, gate)``, where a
+        domain without probe has probability ``no_probe`` and the gate is
+        :func:`asa_format.gating.gate_of`'s; None as :meth:`decide_one`. One call to the C
+        lane when it is built."""
+        lane = self._lane
+        if lane is not None:
+            got = lane.decide_gated(h32, tau, no_probe)
+            if got is not NotImplemented:
+                return got
+        one = self._decide_one_python(h32, tau)
+        if one is None:
+            return None
+        d, p, _ = one
+        pv = no_probe if p is None else p
+        return d, pv, gate_of(pv, tau)
+
+    def _decide_one_python(
+        self, h32: np.ndarray, tau: float
+    ) -> tuple[int, float | None, bool] | None:
+        """:meth:`decide_one` in Python: few NumPy calls, into this thread's preallocated
+        buffers; after the matrix product, plain floats."""
         h = h32[0] if h32.ndim == 2 else h32
         var = _ERR_VAR
         if var is None:
@@ -828,6 +863,19 @@ def build_plan(
     ):
         return None
     return FastPlan(scaler, router, probes, hidden_size)
+
+
+def _lane_check_rows(hidden_size: int) -> list[np.ndarray]:
+    """The rows the C lane must decide as the Python lane before it is used: the load check's
+    inputs and rows holding NaN, infinities, float32 overflow and subnormals."""
+    rows = check_inputs(hidden_size)
+    edge = np.zeros((5, hidden_size), dtype=np.float32)
+    edge[0, ::7] = np.nan
+    edge[1, -1] = np.inf
+    edge[2, 0] = -np.inf
+    edge[3] = 3.0e38
+    edge[4] = 1e-42
+    return list(rows) + list(edge)
 
 
 def check_inputs(hidden_size: int, seed: int = 20240229) -> np.ndarray:
