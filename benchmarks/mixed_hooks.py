@@ -185,7 +185,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
     """The decision of a prompt alone (batch 1) inside a real forward pass.
 
     The same model, one bundle on block 1, prefills of one prompt of ``PROMPT`` tokens.
-    Timed inside the runtime's own hook: the row's gather (``steering._host_row``) and its
+    Timed inside the runtime's own hook: the row's gather (``steering._host_view``) and its
     decision (``steering.decide_host_row``), wrapped for the measurement. In other forward
     passes, alternating with those, the runtime is detached and a hook on the same block
     times one 2048-element NumPy operation: the floor of any array operation at that point
@@ -202,7 +202,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
     ids = torch.randint(3, 128, (1, PROMPT))
     mask = torch.ones_like(ids)
     spent = {"gather": 0.0, "decision": 0.0, "lane": 0.0}
-    real_row, real_decide = steering._host_row, steering.decide_host_row
+    real_row, real_decide = steering._host_view, steering.decide_host_row
 
     def timed_row(*args: Any) -> Any:
         t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
     plan = bundle._plan
     c_lane = plan._lane
     handle = attach(model, bundle)
-    steering._host_row, steering.decide_host_row = timed_row, timed_decide  # type: ignore[assignment]
+    steering._host_view, steering.decide_host_row = timed_row, timed_decide  # type: ignore[assignment]
     try:
         with torch.no_grad():
             for _ in range(2):  # warm
@@ -265,7 +265,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
                 handle = attach(model, bundle)
     finally:
         plan._lane = c_lane
-        steering._host_row, steering.decide_host_row = real_row, real_decide
+        steering._host_view, steering.decide_host_row = real_row, real_decide
         handle.remove()
     both = [g + d for g, d in zip(gathers, decisions, strict=True)]
     return {

@@ -82,7 +82,7 @@ def _runtime_path(entry: Any, hidden: Any, fallbacks: list[int]) -> Callable[[],
     ``[N, T, H]`` (every row decided at its last position) to each row's float32 delta and
     gate: a lone row by the one-row lane (``decide_host_row``), more rows by the batch path
     (``_host_rows``, ``TorchDecider.decide_host``, the delta table's gather)."""
-    from asa_format.runtime.steering import _host_row, _host_rows, decide_host_row
+    from asa_format.runtime.steering import _host_rows, _host_view, decide_host_row
 
     n, t = int(hidden.shape[0]), int(hidden.shape[1])
     positions = [t - 1] * n
@@ -93,7 +93,7 @@ def _runtime_path(entry: Any, hidden: Any, fallbacks: list[int]) -> Callable[[],
         return table[got.domain_index, got.gate.astype(np.intp) + 1], got.gate != 0
 
     def lone() -> Any:
-        got = decide_host_row(entry, _host_row(hidden, 0, t - 1))
+        got = decide_host_row(entry, *_host_view(hidden, 0, t - 1))
         if got is None:  # near a boundary: the runtime's batch path decides it
             fallbacks[0] += 1
             return batch()
@@ -464,7 +464,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "The runtime's host decision takes the hook's hidden states `[N, 6, H]` to each row's float32 delta and gate: "
-        "a lone row through the one-row lane (`steering._host_row`, `steering.decide_host_row`: "
+        "a lone row through the one-row lane (`steering._host_view`, `steering.decide_host_row`: "
         f"here the {doc['in_hook']['lane']} lane, `FastPlan.decide_gated`), more rows through the batch path (`_host_rows`, "
         "`TorchDecider.decide_host`, the delta table's gather). Rows the lane declined (near a boundary): "
         f"{doc['in_hook']['lone_row_fallbacks']}."

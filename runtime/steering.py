@@ -276,6 +276,17 @@ def _host_row(hidden: torch.Tensor, b: int, position: int) -> np.ndarray:
     return _gather_float32(hidden, b, position)
 
 
+def _host_view(hidden: torch.Tensor, b: int, position: int) -> tuple[np.ndarray, int, int]:
+    """Row ``(b, position)`` of the hook's hidden states ``[B, T, H]`` as ``(array, b, p)``
+    with ``array[b, p]`` that row in float32: the float32 tensor itself as a NumPy view
+    (the decision reads the row where it lies), else the row widened (:func:`_host_row`)
+    as ``[1, 1, H]``."""
+    if hidden.dtype == torch.float32:
+        h = hidden.detach() if hidden.requires_grad else hidden
+        return h.numpy(), b, position
+    return _host_row(hidden, b, position)[None, None], 0, 0
+
+
 def _call_decider(decide: Callable[[Any], Any], rows: Any) -> Any:
     """``decide(rows)`` with any failure but an ``AsaError`` as ``DECISION_FAILED``."""
     try:
@@ -292,16 +303,19 @@ def _decision_failed(exc: Exception) -> DecisionError:
     )
 
 
-def decide_host_row(entry: Entry, row: np.ndarray) -> tuple[RowDecision, np.ndarray] | None:
-    """One row's asa decision in host memory (``row``: float32 ``[H]``) and its float32 delta
-    ``[H]`` (a row of the entry's delta table, read-only); None when the row needs the batch
-    path (no proven decider, a row near a boundary or non-finite). The whole decision of a
-    lone row inside a hook: a handful of NumPy calls (``benchmarks.serving`` times it)."""
+def decide_host_row(
+    entry: Entry, hidden: np.ndarray, b: int, p: int
+) -> tuple[RowDecision, np.ndarray] | None:
+    """The asa decision of row ``(b, p)`` of host hidden states (``hidden``: float32
+    ``[B, T, H]``, as :func:`_host_view` gives them) and its float32 delta ``[H]`` (a row of
+    the entry's delta table, read-only); None when the row needs the batch path (no proven
+    decider, a row near a boundary or non-finite). The whole decision of a lone row inside
+    a hook: one call to the C lane where it is built (``benchmarks.serving`` times it)."""
     decider = entry.decider
     if decider is None:
         return None
     try:  # _call_decider's rule, without its frame (each costs microseconds in a hook)
-        got = decider.decide_host_row(row)
+        got = decider.decide_host_row(hidden, b, p)
     except AsaError:
         raise
     except Exception as exc:
@@ -753,14 +767,16 @@ class Steerer:
             if program.asa_block == index:
                 if len(idx) == 1:
                     i = idx[0]
-                    row = last[i] if last is not None else _host_row(hidden, i, state.positions[i])
-                    lone = decide_host_row(entry, row)
+                    if last is not None:
+                        view, b, p = last[None], 0, i
+                    else:
+                        view, b, p = _host_view(hidden, i, state.positions[i])
+                    lone = decide_host_row(entry, view, b, p)
                     if lone is not None:
                         self._keep_row(ctx, entry, i, lone[0])
                     else:
-                        asa_rows, asa_on = self._decide_host_rows(
-                            ctx, entry, idx, np.ascontiguousarray(row, dtype=np.float32)[None]
-                        )
+                        row = np.ascontiguousarray(view[b, p], dtype=np.float32)
+                        asa_rows, asa_on = self._decide_host_rows(ctx, entry, idx, row[None])
                 else:
                     if last is None:
                         last = _host_rows(hidden, state.positions)

@@ -504,14 +504,14 @@ class TorchDecider:
             return None
         return self._host_arrays(h32)
 
-    def decide_host_row(self, h: np.ndarray) -> tuple[int, float, int] | None:
-        """One row ``[H]`` (float32, any stride) in host memory: ``(domain index,
-        probability, gate)`` from the plan's one-row path, as :meth:`decide_host` decides
-        it; None when the row needs :meth:`decide_host` (near a boundary, non-finite values)
-        or this decider does not decide CPU rows with NumPy."""
-        if not self._cpu_proven or h.dtype is not _FLOAT32 or h.shape != (self.hidden_size,):
-            return None  # (a builtin dtype is a singleton: no comparison through NumPy)
-        return self.plan.decide_gated(h, self.tau, self.no_probe)
+    def decide_host_row(self, hidden: np.ndarray, b: int, p: int) -> tuple[int, float, int] | None:
+        """Row ``(b, p)`` of host hidden states ``[B, T, H]`` (float32, any outer strides):
+        ``(domain index, probability, gate)`` from the plan's one-row path, as
+        :meth:`decide_host` decides it; None when the row needs :meth:`decide_host` (near a
+        boundary, non-finite values) or this decider does not decide CPU rows with NumPy."""
+        if not self._cpu_proven:
+            return None
+        return self.plan.decide_gated(hidden, b, p, self.tau, self.no_probe)
 
     def _host_arrays(self, h32: np.ndarray) -> HostDecisions:
         """The NumPy plan (``FastPlan.evaluate``) on float32 rows; its rows near a boundary

@@ -503,8 +503,8 @@ def test_a_lone_row_is_decided_by_the_one_row_lane_to_the_same_bits(
     lane = {"taken": 0}
     real = steering.decide_host_row
 
-    def spy(entry: Any, row: np.ndarray) -> Any:
-        got = real(entry, row)
+    def spy(entry: Any, hidden: np.ndarray, b: int, p: int) -> Any:
+        got = real(entry, hidden, b, p)
         lane["taken"] += got is not None
         return got
 
@@ -513,7 +513,7 @@ def test_a_lone_row_is_decided_by_the_one_row_lane_to_the_same_bits(
     def run(host: bool, declines: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         monkeypatch.setattr(steering, "HOST_PATH_ON_CPU", host)
         if declines:
-            monkeypatch.setattr(TorchDecider, "decide_host_row", lambda self, h: None)
+            monkeypatch.setattr(TorchDecider, "decide_host_row", lambda self, h, b, p: None)
         with attach(model, assets["asa"]) as handle:
             tokens, logits = _greedy(model, ids, mask, steps=3)
             records = [(r.rows, r.gates, r.interventions) for r in handle.records]

@@ -230,3 +230,72 @@ def test_without_the_lane_the_python_lane_decides(tmp_path: Path, monkeypatch: A
     for i, row in enumerate(rows):
         one = fast.decide(row)[0]
         assert (one.domain_index, one.gate) == (int(batch.domain_index[i]), int(batch.gate[i]))
+
+
+@needs_lane
+def test_a_row_read_where_it_lies(tmp_path: Path) -> None:
+    """``decide_gated(hidden, tau, no_probe, b, p)`` reads row ``(b, p)`` of a ``[B, T, H]``
+    float32 buffer, any outer strides: the row's own decision. Rows that are not contiguous,
+    other ranks and dtypes are not taken; indices out of range raise IndexError."""
+    fast, _ = _bundle(tmp_path, "six_domains", **dict(FORMS["six_domains"]))
+    plan = fast._plan
+    lane = plan._lane
+    h = plan.hidden_size
+    hidden = _rows(3 * 5, 12, scale=4.0).reshape(3, 5, h)
+    views = [
+        hidden,
+        hidden[::-1],  # negative outer stride
+        np.ascontiguousarray(hidden.transpose(1, 0, 2)).transpose(1, 0, 2),  # outer strides swapped
+        np.stack([hidden, hidden], axis=1)[:, 1],  # a strided slice
+    ]
+    for view in views:
+        for b in range(3):
+            for p in range(5):
+                row = np.ascontiguousarray(view[b, p])
+                assert lane.decide_gated(view, 0.6, 0.5, b, p) == lane.decide_gated(row, 0.6, 0.5)
+                assert plan.decide_gated(view, b, p, 0.6, 0.5) == lane.decide_gated(row, 0.6, 0.5)
+    refused: list[Any] = [
+        np.repeat(hidden, 2, axis=2)[:, :, ::2],  # rows not contiguous
+        hidden[0],  # rank 2
+        hidden[None],  # rank 4
+        hidden.astype(np.float64),
+        np.zeros((3, 5, h + 1), np.float32),
+    ]
+    for bad in refused:
+        assert lane.decide_gated(bad, 0.6, 0.5, 0, 0) is NotImplemented
+    # the Python lane decides a strided row the C lane does not take
+    strided = np.repeat(hidden, 2, axis=2)[:, :, ::2]
+    want = plan._decide_one_python(np.ascontiguousarray(hidden[1, 2]), 0.6)
+    got = plan.decide_gated(strided, 1, 2, 0.6, 0.5)
+    assert (got is None) == (want is None)
+    if got is not None:
+        pv = 0.5 if want[1] is None else want[1]
+        assert (got[0], got[1], got[2]) == (want[0], pv, gate_of(pv, 0.6))
+    for b, p in ((3, 0), (0, 5), (-1, 0), (0, -1), (2**62, 0)):
+        with pytest.raises(IndexError):
+            lane.decide_gated(hidden, 0.6, 0.5, b, p)
+    with pytest.raises(TypeError):
+        lane.decide_gated(hidden, 0.6, 0.5, 1.0, 0)
+    with pytest.raises(TypeError):
+        lane.decide_gated(hidden, 0.6, 0.5, 1)
+
+
+def test_host_view_is_the_hook_tensor_or_its_widened_row() -> None:
+    """``steering._host_view``: a float32 tensor as a NumPy view of itself (no copy), other
+    dtypes as the row widened exactly, as ``[1, 1, H]`` with indices (0, 0)."""
+    torch = pytest.importorskip("torch")
+    from asa_format.runtime.steering import _host_row, _host_view
+
+    hidden = torch.randn(2, 4, 16)
+    view, b, p = _host_view(hidden, 1, 3)
+    assert (b, p) == (1, 3) and np.shares_memory(view, hidden.numpy())
+    assert view[b, p].tobytes() == hidden[1, 3].numpy().tobytes()
+    leaf = hidden.clone().requires_grad_(True)
+    view, b, p = _host_view(leaf, 1, 3)
+    assert view[b, p].tobytes() == hidden[1, 3].numpy().tobytes()
+    for dtype in (torch.bfloat16, torch.float16):
+        low = hidden.to(dtype)
+        view, b, p = _host_view(low, 1, 2)
+        assert (b, p, view.shape, view.dtype) == (0, 0, (1, 1, 16), np.float32)
+        assert view[0, 0].tobytes() == _host_row(low, 1, 2).tobytes()
+        assert view[0, 0].tobytes() == low[1, 2].float().numpy().tobytes()

@@ -345,23 +345,50 @@ enum { DECLINED = 0, DECIDED = 1, NO_PROBE = 2, NOT_TAKEN = 3, FAILED = -1 };
 /* The decision of one row: DECIDED (best, p), NO_PROBE (best), DECLINED (the row needs
  * onnxruntime), NOT_TAKEN (not a C-contiguous float32 row of the hidden size) or FAILED
  * (a Python exception is set). */
-static int lane_core(Lane *self, PyObject *obj, double tau, int *best_out, double *p_out) {
+/* The row to decide: obj itself (b < 0: C-contiguous float32 of the hidden size), or row
+ * (b, p) of obj, a [B, T, H] float32 buffer whose rows are contiguous (any outer strides).
+ * NULL with no exception: a buffer this lane does not take; NULL with an exception: an
+ * index out of range. On success the caller releases view. */
+static const float *get_row(const Lane *self, PyObject *obj, Py_ssize_t b, Py_ssize_t p, Py_buffer *view) {
+    int flags = b < 0 ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) : PyBUF_RECORDS_RO;
+    if (PyObject_GetBuffer(obj, view, flags) != 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    const char *f = view->format == NULL ? "B" : view->format;
+    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
+    if (view->itemsize != 4 || f[0] != 'f' || f[1] != '\0') {
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    if (b < 0) {
+        if (view->len != self->h * 4) {
+            PyBuffer_Release(view);
+            return NULL;
+        }
+        return (const float *)view->buf;
+    }
+    if (view->ndim != 3 || view->shape == NULL || view->strides == NULL || view->shape[2] != self->h ||
+        (self->h > 1 && view->strides[2] != 4) || view->suboffsets != NULL) {
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    if (b >= view->shape[0] || p < 0 || p >= view->shape[1]) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_IndexError, "row index out of range");
+        return NULL;
+    }
+    return (const float *)((const char *)view->buf + b * view->strides[0] + p * view->strides[1]);
+}
+
+static int lane_core(Lane *self, PyObject *obj, Py_ssize_t rb, Py_ssize_t rp, double tau, int *best_out, double *p_out) {
     if (self->w == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "the lane was not initialised");
         return FAILED;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
-        PyErr_Clear();
-        return NOT_TAKEN;
-    }
-    const char *f = view.format == NULL ? "B" : view.format;
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    if (view.itemsize != 4 || f[0] != 'f' || f[1] != '\0' || view.len != self->h * 4) {
-        PyBuffer_Release(&view);
-        return NOT_TAKEN;
-    }
-    const float *row = (const float *)view.buf;
+    const float *row = get_row(self, obj, rb, rp, &view);
+    if (row == NULL) return PyErr_Occurred() ? FAILED : NOT_TAKEN;
     const Py_ssize_t h = self->h, u = self->u;
     double acc[MAX_HEADS];
     double ss[LANES] = {0.0};
@@ -488,7 +515,7 @@ static PyObject *lane_decide(Lane *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     if (parse_double(args[1], &tau)) return NULL;
-    switch (lane_core(self, args[0], tau, &best, &p)) {
+    switch (lane_core(self, args[0], -1, 0, tau, &best, &p)) {
     case DECIDED: return Py_BuildValue("(idO)", best, p, Py_False);
     case NO_PROBE: return Py_BuildValue("(iOO)", best, Py_None, Py_False);
     case DECLINED: Py_RETURN_NONE;
@@ -497,18 +524,33 @@ static PyObject *lane_decide(Lane *self, PyObject *const *args, Py_ssize_t nargs
     }
 }
 
-/* decide_gated(row, tau, no_probe): FastPlan.decide_gated's (domain index, probability, gate)
- * with no_probe for a domain without probe and the gate rule of asa_format.bundle.gate_of;
- * None or NotImplemented as decide. */
+/* decide_gated(row, tau, no_probe) or decide_gated(hidden, tau, no_probe, b, p):
+ * FastPlan.decide_gated's (domain index, probability, gate) of the row, or of row (b, p) of
+ * a [B, T, H] buffer, with no_probe for a domain without probe and the gate rule of
+ * asa_format.gating.gate_of; None or NotImplemented as decide. */
 static PyObject *lane_decide_gated(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     double tau, no_probe, p = 0.0;
     int best = 0;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "decide_gated(row, tau, no_probe)");
+    Py_ssize_t b = -1, at = 0;
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "decide_gated(row, tau, no_probe) or decide_gated(hidden, tau, no_probe, b, p)");
         return NULL;
     }
     if (parse_double(args[1], &tau) || parse_double(args[2], &no_probe)) return NULL;
-    switch (lane_core(self, args[0], tau, &best, &p)) {
+    if (nargs == 5) {
+        if (!PyLong_Check(args[3]) || !PyLong_Check(args[4])) {
+            PyErr_SetString(PyExc_TypeError, "b and p must be ints");
+            return NULL;
+        }
+        b = PyLong_AsSsize_t(args[3]);
+        at = PyLong_AsSsize_t(args[4]);
+        if ((b == -1 || at == -1) && PyErr_Occurred()) return NULL;
+        if (b < 0) {
+            PyErr_SetString(PyExc_IndexError, "row index out of range");
+            return NULL;
+        }
+    }
+    switch (lane_core(self, args[0], b, at, tau, &best, &p)) {
     case NO_PROBE: p = no_probe; /* fall through */
     case DECIDED: {
         int gate = p >= tau ? 1 : (p <= 1.0 - tau ? -1 : 0);
@@ -558,7 +600,7 @@ static PyMethodDef lane_methods[] = {
      "decide(row, tau): (domain, probability or None, False), None, or NotImplemented"},
     {"scaled", (PyCFunction)lane_scaled, METH_O, "scaled(row): the scaler's float32 result as bytes, or None"},
     {"decide_gated", (PyCFunction)(void (*)(void))lane_decide_gated, METH_FASTCALL,
-     "decide_gated(row, tau, no_probe): (domain, probability, gate), None, or NotImplemented"},
+     "decide_gated(row, tau, no_probe[, b, p]): (domain, probability, gate), None, or NotImplemented"},
     {NULL, NULL, 0, NULL},
 };
 

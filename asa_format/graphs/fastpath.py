@@ -603,22 +603,27 @@ class FastPlan:
         return self._decide_one_python(h32, tau)
 
     def decide_gated(
-        self, h32: np.ndarray, tau: float, no_probe: float
+        self, hidden: np.ndarray, b: int, p: int, tau: float, no_probe: float
     ) -> tuple[int, float, int] | None:
-        """:meth:`decide_one` with its gate: ``(domain index, probability, gate)``, where a
-        domain without probe has probability ``no_probe`` and the gate is
-        :func:`asa_format.gating.gate_of`'s; None as :meth:`decide_one`. One call to the C
-        lane when it is built."""
+        """Row ``(b, p)`` of ``hidden`` (``[B, T, H]`` float32) decided as :meth:`decide_one`
+        decides it, with its gate: ``(domain index, probability, gate)``, where a domain
+        without probe has probability ``no_probe`` and the gate is
+        :func:`asa_format.gating.gate_of`'s; None as :meth:`decide_one`, or when the row is
+        not float32 of the hidden size. One call to the C lane when it is built: the row is
+        read where it lies, without a NumPy index (microseconds in a hook)."""
         lane = self._lane
         if lane is not None:
-            got = lane.decide_gated(h32, tau, no_probe)
+            got = lane.decide_gated(hidden, tau, no_probe, b, p)
             if got is not NotImplemented:
                 return got
-        one = self._decide_one_python(h32, tau)
+        row = hidden[b, p]
+        if row.dtype != np.float32 or row.shape != (self.hidden_size,):
+            return None
+        one = self._decide_one_python(row, tau)
         if one is None:
             return None
-        d, p, _ = one
-        pv = no_probe if p is None else p
+        d, prob, _ = one
+        pv = no_probe if prob is None else prob
         return d, pv, gate_of(pv, tau)
 
     def _decide_one_python(
