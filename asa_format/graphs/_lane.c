@@ -570,16 +570,8 @@ static PyObject *lane_scaled(Lane *self, PyObject *obj) {
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    const char *f = view.format == NULL ? "B" : view.format;
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    if (view.itemsize != 4 || f[0] != 'f' || f[1] != '\0' || view.len != self->h * 4) {
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE;
-    }
+    const float *row = get_row(self, obj, -1, 0, &view);
+    if (row == NULL) Py_RETURN_NONE;
     PyObject *out = PyBytes_FromStringAndSize(NULL, self->h * 4);
     if (out == NULL) {
         PyBuffer_Release(&view);
@@ -589,7 +581,7 @@ static PyObject *lane_scaled(Lane *self, PyObject *obj) {
     double xs[CHUNK];
     for (Py_ssize_t i0 = 0; i0 < self->h; i0 += CHUNK) {
         const Py_ssize_t n = self->h - i0 < CHUNK ? self->h - i0 : CHUNK;
-        scale_chunk(self, (const float *)view.buf, i0, n, dst + i0, xs);
+        scale_chunk(self, row, i0, n, dst + i0, xs);
     }
     PyBuffer_Release(&view);
     return out;
