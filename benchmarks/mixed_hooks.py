@@ -13,16 +13,17 @@ busy processes keep both cores occupied.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .stats import summarize
 
-__all__ = ["run_lone_row", "run_mixed_hooks"]
+__all__ = ["python_lane", "run_lone_row", "run_mixed_hooks"]
 
 ROWS = 64
 PROMPT = 6
@@ -93,6 +94,18 @@ def _bundles(work: Path, hidden: int, prefix: str = "mixed-hooks") -> dict[str, 
         )
         out[name] = load_bundle(path)
     return out
+
+
+@contextlib.contextmanager
+def python_lane(plan: Any, on: bool = True) -> Iterator[None]:
+    """With ``on``, the plan's one-row decisions in Python (its C lane switched off)."""
+    lane = plan._lane
+    if on:
+        plan._lane = None
+    try:
+        yield
+    finally:
+        plan._lane = lane
 
 
 def _busy(n: int) -> list[subprocess.Popen[bytes]]:
@@ -229,7 +242,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
     rounds, per_round = (2, 2) if quick else (10, 20)
     gathers: list[float] = []
     decisions: list[float] = []
-    python_lane: list[float] = []  # gather + decision with the plan's C lane switched off
+    python_times: list[float] = []  # gather + decision with the plan's C lane switched off
     lane = 0
     plan = bundle._plan
     c_lane = plan._lane
@@ -247,13 +260,12 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
                     gathers.append(spent["gather"] * 1e6)
                     decisions.append(spent["decision"] * 1e6)
                 if c_lane is not None:
-                    plan._lane = None
                     counted = spent["lane"]  # decided_by_the_lane counts the C lane's prefills
-                    for _ in range(per_round):
-                        spent["gather"] = spent["decision"] = 0.0
-                        model(input_ids=ids, attention_mask=mask)
-                        python_lane.append((spent["gather"] + spent["decision"]) * 1e6)
-                    plan._lane = c_lane
+                    with python_lane(plan):
+                        for _ in range(per_round):
+                            spent["gather"] = spent["decision"] = 0.0
+                            model(input_ids=ids, attention_mask=mask)
+                            python_times.append((spent["gather"] + spent["decision"]) * 1e6)
                     spent["lane"] = counted
                 last = handle.last
                 lane += int(last is not None and last.rows[0] is not None)
@@ -264,7 +276,6 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
                 floor_handle.remove()
                 handle = attach(model, bundle)
     finally:
-        plan._lane = c_lane
         steering._host_view, steering.decide_host_row = real_row, real_decide
         handle.remove()
     both = [g + d for g, d in zip(gathers, decisions, strict=True)]
@@ -277,7 +288,7 @@ def run_lone_row(work: Path, quick: bool) -> dict[str, Any]:
         "in_hook_us": summarize(both, "us"),
         "numpy_op_floor_us": summarize([t * 1e6 for t in floor], "us"),
         "lane": "C" if c_lane is not None else "Python",
-        "python_lane_us": summarize(python_lane, "us") if python_lane else None,
+        "python_lane_us": summarize(python_times, "us") if python_times else None,
         "decided_rounds": lane,
         "rounds": rounds,
         "prefills": len(decisions),

@@ -29,7 +29,6 @@ Writes ``serving.json`` and ``serving.md`` to the output folder.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import itertools
 import json
@@ -37,13 +36,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .machine import machine_info
+from .mixed_hooks import python_lane
 from .output import add_output_options, output_dir
 from .stats import summarize
 
@@ -102,18 +102,6 @@ def _runtime_path(entry: Any, hidden: Any, fallbacks: list[int]) -> Callable[[],
     return lone if n == 1 else batch
 
 
-@contextlib.contextmanager
-def _python_lane(plan: Any, on: bool) -> Iterator[None]:
-    """With ``on``, the plan's one-row decisions in Python (its C lane switched off)."""
-    lane = plan._lane
-    if on:
-        plan._lane = None
-    try:
-        yield
-    finally:
-        plan._lane = lane
-
-
 def _in_hook(
     bundle: Any, entry: Any, decider: Any, ops_decider: Any, pool: np.ndarray, quick: bool
 ) -> dict[str, Any]:
@@ -161,7 +149,7 @@ def _in_hook(
         rounds = 4 if n > 1 else 8
         for _ in range(rounds):  # alternate the paths in rounds
             for name, (fn, k) in paths.items():
-                with _python_lane(plan, name == "python_lane"):
+                with python_lane(plan, name == "python_lane"):
                     res[name] += _time(fn, hook_matmul, max(1, k // rounds))
         if n == 1:
             floor_ts = res.pop("floor")

@@ -97,13 +97,19 @@ static void lane_dealloc(Lane *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The buffer holds native-order items of struct format `fmt` and size `itemsize` ('<' or
+ * '>' only where it is the host's own order). */
+static int native_items(const Py_buffer *view, char fmt, Py_ssize_t itemsize) {
+    const char *f = view->format == NULL ? "B" : view->format;
+    if (f[0] == '@' || f[0] == '=' || (f[0] == '<' && PY_LITTLE_ENDIAN) || (f[0] == '>' && !PY_LITTLE_ENDIAN)) f++;
+    return view->itemsize == itemsize && f[0] == fmt && f[1] == '\0';
+}
+
 /* A copy of a C-contiguous buffer of exactly `n` items of `itemsize` bytes, format `fmt`. */
 static void *copy_buffer(PyObject *obj, Py_ssize_t n, Py_ssize_t itemsize, char fmt, const char *what) {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return NULL;
-    const char *f = view.format == NULL ? "B" : view.format;
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    if (view.itemsize != itemsize || view.len != n * itemsize || f[0] != fmt || f[1] != '\0') {
+    if (!native_items(&view, fmt, itemsize) || view.len != n * itemsize) {
         PyBuffer_Release(&view);
         PyErr_Format(PyExc_ValueError, "%s: expected %zd items of type '%c'", what, n, fmt);
         return NULL;
@@ -355,9 +361,7 @@ static const float *get_row(const Lane *self, PyObject *obj, Py_ssize_t b, Py_ss
         PyErr_Clear();
         return NULL;
     }
-    const char *f = view->format == NULL ? "B" : view->format;
-    if (f[0] == '<' || f[0] == '=' || f[0] == '@') f++;
-    if (view->itemsize != 4 || f[0] != 'f' || f[1] != '\0') {
+    if (!native_items(view, 'f', 4)) {
         PyBuffer_Release(view);
         return NULL;
     }
